@@ -1,0 +1,176 @@
+"""The `tumorseg` command. Front end only: parses arguments, calls the library, reports errors.
+
+Exit codes: 0 success; 1 some inputs failed (the others were processed); 2 usage or
+input error (bad arguments, unreadable data, bad model file); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a U-Net/ResNet50 on a slice dataset",
+                       description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--patch-size", type=int, default=160, help="training patch size (<= image size)")
+    p.add_argument("--samples-per-epoch", type=int, default=0, help="patches per epoch (0: number of training slices)")
+    p.add_argument("--fg-fraction", type=float, default=0.5, help="share of patches centred on tumour")
+    p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a ResNet50 state dict")
+    p.add_argument("--loss", default="dice", choices=["dice", "dice+bce"])
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="", help="reuse this split.json instead of making one")
+    p.add_argument("--patient-pattern", default="", help="regex with a 'patient' group for generic layouts")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _cmd_train(a) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(
+        data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size,
+        patch_size=a.patch_size, samples_per_epoch=a.samples_per_epoch, fg_fraction=a.fg_fraction,
+        encoder_weights=a.encoder_weights, loss=a.loss, schedule=a.schedule, patience=a.patience,
+        device=a.device, seed=a.seed, threads=a.threads, split=a.split, amp=not a.no_amp,
+        patient_pattern=a.patient_pattern,
+    )
+    path = train(cfg, resume=a.resume)
+    print(path)
+    return EXIT_OK
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on a dataset split",
+                       description="Pixel-pooled, per-slice and per-patient metrics; see docs for conventions.")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    p.add_argument("--split", default="test", help="test | val | train | all")
+    p.add_argument("--split-file", default=None, help="split.json (default: the model's run split, if known)")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    p.add_argument("--json", dest="json_out", default=None, help="write metrics JSON here")
+    p.add_argument("--report", default=None, help="write a Markdown report with figures into this folder")
+    p.add_argument("--engine", default=None, help="inference engine (default: the predictor's default)")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def _cmd_evaluate(a) -> int:
+    from .evaluation import evaluate, format_table
+
+    res = evaluate(a.data, model=a.model, split=a.split, split_file=a.split_file, threshold=a.threshold,
+                   report_dir=a.report, engine=a.engine, threads=a.threads)
+    print(format_table(res["metrics"]))
+    if a.json_out:
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(a.json_out, (json.dumps(res["metrics"], indent=1) + "\n").encode())
+        print(f"metrics written to {a.json_out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="segment images, folders, globs or studies",
+                       description="Writes <name>_mask.png, <name>_overlay.png, <name>_prob.png and summary.csv.")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model", default=None)
+    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (adds an uncertainty map)")
+    p.add_argument("--engine", default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")
+    p.add_argument("--series", default=None, help="DICOM: SeriesInstanceUID when a folder holds several")
+
+
+def _cmd_predict(a) -> int:
+    from .batch import predict_inputs
+
+    return predict_inputs(a)
+
+
+def _add_app(sub) -> None:
+    p = sub.add_parser("app", help="start the local web app (default http://127.0.0.1:8000)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None)
+    p.add_argument("--engine", default=None)
+    p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--token", default=None, help="require this bearer token for /api (when exposed)")
+    p.add_argument("--max-upload-mb", type=float, default=50.0)
+
+
+def _cmd_app(a) -> int:
+    from .app.server import serve
+
+    serve(host=a.host, port=a.port, model=a.model, engine=a.engine, open_browser=not a.no_browser,
+          token=a.token, max_upload_mb=a.max_upload_mb)
+    return EXIT_OK
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX")
+    p.add_argument("--model", default=None)
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--int8-calibration", default=None, help="dataset folder: also write a static int8 model")
+
+
+def _cmd_export(a) -> int:
+    from .export import export_onnx
+
+    for line in export_onnx(a.model, a.out, calibration=a.int8_calibration):
+        print(line)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(
+        prog="tumorseg",
+        description="Brain-tumour segmentation in MRI. Research use only: not a medical device.",
+    )
+    ap.add_argument("--version", action="version", version=f"tumorseg {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export):
+        add(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
+                "app": _cmd_app, "export": _cmd_export}
+    from .data import DatasetError
+    from .io import ImageReadError
+    from .model import ModelFileError
+
+    try:
+        return handlers[a.cmd](a)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (DatasetError, ImageReadError, ModelFileError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"tumorseg {a.cmd}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as exc:
+        print(f"tumorseg {a.cmd}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

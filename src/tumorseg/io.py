@@ -1,0 +1,200 @@
+"""Reading and writing 2D images and masks.
+
+Every reader raises :class:`ImageReadError` naming the file and the reason, so that
+front ends can report a bad file in one line and carry on with the others.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# Refuse anything larger than this many pixels before decoding it: a 20 kB PNG can
+# declare 100k x 100k pixels and exhaust memory (a "decompression bomb").
+MAX_PIXELS = 64_000_000
+
+
+class ImageReadError(ValueError):
+    """A file could not be used as an image; the message names the file and why."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = str(path) if path is not None else "<upload>"
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _check_dims(path, shape) -> None:
+    if len(shape) < 2 or min(shape[:2]) < 1:
+        raise ImageReadError(path, f"image has no pixels (shape {tuple(shape)})")
+    h, w = int(shape[0]), int(shape[1])
+    if h * w > MAX_PIXELS:
+        raise ImageReadError(
+            path, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,} pixels"
+        )
+
+
+def _read_tiff(path, data: bytes | None) -> np.ndarray:
+    import tifffile
+
+    src = _io.BytesIO(data) if data is not None else path
+    try:
+        with tifffile.TiffFile(src) as tif:
+            if not tif.pages:
+                raise ImageReadError(path, "TIFF file has no pages")
+            page = tif.pages[0]
+            _check_dims(path, page.shape)
+            arr = page.asarray()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise ImageReadError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    # TIFF planar configuration may put channels first.
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _read_pil(path, data: bytes | None) -> np.ndarray:
+    src = _io.BytesIO(data) if data is not None else path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(src) as im:
+                _check_dims(path, (im.size[1], im.size[0]))
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode in ("1", "L;16", "CMYK", "YCbCr", "LAB", "HSV"):
+                    im = im.convert("L" if im.mode == "1" else "RGB")
+                elif im.mode == "LA":
+                    im = im.convert("RGBA")
+                arr = np.asarray(im)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(path, "image dimensions are too large (decompression bomb)") from None
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except Exception as exc:
+        raise ImageReadError(
+            path, f"not a readable image ({type(exc).__name__}: {exc})"
+        ) from None
+    return arr
+
+
+def _looks_like_tiff(head: bytes) -> bool:
+    return head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def read_image(path: str | os.PathLike | None = None, data: bytes | None = None) -> np.ndarray:
+    """Read a 2D image (8/16-bit or float; gray, RGB or RGBA) as a numpy array.
+
+    Give either a path or the raw bytes (for uploads; then ``path`` is only a name for
+    messages). The result is HxW or HxWxC with C in (3, 4), in the file's own dtype.
+    """
+    if data is None:
+        if path is None:
+            raise ValueError("read_image needs a path or data")
+        p = Path(path)
+        if not p.exists():
+            raise ImageReadError(path, "file not found")
+        if p.is_dir():
+            raise ImageReadError(path, "is a folder, not an image file")
+        if p.stat().st_size == 0:
+            raise ImageReadError(path, "file is empty (0 bytes)")
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    else:
+        if len(data) == 0:
+            raise ImageReadError(path, "file is empty (0 bytes)")
+        head = data[:16]
+
+    if _looks_like_tiff(head):
+        arr = _read_tiff(path, data)
+    else:
+        arr = _read_pil(path, data)
+    return _tidy(path, arr)
+
+
+def _tidy(path, arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] == 2:  # gray + alpha
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageReadError(path, f"unsupported image layout {arr.shape}; expected HxW, HxWx3 or HxWx4")
+    _check_dims(path, arr.shape)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    if arr.dtype.kind not in "uif":
+        raise ImageReadError(path, f"unsupported pixel type {arr.dtype}")
+    return arr
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary mask stored as 0/255, 0/1 or any 0/non-zero image; returns bool HxW."""
+    arr = read_image(path)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=2)
+    return arr > (arr.max() / 2 if arr.max() > 1 else 0)
+
+
+def to_uint8_rgb(img: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Bring any image to the 8-bit RGB range the model was trained on.
+
+    8-bit input is kept as is (the training data are 8-bit); anything else is mapped
+    from its robust intensity range (percentiles) to 0..255.
+    """
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        lo, hi = np.percentile(f, [low_pct, high_pct])
+        if hi <= lo:
+            lo, hi = float(f.min()), float(f.max())
+        if hi <= lo:
+            f = np.zeros_like(f)
+        else:
+            f = np.clip((f - lo) / (hi - lo), 0, 1) * 255.0
+        img = np.round(f).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see either the old or the new content, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    buf = _io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Write an 8-bit gray/RGB/RGBA array as PNG, atomically."""
+    atomic_write_bytes(path, encode_png(arr))

@@ -1,0 +1,127 @@
+"""Segmentation metrics that accumulate over batches and reduce at the end (MONAI's idea).
+
+Conventions, stated once:
+- pooled: confusion counts summed over every pixel of the set, then the ratio;
+- per slice: mean Dice over slices whose ground truth has tumour;
+- per patient: 3D Dice of each patient's stacked slices; a patient with no tumour in
+  both truth and prediction scores 1, with tumour in only one of them 0;
+- empty-slice FP rate: share of tumour-free slices where any tumour pixel is predicted.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+def dice_score(tp: float, fp: float, fn: float) -> float:
+    den = 2 * tp + fp + fn
+    return 1.0 if den == 0 else 2 * tp / den
+
+
+def iou_score(tp: float, fp: float, fn: float) -> float:
+    den = tp + fp + fn
+    return 1.0 if den == 0 else tp / den
+
+
+def _ratio(num: float, den: float, empty: float = 1.0) -> float:
+    return empty if den == 0 else num / den
+
+
+class SegmentationMetrics:
+    """Accumulates binary predictions slice by slice, grouped by patient."""
+
+    def __init__(self) -> None:
+        self.tp = self.fp = self.fn = self.tn = 0
+        self.slice_dice: list[float] = []  # slices with tumour in truth
+        self.slice_records: list[dict] = []
+        self.empty_slices = 0
+        self.empty_slices_fp = 0
+        self.patient_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+
+    def update(self, pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
+               patients: list[str] | None = None, names: list[str] | None = None) -> None:
+        """pred/truth: boolean arrays N x H x W (or H x W for one slice)."""
+        pred = _np_bool(pred)
+        truth = _np_bool(truth)
+        if pred.shape != truth.shape:
+            raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
+        if pred.ndim == 2:
+            pred, truth = pred[None], truth[None]
+        n = pred.shape[0]
+        patients = patients or ["_all"] * n
+        p = pred.reshape(n, -1)
+        t = truth.reshape(n, -1)
+        tp = (p & t).sum(1)
+        fp = (p & ~t).sum(1)
+        fn = (~p & t).sum(1)
+        tn = p.shape[1] - tp - fp - fn
+        self.tp += int(tp.sum())
+        self.fp += int(fp.sum())
+        self.fn += int(fn.sum())
+        self.tn += int(tn.sum())
+        for i in range(n):
+            has = bool(t[i].any())
+            d = dice_score(tp[i], fp[i], fn[i])
+            if has:
+                self.slice_dice.append(d)
+            else:
+                self.empty_slices += 1
+                self.empty_slices_fp += int(fp[i] > 0)
+            c = self.patient_counts[patients[i]]
+            c[0] += int(tp[i])
+            c[1] += int(fp[i])
+            c[2] += int(fn[i])
+            self.slice_records.append({
+                "patient": patients[i], "name": names[i] if names else None, "dice": float(d),
+                "truth_pixels": int(tp[i] + fn[i]), "pred_pixels": int(tp[i] + fp[i]),
+            })
+
+    def patient_dice(self) -> dict[str, float]:
+        return {k: dice_score(*v) for k, v in sorted(self.patient_counts.items())}
+
+    def compute(self) -> dict[str, float]:
+        tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
+        pd = np.array(list(self.patient_dice().values()), dtype=float)
+        return {
+            "dice": dice_score(tp, fp, fn),
+            "iou": iou_score(tp, fp, fn),
+            "precision": _ratio(tp, tp + fp),
+            "recall": _ratio(tp, tp + fn),
+            "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+            "dice_per_slice_mean": float(np.mean(self.slice_dice)) if self.slice_dice else float("nan"),
+            "dice_per_patient_mean": float(pd.mean()) if pd.size else float("nan"),
+            "dice_per_patient_median": float(np.median(pd)) if pd.size else float("nan"),
+            "dice_per_patient_std": float(pd.std()) if pd.size else float("nan"),
+            "empty_slice_fp_rate": _ratio(self.empty_slices_fp, self.empty_slices, empty=0.0),
+            "n_patients": len(self.patient_counts),
+            "n_slices": len(self.slice_records),
+        }
+
+
+def _np_bool(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(bool)
+
+
+class ThresholdSweep:
+    """Pooled Dice at several thresholds at once, for choosing the threshold on validation data."""
+
+    def __init__(self, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> None:
+        self.thresholds = torch.tensor(thresholds)
+        self.counts = torch.zeros(len(thresholds), 3, dtype=torch.float64)
+
+    def update(self, prob: torch.Tensor, truth: torch.Tensor) -> None:
+        t = truth.bool().flatten()
+        p = prob.float().flatten()
+        for i, th in enumerate(self.thresholds):
+            pb = p >= th
+            self.counts[i, 0] += (pb & t).sum()
+            self.counts[i, 1] += (pb & ~t).sum()
+            self.counts[i, 2] += (~pb & t).sum()
+
+    def dice(self) -> dict[float, float]:
+        return {round(float(th), 3): dice_score(*map(float, c)) for th, c in zip(self.thresholds, self.counts)}

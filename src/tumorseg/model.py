@@ -1,0 +1,321 @@
+"""ResNet50 encoder (torchvision parameter names), U-Net decoder, and the model file format.
+
+A model file is a single safetensors file: tensors plus one JSON metadata entry that
+says how to rebuild and use the model. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+TORCHVISION_RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is missing, corrupt or not a tumorseg model."""
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + idt)
+
+
+class ResNet50Encoder(nn.Module):
+    """ResNet-50 v1.5 with torchvision's parameter names, returning the five feature maps."""
+
+    out_channels = (64, 256, 512, 1024, 2048)
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.inplanes = 64
+        self.layer1 = self._make_layer(64, 3)
+        self.layer2 = self._make_layer(128, 4, stride=2)
+        self.layer3 = self._make_layer(256, 6, stride=2)
+        self.layer4 = self._make_layer(512, 3, stride=2)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # Zero-init the last BN of each block so fresh blocks start as identities.
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        down = None
+        if stride != 1 or self.inplanes != planes * 4:
+            down = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, down)]
+        self.inplanes = planes * 4
+        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x0 = self.relu(self.bn1(self.conv1(x)))
+        x1 = self.layer1(self.maxpool(x0))
+        x2 = self.layer2(x1)
+        x3 = self.layer3(x2)
+        x4 = self.layer4(x3)
+        return [x0, x1, x2, x3, x4]
+
+
+# --------------------------------------------------------------------------- decoder
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UpBlock(nn.Module):
+    """Transposed-conv upsampling, concatenation with the encoder skip, two 3x3 convs."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        self.conv = nn.Sequential(_conv_bn_relu(cout + cskip, cout), _conv_bn_relu(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        x = self.up(x)
+        if skip is not None:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv(x)
+
+
+class UNetDecoder(nn.Module):
+    def __init__(self, enc_channels=ResNet50Encoder.out_channels, channels=(256, 128, 64, 32, 16)):
+        super().__init__()
+        skips = list(enc_channels[:-1][::-1]) + [0]  # 1024, 512, 256, 64, none
+        cin = enc_channels[-1]
+        blocks = []
+        for cs, co in zip(skips, channels):
+            blocks.append(UpBlock(cin, cs, co))
+            cin = co
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        skips = feats[:-1][::-1] + [None]
+        for blk, s in zip(self.blocks, skips):
+            x = blk(x, s)
+        return x
+
+
+class UNetResNet50(nn.Module):
+    """The paper's model: ResNet50 encoder, transposed-conv U-Net decoder, one-channel logits."""
+
+    def __init__(self, in_channels: int = 3, decoder_channels=(256, 128, 64, 32, 16)):
+        super().__init__()
+        self.encoder = ResNet50Encoder(in_channels)
+        self.decoder = UNetDecoder(ResNet50Encoder.out_channels, decoder_channels)
+        self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if h % 32 or w % 32:
+            raise ValueError(f"input size {h}x{w} must be a multiple of 32")
+        return self.head(self.decoder(self.encoder(x)))
+
+
+# --------------------------------------------------------------------------- encoder weights
+
+
+@dataclass
+class LoadReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    fresh: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def groups(keys):
+            g = sorted({k.split(".")[0] for k in keys})
+            return ", ".join(g) if g else "none"
+
+        return (
+            f"encoder weights from {self.source}: {len(self.loaded)} tensors loaded ({groups(self.loaded)}); "
+            f"{len(self.fresh)} initialised fresh ({groups(self.fresh)}); "
+            f"{len(self.ignored)} ignored ({groups(self.ignored)})"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "fresh": len(self.fresh),
+            "fresh_groups": sorted({k.split(".")[0] for k in self.fresh}),
+            "ignored": len(self.ignored),
+        }
+
+
+def load_encoder_state(encoder: ResNet50Encoder, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Load a (possibly partial) torchvision-layout ResNet50 state dict and say what happened."""
+    own = encoder.state_dict()
+    rep = LoadReport(source)
+    new = {}
+    for k, v in state.items():
+        k2 = k[len("module.") :] if k.startswith("module.") else k
+        if k2 in own and tuple(own[k2].shape) == tuple(v.shape):
+            new[k2] = v.to(own[k2].dtype)
+            rep.loaded.append(k2)
+        else:
+            rep.ignored.append(k2)
+    if not rep.loaded:
+        raise ModelFileError(f"{source}: no tensor matches a torchvision ResNet50 layout")
+    rep.fresh = [k for k in own if k not in new]
+    encoder.load_state_dict(new, strict=False)
+    return rep
+
+
+def encoder_state_from(spec: str) -> tuple[dict[str, torch.Tensor], str]:
+    """Resolve ``imagenet`` (torchvision download with hash check) or a local file path."""
+    if spec == "imagenet":
+        sd = torch.hub.load_state_dict_from_url(
+            TORCHVISION_RESNET50_URL, progress=True, check_hash=True, weights_only=True
+        )
+        return sd, "torchvision IMAGENET1K_V2"
+    p = Path(spec)
+    if not p.is_file():
+        raise ModelFileError(f"{spec}: encoder weights file not found (use none, imagenet or a path)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p)), str(p)
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{p}: not a safe tensor state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ModelFileError(f"{p}: expected a dict of tensors")
+    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, str(p)
+
+
+def build_model(encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16)) -> tuple[UNetResNet50, LoadReport | None]:
+    model = UNetResNet50(3, decoder_channels)
+    rep = None
+    if encoder_weights and encoder_weights != "none":
+        sd, src = encoder_state_from(encoder_weights)
+        rep = load_encoder_state(model.encoder, sd, src)
+    return model, rep
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, meta: dict, dtype: torch.dtype | None = None) -> None:
+    """Write one self-describing, pickle-free model file (atomically)."""
+    from safetensors.torch import save
+
+    from .io import atomic_write_bytes
+
+    tensors = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if dtype is not None and v.is_floating_point() and "running_" not in k:
+            v = v.to(dtype)
+        tensors[k] = v.contiguous()
+    meta = {**meta, "format": "tumorseg-model", "format_version": FORMAT_VERSION}
+    meta["tensor_sha256"] = _tensor_digest(tensors)
+    atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
+
+
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read tensors and metadata, verifying the file is complete and unmodified."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelFileError(f"{p}: model file not found")
+    data = p.read_bytes()
+    try:
+        tensors = load(data)
+        import safetensors
+
+        with safetensors.safe_open(str(p), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get("tumorseg")
+    except (SafetensorError, Exception) as exc:
+        raise ModelFileError(
+            f"{p}: not a valid tumorseg model file (truncated, corrupted or another format: {exc})"
+        ) from None
+    if raw_meta is None:
+        raise ModelFileError(f"{p}: safetensors file without tumorseg metadata")
+    try:
+        meta = json.loads(raw_meta)
+    except json.JSONDecodeError:
+        raise ModelFileError(f"{p}: model metadata is not valid JSON") from None
+    want = meta.get("tensor_sha256")
+    if want and _tensor_digest(tensors) != want:
+        raise ModelFileError(f"{p}: checksum mismatch, the weights are corrupted")
+    return tensors, meta
+
+
+def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
+    """Rebuild a saved model (fp32, eval mode) and return it with its metadata."""
+    tensors, meta = read_model_file(path)
+    arch = meta.get("architecture", {})
+    if arch.get("name", "unet-resnet50") != "unet-resnet50":
+        raise ModelFileError(f"{path}: unknown architecture {arch.get('name')!r}")
+    model = UNetResNet50(3, tuple(arch.get("decoder_channels", (256, 128, 64, 32, 16))))
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{path}: weights do not fit the architecture ({exc})") from None
+    model.eval()
+    return model, meta
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

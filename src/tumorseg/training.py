@@ -1,0 +1,442 @@
+"""Training: patch sampling, Dice loss, Adam, best/last checkpoints, early stopping, resume, DDP.
+
+A run folder holds everything a run needs to continue or be audited:
+``config.json``, ``split.json``, ``log.jsonl`` (one line per epoch), ``curve.png``,
+``last.ckpt.safetensors`` (resume state) and ``best.safetensors`` (the model file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import __version__
+from .data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetError,
+    LoadedSet,
+    PatchSampler,
+    augment,
+    check_no_leak,
+    discover,
+    load_cases,
+    load_split,
+    make_split,
+    save_split,
+)
+from .io import atomic_write_bytes
+from .metrics import ThresholdSweep, dice_score
+from .model import ModelFileError, build_model, read_model_file, save_model
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    image_size: int = 256
+    patch_size: int = 160
+    samples_per_epoch: int = 0  # 0: as many patches as training slices
+    fg_fraction: float = 0.5
+    encoder_weights: str = "none"
+    loss: str = "dice"  # dice | dice+bce
+    schedule: str = "constant"  # constant | cosine
+    patience: int = 10
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0  # 0: torch default
+    split: str = ""  # path of an existing split.json to reuse
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    amp: bool = True
+    val_batch_size: int = 16
+    patient_pattern: str = ""
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice over the whole batch (batch Dice), so empty patches do not dominate."""
+    p = torch.sigmoid(logits.float())
+    inter = (p * target).sum()
+    return 1 - (2 * inter + smooth) / (p.sum() + target.sum() + smooth)
+
+
+def make_loss(name: str):
+    if name == "dice":
+        return dice_loss
+    if name in ("dice+bce", "dice_bce"):
+        def dice_bce(logits, target):
+            return dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
+        return dice_bce
+    raise ValueError(f"unknown loss {name!r}; use dice or dice+bce")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(spec)
+
+
+def _imagenet(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def prepare_batch(imgs_u8: torch.Tensor, imagenet: bool) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW [0,1] (-> ImageNet normalised)."""
+    x = imgs_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    return _imagenet(x) if imagenet else x
+
+
+class _Dist:
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def _log(msg: str, d: _Dist) -> None:
+    if d.main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model, opt, sched_state: dict, extra: dict) -> None:
+    """Resume state as one checksummed safetensors file (no pickle)."""
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for name, v in st.items():
+            tensors[f"optim.{idx}.{name}"] = v.detach().cpu().contiguous().reshape(v.shape)
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {
+        **extra,
+        "param_groups": osd["param_groups"],
+        "sched": sched_state,
+        "rng_numpy": json.dumps(np.random.get_state()[1].tolist()),
+        "rng_python": json.dumps(random.getstate()[1]),
+    }
+    from .model import _tensor_digest
+
+    meta["tensor_sha256"] = _tensor_digest(tensors)
+    atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path, model, opt) -> dict:
+    try:
+        tensors, meta = read_model_file(path)
+    except ModelFileError as exc:
+        raise ModelFileError(f"cannot resume: {exc}") from None
+    msd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(msd, strict=True)
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    np_state = np.random.get_state()
+    np.random.set_state((np_state[0], np.array(json.loads(meta["rng_numpy"]), dtype=np.uint32), *np_state[2:]))
+    py = random.getstate()
+    random.setstate((py[0], tuple(json.loads(meta["rng_python"])), py[2]))
+    return meta
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(model, val: LoadedSet, imagenet: bool, device, amp_dtype, batch: int, d: _Dist) -> dict:
+    model.eval()
+    sweep = ThresholdSweep()
+    counts = torch.zeros(3, dtype=torch.float64)  # tp fp fn at 0.5
+    idx = np.arange(d.rank, len(val), d.world)
+    for s in range(0, len(idx), batch):
+        sel = idx[s : s + batch]
+        x = prepare_batch(torch.from_numpy(val.images[sel]), imagenet).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            prob = torch.sigmoid(model(x).float())[:, 0].cpu()
+        y = torch.from_numpy(val.masks[sel])
+        sweep.update(prob, y)
+        pb = prob >= 0.5
+        counts += torch.tensor([(pb & y).sum(), (pb & ~y).sum(), (~pb & y).sum()], dtype=torch.float64)
+    d.all_sum(counts)
+    d.all_sum(sweep.counts)
+    model.train()
+    return {"val_dice": dice_score(*map(float, counts)), "val_dice_by_threshold": sweep.dice()}
+
+
+# --------------------------------------------------------------------------- main loop
+
+
+def _curve(log_path: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o")
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[1].plot(ep, [r["train_dice"] for r in rows], marker="o", label="train (patches)")
+    ax[1].plot(ep, [r["val_dice"] for r in rows], marker="o", label="validation (full slices)")
+    ax[1].set(title="Dice (pooled)", xlabel="epoch", ylim=(0, 1))
+    ax[1].legend()
+    fig.tight_layout()
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(png, buf.getvalue())
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train a model; returns the path of the best model file."""
+    d = _Dist()
+    out = Path(cfg.out)
+    ckpt_path = out / "last.ckpt.safetensors"
+    best_path = out / "best.safetensors"
+    if resume:
+        cfg_file = out / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{cfg_file}: nothing to resume (no config.json in the run folder)")
+        saved = json.loads(cfg_file.read_text())
+        # Resume keeps the run's recipe; only where it runs may change.
+        for k in ("device", "threads"):
+            saved[k] = getattr(cfg, k)
+        saved["epochs"] = max(cfg.epochs, saved["epochs"]) if cfg.epochs else saved["epochs"]
+        saved["split_fractions"] = tuple(saved["split_fractions"])
+        cfg = TrainConfig(**saved)
+    elif d.main and ckpt_path.exists():
+        raise FileExistsError(f"{out}: already holds a run; use --resume to continue it or another --out")
+
+    if d.enabled:
+        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and d.enabled:
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed + d.rank)
+    np.random.seed(cfg.seed + d.rank)
+    torch.manual_seed(cfg.seed + d.rank)
+
+    # ---- data and split
+    cases = discover(cfg.data, cfg.patient_pattern or None)
+    split_path = out / "split.json"
+    if resume or (cfg.split and Path(cfg.split).is_file()):
+        split = load_split(split_path if resume else cfg.split)
+    else:
+        from .data import patient_has_tumour
+
+        split = make_split(cases, cfg.split_fractions, cfg.seed, patient_has_tumour(cases))
+    check_no_leak(split)
+    by_patient = {c.patient: c for c in cases}
+    missing = [p for p in split["train"] + split["val"] if p not in by_patient]
+    if missing:
+        raise DatasetError(f"{cfg.data}: split names patients not found in the data: {missing[:5]}")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            save_split(split, split_path, {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed})
+            atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=1) + "\n").encode())
+    _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
+    train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
+    val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+    if not val_set.masks.any():
+        _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
+    _log(f"slices: {len(train_set)} train / {len(val_set)} val, in RAM", d)
+
+    # ---- model
+    model, rep = build_model(cfg.encoder_weights)
+    if rep is not None:
+        _log(rep.summary(), d)
+    imagenet = cfg.encoder_weights != "none"
+    model = model.to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    amp_dtype = torch.bfloat16 if cfg.amp else None
+    if device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported():
+        amp_dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    loss_fn = make_loss(cfg.loss)
+
+    sampler = PatchSampler(train_set, cfg.patch_size, cfg.fg_fraction, seed=cfg.seed * 1000 + d.rank)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
+    start_epoch, best, bad_epochs = 1, -1.0, 0
+    best_thr = 0.5
+    if resume:
+        meta = load_checkpoint(ckpt_path, model, opt)
+        start_epoch = meta["epoch"] + 1
+        best, bad_epochs, best_thr = meta["best"], meta["bad_epochs"], meta.get("best_threshold", 0.5)
+        st = json.loads(meta["sampler_state"])
+        sampler.set_state(st)
+        aug_gen.set_state(torch.tensor(json.loads(meta["aug_state"]), dtype=torch.uint8))
+        if d.enabled and d.rank:
+            # Other ranks get their own random streams, offset from the restored ones.
+            sampler.rng = np.random.default_rng([cfg.seed, d.rank, start_epoch])
+        _log(f"resumed from epoch {meta['epoch']} (best val Dice {best:.4f})", d)
+        if bad_epochs >= cfg.patience or start_epoch > cfg.epochs:
+            _log("run had already finished", d)
+            return best_path
+
+    ddp_model = model
+    if d.enabled:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    n_samples = cfg.samples_per_epoch or len(train_set)
+    steps = max(1, math.ceil(n_samples / (cfg.batch_size * d.world)))
+    total_steps = steps * cfg.epochs
+
+    def lr_at(step: int) -> float:
+        if cfg.schedule == "cosine":
+            return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+        return cfg.lr
+
+    model.train()
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.time()
+        loss_sum, counts = 0.0, torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not d.main, leave=False,
+                   file=sys.stderr, mininterval=5)
+        for it in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at((epoch - 1) * steps + it)
+            xb, yb = sampler.sample(cfg.batch_size)
+            x = xb.permute(0, 3, 1, 2).float().div_(255.0)
+            y = yb[:, None].float()
+            x, y = augment(x, y, aug_gen)
+            if imagenet:
+                x = _imagenet(x)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = ddp_model(x)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            with torch.no_grad():
+                pb = logits.detach() > 0
+                yt = y.bool()
+                counts += torch.tensor([(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()],
+                                       dtype=torch.float64)
+            loss_sum += float(loss.detach())
+            bar.set_postfix(loss=f"{loss_sum / (it + 1):.4f}", dice=f"{dice_score(*map(float, counts)):.3f}")
+        bar.close()
+        stats = torch.tensor([loss_sum, steps], dtype=torch.float64)
+        d.all_sum(stats)
+        d.all_sum(counts)
+        train_time = time.time() - t0
+        v = validate(model, val_set, imagenet, device, amp_dtype, cfg.val_batch_size, d)
+        val_dice = v["val_dice"]
+        improved = val_dice > best
+        if improved:
+            best, bad_epochs = val_dice, 0
+            best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
+        else:
+            bad_epochs += 1
+        row = {
+            "epoch": epoch, "train_loss": float(stats[0] / stats[1]),
+            "train_dice": dice_score(*map(float, counts)), "val_dice": val_dice,
+            "val_dice_by_threshold": v["val_dice_by_threshold"], "lr": opt.param_groups[0]["lr"],
+            "train_seconds": round(train_time, 1), "epoch_seconds": round(time.time() - t0, 1),
+            "samples": steps * cfg.batch_size * d.world, "best": improved,
+        }
+        if d.main:
+            if improved:
+                save_model(model, best_path, _model_meta(cfg, rep, epoch, val_dice, best_thr, v))
+            with open(out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            save_checkpoint(ckpt_path, model, opt, {"schedule": cfg.schedule}, {
+                "epoch": epoch, "best": best, "bad_epochs": bad_epochs, "best_threshold": best_thr,
+                "sampler_state": json.dumps(sampler.state()),
+                "aug_state": json.dumps(aug_gen.get_state().tolist()),
+                "config": asdict(cfg),
+            })
+            try:
+                _curve(out / "log.jsonl", out / "curve.png")
+            except Exception as exc:  # a plot must never stop training
+                _log(f"warning: training curve not drawn ({exc})", d)
+            _log(
+                f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
+                f"val Dice {val_dice:.4f}{' *best*' if improved else ''} ({row['epoch_seconds']:.0f}s)", d
+            )
+        if d.enabled:
+            dist.barrier()
+        if bad_epochs >= cfg.patience:
+            _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
+            break
+    if d.enabled:
+        dist.destroy_process_group()
+    _log(f"best val Dice {best:.4f}; model: {best_path}", d)
+    return best_path
+
+
+def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict) -> dict:
+    imagenet = cfg.encoder_weights != "none"
+    return {
+        "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16],
+                         "upsampling": "ConvTranspose2d", "in_channels": 3, "out": "1-channel logits"},
+        "input_size": cfg.image_size,
+        "normalisation": {"scale": "uint8/255", "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
+                          "std": list(IMAGENET_STD) if imagenet else [1, 1, 1]},
+        "channels": ["pre-contrast", "FLAIR", "post-contrast"],
+        "threshold": thr,
+        "min_component_pixels": 0,
+        "training": {"config": asdict(cfg), "epoch": epoch, "encoder_init": rep.to_dict() if rep else "none",
+                     "tumorseg_version": __version__, "torch_version": torch.__version__},
+        "metrics": {"val_dice": val_dice, "val_dice_by_threshold": v["val_dice_by_threshold"]},
+    }
