@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         }
         if d.main:
             if improved:
-                save_model(model, best_path, _model_meta(cfg, rep, epoch, val_dice, best_thr, v))
+                save_model(model, best_path, _model_meta(cfg, rep, epoch, val_dice, best_thr, v, split))
             with open(out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             save_checkpoint(ckpt_path, model, opt, {"schedule": cfg.schedule}, {
@@ -425,7 +425,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     return best_path
 
 
-def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict) -> dict:
+def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict, split: dict) -> dict:
     imagenet = cfg.encoder_weights != "none"
     return {
         "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16],
@@ -437,6 +437,7 @@ def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, 
         "threshold": thr,
         "min_component_pixels": 0,
         "training": {"config": asdict(cfg), "epoch": epoch, "encoder_init": rep.to_dict() if rep else "none",
-                     "tumorseg_version": __version__, "torch_version": torch.__version__},
+                     "tumorseg_version": __version__, "torch_version": torch.__version__,
+                     "split": split},
         "metrics": {"val_dice": val_dice, "val_dice_by_threshold": v["val_dice_by_threshold"]},
     }

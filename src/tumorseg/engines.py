@@ -1,0 +1,160 @@
+"""Inference engines: one loaded model, several ways to run it on the CPU (or a GPU).
+
+Every engine maps a uint8 batch N x S x S x 3 (RGB, at the model's input size) to
+probabilities N x S x S (float32). Evaluation and the Predictor both use them, so a
+Dice measured for an engine is the Dice the app delivers.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import ModelFileError, file_sha256, load_model
+
+ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
+DEFAULT_ENGINE = "torch-bf16"
+
+
+def bundled_model_path() -> Path:
+    return Path(str(resources.files("tumorseg") / "models" / "default.safetensors"))
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A model file path; None means the bundled default, whose sha256 is checked."""
+    if model is not None:
+        p = Path(model)
+        if not p.is_file():
+            raise ModelFileError(f"{p}: model file not found")
+        return p
+    p = bundled_model_path()
+    if not p.is_file():
+        raise ModelFileError(
+            f"{p}: the bundled default model is missing from this installation; pass --model FILE"
+        )
+    info = p.with_suffix(".json")
+    if info.is_file():
+        import json
+
+        want = json.loads(info.read_text()).get("sha256")
+        if want and file_sha256(p) != want:
+            raise ModelFileError(f"{p}: sha256 does not match {info.name}; the bundled model is corrupted")
+    return p
+
+
+def default_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+class Engine:
+    """A model ready to run; thread-safe (calls are serialised)."""
+
+    name = "base"
+
+    def __init__(self, model_path: Path, meta: dict, threads: int):
+        self.model_path = model_path
+        self.meta = meta
+        self.threads = threads
+        self.size = int(meta.get("input_size", 256))
+        norm = meta.get("normalisation", {})
+        self.mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
+        self.std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
+        self._lock = threading.Lock()
+
+    def preprocess(self, batch_u8: np.ndarray) -> np.ndarray:
+        x = batch_u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+        return (x - self.mean) / self.std
+
+    def run(self, batch_u8: np.ndarray) -> np.ndarray:
+        if batch_u8.ndim != 4 or batch_u8.shape[1:] != (self.size, self.size, 3):
+            raise ValueError(f"engine expects N x {self.size} x {self.size} x 3, got {batch_u8.shape}")
+        x = self.preprocess(batch_u8)
+        with self._lock:
+            logits = self._logits(x)
+        return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class TorchEngine(Engine):
+    def __init__(self, model_path: Path, meta: dict, model: torch.nn.Module, threads: int, bf16: bool,
+                 device: torch.device):
+        super().__init__(model_path, meta, threads)
+        self.name = "torch-bf16" if bf16 else "torch-fp32"
+        self.device = device
+        self.bf16 = bf16
+        self.model = model.to(device)
+        if device.type == "cpu" and bf16:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        prev = torch.get_num_threads()
+        if self.device.type == "cpu" and self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            t = torch.from_numpy(x).to(self.device)
+            if self.bf16:
+                t = t.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(t)
+            return out.float().cpu().numpy()
+        finally:
+            if self.device.type == "cpu" and self.threads:
+                torch.set_num_threads(prev)
+
+
+class OnnxEngine(Engine):
+    def __init__(self, model_path: Path, meta: dict, onnx_bytes: bytes, threads: int, name: str):
+        super().__init__(model_path, meta, threads)
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or default_threads()
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.name = name
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
+    """Export to ONNX in memory (dynamic batch); nothing is written to disk."""
+    model = model.float().eval().to(memory_format=torch.contiguous_format)
+    buf = _io.BytesIO()
+    dummy = torch.zeros(1, 3, size, size)
+    torch.onnx.export(
+        model, (dummy,), buf, input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+    )
+    return buf.getvalue()
+
+
+def load_engine(model: str | os.PathLike | None = None, engine: str | None = None, threads: int = 0,
+                device: str = "auto", calibration: np.ndarray | None = None) -> Engine:
+    """Load a model file and wrap it in the requested engine."""
+    engine = engine or DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    path = resolve_model(model)
+    net, meta = load_model(path)
+    threads = threads or default_threads()
+    if engine.startswith("torch"):
+        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if device == "auto" else device))
+        return TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
+    onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
+    if engine == "onnx-int8":
+        from .quantize import quantize_int8
+
+        onnx_bytes = quantize_int8(onnx_bytes, meta, calibration)
+    return OnnxEngine(path, meta, onnx_bytes, threads, engine)

@@ -1,0 +1,214 @@
+"""Evaluation of a model file on a dataset split, with an optional Markdown report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import DatasetError, check_no_leak, discover, load_cases, load_split
+from .engines import load_engine
+from .metrics import SegmentationMetrics
+
+METRIC_KEYS = (
+    "dice", "iou", "precision", "recall", "accuracy", "dice_per_slice_mean", "dice_per_patient_mean",
+    "dice_per_patient_median", "dice_per_patient_std", "empty_slice_fp_rate", "n_patients", "n_slices",
+    "threshold", "model",
+)
+
+CONVENTIONS = {
+    "dice": "pixel-pooled over all slices: 2TP / (2TP + FP + FN)",
+    "iou": "pixel-pooled: TP / (TP + FP + FN)",
+    "precision": "pixel-pooled: TP / (TP + FP)",
+    "recall": "pixel-pooled: TP / (TP + FN)",
+    "accuracy": "pixel-pooled: (TP + TN) / all pixels",
+    "dice_per_slice_mean": "mean Dice over slices whose ground truth has tumour",
+    "dice_per_patient_mean": "mean over patients of the 3D Dice of their stacked slices",
+    "dice_per_patient_median": "median of the per-patient 3D Dice",
+    "dice_per_patient_std": "standard deviation of the per-patient 3D Dice",
+    "empty_slice_fp_rate": "share of tumour-free slices with any predicted tumour pixel",
+}
+
+
+def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Drop 2D connected components (8-connectivity) smaller than ``min_pixels``."""
+    if min_pixels <= 0 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(lab.ravel())
+    keep = sizes >= min_pixels
+    keep[0] = False
+    return keep[lab]
+
+
+def select_patients(data: str | os.PathLike, split: str, split_file: str | None, meta: dict):
+    cases = discover(data)
+    if split == "all":
+        return cases
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"--split must be test, val, train or all, not {split!r}")
+    if split_file:
+        parts = load_split(split_file)
+    else:
+        parts = meta.get("training", {}).get("split")
+        if not parts:
+            raise DatasetError(
+                "the model carries no patient split; pass --split-file RUN/split.json or use --split all"
+            )
+    check_no_leak(parts)
+    wanted = set(parts[split])
+    chosen = [c for c in cases if c.patient in wanted]
+    if not chosen:
+        raise DatasetError(f"{data}: none of the {len(wanted)} {split} patients of the split are in this folder")
+    return chosen
+
+
+class Calibration:
+    """Reliability bins for the expected calibration error (pixel level)."""
+
+    def __init__(self, bins: int = 10) -> None:
+        self.bins = bins
+        self.count = np.zeros(bins)
+        self.conf = np.zeros(bins)
+        self.pos = np.zeros(bins)
+
+    def update(self, prob: np.ndarray, truth: np.ndarray) -> None:
+        idx = np.minimum((prob * self.bins).astype(int), self.bins - 1).ravel()
+        self.count += np.bincount(idx, minlength=self.bins)
+        self.conf += np.bincount(idx, weights=prob.ravel(), minlength=self.bins)
+        self.pos += np.bincount(idx, weights=truth.ravel().astype(float), minlength=self.bins)
+
+    def ece(self) -> float:
+        n = self.count.sum()
+        nz = self.count > 0
+        return float(np.sum(np.abs(self.conf[nz] - self.pos[nz])) / n) if n else float("nan")
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        nz = self.count > 0
+        return self.conf[nz] / self.count[nz], self.pos[nz] / self.count[nz], self.count[nz]
+
+
+def evaluate(data: str | os.PathLike, model: str | None = None, split: str = "test", split_file: str | None = None,
+             threshold: float | None = None, report_dir: str | None = None, engine: str | None = None,
+             threads: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+    """Run a model over a split and return {'metrics', 'per_patient', 'ece'}."""
+    eng = load_engine(model, engine, threads)
+    meta = eng.meta
+    thr = float(threshold if threshold is not None else meta.get("threshold", 0.5))
+    min_px = int(meta.get("min_component_pixels", 0))
+    cases = select_patients(data, split, split_file, meta)
+    acc = SegmentationMetrics()
+    cal = Calibration()
+    examples: list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    from tqdm import tqdm
+
+    for case in tqdm(cases, desc=f"evaluating {split}", unit="patient", disable=not progress, leave=False):
+        ds = load_cases([case], eng.size)
+        for s in range(0, len(ds), batch_size):
+            imgs = ds.images[s : s + batch_size]
+            truth = ds.masks[s : s + batch_size]
+            prob = eng.run(imgs)
+            pred = prob >= thr
+            if min_px:
+                pred = np.stack([remove_small_components(p, min_px) for p in pred])
+            acc.update(pred, truth, ds.patients[s : s + batch_size], ds.names[s : s + batch_size])
+            cal.update(prob, truth)
+            if report_dir:
+                for i in range(len(imgs)):
+                    if truth[i].any():
+                        rec = acc.slice_records[-len(imgs) + i]
+                        examples.append((rec["dice"], rec["name"], imgs[i], truth[i], pred[i]))
+                examples.sort(key=lambda e: e[0])
+                if len(examples) > 8:
+                    examples = examples[:4] + examples[-4:]
+    m = acc.compute()
+    metrics = {k: m[k] for k in METRIC_KEYS if k in m}
+    metrics["threshold"] = thr
+    metrics["model"] = str(eng.model_path)
+    metrics = {k: metrics[k] for k in METRIC_KEYS}
+    per_patient = acc.patient_dice()
+    result = {"metrics": metrics, "per_patient": per_patient, "ece": cal.ece(), "engine": eng.name,
+              "split": split}
+    if report_dir:
+        write_report(Path(report_dir), result, acc, cal, examples, meta)
+    return result
+
+
+def format_table(m: dict) -> str:
+    rows = [("metric", "value", "convention")]
+    for k in METRIC_KEYS:
+        v = m[k]
+        rows.append((k, f"{v:.4f}" if isinstance(v, float) else str(v), CONVENTIONS.get(k, "")))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows)
+
+
+def _overlay_example(img: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Green: truth outline; red: prediction outline."""
+    from scipy import ndimage
+
+    out = img.copy()
+    for m, col in ((truth, (0, 255, 0)), (pred, (255, 40, 40))):
+        edge = m & ~ndimage.binary_erosion(m)
+        out[edge] = col
+    return out
+
+
+def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibration, examples, meta: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes, write_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    m = result["metrics"]
+    pp = result["per_patient"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(list(pp.values()), bins=np.linspace(0, 1, 21), color="#3b6ea5", edgecolor="white")
+    ax.set(xlabel="per-patient 3D Dice", ylabel="patients", title=f"Dice per patient (n={len(pp)})")
+    fig.tight_layout()
+    fig.savefig(out / "dice_histogram.png", dpi=100)
+    plt.close(fig)
+    conf, freq, cnt = cal.curve()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(conf, freq, marker="o")
+    ax.set(xlabel="predicted probability", ylabel="observed tumour frequency",
+           title=f"Reliability (ECE {result['ece']:.4f})", xlim=(0, 1), ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+    ex_lines = []
+    for j, (d, name, img, tr, pr) in enumerate(examples):
+        fn = f"example_{'worst' if j < len(examples) // 2 else 'best'}_{j}.png"
+        write_png(out / fn, _overlay_example(img, tr, pr))
+        ex_lines.append(f"| ![]({fn}) | {Path(name).name} | {d:.3f} |")
+    lines = [
+        "# Evaluation report", "",
+        f"Model: `{Path(m['model']).name}`; engine `{result['engine']}`; split `{result['split']}`; "
+        f"threshold {m['threshold']}; {m['n_patients']} patients, {m['n_slices']} slices.", "",
+        "| metric | value | convention |", "|---|---|---|",
+    ]
+    for k in METRIC_KEYS[:10]:
+        lines.append(f"| {k} | {m[k]:.4f} | {CONVENTIONS[k]} |")
+    lines += ["", f"Expected calibration error (pixel level, 10 bins): {result['ece']:.4f}", "",
+              "![per-patient Dice](dice_histogram.png) ![reliability](reliability.png)", "",
+              "## Per patient", "", "| patient | 3D Dice | slices |", "|---|---|---|"]
+    n_sl: dict[str, int] = {}
+    for r in acc.slice_records:
+        n_sl[r["patient"]] = n_sl.get(r["patient"], 0) + 1
+    for p, d in sorted(pp.items(), key=lambda kv: kv[1]):
+        lines.append(f"| {p} | {d:.4f} | {n_sl.get(p, 0)} |")
+    lines += ["", "## Worst and best tumour slices", "",
+              "Green outline: ground truth; red outline: prediction.", "",
+              "| overlay | slice | Dice |", "|---|---|---|", *ex_lines, ""]
+    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
+    atomic_write_bytes(out / "metrics.json", (json.dumps({**m, "ece": result["ece"],
+                                                          "per_patient": pp}, indent=1) + "\n").encode())
