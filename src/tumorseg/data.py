@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_mask, to_uint8_rgb
+from .io import IMAGE_EXTENSIONS, read_image, read_mask, to_uint8_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

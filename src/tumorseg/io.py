@@ -83,6 +83,10 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
         raise ImageReadError(path, "image dimensions are too large (decompression bomb)") from None
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(
+            path, "not a recognised image format (supported: TIFF, PNG, JPEG, WebP, BMP)"
+        ) from None
     except Exception as exc:
         raise ImageReadError(
             path, f"not a readable image ({type(exc).__name__}: {exc})"

@@ -1,0 +1,1 @@
+"""The local clinician web app (FastAPI) and its static page."""

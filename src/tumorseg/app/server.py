@@ -1,0 +1,206 @@
+"""Local web app and REST API. Front end only: every prediction goes through the Predictor.
+
+Privacy by default: binds 127.0.0.1, keeps uploads in memory (or a temporary folder that
+is deleted before the response), writes nothing, logs no file names, CORS closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import sys
+import tempfile
+import threading
+import webbrowser
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from .. import __version__
+from ..inference import DISCLAIMER, Predictor
+from ..io import ImageReadError, encode_png
+
+log = logging.getLogger("tumorseg.app")
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+def _b64png(arr: np.ndarray) -> str:
+    return base64.b64encode(encode_png(arr)).decode("ascii")
+
+
+async def _read_capped(upload: UploadFile, cap: int) -> bytes:
+    chunks, total = [], 0
+    while True:
+        chunk = await upload.read(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > cap:
+            raise UploadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _safe_name(name: str | None) -> str:
+    base = Path((name or "upload").replace("\\", "/")).name
+    return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120] or "upload"
+
+
+def create_app(predictor: Predictor | None = None, model: str | None = None, engine: str | None = None,
+               token: str | None = None, max_upload_mb: float = 50.0) -> FastAPI:
+    """Build the FastAPI app; the predictor loads once and serves every request."""
+    pred = predictor or Predictor(model, engine=engine)
+    cap = int(max_upload_mb * 1024 * 1024)
+    app = FastAPI(title="tumorseg", version=__version__,
+                  description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
+    app.state.predictor = pred
+
+    def error(status: int, msg: str) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": msg, "status": status})
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/api/") and request.url.path != "/api/health" and token:
+            got = request.headers.get("authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
+                return error(401, "missing or wrong API token (Authorization: Bearer <token>)")
+        cl = request.headers.get("content-length")
+        if cl and cl.isdigit() and int(cl) > cap + 1_000_000:
+            return error(413, f"upload is larger than the {max_upload_mb:g} MB limit")
+        try:
+            return await call_next(request)
+        except Exception as exc:  # never a bare 500 with a traceback to the client
+            log.error("unexpected error: %s", type(exc).__name__)
+            return error(500, f"internal error ({type(exc).__name__}); the server is still running")
+
+    @app.exception_handler(UploadTooLarge)
+    async def _too_large(request, exc):
+        return error(413, f"upload is larger than the {max_upload_mb:g} MB limit")
+
+    @app.exception_handler(ImageReadError)
+    async def _bad_image(request, exc: ImageReadError):
+        return error(400, str(exc))
+
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request, exc):
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors()]
+        return error(422, "invalid request: " + "; ".join(parts))
+
+    @app.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
+
+    @app.get("/api/model")
+    def model_info() -> dict:
+        return pred.info()
+
+    @app.post("/api/segment")
+    async def segment(file: UploadFile = File(...), threshold: float | None = Form(None),
+                      tta: bool = Form(False)):
+        """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
+        name = _safe_name(file.filename)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            return error(422, f"threshold must be between 0 and 1, got {threshold}")
+        data = await _read_capped(file, cap)
+        if not data:
+            raise ImageReadError(name, "file is empty (0 bytes)")
+        lower = name.lower()
+        if lower.endswith((".nii", ".nii.gz", ".zip", ".dcm")):
+            return error(400, f"{name}: this is a study; send it to /api/study")
+        from starlette.concurrency import run_in_threadpool
+
+        r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
+        body = {
+            "filename": name, "width": int(r.mask.shape[1]), "height": int(r.mask.shape[0]),
+            "threshold": r.threshold, "tumour_pixels": r.area_pixels, "area_mm2": r.area_mm2,
+            "max_probability": r.max_prob, "image_png": _b64png(r.image), "prob_png": _b64png(r.prob_png_array()),
+            "mask_png": _b64png(r.mask_png_array()), "model": pred.info(), "disclaimer": DISCLAIMER,
+        }
+        if r.uncertainty is not None:
+            body["uncertainty_png"] = _b64png((r.uncertainty.clip(0, 0.5) * 510).astype(np.uint8))
+        return body
+
+    @app.post("/api/study")
+    async def study(file: UploadFile = File(...), threshold: float | None = Form(None),
+                    series: str | None = Form(None)):
+        """Segment a whole study uploaded as a .zip (DICOM series or slice images) or NIfTI file."""
+        name = _safe_name(file.filename)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            return error(422, f"threshold must be between 0 and 1, got {threshold}")
+        data = await _read_capped(file, cap)
+        if not data:
+            raise ImageReadError(name, "file is empty (0 bytes)")
+        lower = name.lower()
+        if not lower.endswith((".nii", ".nii.gz", ".zip")):
+            return error(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+        from starlette.concurrency import run_in_threadpool
+
+        def run():
+            with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+                p = Path(tmp) / name
+                p.write_bytes(data)
+                if lower.endswith(".zip"):
+                    p = _unpack_slices_zip(p) or p
+                return pred.predict_study(p, series=series, threshold=threshold)
+
+        sp = await run_in_threadpool(run)
+        slices = [{"name": Path(sp.study.names[k]).name, "image_png": _b64png(sp.images[k]),
+                   "prob_png": _b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
+                   "tumour_pixels": int(sp.mask[k].sum())} for k in range(sp.study.n_slices)]
+        summ = sp.summary()
+        summ["source"] = name
+        return {"filename": name, "threshold": sp.threshold, "measurements": summ, "slices": slices,
+                "spacing": sp.study.spacing, "model": pred.info(), "disclaimer": DISCLAIMER}
+
+    static = Path(str(resources.files("tumorseg") / "app" / "static"))
+    app.mount("/static", StaticFiles(directory=static), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(static / "index.html", headers={"Cache-Control": "no-store"})
+
+    return app
+
+
+def _unpack_slices_zip(p: Path) -> Path | None:
+    """A zip of slice images (not DICOM) becomes a patient folder beside it; DICOM zips are read directly."""
+    from ..io import IMAGE_EXTENSIONS
+    from ..studies import _zip_members
+
+    members = _zip_members(p)
+    imgs = [(n, d) for n, d in members if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    if not imgs or len(imgs) < len(members) // 2:
+        return None
+    folder = p.parent / "slices"
+    folder.mkdir()
+    for n, d in imgs:
+        (folder / Path(n).name).write_bytes(d)
+    return folder
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, model: str | None = None, engine: str | None = None,
+          open_browser: bool = True, token: str | None = None, max_upload_mb: float = 50.0) -> None:
+    import uvicorn
+
+    if host not in LOCAL_HOSTS:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: serving on {host}, reachable from other machines. Patient images sent to this\n"
+              f"server cross the network.{'' if token else ' No --token is set: anyone who can reach it can use it.'}\n"
+              f"{bar}", file=sys.stderr)
+    app = create_app(model=model, engine=engine, token=token, max_upload_mb=max_upload_mb)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    print(f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{DISCLAIMER}", file=sys.stderr)
+    if open_browser:
+        threading.Timer(1.2, lambda: webbrowser.open(url)).start()
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,0 +1,129 @@
+"""`tumorseg predict`: many inputs, one line per failure, never overwriting an input."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io as _io
+import sys
+from pathlib import Path
+
+from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
+
+STUDY_SUFFIXES = (".nii", ".nii.gz", ".zip", ".dcm")
+
+
+def is_study(p: Path) -> bool:
+    name = p.name.lower()
+    if p.is_file():
+        return name.endswith(".nii") or name.endswith(".nii.gz") or name.endswith(".zip")
+    if p.is_dir():
+        from .studies import looks_like_study_folder
+
+        return looks_like_study_folder(p)
+    return False
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (their images, or the folder itself when it is a study) and globs."""
+    found: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for raw in inputs:
+        matches = [Path(m) for m in sorted(glob.glob(raw))] if any(c in raw for c in "*?[") else [Path(raw)]
+        if not matches:
+            errors.append((raw, "no file matches this pattern"))
+            continue
+        for p in matches:
+            if not p.exists():
+                errors.append((str(p), "file not found"))
+            elif p.is_dir() and not is_study(p):
+                imgs = [q for q in sorted(p.iterdir()) if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
+                        and not q.stem.lower().endswith("_mask")]
+                if not imgs:
+                    errors.append((str(p), "folder holds no images"))
+                found += imgs
+            else:
+                found.append(p)
+    return found, errors
+
+
+def _out_name(p: Path, used: set[str]) -> str:
+    name = p.name
+    for suf in (".nii.gz", *IMAGE_EXTENSIONS, ".nii", ".zip", ".dcm"):
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+            break
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+    base, k = name, 1
+    while name in used:
+        k += 1
+        name = f"{base}-{k}"
+    used.add(name)
+    return name
+
+
+def predict_inputs(a) -> int:
+    """Run the CLI's predict command; returns the exit code."""
+    from tqdm import tqdm
+
+    from .inference import DISCLAIMER, Predictor
+
+    out = Path(a.out)
+    files, errors = expand_inputs(a.inputs)
+    inputs_resolved = {f.resolve() for f in files}
+    if out.exists() and not out.is_dir():
+        print(f"tumorseg predict: error: {out}: exists and is not a folder", file=sys.stderr)
+        return 2
+    if out.resolve() in {f.parent.resolve() for f in files if f.is_file()}:
+        print(f"tumorseg predict: error: {out}: is an input folder; choose another --out so inputs "
+              "are never overwritten", file=sys.stderr)
+        return 2
+    pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    used: set[str] = set()
+    for f in tqdm(files, desc="segmenting", unit="file", disable=len(files) < 2, file=sys.stderr):
+        name = _out_name(f, used)
+        try:
+            if is_study(f):
+                from .studies import write_study_outputs
+
+                sp = pred.predict_study(f, series=a.series, tta=a.tta, min_component_mm3=a.min_component_mm3,
+                                        progress=True)
+                write_study_outputs(sp, out / name, inputs_resolved)
+                m = sp.measurements
+                rows.append({"file": str(f), "tumour_pixels": m["tumour_voxels"], "area_mm2": "",
+                             "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
+                             "max_probability": f"{float(sp.prob.max()):.4f}", "outputs": f"{name}/"})
+                continue
+            r = pred.predict(f, tta=a.tta)
+            targets = {
+                out / f"{name}_mask.png": r.mask_png_array(),
+                out / f"{name}_overlay.png": r.heatmap_overlay,
+                out / f"{name}_prob.png": r.prob_png_array(),
+            }
+            if r.uncertainty is not None:
+                targets[out / f"{name}_uncertainty.png"] = (r.uncertainty.clip(0, 0.5) * 510).astype("uint8")
+            for t, arr in targets.items():
+                if t.resolve() in inputs_resolved:
+                    raise ImageReadError(f, f"output {t} would overwrite an input")
+                write_png(t, arr)
+            rows.append({"file": str(f), "tumour_pixels": r.area_pixels,
+                         "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}", "volume_ml": "",
+                         "max_probability": f"{r.max_prob:.4f}", "outputs": f"{name}_*.png"})
+        except (ImageReadError, ValueError, OSError) as exc:
+            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
+            errors.append((str(f), msg))
+            tqdm.write(f"skipped {msg}", file=sys.stderr)
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability",
+                                        "outputs"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
+    for src, msg in errors:
+        if not msg.startswith(src):
+            msg = f"{src}: {msg}"
+        print(f"error: {msg}", file=sys.stderr)
+    print(f"{len(rows)} segmented, {len(errors)} failed; results in {out} ({DISCLAIMER})", file=sys.stderr)
+    return 0 if not errors else 1

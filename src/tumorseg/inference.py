@@ -1,0 +1,189 @@
+"""The one Predictor that every front end (CLI, app, REST API, Python) calls."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .engines import DEFAULT_ENGINE, load_engine
+from .evaluation import remove_small_components
+from .io import ImageReadError, read_image, to_uint8_rgb
+from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
+
+DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
+
+
+def resize_prob(prob: np.ndarray, h: int, w: int) -> np.ndarray:
+    if prob.shape == (h, w):
+        return prob.astype(np.float32)
+    return np.asarray(Image.fromarray(prob.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR))
+
+
+@dataclass
+class Prediction:
+    """A segmentation of one 2D image, at the image's own resolution."""
+
+    image: np.ndarray  # uint8 RGB shown to the user
+    prob: np.ndarray  # float32 HxW in [0, 1]
+    mask: np.ndarray  # bool HxW
+    threshold: float
+    pixel_spacing: tuple[float, float] | None = None  # (row, column) mm
+    uncertainty: np.ndarray | None = None  # float32 HxW, with TTA
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def area_pixels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def area_mm2(self) -> float | None:
+        if not self.pixel_spacing:
+            return None
+        return float(self.area_pixels * self.pixel_spacing[0] * self.pixel_spacing[1])
+
+    @property
+    def max_prob(self) -> float:
+        return float(self.prob.max()) if self.prob.size else 0.0
+
+    def heatmap(self, alpha: float = 0.5, floor: float = 0.05) -> np.ndarray:
+        return heatmap_overlay(self.image, self.prob, alpha, floor)
+
+    @cached_property
+    def heatmap_overlay(self) -> np.ndarray:
+        return self.heatmap()
+
+    @cached_property
+    def contour_overlay(self) -> np.ndarray:
+        return contour_overlay(self.image, self.mask)
+
+    def prob_png_array(self) -> np.ndarray:
+        return (self.prob * 255 + 0.5).astype(np.uint8)
+
+    def mask_png_array(self) -> np.ndarray:
+        return self.mask.astype(np.uint8) * 255
+
+    def summary(self) -> dict:
+        return {"source": self.source, "height": int(self.mask.shape[0]), "width": int(self.mask.shape[1]),
+                "tumour_pixels": self.area_pixels, "area_mm2": self.area_mm2, "max_probability": self.max_prob,
+                "threshold": self.threshold}
+
+
+class Predictor:
+    """Loads a model once and segments images or whole studies with it.
+
+    ``model=None`` uses the bundled default model. Thread-safe: engine calls are serialised.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto", engine: str | None = None,
+                 threads: int = 0, threshold: float | None = None):
+        self.engine = load_engine(model, engine or DEFAULT_ENGINE, threads, device)
+        self.meta = self.engine.meta
+        self.size = self.engine.size
+        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
+        self.min_component_pixels = int(self.meta.get("min_component_pixels", 0))
+
+    @property
+    def model_path(self) -> Path:
+        return self.engine.model_path
+
+    def info(self) -> dict:
+        m = self.meta
+        return {
+            "model": self.model_path.name, "engine": self.engine.name, "input_size": self.size,
+            "threshold": self.threshold, "architecture": m.get("architecture", {}).get("name"),
+            "channels": m.get("channels"), "metrics": m.get("metrics", {}),
+            "trained_epochs": m.get("training", {}).get("epoch"), "disclaimer": DISCLAIMER,
+        }
+
+    # ---- core: uint8 RGB slices at any size -> probabilities at their own size
+    def _model_input(self, img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] == (self.size, self.size):
+            return img
+        return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.BILINEAR))
+
+    def probabilities(self, images: list[np.ndarray], tta: bool = False, batch_size: int = 16
+                      ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Probability maps for display-ready uint8 RGB images, each at its own resolution."""
+        probs: list[np.ndarray] = []
+        uncs: list[np.ndarray] | None = [] if tta else None
+        for s in range(0, len(images), batch_size):
+            chunk = images[s : s + batch_size]
+            x = np.stack([self._model_input(im) for im in chunk])
+            if tta:
+                views = [self.engine.run(x), self.engine.run(x[:, :, ::-1].copy())[:, :, ::-1],
+                         self.engine.run(x[:, ::-1].copy())[:, ::-1]]
+                stack = np.stack(views)
+                p = stack.mean(0)
+                u = stack.std(0)
+            else:
+                p = self.engine.run(x)
+            for i, im in enumerate(chunk):
+                probs.append(resize_prob(p[i], *im.shape[:2]))
+                if tta:
+                    uncs.append(resize_prob(u[i], *im.shape[:2]))
+        return probs, uncs
+
+    def _mask(self, prob: np.ndarray, threshold: float) -> np.ndarray:
+        m = prob >= threshold
+        if self.min_component_pixels:
+            scale = prob.shape[0] * prob.shape[1] / (self.size * self.size)
+            m = remove_small_components(m, max(1, int(round(self.min_component_pixels * scale))))
+        return m
+
+    def predict(self, image: str | os.PathLike | np.ndarray | bytes, tta: bool = False,
+                threshold: float | None = None, pixel_spacing: tuple[float, float] | None = None,
+                name: str | None = None) -> Prediction:
+        """Segment one 2D image given as a path, raw file bytes or an array (any size/dtype)."""
+        if isinstance(image, (bytes, bytearray)):
+            arr = read_image(name or "<upload>", data=bytes(image))
+            source = name or "<upload>"
+        elif isinstance(image, np.ndarray):
+            arr = image
+            source = name or "<array>"
+            if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+                raise ImageReadError(source, f"unsupported array shape {arr.shape}")
+            if arr.ndim == 3 and arr.shape[2] == 1:
+                arr = arr[..., 0]
+            if arr.dtype.kind == "f":
+                arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            arr = read_image(image)
+            source = str(image)
+        img = to_uint8_rgb(arr)
+        thr = float(threshold if threshold is not None else self.threshold)
+        probs, uncs = self.probabilities([img], tta=tta)
+        return Prediction(img, probs[0], self._mask(probs[0], thr), thr, pixel_spacing,
+                          uncs[0] if uncs else None, source, self.info())
+
+    def predict_study(self, path: str | os.PathLike, series: str | None = None, tta: bool = False,
+                      threshold: float | None = None, min_component_mm3: float = 0.0, progress: bool = False):
+        """Segment a whole study (kaggle_3m patient folder, NIfTI, DICOM folder or zip)."""
+        from .studies import StudyPrediction, read_study, study_measurements
+
+        study = read_study(path, series=series)
+        thr = float(threshold if threshold is not None else self.threshold)
+        slices = [study.slice_rgb(i) for i in range(study.n_slices)]
+        probs: list[np.ndarray] = []
+        uncs: list[np.ndarray] = []
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(slices), desc=Path(path).name, unit="slice", disable=not progress, leave=False)
+        for s in range(0, len(slices), 16):
+            p, u = self.probabilities(slices[s : s + 16], tta=tta)
+            probs += p
+            if u:
+                uncs += u
+            bar.update(len(p))
+        bar.close()
+        prob = np.stack(probs)
+        mask = np.stack([self._mask(p, thr) for p in probs])
+        meas, mask = study_measurements(mask, study.spacing, min_component_mm3)
+        return StudyPrediction(study=study, images=slices, prob=prob, mask=mask, threshold=thr,
+                               measurements=meas, uncertainty=np.stack(uncs) if uncs else None,
+                               model=self.info())

@@ -1,0 +1,67 @@
+"""Shared fixtures: small synthetic datasets with blob 'tumours' and a tiny saved model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+LGG = SHARED / "data" / "lgg-kaggle_3m"
+LGG_WEIGHTS = SHARED / "weights" / "resnet50_imagenet_msra_stem-layer3.pth"
+
+
+def blob_slice(rng: np.random.Generator, size: int, tumour: bool) -> tuple[np.ndarray, np.ndarray]:
+    img = (rng.random((size, size, 3)) * 60).astype(np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    if tumour:
+        r = size // 8
+        cy, cx = rng.integers(r + 2, size - r - 2, 2)
+        yy, xx = np.mgrid[:size, :size]
+        b = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img[b] = np.clip(img[b].astype(int) + 150, 0, 255)
+        mask[b] = 255
+    return img, mask
+
+
+def make_kaggle(root: Path, patients: int = 6, slices: int = 6, size: int = 64, ext: str = ".png",
+                seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for p in range(patients):
+        pid = f"TCGA_XX_{p:04d}_20000101"
+        d = root / pid
+        d.mkdir(parents=True, exist_ok=True)
+        for n in range(1, slices + 1):
+            img, mask = blob_slice(rng, size, tumour=(n % 2 == 1))
+            Image.fromarray(img).save(d / f"{pid}_{n}{ext}")
+            Image.fromarray(mask).save(d / f"{pid}_{n}_mask{'.png' if ext in ('.jpg', '.webp') else ext}")
+    (root / "data.csv").write_text("Patient,x\n")
+    (root / "README.md").write_text("synthetic\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def kaggle_dir(tmp_path_factory) -> Path:
+    return make_kaggle(tmp_path_factory.mktemp("kaggle"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised model saved in the project's format, input 64x64."""
+    from tumorseg.model import UNetResNet50, save_model
+
+    torch.manual_seed(0)
+    m = UNetResNet50()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(m, path, {
+        "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
+        "input_size": 64, "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]}, "threshold": 0.5,
+        "training": {"split": {"train": [], "val": [], "test": []}},
+    }, dtype=torch.float16)
+    return path

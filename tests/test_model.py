@@ -1,0 +1,114 @@
+import pickle
+
+import pytest
+import torch
+
+from tumorseg.model import (
+    ModelFileError,
+    ResNet50Encoder,
+    UNetResNet50,
+    build_model,
+    load_encoder_state,
+    load_model,
+    save_model,
+)
+
+from .conftest import LGG_WEIGHTS
+
+META = {"architecture": {"name": "unet-resnet50"}, "input_size": 64, "threshold": 0.5}
+
+
+@pytest.mark.parametrize("size", [32, 64, 96])
+def test_output_shape_matches_input(size):
+    m = UNetResNet50().eval()
+    with torch.no_grad():
+        y = m(torch.zeros(2, 3, size, size))
+    assert y.shape == (2, 1, size, size)
+
+
+def test_non_multiple_of_32_is_a_clear_error():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        UNetResNet50()(torch.zeros(1, 3, 50, 50))
+
+
+def test_decoder_uses_transposed_convs_and_skips():
+    m = UNetResNet50()
+    ups = [mod for mod in m.modules() if isinstance(mod, torch.nn.ConvTranspose2d)]
+    assert len(ups) == 5
+    # first decoder block concatenates layer3's 1024 channels with its 256 upsampled ones
+    assert m.decoder.blocks[0].conv[0][0].in_channels == 256 + 1024
+
+
+def _torchvision_state_dict():
+    """A state dict with torchvision's full ResNet50 key set (encoder keys + fc)."""
+    sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ResNet50Encoder().state_dict().items()}
+    sd["fc.weight"] = torch.randn(1000, 2048)
+    sd["fc.bias"] = torch.randn(1000)
+    return sd
+
+
+def test_torchvision_layout_loads_every_encoder_tensor():
+    sd = _torchvision_state_dict()
+    enc = ResNet50Encoder()
+    rep = load_encoder_state(enc, sd, "test")
+    assert rep.fresh == [] and set(rep.ignored) == {"fc.weight", "fc.bias"}
+    assert torch.equal(enc.layer4[2].conv3.weight, sd["layer4.2.conv3.weight"])
+    # 320 tensors in torchvision's resnet50 state dict = 318 encoder + 2 fc
+    assert len(rep.loaded) + len(rep.ignored) == 320
+
+
+def test_partial_state_dict_reports_fresh_layers(tmp_path):
+    sd = {k: v for k, v in _torchvision_state_dict().items() if not k.startswith(("layer4", "fc"))}
+    torch.save(sd, tmp_path / "partial.pth")
+    model, rep = build_model(str(tmp_path / "partial.pth"))
+    assert {k.split(".")[0] for k in rep.fresh} == {"layer4"}
+    assert "initialised fresh (layer4)" in rep.summary()
+    assert torch.equal(model.encoder.conv1.weight, sd["conv1.weight"])
+
+
+@pytest.mark.skipif(not LGG_WEIGHTS.is_file(), reason="../shared weights not present")
+def test_shared_msra_weights_load():
+    _, rep = build_model(str(LGG_WEIGHTS))
+    assert len(rep.loaded) == 258 and {k.split(".")[0] for k in rep.fresh} == {"layer4"}
+
+
+def test_save_load_round_trip_fp16(tmp_path):
+    m = UNetResNet50().eval()
+    save_model(m, tmp_path / "m.safetensors", META, dtype=torch.float16)
+    m2, meta = load_model(tmp_path / "m.safetensors")
+    assert meta["input_size"] == 64 and meta["format"] == "tumorseg-model"
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(m(x), m2(x), atol=0.05)
+
+
+def test_truncated_and_corrupted_model_files_refused(tmp_path):
+    save_model(UNetResNet50(), tmp_path / "m.safetensors", META)
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated|not a valid"):
+        load_model(tmp_path / "trunc.safetensors")
+    flipped = bytearray(data)
+    flipped[-1000] ^= 0xFF
+    (tmp_path / "flip.safetensors").write_bytes(bytes(flipped))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(tmp_path / "flip.safetensors")
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_BY_PICKLE",))
+
+
+def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "evil.pth"
+    with open(p, "wb") as fh:
+        pickle.dump({"conv1.weight": _Evil()}, fh)
+    with pytest.raises(ModelFileError):
+        build_model(str(p))
+    with pytest.raises(ModelFileError):
+        load_model(p)
+    assert not (tmp_path / "PWNED_BY_PICKLE").exists()
