@@ -53,7 +53,7 @@ def _out_name(p: Path, used: set[str]) -> str:
         if name.lower().endswith(suf):
             name = name[: -len(suf)]
             break
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+    name = "".join(c if c.isalnum() or c in "-_. ()+" else "_" for c in name).strip() or "image"
     base, k = name, 1
     while name in used:
         k += 1

@@ -18,7 +18,7 @@ def _add_train(sub) -> None:
                        description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
-    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 50; with --resume: keep the run's)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--image-size", type=int, default=256)
@@ -42,7 +42,7 @@ def _cmd_train(a) -> int:
     from .training import TrainConfig, train
 
     cfg = TrainConfig(
-        data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, image_size=a.image_size,
+        data=a.data, out=a.out, epochs=a.epochs if a.epochs is not None else (0 if a.resume else 50), batch_size=a.batch_size, lr=a.lr, image_size=a.image_size,
         patch_size=a.patch_size, samples_per_epoch=a.samples_per_epoch, fg_fraction=a.fg_fraction,
         encoder_weights=a.encoder_weights, loss=a.loss, schedule=a.schedule, patience=a.patience,
         device=a.device, seed=a.seed, threads=a.threads, split=a.split, amp=not a.no_amp,

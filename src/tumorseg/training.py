@@ -250,7 +250,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         # Resume keeps the run's recipe; only where it runs may change.
         for k in ("device", "threads"):
             saved[k] = getattr(cfg, k)
-        saved["epochs"] = max(cfg.epochs, saved["epochs"]) if cfg.epochs else saved["epochs"]
+        # An explicit --epochs on resume changes the budget (a cosine schedule re-anneals to it).
+        saved["epochs"] = cfg.epochs or saved["epochs"]
         saved["split_fractions"] = tuple(saved["split_fractions"])
         cfg = TrainConfig(**saved)
     elif d.main and ckpt_path.exists():

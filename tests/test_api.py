@@ -1,0 +1,131 @@
+import io
+import threading
+
+import numpy as np
+import pytest
+import tifffile
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tumorseg.app.server import create_app
+from tumorseg.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    return Predictor(tiny_model, engine="torch-fp32")
+
+
+@pytest.fixture(scope="module")
+def client(predictor):
+    return TestClient(create_app(predictor, max_upload_mb=1))
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tif(arr) -> bytes:
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr)
+    return buf.getvalue()
+
+
+def test_health_and_model(client):
+    assert client.get("/api/health").json()["status"] == "ok"
+    m = client.get("/api/model").json()
+    assert m["input_size"] == 64 and "not a medical device" in m["disclaimer"].lower()
+
+
+def test_segment_returns_pngs_at_original_size(client):
+    import base64
+
+    r = client.post("/api/segment", files={"file": ("slice.tif", _tif(np.zeros((70, 90, 3), np.uint8)))},
+                    data={"threshold": "0.4"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["width"], body["height"], body["threshold"]) == (90, 70, 0.4)
+    for key in ("image_png", "prob_png", "mask_png"):
+        im = Image.open(io.BytesIO(base64.b64decode(body[key])))
+        assert im.size == (90, 70)
+    assert {"tumour_pixels", "max_probability", "model"} <= set(body)
+
+
+BAD = {
+    "zero bytes": ("a.png", b""),
+    "text as png": ("a.png", b"hello world"),
+    "html": ("page.png", b"<html><body>hi</body></html>"),
+    "pdf renamed": ("doc.png", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj"),
+    "truncated png": ("t.png", None),
+    "truncated tiff": ("t.tif", None),
+    "study sent to segment": ("vol.nii.gz", b"\x1f\x8b whatever"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_uploads_are_4xx_json_and_server_survives(client, kind):
+    name, data = BAD[kind]
+    if kind == "truncated png":
+        data = _png(np.zeros((64, 64, 3), np.uint8) + 7)[:60]
+    if kind == "truncated tiff":
+        data = _tif((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))[:100]
+    r = client.post("/api/segment", files={"file": (name, data)})
+    assert 400 <= r.status_code < 500, (kind, r.status_code, r.text)
+    assert "error" in r.json() and r.json()["error"]
+    assert client.get("/api/health").status_code == 200
+
+
+def test_decompression_bomb_is_rejected(client):
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, "PNG")
+    r = client.post("/api/segment", files={"file": ("bomb.png", buf.getvalue())})
+    assert r.status_code == 400 and "large" in r.json()["error"]
+
+
+def test_upload_cap(client):
+    r = client.post("/api/segment", files={"file": ("big.png", b"\x00" * (2 * 1024 * 1024))})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def test_missing_file_field_and_bad_threshold(client):
+    assert client.post("/api/segment").status_code == 422
+    r = client.post("/api/segment", files={"file": ("a.png", _png(np.zeros((8, 8), np.uint8)))},
+                    data={"threshold": "7"})
+    assert r.status_code == 422 and "threshold" in r.json()["error"]
+
+
+def test_token_protects_api(predictor):
+    c = TestClient(create_app(predictor, token="s3cret"))
+    assert c.get("/api/health").status_code == 200
+    assert c.get("/api/model").status_code == 401
+    assert c.get("/api/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_no_cors_by_default(client):
+    r = client.get("/api/health", headers={"Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in {k.lower() for k in r.headers}
+
+
+def test_page_and_docs_served_offline(client):
+    page = client.get("/").text
+    assert "not a medical device" in page and "http://" not in page.replace("http://www.w3.org", "")
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/openapi.json").json()["paths"]["/api/segment"]
+
+
+def test_concurrent_requests_do_not_mix(client):
+    imgs = {i: (np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8) for i in range(6)}
+    expected = {}
+    for i, im in imgs.items():
+        expected[i] = client.post("/api/segment", files={"file": (f"{i}.png", _png(im))}).json()["prob_png"]
+    got = {}
+
+    def worker(i):
+        got[i] = client.post("/api/segment", files={"file": (f"{i}.png", _png(imgs[i]))}).json()["prob_png"]
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in imgs]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert got == expected

@@ -1,0 +1,56 @@
+"""End to end on synthetic data: train -> evaluate, resume, and the JSON keys."""
+
+import json
+
+import numpy as np
+
+from tumorseg.cli import main
+from tumorseg.evaluation import METRIC_KEYS
+
+from .conftest import make_kaggle
+
+TRAIN = ["--image-size", "64", "--patch-size", "64", "--batch-size", "8", "--samples-per-epoch", "96",
+         "--lr", "1e-3", "--loss", "dice+bce", "--threads", "1", "--seed", "1"]
+
+
+def test_train_then_evaluate_beats_chance(tmp_path):
+    data = make_kaggle(tmp_path / "data", patients=8, slices=6, size=64, seed=3)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "4", *TRAIN]) == 0
+    for f in ("config.json", "split.json", "log.jsonl", "curve.png", "best.safetensors", "last.ckpt.safetensors"):
+        assert (run / f).is_file(), f
+    split = json.loads((run / "split.json").read_text())
+    assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
+    out = tmp_path / "m.json"
+    rep = tmp_path / "report"
+    assert main(["evaluate", "--data", str(data), "--model", str(run / "best.safetensors"), "--split", "test",
+                 "--json", str(out), "--report", str(rep)]) == 0
+    m = json.loads(out.read_text())
+    assert list(m) == list(METRIC_KEYS)
+    assert m["n_patients"] == len(split["test"])
+    # chance: predicting tumour everywhere gives Dice 2p/(1+p) with p the tumour share
+    p = np.pi * 8**2 / 64**2 / 2
+    assert m["dice"] > 2 * p / (1 + p) + 0.2, m
+    assert (rep / "report.md").is_file() and (rep / "dice_histogram.png").is_file()
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=4)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--samples-per-epoch", "16"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "1"]) == 2  # refuses to clobber an existing run
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_corrupted_checkpoint_gives_clear_error(tmp_path, capsys):
+    data = make_kaggle(tmp_path / "data", patients=4, slices=4, size=64, seed=5)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--samples-per-epoch", "8"]
+    assert main([*args, "--epochs", "1"]) == 0
+    ck = run / "last.ckpt.safetensors"
+    ck.write_bytes(ck.read_bytes()[:5000])
+    assert main([*args, "--epochs", "2", "--resume"]) == 2
+    assert "cannot resume" in capsys.readouterr().err
