@@ -313,8 +313,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
     start_epoch, best, bad_epochs = 1, -1.0, 0
     best_thr = 0.5
+    history: list[dict] = []
+    if resume and not ckpt_path.exists():
+        _log("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
+        resume = False
     if resume:
         meta = load_checkpoint(ckpt_path, model, opt)
+        history = json.loads(meta.get("history", "[]"))
         start_epoch = meta["epoch"] + 1
         best, bad_epochs, best_thr = meta["best"], meta["bad_epochs"], meta.get("best_threshold", 0.5)
         st = json.loads(meta["sampler_state"])
@@ -399,14 +404,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if d.main:
             if improved:
                 save_model(model, best_path, _model_meta(cfg, rep, epoch, val_dice, best_thr, v, split))
-            with open(out / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            history.append(row)
+            # The checkpoint is the commit point; the log is rewritten from it, so a kill at any
+            # moment leaves a log that matches the state --resume continues from.
             save_checkpoint(ckpt_path, model, opt, {"schedule": cfg.schedule}, {
                 "epoch": epoch, "best": best, "bad_epochs": bad_epochs, "best_threshold": best_thr,
                 "sampler_state": json.dumps(sampler.state()),
                 "aug_state": json.dumps(aug_gen.get_state().tolist()),
-                "config": asdict(cfg),
+                "config": asdict(cfg), "history": json.dumps(history),
             })
+            atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
             try:
                 _curve(out / "log.jsonl", out / "curve.png")
             except Exception as exc:  # a plot must never stop training

@@ -1,0 +1,50 @@
+"""Static int8 quantisation of the ONNX model (onnxruntime), calibrated on real slices."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+
+def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None) -> bytes:
+    """Quantise to QDQ int8 with per-channel weights; ``calibration`` is N x S x S x 3 uint8 slices.
+
+    Calibration slices should come from training data (never the test patients).
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
+    norm = meta.get("normalisation", {})
+    mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
+    std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(range(len(calibration)))
+
+        def get_next(self):
+            i = next(self.it, None)
+            if i is None:
+                return None
+            x = calibration[i : i + 1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+            return {"image": (x - mean) / std}
+
+    with tempfile.TemporaryDirectory(prefix="tumorseg-q-") as tmp:
+        src = os.path.join(tmp, "fp32.onnx")
+        pre = os.path.join(tmp, "pre.onnx")
+        dst = os.path.join(tmp, "int8.onnx")
+        with open(src, "wb") as fh:
+            fh.write(onnx_bytes)
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        except Exception:
+            pre = src
+        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        with open(dst, "rb") as fh:
+            return fh.read()
