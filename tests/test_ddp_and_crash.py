@@ -26,6 +26,18 @@ def _env():
     return env
 
 
+def _run(cmd, timeout=300):
+    """Run a command in its own process group so a hang never leaves workers behind."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _epochs(run):
     return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
 
@@ -35,11 +47,11 @@ def test_torchrun_two_cpu_processes_and_resume(tmp_path):
     run = tmp_path / "run"
     base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
             "-m", "tumorseg", "train", "--data", str(data), "--out", str(run), *COMMON, "--samples-per-epoch", "16"]
-    r = subprocess.run([*base, "--epochs", "1"], capture_output=True, text=True, env=_env(), timeout=300)
+    r = _run([*base, "--epochs", "1"])
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     assert row["samples"] == 16  # 2 ranks x 2 steps x batch 4: the epoch is shared, not doubled
-    r = subprocess.run([*base, "--epochs", "2", "--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+    r = _run([*base, "--epochs", "2", "--resume"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert _epochs(run) == [1, 2]  # only rank 0 wrote the log
     assert (run / "best.safetensors").is_file()
@@ -66,7 +78,7 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
             proc.kill()
     done_before = _epochs(run)
     assert done_before and done_before[-1] < 4
-    r = subprocess.run([*cmd[:-4], "--resume"], capture_output=True, text=True, env=_env(), timeout=300)
+    r = _run([*cmd[:-4], "--resume"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert _epochs(run) == [1, 2, 3, 4]  # nothing repeated, nothing skipped: at most the killed epoch redone
     assert not list(run.glob(".*.tmp"))  # no half-written files left behind

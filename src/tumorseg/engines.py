@@ -142,9 +142,17 @@ def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
 def load_engine(model: str | os.PathLike | None = None, engine: str | None = None, threads: int = 0,
                 device: str = "auto", calibration: np.ndarray | None = None) -> Engine:
     """Load a model file and wrap it in the requested engine."""
-    engine = engine or DEFAULT_ENGINE
-    if engine not in ENGINES:
+    if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if model is not None and str(model).lower().endswith(".onnx"):
+        return load_onnx_file(Path(model), threads, engine)
+    if model is None and engine in (None, "onnx-int8") and calibration is None:
+        q = bundled_model_path().with_name("default-int8.onnx")
+        if engine == "onnx-int8" or (engine is None and DEFAULT_ENGINE == "onnx-int8" and q.is_file()):
+            if not q.is_file():
+                raise ModelFileError(f"{q}: no int8 model is bundled with this installation")
+            return load_onnx_file(q, threads, "onnx-int8")
+    engine = engine or ("torch-bf16" if DEFAULT_ENGINE == "onnx-int8" else DEFAULT_ENGINE)
     path = resolve_model(model)
     net, meta = load_model(path)
     threads = threads or default_threads()
@@ -154,7 +162,45 @@ def load_engine(model: str | os.PathLike | None = None, engine: str | None = Non
         return TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
     onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
     if engine == "onnx-int8":
+        if calibration is None:
+            raise ValueError("onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
+                             "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model")
         from .quantize import quantize_int8
 
         onnx_bytes = quantize_int8(onnx_bytes, meta, calibration)
     return OnnxEngine(path, meta, onnx_bytes, threads, engine)
+
+
+def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
+    """Carry the model's metadata inside the ONNX file so it is self-describing too."""
+    import json
+
+    import onnx
+
+    m = onnx.load_from_string(onnx_bytes)
+    del m.metadata_props[:]
+    entry = m.metadata_props.add()
+    entry.key, entry.value = "tumorseg", json.dumps({**meta, "engine": engine})
+    return m.SerializeToString()
+
+
+def load_onnx_file(path: Path, threads: int, engine: str | None) -> Engine:
+    import json
+
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    data = path.read_bytes()
+    try:
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        raw = sess.get_modelmeta().custom_metadata_map.get("tumorseg")
+    except Exception as exc:
+        raise ModelFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    if not raw:
+        raise ModelFileError(f"{path}: ONNX file without tumorseg metadata (export it with `tumorseg export`)")
+    meta = json.loads(raw)
+    kind = meta.get("engine", "onnx-fp32")
+    if engine and engine != kind:
+        raise ValueError(f"{path} is an {kind} model; it cannot run as {engine}")
+    return OnnxEngine(path, meta, data, threads or default_threads(), kind)

@@ -94,9 +94,9 @@ class Calibration:
 
 def evaluate(data: str | os.PathLike, model: str | None = None, split: str = "test", split_file: str | None = None,
              threshold: float | None = None, report_dir: str | None = None, engine: str | None = None,
-             threads: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+             threads: int = 0, batch_size: int = 16, progress: bool = True, engine_obj=None) -> dict:
     """Run a model over a split and return {'metrics', 'per_patient', 'ece'}."""
-    eng = load_engine(model, engine, threads)
+    eng = engine_obj or load_engine(model, engine, threads)
     meta = eng.meta
     thr = float(threshold if threshold is not None else meta.get("threshold", 0.5))
     min_px = int(meta.get("min_component_pixels", 0))

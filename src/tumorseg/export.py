@@ -11,11 +11,15 @@ from .io import atomic_write_bytes
 from .model import load_model
 
 
-def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0) -> np.ndarray:
-    """Slices for int8 calibration, half with tumour, from a dataset's training patients only when known."""
+def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, split: dict | None = None
+                       ) -> np.ndarray:
+    """Slices for int8 calibration, half with tumour, from the model's training patients when known."""
     from .data import discover, load_cases
 
     cases = discover(data_dir)
+    train = ((split or {}).get("training", {}).get("split") or {}).get("train")
+    if train:
+        cases = [c for c in cases if c.patient in set(train)][:12]
     rng = np.random.default_rng(seed)
     ds = load_cases(cases, size)
     fg = np.flatnonzero(ds.masks.reshape(len(ds), -1).any(1))
@@ -31,20 +35,23 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
     path = resolve_model(model)
     net, meta = load_model(path)
     size = int(meta.get("input_size", 256))
-    data = to_onnx_bytes(net, size)
+    from .engines import add_onnx_metadata
+
+    data = add_onnx_metadata(to_onnx_bytes(net, size), meta, "onnx-fp32")
     atomic_write_bytes(out, data)
     lines = [f"wrote {out} ({len(data) / 1e6:.1f} MB, opset 17, dynamic batch, input 'image' Nx3x{size}x{size})"]
     # parity: PyTorch fp32 vs onnxruntime on random-but-realistic inputs
     rng = np.random.default_rng(0)
     x = (rng.random((4, size, size, 3)) * 255).astype(np.uint8)
     a = load_engine(path, "torch-fp32").run(x)
-    b = load_engine(path, "onnx-fp32").run(x)
+    b = load_engine(out).run(x)
     lines.append(f"parity vs PyTorch fp32: max |dp| = {np.abs(a - b).max():.2e}, "
                  f"mask agreement {((a >= 0.5) == (b >= 0.5)).mean() * 100:.3f}%")
     if calibration:
         from .quantize import quantize_int8
 
-        q = quantize_int8(data, meta, calibration_slices(calibration, size))
+        q = add_onnx_metadata(quantize_int8(data, meta, calibration_slices(calibration, size, split=meta)),
+                              meta, "onnx-int8")
         qout = str(Path(out).with_suffix("")) + "-int8.onnx"
         atomic_write_bytes(qout, q)
         lines.append(f"wrote {qout} ({len(q) / 1e6:.1f} MB, static int8 QDQ, per-channel)")

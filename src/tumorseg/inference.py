@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .engines import DEFAULT_ENGINE, load_engine
+from .engines import load_engine
 from .evaluation import remove_small_components
 from .io import ImageReadError, read_image, to_uint8_rgb
 from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
@@ -82,7 +82,7 @@ class Predictor:
 
     def __init__(self, model: str | os.PathLike | None = None, device: str = "auto", engine: str | None = None,
                  threads: int = 0, threshold: float | None = None):
-        self.engine = load_engine(model, engine or DEFAULT_ENGINE, threads, device)
+        self.engine = load_engine(model, engine, threads, device)
         self.meta = self.engine.meta
         self.size = self.engine.size
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))

@@ -1,0 +1,168 @@
+"""Inference engines side by side, in one run, on the same slices.
+
+    python benchmarks/inference.py [--model M] [--data DIR] [--threads 2] [--out benchmarks/results]
+
+Per engine (each in a fresh subprocess, so peak RSS is its own): latency per slice at
+batch 1 (median of >= 20 runs after warm-up), throughput at batch 16, a 40-slice study end
+to end (read -> segment -> overlays -> measurements), peak RSS, and Dice on the test
+patients of the model's split when --data is given. Writes JSON and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENGINES = ["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"]
+
+
+def _calibration(data: str | None, size: int, meta: dict) -> np.ndarray | None:
+    """int8 calibration slices from the model's TRAINING patients only."""
+    from tumorseg.data import discover, load_cases
+
+    if not data:
+        return (np.random.default_rng(0).random((16, size, size, 3)) * 255).astype(np.uint8)
+    split = meta.get("training", {}).get("split")
+    cases = discover(data)
+    if split:
+        cases = [c for c in cases if c.patient in set(split["train"])]
+    rng = np.random.default_rng(0)
+    cases = [cases[i] for i in sorted(rng.choice(len(cases), min(8, len(cases)), replace=False))]
+    ds = load_cases(cases, size)
+    fg = np.flatnonzero(ds.masks.reshape(len(ds), -1).any(1))
+    bg = np.setdiff1d(np.arange(len(ds)), fg)
+    pick = np.concatenate([rng.choice(fg, min(32, len(fg)), replace=False),
+                           rng.choice(bg, min(32, len(bg)), replace=False)])
+    return ds.images[np.sort(pick)]
+
+
+def worker(args) -> dict:
+    import resource
+
+    import torch
+
+    from tumorseg.engines import load_engine
+    from tumorseg.model import load_model
+
+    torch.set_num_threads(args.threads)
+    from tumorseg.engines import resolve_model
+
+    _, meta = load_model(resolve_model(args.model))
+    size = int(meta.get("input_size", 256))
+    calib = _calibration(args.data, size, meta) if args.engine == "onnx-int8" else None
+    t0 = time.perf_counter()
+    eng = load_engine(args.model, args.engine, args.threads, "cpu", calibration=calib)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    x1 = (rng.random((1, size, size, 3)) * 255).astype(np.uint8)
+    x16 = (rng.random((16, size, size, 3)) * 255).astype(np.uint8)
+    for _ in range(3):
+        eng.run(x1)
+    lat = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        eng.run(x1)
+        lat.append(time.perf_counter() - t)
+    eng.run(x16)
+    thr = []
+    for _ in range(3):
+        t = time.perf_counter()
+        eng.run(x16)
+        thr.append(16 / (time.perf_counter() - t))
+    # 40-slice study end to end through the Predictor (read -> segment -> overlays -> measurements)
+    from PIL import Image
+
+    from tumorseg.inference import Predictor
+
+    pred = Predictor.__new__(Predictor)
+    pred.engine, pred.meta, pred.size = eng, eng.meta, eng.size
+    pred.threshold = float(eng.meta.get("threshold", 0.5))
+    pred.min_component_pixels = int(eng.meta.get("min_component_pixels", 0))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "TCGA_BENCH_0001"
+        folder.mkdir()
+        for k in range(40):
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(folder / f"TCGA_BENCH_0001_{k + 1}.png")
+            Image.fromarray(np.zeros((size, size), np.uint8)).save(folder / f"TCGA_BENCH_0001_{k + 1}_mask.png")
+        study_s = []
+        from tumorseg.render import heatmap_overlay
+
+        for _ in range(3):
+            t = time.perf_counter()
+            sp = pred.predict_study(folder)
+            _ = [heatmap_overlay(sp.images[k], sp.prob[k]) for k in range(sp.study.n_slices)]
+            study_s.append(time.perf_counter() - t)
+    res = {"engine": args.engine, "threads": args.threads, "load_s": load_s,
+           "latency_ms_median": statistics.median(lat) * 1000, "latency_runs": len(lat),
+           "throughput_b16_img_s": statistics.median(thr), "study40_s_median": statistics.median(study_s)}
+    if args.data:
+        from tumorseg.evaluation import evaluate
+
+        r = evaluate(args.data, model=args.model, split="test", engine=args.engine, threads=args.threads,
+                     progress=False, engine_obj=eng)
+        res["dice_test"] = r["metrics"]["dice"]
+        res["dice_per_patient_mean_test"] = r["metrics"]["dice_per_patient_mean"]
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--data", default=None, help="dataset folder: also measure Dice on the model's test patients")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--engine", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.engine:  # worker mode
+        print(json.dumps(worker(args)))
+        return
+    rows = []
+    for eng in args.engines.split(","):
+        cmd = [sys.executable, __file__, "--engine", eng, "--threads", str(args.threads), "--runs", str(args.runs)]
+        if args.model:
+            cmd += ["--model", args.model]
+        if args.data:
+            cmd += ["--data", args.data]
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        if r.returncode != 0:
+            print(f"{eng}: failed\n{r.stderr[-1500:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    base = next((r for r in rows if r["engine"] == "torch-fp32"), None)
+    for r in rows:
+        if base:
+            r["speedup_latency_vs_fp32"] = base["latency_ms_median"] / r["latency_ms_median"]
+            r["speedup_study_vs_fp32"] = base["study40_s_median"] / r["study40_s_median"]
+            if "dice_test" in r:
+                r["dice_delta_vs_fp32"] = r["dice_test"] - base["dice_test"]
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inference.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    lines = [f"Machine: {machine}. Median of {args.runs} runs after warm-up; each engine in its own process.", "",
+             "| engine | latency/slice (b=1) | vs fp32 | throughput b=16 | 40-slice study | peak RSS | Dice (test) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dice = f"{r['dice_test']:.4f} ({r.get('dice_delta_vs_fp32', 0):+.4f})" if "dice_test" in r else "–"
+        lines.append(f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
+                     f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} |")
+    (out / "inference.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
