@@ -129,3 +129,26 @@ def test_concurrent_requests_do_not_mix(client):
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert got == expected
+
+
+def test_study_upload_nifti_and_zip_of_slices(client, tmp_path):
+    import zipfile
+
+    import nibabel as nib
+
+    vol = np.zeros((40, 40, 5), np.int16)
+    vol[10:20, 10:20, 1:4] = 500
+    p = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 2.0, 1.0])), p)
+    r = client.post("/api/study", files={"file": ("v.nii.gz", p.read_bytes())})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["slices"]) == 5 and body["spacing"] == [2.0, 0.5, 0.5]
+    assert "volume_ml" in body["measurements"] and body["measurements"]["single_sequence"]
+    z = tmp_path / "slices.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for n in (3, 1, 2):
+            zf.writestr(f"P_{n}.png", _png(np.full((32, 32, 3), n * 40, np.uint8)))
+    r = client.post("/api/study", files={"file": ("slices.zip", z.read_bytes())})
+    assert r.status_code == 200, r.text
+    assert [s["name"] for s in r.json()["slices"]] == ["P_1.png", "P_2.png", "P_3.png"]
