@@ -33,6 +33,11 @@ class UploadTooLarge(Exception):
     pass
 
 
+class BadRequest(Exception):
+    def __init__(self, status: int, msg: str):
+        self.status, self.msg = status, msg
+
+
 def _b64png(arr: np.ndarray) -> str:
     return base64.b64encode(encode_png(arr)).decode("ascii")
 
@@ -97,6 +102,19 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
         parts = [f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors()]
         return error(422, "invalid request: " + "; ".join(parts))
 
+    async def upload(file: UploadFile, threshold: float | None) -> tuple[str, bytes]:
+        name = _safe_name(file.filename)
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise BadRequest(422, f"threshold must be between 0 and 1, got {threshold}")
+        data = await _read_capped(file, cap)
+        if not data:
+            raise ImageReadError(name, "file is empty (0 bytes)")
+        return name, data
+
+    @app.exception_handler(BadRequest)
+    async def _bad_req(request, exc: BadRequest):
+        return error(exc.status, exc.msg)
+
     @app.get("/api/health")
     def health() -> dict:
         return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
@@ -109,12 +127,7 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
     async def segment(file: UploadFile = File(...), threshold: float | None = Form(None),
                       tta: bool = Form(False)):
         """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
-        name = _safe_name(file.filename)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            return error(422, f"threshold must be between 0 and 1, got {threshold}")
-        data = await _read_capped(file, cap)
-        if not data:
-            raise ImageReadError(name, "file is empty (0 bytes)")
+        name, data = await upload(file, threshold)
         lower = name.lower()
         if lower.endswith((".nii", ".nii.gz", ".zip", ".dcm")):
             return error(400, f"{name}: this is a study; send it to /api/study")
@@ -135,12 +148,7 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
     async def study(file: UploadFile = File(...), threshold: float | None = Form(None),
                     series: str | None = Form(None)):
         """Segment a whole study uploaded as a .zip (DICOM series or slice images) or NIfTI file."""
-        name = _safe_name(file.filename)
-        if threshold is not None and not 0.0 <= threshold <= 1.0:
-            return error(422, f"threshold must be between 0 and 1, got {threshold}")
-        data = await _read_capped(file, cap)
-        if not data:
-            raise ImageReadError(name, "file is empty (0 bytes)")
+        name, data = await upload(file, threshold)
         lower = name.lower()
         if not lower.endswith((".nii", ".nii.gz", ".zip")):
             return error(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
