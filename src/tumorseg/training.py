@@ -288,7 +288,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
             save_split(split, split_path, {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed})
-            atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=1) + "\n").encode())
+        atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=1) + "\n").encode())
     _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
     train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
     val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
