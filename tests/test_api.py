@@ -152,3 +152,16 @@ def test_study_upload_nifti_and_zip_of_slices(client, tmp_path):
     r = client.post("/api/study", files={"file": ("slices.zip", z.read_bytes())})
     assert r.status_code == 200, r.text
     assert [s["name"] for s in r.json()["slices"]] == ["P_1.png", "P_2.png", "P_3.png"]
+
+
+def test_study_upload_as_dicom_series_files(client, tmp_path):
+    from .test_studies import write_dicom_series
+
+    write_dicom_series(tmp_path / "s", n=4)
+    files = [("files", (p.name, p.read_bytes())) for p in sorted((tmp_path / "s").iterdir())]
+    r = client.post("/api/study", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["slices"]) == 4 and body["measurements"]["kind"] == "dicom"
+    assert body["spacing"] == [2.5, 0.8, 0.7]
+    assert client.post("/api/study").status_code == 422

@@ -145,21 +145,42 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
         return body
 
     @app.post("/api/study")
-    async def study(file: UploadFile = File(...), threshold: float | None = Form(None),
-                    series: str | None = Form(None)):
-        """Segment a whole study uploaded as a .zip (DICOM series or slice images) or NIfTI file."""
-        name, data = await upload(file, threshold)
-        lower = name.lower()
-        if not lower.endswith((".nii", ".nii.gz", ".zip")):
-            return error(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+    async def study(file: UploadFile | None = File(None), files: list[UploadFile] | None = File(None),
+                    threshold: float | None = Form(None), series: str | None = Form(None)):
+        """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``,
+        or the files of a DICOM series folder in ``files``."""
         from starlette.concurrency import run_in_threadpool
+
+        if file is not None:
+            name, data = await upload(file, threshold)
+            lower = name.lower()
+            if not lower.endswith((".nii", ".nii.gz", ".zip")):
+                return error(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+            members = None
+        elif files:
+            members, total = [], 0
+            for f in files:
+                n, d = await upload(f, threshold)
+                total += len(d)
+                if total > cap:
+                    raise UploadTooLarge()
+                members.append((n, d))
+            name, lower = f"{len(members)} files", ""
+        else:
+            return error(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
 
         def run():
             with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
-                p = Path(tmp) / name
-                p.write_bytes(data)
-                if lower.endswith(".zip"):
-                    p = _unpack_slices_zip(p) or p
+                if members is not None:
+                    p = Path(tmp) / "series"
+                    p.mkdir()
+                    for i, (n, d) in enumerate(members):
+                        (p / f"{i:05d}_{n}").write_bytes(d)
+                else:
+                    p = Path(tmp) / name
+                    p.write_bytes(data)
+                    if lower.endswith(".zip"):
+                        p = _unpack_slices_zip(p) or p
                 return pred.predict_study(p, series=series, threshold=threshold)
 
         sp = await run_in_threadpool(run)

@@ -69,7 +69,20 @@ async function openFiles(fileList) {
   let study = null;
   const threshold = parseFloat($("threshold").value);
   let done = 0;
-  for (const f of files) {
+  const dicom = files.filter((f) => /\.dcm$/i.test(f.name) || !/\.[a-z0-9]{2,5}$/i.test(f.name));
+  if (dicom.length) {
+    busy(true, `Segmenting a series of ${dicom.length} DICOM files…`);
+    const fd = new FormData();
+    for (const f of dicom) fd.append("files", f, f.name);
+    try {
+      const r = await api("/api/study", { method: "POST", body: fd });
+      study = r.measurements;
+      for (const s of r.slices) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing));
+    } catch (e) {
+      errors.push(`DICOM series: ${e.message}`);
+    }
+  }
+  for (const f of files.filter((x) => !dicom.includes(x))) {
     busy(true, files.length > 1 ? `Segmenting ${++done} of ${files.length}…` : `Segmenting ${f.name}…`);
     const fd = new FormData();
     fd.append("file", f, f.name);
@@ -207,7 +220,9 @@ function step(delta) {
 }
 
 async function init() {
-  $("file-input").addEventListener("change", (e) => { openFiles(e.target.files); e.target.value = ""; });
+  for (const id of ["file-input", "folder-input"]) {
+    $(id).addEventListener("change", (e) => { openFiles(e.target.files); e.target.value = ""; });
+  }
   for (const id of ["threshold", "opacity"]) $(id).addEventListener("input", render);
   $("slice").addEventListener("input", (e) => { state.index = parseInt(e.target.value, 10); render(); });
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", render));
