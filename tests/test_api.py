@@ -165,3 +165,18 @@ def test_study_upload_as_dicom_series_files(client, tmp_path):
     assert len(body["slices"]) == 4 and body["measurements"]["kind"] == "dicom"
     assert body["spacing"] == [2.5, 0.8, 0.7]
     assert client.post("/api/study").status_code == 422
+
+
+def test_serve_defaults_to_localhost_and_warns_when_exposed(tiny_model, monkeypatch, capsys):
+    import inspect
+
+    import uvicorn
+
+    from tumorseg.app import server
+
+    assert inspect.signature(server.serve).parameters["host"].default == "127.0.0.1"
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: seen.update(host=host))
+    server.serve(host="0.0.0.0", port=1, model=str(tiny_model), open_browser=False)
+    err = capsys.readouterr().err
+    assert seen["host"] == "0.0.0.0" and "WARNING" in err and "--token" in err
