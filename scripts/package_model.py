@@ -25,8 +25,11 @@ from tumorseg.metrics import SegmentationMetrics
 from tumorseg.model import file_sha256, load_model, read_model_file, save_model
 
 
+THREADS = 0
+
+
 def val_probs(model_path: Path, data: str, split: dict, engine: str):
-    eng = load_engine(model_path, engine)
+    eng = load_engine(model_path, engine, THREADS)
     cases = [c for c in discover(data) if c.patient in set(split["val"])]
     ds = load_cases(cases, eng.size)
     probs = np.concatenate([eng.run(ds.images[s : s + 16]) for s in range(0, len(ds), 16)])
@@ -48,7 +51,12 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--engine", default="torch-bf16")
     ap.add_argument("--out", default="src/tumorseg/models/default.safetensors")
+    ap.add_argument("--int8", action="store_true", help="also build and check the int8 ONNX model")
+    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
+    global THREADS
+    THREADS = a.threads
+    torch.set_num_threads(a.threads or torch.get_num_threads())
     run = Path(a.run)
     best = run / "best.safetensors"
     _, meta = read_model_file(best)
@@ -87,7 +95,36 @@ def main() -> None:
         save_model(net, out, meta)
         print("fp16 moved Dice too much: stored fp32", file=sys.stderr)
     info = {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size,
-            "val_dice_fp32_weights": d32, "val_dice_stored": d16, "selection": choice}
+            "val_dice_fp32_weights": d32, "val_dice_stored": d16, "selection": choice, "engines_val_dice": {}}
+    # Engines on the validation patients: which may serve as default (within 0.005 of torch-fp32)?
+    thr, mpx = choice["threshold"], choice["min_component_pixels"]
+    for eng in ("torch-fp32", "torch-bf16"):
+        dse, pe = val_probs(out, a.data, split, eng)
+        info["engines_val_dice"][eng] = score(dse, pe, thr, mpx)["dice"]
+    if a.int8:
+        from tumorseg.engines import OnnxEngine, add_onnx_metadata, to_onnx_bytes
+        from tumorseg.export import calibration_slices
+        from tumorseg.quantize import quantize_int8
+
+        _, meta16 = read_model_file(out)
+        net16, _ = load_model(out)
+        calib = calibration_slices(a.data, int(meta16["input_size"]), split=meta16)  # training patients only
+        q = add_onnx_metadata(quantize_int8(to_onnx_bytes(net16, int(meta16["input_size"])), meta16, calib),
+                              meta16, "onnx-int8")
+        qeng = OnnxEngine(out, meta16, q, a.threads, "onnx-int8")
+        cases = [c for c in discover(a.data) if c.patient in set(split["val"])]
+        dsq = load_cases(cases, qeng.size)
+        pq = np.concatenate([qeng.run(dsq.images[s : s + 16]) for s in range(0, len(dsq), 16)])
+        dq = score(dsq, pq, thr, mpx)["dice"]
+        info["engines_val_dice"]["onnx-int8"] = dq
+        qpath = out.with_name("default-int8.onnx")
+        if abs(dq - info["engines_val_dice"]["torch-fp32"]) <= 0.005:
+            qpath.write_bytes(q)
+            info["int8_file"] = qpath.name
+            info["int8_sha256"] = file_sha256(qpath)
+        else:
+            print(f"int8 val Dice {dq:.4f} is more than 0.005 from fp32: not bundled", file=sys.stderr)
+            qpath.unlink(missing_ok=True)
     out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps(info, indent=1))
 

@@ -151,6 +151,13 @@ def load_engine(model: str | os.PathLike | None = None, engine: str | None = Non
         if engine == "onnx-int8" or (engine is None and DEFAULT_ENGINE == "onnx-int8" and q.is_file()):
             if not q.is_file():
                 raise ModelFileError(f"{q}: no int8 model is bundled with this installation")
+            info = bundled_model_path().with_suffix(".json")
+            if info.is_file():
+                import json
+
+                want = json.loads(info.read_text()).get("int8_sha256")
+                if want and file_sha256(q) != want:
+                    raise ModelFileError(f"{q}: sha256 does not match {info.name}; the bundled model is corrupted")
             return load_onnx_file(q, threads, "onnx-int8")
     engine = engine or ("torch-bf16" if DEFAULT_ENGINE == "onnx-int8" else DEFAULT_ENGINE)
     path = resolve_model(model)
