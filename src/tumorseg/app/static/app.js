@@ -128,6 +128,7 @@ function jet(p) {
   const c = (x) => Math.max(0, Math.min(1, x));
   return [c(1.5 - Math.abs(4 * p - 3)) * 255, c(1.5 - Math.abs(4 * p - 2)) * 255, c(1.5 - Math.abs(4 * p - 1)) * 255];
 }
+const FLOOR = 13; // probability 0.05 in 8-bit: below it the heatmap stays transparent
 const JET = Array.from({ length: 256 }, (_, v) => jet(v / 255));
 
 function currentMode() { return document.querySelector("input[name=mode]:checked").value; }
@@ -153,9 +154,10 @@ function render() {
     const o = 4 * i, on = p[i] >= t;
     if (on) count++;
     let r = src[o], g = src[o + 1], b = src[o + 2];
-    if (mode === "heatmap" && on) {
-      const col = JET[p[i]];
-      r = r * (1 - alpha) + col[0] * alpha; g = g * (1 - alpha) + col[1] * alpha; b = b * (1 - alpha) + col[2] * alpha;
+    if (mode === "heatmap" && p[i] >= FLOOR) {
+      // above the threshold at full opacity; the uncertain band below it faintly
+      const col = JET[p[i]], a = on ? alpha : alpha * 0.35;
+      r = r * (1 - a) + col[0] * a; g = g * (1 - a) + col[1] * a; b = b * (1 - a) + col[2] * a;
     } else if (mode === "mask") {
       const v = on ? 255 : 0; r = g = b = v;
     } else if (mode === "contour" && on) {
@@ -166,7 +168,7 @@ function render() {
     dst[o] = r; dst[o + 1] = g; dst[o + 2] = b; dst[o + 3] = 255;
   }
   $("ai").getContext("2d").putImageData(out, 0, 0);
-  $("right-caption").textContent = { heatmap: "AI heatmap (JET, probability ≥ threshold)", contour: "AI contour", mask: "AI binary mask" }[mode];
+  $("right-caption").textContent = { heatmap: "AI heatmap (JET; faint below the threshold)", contour: "AI contour", mask: "AI binary mask" }[mode];
 
   $("s-file").textContent = it.name;
   let area = `${count.toLocaleString()} px`;
