@@ -112,3 +112,54 @@ def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch):
     with pytest.raises(ModelFileError):
         load_model(p)
     assert not (tmp_path / "PWNED_BY_PICKLE").exists()
+
+
+def test_bundled_model_sha256_is_checked(tmp_path, monkeypatch):
+    import json
+
+    from tumorseg import engines
+
+    p = tmp_path / "default.safetensors"
+    save_model(UNetResNet50(), p, META, dtype=torch.float16)
+    monkeypatch.setattr(engines, "bundled_model_path", lambda: p)
+    p.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
+    with pytest.raises(ModelFileError, match="sha256"):
+        engines.resolve_model(None)
+    from tumorseg.model import file_sha256
+
+    p.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(p)}))
+    assert engines.resolve_model(None) == p
+
+
+def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
+    import numpy as np
+
+    from tumorseg.engines import load_engine
+    from tumorseg.export import export_onnx
+
+    lines = export_onnx(str(tiny_model), str(tmp_path / "m.onnx"))
+    assert "mask agreement 100.000%" in lines[1]
+    eng = load_engine(tmp_path / "m.onnx")
+    assert eng.name == "onnx-fp32" and eng.size == 64
+    x = (np.random.default_rng(0).random((3, 64, 64, 3)) * 255).astype(np.uint8)
+    ref = load_engine(tiny_model, "torch-fp32").run(x)
+    assert np.abs(eng.run(x) - ref).max() < 1e-4
+
+
+def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
+    import numpy as np
+
+    from tumorseg.engines import load_engine
+    from tumorseg.export import export_onnx
+
+    from .conftest import make_kaggle
+
+    data = make_kaggle(tmp_path / "d", patients=2, slices=4, size=64)
+    lines = export_onnx(str(tiny_model), str(tmp_path / "m.onnx"), calibration=str(data))
+    assert "int8" in lines[-1]
+    eng = load_engine(tmp_path / "m-int8.onnx")
+    assert eng.name == "onnx-int8"
+    p = eng.run(np.zeros((2, 64, 64, 3), np.uint8))
+    assert p.shape == (2, 64, 64) and np.isfinite(p).all()
+    with pytest.raises(ValueError, match="calibration"):
+        load_engine(tiny_model, "onnx-int8")
