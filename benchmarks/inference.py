@@ -59,7 +59,8 @@ def worker(args) -> dict:
 
     _, meta = load_model(resolve_model(args.model))
     size = int(meta.get("input_size", 256))
-    calib = _calibration(args.data, size, meta) if args.engine == "onnx-int8" else None
+    # the bundled model brings its own int8 file; another model is calibrated on its training patients
+    calib = _calibration(args.data, size, meta) if args.engine == "onnx-int8" and args.model else None
     t0 = time.perf_counter()
     eng = load_engine(args.model, args.engine, args.threads, "cpu", calibration=calib)
     load_s = time.perf_counter() - t0
