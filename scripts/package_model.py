@@ -24,7 +24,6 @@ from tumorseg.evaluation import remove_small_components
 from tumorseg.metrics import SegmentationMetrics
 from tumorseg.model import file_sha256, load_model, read_model_file, save_model
 
-
 THREADS = 0
 
 
