@@ -26,24 +26,13 @@ import numpy as np
 ENGINES = ["torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8"]
 
 
-def _calibration(data: str | None, size: int, meta: dict) -> np.ndarray | None:
-    """int8 calibration slices from the model's TRAINING patients only."""
-    from tumorseg.data import discover, load_cases
-
+def _calibration(data: str | None, size: int, meta: dict) -> np.ndarray:
+    """int8 calibration slices: the same ones `tumorseg export` uses (the model's training patients)."""
     if not data:
         return (np.random.default_rng(0).random((16, size, size, 3)) * 255).astype(np.uint8)
-    split = meta.get("training", {}).get("split")
-    cases = discover(data)
-    if split:
-        cases = [c for c in cases if c.patient in set(split["train"])]
-    rng = np.random.default_rng(0)
-    cases = [cases[i] for i in sorted(rng.choice(len(cases), min(8, len(cases)), replace=False))]
-    ds = load_cases(cases, size)
-    fg = np.flatnonzero(ds.masks.reshape(len(ds), -1).any(1))
-    bg = np.setdiff1d(np.arange(len(ds)), fg)
-    pick = np.concatenate([rng.choice(fg, min(32, len(fg)), replace=False),
-                           rng.choice(bg, min(32, len(bg)), replace=False)])
-    return ds.images[np.sort(pick)]
+    from tumorseg.export import calibration_slices
+
+    return calibration_slices(data, size, split=meta)
 
 
 def worker(args) -> dict:
@@ -59,8 +48,7 @@ def worker(args) -> dict:
 
     _, meta = load_model(resolve_model(args.model))
     size = int(meta.get("input_size", 256))
-    # the bundled model brings its own int8 file; another model is calibrated on its training patients
-    calib = _calibration(args.data, size, meta) if args.engine == "onnx-int8" and args.model else None
+    calib = _calibration(args.data, size, meta) if args.engine == "onnx-int8" else None
     t0 = time.perf_counter()
     eng = load_engine(args.model, args.engine, args.threads, "cpu", calibration=calib)
     load_s = time.perf_counter() - t0

@@ -19,11 +19,10 @@ import torch
 from .model import ModelFileError, file_sha256, load_model
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
-# The default: the fastest engine whose Dice stays within 0.005 of torch-fp32 on the validation
-# patients (measured by scripts/package_model.py and benchmarks/inference.py). onnx-int8 applies to
-# the bundled model, whose int8 file is only shipped when it passed that check; any other model
-# file runs on torch-bf16 unless an engine is named.
-DEFAULT_ENGINE = "onnx-int8"
+# The default for a .safetensors model: bf16 keeps fp32's Dice (benchmarks/inference.py) at 2.4x its
+# speed and needs nothing but the one model file. onnx-int8 is faster but needs calibration on
+# training slices: `tumorseg export --int8-calibration DATA` writes an int8 .onnx that --model accepts.
+DEFAULT_ENGINE = "torch-bf16"
 
 
 def bundled_model_path() -> Path:
@@ -150,20 +149,7 @@ def load_engine(model: str | os.PathLike | None = None, engine: str | None = Non
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if model is not None and str(model).lower().endswith(".onnx"):
         return load_onnx_file(Path(model), threads, engine)
-    if model is None and engine in (None, "onnx-int8") and calibration is None:
-        q = bundled_model_path().with_name("default-int8.onnx")
-        if engine == "onnx-int8" or (engine is None and DEFAULT_ENGINE == "onnx-int8" and q.is_file()):
-            if not q.is_file():
-                raise ModelFileError(f"{q}: no int8 model is bundled with this installation")
-            info = bundled_model_path().with_suffix(".json")
-            if info.is_file():
-                import json
-
-                want = json.loads(info.read_text()).get("int8_sha256")
-                if want and file_sha256(q) != want:
-                    raise ModelFileError(f"{q}: sha256 does not match {info.name}; the bundled model is corrupted")
-            return load_onnx_file(q, threads, "onnx-int8")
-    engine = engine or ("torch-bf16" if DEFAULT_ENGINE == "onnx-int8" else DEFAULT_ENGINE)
+    engine = engine or DEFAULT_ENGINE
     path = resolve_model(model)
     net, meta = load_model(path)
     threads = threads or default_threads()
