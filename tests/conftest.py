@@ -64,3 +64,11 @@ def tiny_model(tmp_path_factory) -> Path:
         "training": {"split": {"train": [], "val": [], "test": []}},
     }, dtype=torch.float16)
     return path
+
+
+@pytest.fixture(scope="session")
+def predictor(tiny_model):
+    """The tiny model behind the one Predictor, in fp32 so results are exact across runs."""
+    from tumorseg.inference import Predictor
+
+    return Predictor(tiny_model, engine="torch-fp32")

@@ -8,12 +8,6 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tumorseg.app.server import create_app
-from tumorseg.inference import Predictor
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, engine="torch-fp32")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from PIL import Image
 
 from tumorseg.app.server import create_app
 from tumorseg.cli import main
-from tumorseg.inference import Predictor
 
 
 def _png(arr, **kw) -> bytes:
@@ -90,11 +89,6 @@ VALID = {
     "unicode name": ("Müller_脑 slice (1).png", lambda: _png(RGB)),
     "tall thin": ("thin.png", lambda: _png(np.zeros((300, 3), np.uint8))),
 }
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, engine="torch-fp32")
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,6 @@ from tumorseg.io import ImageReadError
 from tumorseg.render import heatmap_overlay, jet
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_model):
-    return Predictor(tiny_model, engine="torch-fp32")
-
-
 @pytest.mark.parametrize("shape,dtype", [
     ((64, 64), np.uint8), ((37, 91), np.uint8), ((300, 200, 3), np.uint8), ((50, 60, 4), np.uint8),
     ((80, 80), np.uint16), ((33, 47, 3), np.uint16), ((64, 64), np.float32), ((64, 64, 1), np.uint8),

@@ -171,12 +171,6 @@ class LoadedSet:
     def __len__(self) -> int:
         return len(self.patients)
 
-    def patient_slices(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, p in enumerate(self.patients):
-            out.setdefault(p, []).append(i)
-        return out
-
 
 def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> LoadedSet:
     """Read every slice and mask once, checking they fit together."""
@@ -283,16 +277,6 @@ def patient_has_tumour(cases: Sequence[Case]) -> dict[str, bool]:
 
 
 # --------------------------------------------------------------------------- tensors
-
-
-def normalise(x: torch.Tensor, imagenet: bool) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1], then ImageNet mean/std when the encoder expects it."""
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    if imagenet:
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x - mean) / std
-    return x
 
 
 class PatchSampler:
