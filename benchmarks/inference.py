@@ -81,7 +81,9 @@ def worker(args) -> dict:
         folder = Path(tmp) / "TCGA_BENCH_0001"
         folder.mkdir()
         for k in range(40):
-            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(folder / f"TCGA_BENCH_0001_{k + 1}.png")
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(
+                folder / f"TCGA_BENCH_0001_{k + 1}.png"
+            )
             Image.fromarray(np.zeros((size, size), np.uint8)).save(folder / f"TCGA_BENCH_0001_{k + 1}_mask.png")
         study_s = []
         from tumorseg.render import heatmap_overlay
@@ -91,14 +93,27 @@ def worker(args) -> dict:
             sp = pred.predict_study(folder)
             _ = [heatmap_overlay(sp.images[k], sp.prob[k]) for k in range(sp.study.n_slices)]
             study_s.append(time.perf_counter() - t)
-    res = {"engine": args.engine, "threads": args.threads, "load_s": load_s,
-           "latency_ms_median": statistics.median(lat) * 1000, "latency_runs": len(lat),
-           "throughput_b16_img_s": statistics.median(thr), "study40_s_median": statistics.median(study_s)}
+    res = {
+        "engine": args.engine,
+        "threads": args.threads,
+        "load_s": load_s,
+        "latency_ms_median": statistics.median(lat) * 1000,
+        "latency_runs": len(lat),
+        "throughput_b16_img_s": statistics.median(thr),
+        "study40_s_median": statistics.median(study_s),
+    }
     if args.data:
         from tumorseg.evaluation import evaluate
 
-        r = evaluate(args.data, model=args.model, split="test", engine=args.engine, threads=args.threads,
-                     progress=False, engine_obj=eng)
+        r = evaluate(
+            args.data,
+            model=args.model,
+            split="test",
+            engine=args.engine,
+            threads=args.threads,
+            progress=False,
+            engine_obj=eng,
+        )
         res["dice_test"] = r["metrics"]["dice"]
         res["dice_per_patient_mean_test"] = r["metrics"]["dice_per_patient_mean"]
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -125,7 +140,9 @@ def main() -> None:
             cmd += ["--model", args.model]
         if args.data:
             cmd += ["--data", args.data]
-        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        r = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+        )
         if r.returncode != 0:
             print(f"{eng}: failed\n{r.stderr[-1500:]}", file=sys.stderr)
             continue
@@ -142,13 +159,18 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "inference.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
-    lines = [f"Machine: {machine}. Median of {args.runs} runs after warm-up; each engine in its own process.", "",
-             "| engine | latency/slice (b=1) | vs fp32 | throughput b=16 | 40-slice study | peak RSS | Dice (test) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine}. Median of {args.runs} runs after warm-up; each engine in its own process.",
+        "",
+        "| engine | latency/slice (b=1) | vs fp32 | throughput b=16 | 40-slice study | peak RSS | Dice (test) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         dice = f"{r['dice_test']:.4f} ({r.get('dice_delta_vs_fp32', 0):+.4f})" if "dice_test" in r else "–"
-        lines.append(f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
-                     f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} |")
+        lines.append(
+            f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
+            f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} |"
+        )
     (out / "inference.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -112,11 +112,20 @@ def main() -> None:
         wall = time.time() - t0
         rss_after = rss_mb(a.pid) if a.pid else None
         q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
-        res = {"clients": a.clients, "requests_per_client": a.requests, "completed": len(lat),
-               "errors": len(errors), "error_examples": errors[:5], "p50_ms": q[49] * 1000, "p95_ms": q[94] * 1000,
-               "throughput_req_s": len(lat) / wall, "wall_s": wall, "rss_before_mb": rss_before,
-               "rss_after_mb": rss_after,
-               "rss_growth_mb": None if rss_before is None or rss_after is None else rss_after - rss_before}
+        res = {
+            "clients": a.clients,
+            "requests_per_client": a.requests,
+            "completed": len(lat),
+            "errors": len(errors),
+            "error_examples": errors[:5],
+            "p50_ms": q[49] * 1000,
+            "p95_ms": q[94] * 1000,
+            "throughput_req_s": len(lat) / wall,
+            "wall_s": wall,
+            "rss_before_mb": rss_before,
+            "rss_after_mb": rss_after,
+            "rss_growth_mb": None if rss_before is None or rss_after is None else rss_after - rss_before,
+        }
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
         print(json.dumps(res, indent=1))

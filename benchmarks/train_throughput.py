@@ -67,8 +67,12 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
-    lines = [f"Machine: {machine}. Median images/s of {a.steps} training steps (forward+backward+Adam).", "",
-             "| input | precision | images/s | vs 256² fp32 |", "|---|---|---|---|"]
+    lines = [
+        f"Machine: {machine}. Median images/s of {a.steps} training steps (forward+backward+Adam).",
+        "",
+        "| input | precision | images/s | vs 256² fp32 |",
+        "|---|---|---|---|",
+    ]
     lines += [f"| {r['size']}² | {r['precision']} | {r['img_per_s']:.2f} | {r['vs_256_fp32']:.1f}x |" for r in rows]
     (out / "train_throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -24,8 +24,7 @@ def main() -> None:
     n = min(len(v) for v in logs.values())
     n = min(n, a.epochs) if a.epochs else n
     labels = list(logs)
-    lines = ["| epoch | " + " | ".join(f"val Dice ({k})" for k in labels) + " |",
-             "|---|" + "---|" * len(labels)]
+    lines = ["| epoch | " + " | ".join(f"val Dice ({k})" for k in labels) + " |", "|---|" + "---|" * len(labels)]
     for e in range(n):
         lines.append(f"| {e + 1} | " + " | ".join(f"{logs[k][e]['val_dice']:.4f}" for k in labels) + " |")
     lines.append("| best | " + " | ".join(f"{max(r['val_dice'] for r in logs[k][:n]):.4f}" for k in labels) + " |")

@@ -66,9 +66,15 @@ def main() -> None:
     for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
         for min_px in (0, 10, 20, 40, 80):
             r = score(ds, probs, thr, min_px)
-            grid.append({"threshold": thr, "min_component_pixels": min_px, "dice": r["dice"],
-                         "dice_per_patient_mean": r["dice_per_patient_mean"],
-                         "empty_slice_fp_rate": r["empty_slice_fp_rate"]})
+            grid.append(
+                {
+                    "threshold": thr,
+                    "min_component_pixels": min_px,
+                    "dice": r["dice"],
+                    "dice_per_patient_mean": r["dice_per_patient_mean"],
+                    "empty_slice_fp_rate": r["empty_slice_fp_rate"],
+                }
+            )
     # objective on validation: pooled and per-patient Dice equally
     choice = max(grid, key=lambda g: g["dice"] + g["dice_per_patient_mean"])
     print(json.dumps(choice), file=sys.stderr)
@@ -93,8 +99,15 @@ def main() -> None:
     if abs(d32 - d16) >= 0.002:
         save_model(net, out, meta)
         print("fp16 moved Dice too much: stored fp32", file=sys.stderr)
-    info = {"file": out.name, "sha256": file_sha256(out), "bytes": out.stat().st_size,
-            "val_dice_fp32_weights": d32, "val_dice_stored": d16, "selection": choice, "engines_val_dice": {}}
+    info = {
+        "file": out.name,
+        "sha256": file_sha256(out),
+        "bytes": out.stat().st_size,
+        "val_dice_fp32_weights": d32,
+        "val_dice_stored": d16,
+        "selection": choice,
+        "engines_val_dice": {},
+    }
     # Engines on the validation patients: which may serve as default (within 0.005 of torch-fp32)?
     thr, mpx = choice["threshold"], choice["min_component_pixels"]
     info["engines_val_dice"]["torch-bf16"] = d16  # the stored model's check above used --engine (bf16)
@@ -108,8 +121,9 @@ def main() -> None:
         _, meta16 = read_model_file(out)
         net16, _ = load_model(out)
         calib = calibration_slices(a.data, int(meta16["input_size"]), split=meta16)  # training patients only
-        q = add_onnx_metadata(quantize_int8(to_onnx_bytes(net16, int(meta16["input_size"])), meta16, calib),
-                              meta16, "onnx-int8")
+        q = add_onnx_metadata(
+            quantize_int8(to_onnx_bytes(net16, int(meta16["input_size"])), meta16, calib), meta16, "onnx-int8"
+        )
         qeng = OnnxEngine(out, meta16, q, a.threads, "onnx-int8")
         cases = [c for c in discover(a.data) if c.patient in set(split["val"])]
         dsq = load_cases(cases, qeng.size)

@@ -1,6 +1,6 @@
 """Screenshot of the app for the README: start the server, open a slice in Chromium, save a PNG.
 
-    python scripts/screenshot.py IMAGE [IMAGE ...] --out docs/screenshots/app.png [--model M]
+python scripts/screenshot.py IMAGE [IMAGE ...] --out docs/screenshots/app.png [--model M]
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def main() -> None:
     while not srv.started:
         time.sleep(0.1)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                              args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         page = b.new_page(viewport={"width": 1200, "height": 980})
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")

@@ -29,8 +29,9 @@ def blob_slice(rng: np.random.Generator, size: int, tumour: bool) -> tuple[np.nd
     return img, mask
 
 
-def make_kaggle(root: Path, patients: int = 6, slices: int = 6, size: int = 64, ext: str = ".png",
-                seed: int = 0) -> Path:
+def make_kaggle(
+    root: Path, patients: int = 6, slices: int = 6, size: int = 64, ext: str = ".png", seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     for p in range(patients):
         pid = f"TCGA_XX_{p:04d}_20000101"
@@ -58,11 +59,18 @@ def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     m = UNetResNet50()
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(m, path, {
-        "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
-        "input_size": 64, "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]}, "threshold": 0.5,
-        "training": {"split": {"train": [], "val": [], "test": []}},
-    }, dtype=torch.float16)
+    save_model(
+        m,
+        path,
+        {
+            "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
+            "input_size": 64,
+            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+            "threshold": 0.5,
+            "training": {"split": {"train": [], "val": [], "test": []}},
+        },
+        dtype=torch.float16,
+    )
     return path
 
 

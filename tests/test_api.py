@@ -36,8 +36,9 @@ def test_health_and_model(client):
 def test_segment_returns_pngs_at_original_size(client):
     import base64
 
-    r = client.post("/api/segment", files={"file": ("slice.tif", _tif(np.zeros((70, 90, 3), np.uint8)))},
-                    data={"threshold": "0.4"})
+    r = client.post(
+        "/api/segment", files={"file": ("slice.tif", _tif(np.zeros((70, 90, 3), np.uint8)))}, data={"threshold": "0.4"}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["width"], body["height"], body["threshold"]) == (90, 70, 0.4)
@@ -85,8 +86,9 @@ def test_upload_cap(client):
 
 def test_missing_file_field_and_bad_threshold(client):
     assert client.post("/api/segment").status_code == 422
-    r = client.post("/api/segment", files={"file": ("a.png", _png(np.zeros((8, 8), np.uint8)))},
-                    data={"threshold": "7"})
+    r = client.post(
+        "/api/segment", files={"file": ("a.png", _png(np.zeros((8, 8), np.uint8)))}, data={"threshold": "7"}
+    )
     assert r.status_code == 422 and "threshold" in r.json()["error"]
 
 

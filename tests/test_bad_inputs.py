@@ -72,8 +72,10 @@ BROKEN = {
     "decompression bomb": ("bomb.png", _bomb),
     "random bytes as tif": ("noise.tif", lambda: np.random.default_rng(2).bytes(5000)),
     "tiff header only": ("hdr.tif", lambda: b"II*\x00\x08\x00\x00\x00"),
-    "seven-channel tiff": ("seven.tif", lambda: _tif(np.zeros((7, 16, 16), np.uint8), photometric="minisblack",
-                                                      planarconfig="separate")),
+    "seven-channel tiff": (
+        "seven.tif",
+        lambda: _tif(np.zeros((7, 16, 16), np.uint8), photometric="minisblack", planarconfig="separate"),
+    ),
     "zip as png": ("archive.png", lambda: b"PK\x03\x04" + b"\x00" * 40),
 }
 # odd but valid: must be processed
@@ -205,6 +207,19 @@ def test_wrong_size_mask_in_dataset(tmp_path, capsys):
 
     make_kaggle(tmp_path / "d", patients=3, slices=2, size=64)
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(next((tmp_path / "d").rglob("*_1_mask.png")))
-    rc = main(["train", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "1",
-               "--image-size", "64", "--patch-size", "64"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--image-size",
+            "64",
+            "--patch-size",
+            "64",
+        ]
+    )
     assert rc == 2 and "mask is 32x32" in capsys.readouterr().err

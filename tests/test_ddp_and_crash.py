@@ -28,8 +28,9 @@ def _env():
 
 def _run(cmd, timeout=300):
     """Run a command in its own process group so a hang never leaves workers behind."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -45,8 +46,23 @@ def _epochs(run):
 def test_torchrun_two_cpu_processes_and_resume(tmp_path):
     data = make_kaggle(tmp_path / "d", patients=5, slices=4, size=64, seed=7)
     run = tmp_path / "run"
-    base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-            "-m", "tumorseg", "train", "--data", str(data), "--out", str(run), *COMMON, "--samples-per-epoch", "16"]
+    base = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "tumorseg",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *COMMON,
+        "--samples-per-epoch",
+        "16",
+    ]
     r = _run([*base, "--epochs", "1"])
     assert r.returncode == 0, r.stderr[-2000:]
     row = json.loads((run / "log.jsonl").read_text().splitlines()[0])
@@ -60,8 +76,23 @@ def test_torchrun_two_cpu_processes_and_resume(tmp_path):
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     data = make_kaggle(tmp_path / "d", patients=5, slices=4, size=64, seed=8)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tumorseg", "train", "--data", str(data), "--out", str(run), *COMMON,
-           "--samples-per-epoch", "64", "--epochs", "4", "--patience", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tumorseg",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        *COMMON,
+        "--samples-per-epoch",
+        "64",
+        "--epochs",
+        "4",
+        "--patience",
+        "10",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
     try:
         deadline = time.time() + 240

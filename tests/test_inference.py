@@ -8,10 +8,19 @@ from tumorseg.io import ImageReadError
 from tumorseg.render import heatmap_overlay, jet
 
 
-@pytest.mark.parametrize("shape,dtype", [
-    ((64, 64), np.uint8), ((37, 91), np.uint8), ((300, 200, 3), np.uint8), ((50, 60, 4), np.uint8),
-    ((80, 80), np.uint16), ((33, 47, 3), np.uint16), ((64, 64), np.float32), ((64, 64, 1), np.uint8),
-])
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [
+        ((64, 64), np.uint8),
+        ((37, 91), np.uint8),
+        ((300, 200, 3), np.uint8),
+        ((50, 60, 4), np.uint8),
+        ((80, 80), np.uint16),
+        ((33, 47, 3), np.uint16),
+        ((64, 64), np.float32),
+        ((64, 64, 1), np.uint8),
+    ],
+)
 def test_outputs_at_original_resolution(predictor, shape, dtype):
     rng = np.random.default_rng(0)
     hi = 255 if dtype == np.uint8 else (4000 if dtype == np.uint16 else 1)

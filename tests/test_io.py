@@ -62,12 +62,15 @@ def test_float_tiff_with_nan(tmp_path):
     assert to_uint8_rgb(out).shape == (20, 20, 3)
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"", "empty"),
-    (b"this is text, not an image", "not a recognised image"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "not a readable image"),
-    (b"II*\x00\x08\x00\x00\x00garbage", "TIFF"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "empty"),
+        (b"this is text, not an image", "not a recognised image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "not a readable image"),
+        (b"II*\x00\x08\x00\x00\x00garbage", "TIFF"),
+    ],
+)
 def test_bad_files_name_file_and_reason(tmp_path, content, reason):
     p = tmp_path / "bad.png"
     p.write_bytes(content)

@@ -85,8 +85,9 @@ def test_2d_and_broken_nifti_refused(tmp_path):
         read_study(bad)
 
 
-def write_dicom_series(folder, n=6, rows=32, cols=32, spacing=(0.8, 0.7), thickness=2.5, series_uid=None,
-                       pixel=True, prefix="IM"):
+def write_dicom_series(
+    folder, n=6, rows=32, cols=32, spacing=(0.8, 0.7), thickness=2.5, series_uid=None, pixel=True, prefix="IM"
+):
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
     study_uid = generate_uid()

@@ -9,8 +9,24 @@ from tumorseg.evaluation import METRIC_KEYS
 
 from .conftest import make_kaggle
 
-TRAIN = ["--image-size", "64", "--patch-size", "64", "--batch-size", "8", "--samples-per-epoch", "96",
-         "--lr", "1e-3", "--loss", "dice+bce", "--threads", "1", "--seed", "1"]
+TRAIN = [
+    "--image-size",
+    "64",
+    "--patch-size",
+    "64",
+    "--batch-size",
+    "8",
+    "--samples-per-epoch",
+    "96",
+    "--lr",
+    "1e-3",
+    "--loss",
+    "dice+bce",
+    "--threads",
+    "1",
+    "--seed",
+    "1",
+]
 
 
 def test_train_then_evaluate_beats_chance(tmp_path):
@@ -23,8 +39,24 @@ def test_train_then_evaluate_beats_chance(tmp_path):
     assert not set(split["train"]) & set(split["test"]) and not set(split["val"]) & set(split["test"])
     out = tmp_path / "m.json"
     rep = tmp_path / "report"
-    assert main(["evaluate", "--data", str(data), "--model", str(run / "best.safetensors"), "--split", "test",
-                 "--json", str(out), "--report", str(rep)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(data),
+                "--model",
+                str(run / "best.safetensors"),
+                "--split",
+                "test",
+                "--json",
+                str(out),
+                "--report",
+                str(rep),
+            ]
+        )
+        == 0
+    )
     m = json.loads(out.read_text())
     assert list(m) == list(METRIC_KEYS)
     assert m["n_patients"] == len(split["test"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import io as _io
+import os
 import sys
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     found: list[Path] = []
     errors: list[tuple[str, str]] = []
     for raw in inputs:
-        matches = [Path(m) for m in sorted(glob.glob(raw))] if any(c in raw for c in "*?[") else [Path(raw)]
+        # An existing file is itself, even when its name holds glob characters (scan[1].tif).
+        literal = Path(raw).exists() or not any(c in raw for c in "*?[")
+        matches = [Path(raw)] if literal else [Path(m) for m in sorted(glob.glob(raw))]
         if not matches:
             errors.append((raw, "no file matches this pattern"))
             continue
@@ -37,8 +40,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not p.exists():
                 errors.append((str(p), "file not found"))
             elif p.is_dir() and not is_study(p):
-                imgs = [q for q in sorted(p.iterdir()) if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                        and not q.stem.lower().endswith("_mask")]
+                imgs = [
+                    q
+                    for q in sorted(p.iterdir())
+                    if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")
+                ]
                 if not imgs:
                     errors.append((str(p), "folder holds no images"))
                 found += imgs
@@ -75,11 +81,25 @@ def predict_inputs(a) -> int:
         print(f"tumorseg predict: error: {out}: exists and is not a folder", file=sys.stderr)
         return 2
     if out.resolve() in {f.parent.resolve() for f in files if f.is_file()}:
-        print(f"tumorseg predict: error: {out}: is an input folder; choose another --out so inputs "
-              "are never overwritten", file=sys.stderr)
+        print(
+            f"tumorseg predict: error: {out}: is an input folder; choose another --out so inputs are never overwritten",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tumorseg-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        print(f"tumorseg predict: error: {out}: cannot write results there ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    if not files:
+        for src, msg in errors:
+            print(f"error: {msg if msg.startswith(src) else f'{src}: {msg}'}", file=sys.stderr)
+        print("tumorseg predict: error: no input could be read; nothing was processed", file=sys.stderr)
         return 2
     pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     used: set[str] = set()
     for f in tqdm(files, desc="segmenting", unit="file", disable=len(files) < 2, file=sys.stderr):
@@ -88,13 +108,21 @@ def predict_inputs(a) -> int:
             if is_study(f):
                 from .studies import write_study_outputs
 
-                sp = pred.predict_study(f, series=a.series, tta=a.tta, min_component_mm3=a.min_component_mm3,
-                                        progress=True)
+                sp = pred.predict_study(
+                    f, series=a.series, tta=a.tta, min_component_mm3=a.min_component_mm3, progress=True
+                )
                 write_study_outputs(sp, out / name, inputs_resolved)
                 m = sp.measurements
-                rows.append({"file": str(f), "tumour_pixels": m["tumour_voxels"], "area_mm2": "",
-                             "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
-                             "max_probability": f"{float(sp.prob.max()):.4f}", "outputs": f"{name}/"})
+                rows.append(
+                    {
+                        "file": str(f),
+                        "tumour_pixels": m["tumour_voxels"],
+                        "area_mm2": "",
+                        "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
+                        "max_probability": f"{float(sp.prob.max()):.4f}",
+                        "outputs": f"{name}/",
+                    }
+                )
                 continue
             r = pred.predict(f, tta=a.tta)
             targets = {
@@ -108,16 +136,23 @@ def predict_inputs(a) -> int:
                 if t.resolve() in inputs_resolved:
                     raise ImageReadError(f, f"output {t} would overwrite an input")
                 write_png(t, arr)
-            rows.append({"file": str(f), "tumour_pixels": r.area_pixels,
-                         "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}", "volume_ml": "",
-                         "max_probability": f"{r.max_prob:.4f}", "outputs": f"{name}_*.png"})
+            rows.append(
+                {
+                    "file": str(f),
+                    "tumour_pixels": r.area_pixels,
+                    "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}",
+                    "volume_ml": "",
+                    "max_probability": f"{r.max_prob:.4f}",
+                    "outputs": f"{name}_*.png",
+                }
+            )
         except (ImageReadError, ValueError, OSError) as exc:
             msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
             errors.append((str(f), msg))
-            tqdm.write(f"skipped {msg}", file=sys.stderr)
+        except Exception as exc:  # one line per bad input, never a traceback that stops the batch
+            errors.append((str(f), f"{f}: cannot be processed ({type(exc).__name__}: {exc})"))
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability",
-                                        "outputs"])
+    w = csv.DictWriter(buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs"])
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
@@ -126,4 +161,6 @@ def predict_inputs(a) -> int:
             msg = f"{src}: {msg}"
         print(f"error: {msg}", file=sys.stderr)
     print(f"{len(rows)} segmented, {len(errors)} failed; results in {out} ({DISCLAIMER})", file=sys.stderr)
+    if not rows and errors:
+        return 2
     return 0 if not errors else 1

@@ -11,14 +11,40 @@ import json
 import sys
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+ENGINE_CHOICES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")  # tumorseg.engines.ENGINES (kept light)
+
+
+def _unit(text: str) -> float:
+    """argparse type: a probability threshold in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v:g} is outside 0..1")
+    return v
+
+
+def _engine_arg(p) -> None:
+    p.add_argument(
+        "--engine",
+        default=None,
+        choices=ENGINE_CHOICES,
+        help="inference engine (default: the model's recorded default)",
+    )
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a U-Net/ResNet50 on a slice dataset",
-                       description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.")
+    p = sub.add_parser(
+        "train",
+        help="train a U-Net/ResNet50 on a slice dataset",
+        description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.",
+    )
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
-    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 50; with --resume: keep the run's)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs (default 50; with --resume: keep the run's)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--image-size", type=int, default=256)
@@ -26,7 +52,28 @@ def _add_train(sub) -> None:
     p.add_argument("--samples-per-epoch", type=int, default=0, help="patches per epoch (0: number of training slices)")
     p.add_argument("--fg-fraction", type=float, default=0.5, help="share of patches centred on tumour")
     p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a ResNet50 state dict")
-    p.add_argument("--loss", default="dice", choices=["dice", "dice+bce"])
+    p.add_argument(
+        "--loss",
+        default="dice",
+        choices=["dice", "dice+bce", "tversky+bce"],
+        help="training loss (default: %(default)s)",
+    )
+    p.add_argument(
+        "--aug",
+        default="v1",
+        choices=["v1", "v2"],
+        help="augmentation: v1 geometry+intensity; v2 adds sequence dropout, skull-strip, bias field, "
+        "noise, wider scale (default: %(default)s)",
+    )
+    p.add_argument(
+        "--init-model", default="", help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)"
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=0.0,
+        help="stop after this much wall time, keeping the best model (default: no limit)",
+    )
     p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -42,11 +89,28 @@ def _cmd_train(a) -> int:
     from .training import TrainConfig, train
 
     cfg = TrainConfig(
-        data=a.data, out=a.out, epochs=a.epochs if a.epochs is not None else (0 if a.resume else 50), batch_size=a.batch_size, lr=a.lr, image_size=a.image_size,
-        patch_size=a.patch_size, samples_per_epoch=a.samples_per_epoch, fg_fraction=a.fg_fraction,
-        encoder_weights=a.encoder_weights, loss=a.loss, schedule=a.schedule, patience=a.patience,
-        device=a.device, seed=a.seed, threads=a.threads, split=a.split, amp=not a.no_amp,
+        data=a.data,
+        out=a.out,
+        epochs=a.epochs if a.epochs is not None else (0 if a.resume else 50),
+        batch_size=a.batch_size,
+        lr=a.lr,
+        image_size=a.image_size,
+        patch_size=a.patch_size,
+        samples_per_epoch=a.samples_per_epoch,
+        fg_fraction=a.fg_fraction,
+        encoder_weights=a.encoder_weights,
+        loss=a.loss,
+        schedule=a.schedule,
+        patience=a.patience,
+        device=a.device,
+        seed=a.seed,
+        threads=a.threads,
+        split=a.split,
+        amp=not a.no_amp,
         patient_pattern=a.patient_pattern,
+        aug=a.aug,
+        max_minutes=a.max_minutes,
+        init_model=a.init_model,
     )
     path = train(cfg, resume=a.resume)
     print(path)
@@ -54,24 +118,35 @@ def _cmd_train(a) -> int:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on a dataset split",
-                       description="Pixel-pooled, per-slice and per-patient metrics; see docs for conventions.")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a dataset split",
+        description="Pixel-pooled, per-slice and per-patient metrics; see docs for conventions.",
+    )
     p.add_argument("--data", required=True)
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--split", default="test", help="test | val | train | all")
     p.add_argument("--split-file", default=None, help="split.json (default: the model's run split, if known)")
-    p.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    p.add_argument("--threshold", type=_unit, default=None, help="override the model's threshold (0..1)")
     p.add_argument("--json", dest="json_out", default=None, help="write metrics JSON here")
     p.add_argument("--report", default=None, help="write a Markdown report with figures into this folder")
-    p.add_argument("--engine", default=None, help="inference engine (default: the predictor's default)")
-    p.add_argument("--threads", type=int, default=0)
+    _engine_arg(p)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
 
 
 def _cmd_evaluate(a) -> int:
     from .evaluation import evaluate, format_table
 
-    res = evaluate(a.data, model=a.model, split=a.split, split_file=a.split_file, threshold=a.threshold,
-                   report_dir=a.report, engine=a.engine, threads=a.threads)
+    res = evaluate(
+        a.data,
+        model=a.model,
+        split=a.split,
+        split_file=a.split_file,
+        threshold=a.threshold,
+        report_dir=a.report,
+        engine=a.engine,
+        threads=a.threads,
+    )
     print(format_table(res["metrics"]))
     if a.json_out:
         from .io import atomic_write_bytes
@@ -82,15 +157,18 @@ def _cmd_evaluate(a) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="segment images, folders, globs or studies",
-                       description="Writes <name>_mask.png, <name>_overlay.png, <name>_prob.png and summary.csv.")
+    p = sub.add_parser(
+        "predict",
+        help="segment images, folders, globs or studies",
+        description="Writes <name>_mask.png, <name>_overlay.png, <name>_prob.png and summary.csv.",
+    )
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--model", default=None)
-    p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    p.add_argument("--threshold", type=_unit, default=None, help="probability threshold 0..1 (default: the model's)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (adds an uncertainty map)")
-    p.add_argument("--engine", default=None)
-    p.add_argument("--threads", type=int, default=0)
+    _engine_arg(p)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")
     p.add_argument("--series", default=None, help="DICOM: SeriesInstanceUID when a folder holds several")
 
@@ -103,20 +181,51 @@ def _cmd_predict(a) -> int:
 
 def _add_app(sub) -> None:
     p = sub.add_parser("app", help="start the local web app (default http://127.0.0.1:8000)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--model", default=None)
-    p.add_argument("--engine", default=None)
-    p.add_argument("--no-browser", action="store_true")
-    p.add_argument("--token", default=None, help="require this bearer token for /api (when exposed)")
-    p.add_argument("--max-upload-mb", type=float, default=50.0)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    _engine_arg(p)
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="require this bearer token for /api (visible in `ps`: prefer TUMORSEG_TOKEN or --token-file)",
+    )
+    p.add_argument("--token-file", default=None, help="read the bearer token from this file's first line")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; default: only the bound "
+        "host name and, on loopback, localhost/127.0.0.1/::1)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default: %(default)s MB)")
 
 
 def _cmd_app(a) -> int:
+    import os
+
     from .app.server import serve
 
-    serve(host=a.host, port=a.port, model=a.model, engine=a.engine, open_browser=not a.no_browser,
-          token=a.token, max_upload_mb=a.max_upload_mb)
+    token = a.token or os.environ.get("TUMORSEG_TOKEN") or None
+    if a.token_file:
+        from pathlib import Path
+
+        try:
+            token = Path(a.token_file).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ValueError(f"{a.token_file}: cannot read a token from it ({exc or 'empty file'})") from None
+    serve(
+        host=a.host,
+        port=a.port,
+        model=a.model,
+        engine=a.engine,
+        open_browser=not a.no_browser,
+        token=token,
+        max_upload_mb=a.max_upload_mb,
+        allow_hosts=a.allow_host,
+    )
     return EXIT_OK
 
 
@@ -151,9 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
-    handlers = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict,
-                "app": _cmd_app, "export": _cmd_export}
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    a = parser.parse_args(argv)
+    handlers = {
+        "train": _cmd_train,
+        "evaluate": _cmd_evaluate,
+        "predict": _cmd_predict,
+        "app": _cmd_app,
+        "export": _cmd_export,
+    }
     from .data import DatasetError
     from .io import ImageReadError
     from .model import ModelFileError
@@ -163,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (DatasetError, ImageReadError, ModelFileError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (DatasetError, ImageReadError, ModelFileError, OSError, ValueError) as exc:
         print(f"tumorseg {a.cmd}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except RuntimeError as exc:

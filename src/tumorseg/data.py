@@ -167,9 +167,21 @@ class LoadedSet:
     patients: list[str]  # per slice
     indices: list[int]  # per slice
     names: list[str]  # image file per slice
+    depth: np.ndarray | None = None  # N x S x S uint8 from head_depth(); for skull-strip augmentation
 
     def __len__(self) -> int:
         return len(self.patients)
+
+    def with_head_depth(self) -> LoadedSet:
+        """Compute every slice's head depth once, for skull-strip augmentation."""
+        if self.depth is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.depth = np.zeros(self.masks.shape, np.uint8)
+            with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as ex:
+                for i, d in enumerate(ex.map(head_depth, self.images)):
+                    self.depth[i] = d
+        return self
 
 
 def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> LoadedSet:
@@ -188,14 +200,45 @@ def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> Load
         msk = read_mask(r.mask)
         if img.shape[:2] != msk.shape[:2]:
             raise DatasetError(
-                f"{r.mask}: mask is {msk.shape[1]}x{msk.shape[0]} but its image is "
-                f"{img.shape[1]}x{img.shape[0]}"
+                f"{r.mask}: mask is {msk.shape[1]}x{msk.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
             )
         images[i] = resize_rgb(to_uint8_rgb(img), size)
         masks[i] = resize_mask(msk, size)
-    return LoadedSet(
-        images, masks, [r.patient for r in recs], [r.index for r in recs], [str(r.image) for r in recs]
-    )
+    return LoadedSet(images, masks, [r.patient for r in recs], [r.index for r in recs], [str(r.image) for r in recs])
+
+
+def _disk(r: int) -> np.ndarray:
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return xx * xx + yy * yy <= r * r
+
+
+def head_depth(img: np.ndarray) -> np.ndarray:
+    """Distance in pixels (uint8, capped at 255) from each head pixel to the outside of the head.
+
+    Head = the largest filled component above a low intensity cut. Thresholding this depth at the
+    scalp-and-skull thickness gives a rough brain mask (``brain_mask``), which imitates skull-stripped
+    inputs (BraTS-style preprocessing) in training and in the robustness suite. Not a clinical skull
+    stripper.
+    """
+    from scipy import ndimage as ndi
+
+    v = img.astype(np.float32).mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
+    hi = float(np.percentile(v, 99.5))
+    if hi <= 0:
+        return np.zeros(v.shape, np.uint8)
+    head = ndi.binary_opening(v > 0.08 * hi, iterations=2)
+    lab, n = ndi.label(head)
+    if n == 0:
+        return np.zeros(v.shape, np.uint8)
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    head = ndi.binary_fill_holes(lab == sizes.argmax())
+    return np.minimum(ndi.distance_transform_edt(head), 255).astype(np.uint8)
+
+
+def brain_mask(img: np.ndarray, rim_px: int = 10) -> np.ndarray:
+    """Head pixels deeper than ``rim_px`` (scalp and skull are about 10 px on the LGG slices)."""
+    return head_depth(img) > rim_px
 
 
 # --------------------------------------------------------------------------- splits
@@ -291,11 +334,14 @@ class PatchSampler:
             raise DatasetError("no tumour in any training mask: nothing to learn from")
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
         s = self.data.images.shape[1]
         p = self.patch
         imgs = np.empty((batch, p, p, 3), np.uint8)
         msks = np.empty((batch, p, p), bool)
+        depth = self.data.depth
+        brs = np.empty((batch, p, p), np.uint8) if depth is not None else None
         for b in range(batch):
             if self.rng.random() < self.fg_fraction:
                 i = int(self.rng.choice(self.fg_slices))
@@ -310,7 +356,9 @@ class PatchSampler:
                 x0 = int(self.rng.integers(0, s - p + 1))
             imgs[b] = self.data.images[i, y0 : y0 + p, x0 : x0 + p]
             msks[b] = self.data.masks[i, y0 : y0 + p, x0 : x0 + p]
-        return torch.from_numpy(imgs), torch.from_numpy(msks)
+            if brs is not None:
+                brs[b] = depth[i, y0 : y0 + p, x0 : x0 + p]
+        return torch.from_numpy(imgs), torch.from_numpy(msks), (torch.from_numpy(brs) if brs is not None else None)
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
@@ -319,25 +367,105 @@ class PatchSampler:
         self.rng.bit_generator.state = st
 
 
+def _u(gen: torch.Generator, shape, lo: float, hi: float, device) -> torch.Tensor:
+    """Uniform draws from the CPU generator (reproducible on any device), moved to ``device``."""
+    return (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(device)
+
+
 def augment(
     x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, max_rot_deg: float = 15.0, scale: float = 0.1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip, small rotation/scale and intensity jitter on a batch (x float NCHW in [0,1], y N1HW)."""
-    n = x.shape[0]
-    flip = torch.rand(n, generator=gen) < 0.5
+    """Flip, small rotation/scale and intensity jitter on a batch (x float NCHW in [0,1], y N1HW).
+
+    The v1 recipe. Works on the batch's device; random numbers come from the CPU generator ``gen``.
+    """
+    n, dev = x.shape[0], x.device
+    x, y, _ = _flip_rotate_scale(x, y, gen, max_rot_deg, (1 - scale, 1 + scale), log_scale=False)
+    # Intensity: per-image contrast, brightness and gamma.
+    c = _u(gen, (n, 1, 1, 1), 0.85, 1.15, dev)
+    b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
+    g = torch.exp(_u(gen, (n, 1, 1, 1), -0.2, 0.2, dev))
+    x = (x.clamp(0, 1).pow(g) * c + b).clamp(0, 1)
+    return x, y
+
+
+def _flip_rotate_scale(
+    x, y, gen, max_rot_deg: float, scale_range: tuple[float, float], extra=None, log_scale: bool = True
+):
+    n, dev = x.shape[0], x.device
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
     y = torch.where(flip.view(n, 1, 1, 1), y.flip(3), y)
+    if extra is not None:
+        extra = torch.where(flip.view(n, 1, 1, 1), extra.flip(3), extra)
     ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_rot_deg)
-    sc = 1 + (torch.rand(n, generator=gen) * 2 - 1) * scale
+    # v2 draws scale log-uniformly: zooming out by 1/s is as likely as zooming in by s.
+    lo, hi = scale_range
+    if log_scale:
+        lo, hi = math.log(lo), math.log(hi)
+    sc = torch.rand(n, generator=gen) * (hi - lo) + lo
+    sc = torch.exp(sc) if log_scale else sc
     cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
-    # Intensity: per-image contrast, brightness and gamma.
-    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.15
-    b = (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.08
-    g = torch.exp((torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * 0.2)
-    x = (x.clamp(0, 1).pow(g) * c + b).clamp(0, 1)
+    if extra is not None:
+        extra = F.grid_sample(extra, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return x, y, extra
+
+
+def augment_v2(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+    depth: torch.Tensor | None = None,
+    p_strip: float = 0.25,
+    p_seq: float = 0.3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The v2 recipe: v1's geometry with a wider scale range, plus what other collections look like.
+
+    - scale 0.7-1.4 (other voxel sizes and fields of view), rotation up to 20 degrees;
+    - sequence dropout: pre- and/or post-contrast replaced by FLAIR, as the LGG set itself does for
+      missing sequences and as a FLAIR-only study is fed to the model;
+    - skull-stripping: pixels less than 6-16 px deep in the head set to 0 (``depth`` from
+      ``head_depth``; tumour is never removed), as BraTS ships its images;
+    - per-channel gamma, contrast and brightness, a smooth multiplicative bias field, low-contrast
+      (dark) slices, Gaussian noise and blur.
+    x: float NCHW in [0, 1]; y: N1HW; depth: N1HW or None. Random numbers from the CPU generator.
+    """
+    n, dev = x.shape[0], x.device
+    h, w = x.shape[-2:]
+    if depth is not None:
+        strip = _u(gen, (n, 1, 1, 1), 0, 1, dev) < p_strip
+        rim = _u(gen, (n, 1, 1, 1), 6, 16, dev)
+        keep = ((depth.float() > rim) | (y > 0)).float()
+        x = torch.where(strip, x * keep, x)
+    x, y, _ = _flip_rotate_scale(x, y, gen, 20.0, (0.7, 1.4))
+    # Sequence dropout: 0 keep, 1 pre->FLAIR, 2 post->FLAIR, 3 FLAIR only.
+    mode = torch.randint(0, 4, (n,), generator=gen)
+    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode)).to(dev)
+    fl = x[:, 1:2]
+    pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
+    post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])
+    x = torch.cat([pre, fl, post], 1)
+    # Bias field: a 4x4 grid of log-gains, smoothly upsampled.
+    field = F.interpolate(_u(gen, (n, 1, 4, 4), -0.3, 0.3, dev), size=(h, w), mode="bicubic", align_corners=True)
+    on = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3
+    x = torch.where(on, x * torch.exp(field), x)
+    # Per-channel gamma / contrast, per-image brightness, and dark low-contrast slices.
+    g = torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev))
+    c = _u(gen, (n, 3, 1, 1), 0.75, 1.25, dev)
+    b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
+    dark = torch.where(_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15, _u(gen, (n, 1, 1, 1), 0.45, 0.8, dev), 1.0)
+    x = (x.clamp(0, 1).pow(g) * c * dark + b).clamp(0, 1)
+    # Blur (3x3 box, some images) and noise.
+    blur = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15
+    xb = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    x = torch.where(blur, xb, x)
+    sigma = _u(gen, (n, 1, 1, 1), 0, 0.03, dev) * (_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3)
+    dev_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    noise = torch.randn(x.shape, generator=dev_gen, device=dev)
+    x = (x + noise * sigma).clamp(0, 1)
     return x, y

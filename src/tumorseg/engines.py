@@ -38,9 +38,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         return p
     p = bundled_model_path()
     if not p.is_file():
-        raise ModelFileError(
-            f"{p}: the bundled default model is missing from this installation; pass --model FILE"
-        )
+        raise ModelFileError(f"{p}: the bundled default model is missing from this installation; pass --model FILE")
     info = p.with_suffix(".json")
     if info.is_file():
         import json
@@ -87,8 +85,9 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    def __init__(self, model_path: Path, meta: dict, model: torch.nn.Module, threads: int, bf16: bool,
-                 device: torch.device):
+    def __init__(
+        self, model_path: Path, meta: dict, model: torch.nn.Module, threads: int, bf16: bool, device: torch.device
+    ):
         super().__init__(model_path, meta, threads)
         self.name = "torch-bf16" if bf16 else "torch-fp32"
         self.device = device
@@ -136,14 +135,25 @@ def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
     buf = _io.BytesIO()
     dummy = torch.zeros(1, 3, size, size)
     torch.onnx.export(
-        model, (dummy,), buf, input_names=["image"], output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        model,
+        (dummy,),
+        buf,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
     )
     return buf.getvalue()
 
 
-def load_engine(model: str | os.PathLike | None = None, engine: str | None = None, threads: int = 0,
-                device: str = "auto", calibration: np.ndarray | None = None) -> Engine:
+def load_engine(
+    model: str | os.PathLike | None = None,
+    engine: str | None = None,
+    threads: int = 0,
+    device: str = "auto",
+    calibration: np.ndarray | None = None,
+) -> Engine:
     """Load a model file and wrap it in the requested engine."""
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
@@ -154,14 +164,17 @@ def load_engine(model: str | os.PathLike | None = None, engine: str | None = Non
     net, meta = load_model(path)
     threads = threads or default_threads()
     if engine.startswith("torch"):
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
         return TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
     onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
     if engine == "onnx-int8":
         if calibration is None:
-            raise ValueError("onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
-                             "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model")
+            raise ValueError(
+                "onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
+                "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model"
+            )
         from .quantize import quantize_int8
 
         onnx_bytes = quantize_int8(onnx_bytes, meta, calibration)

@@ -13,9 +13,20 @@ from .engines import load_engine
 from .metrics import SegmentationMetrics
 
 METRIC_KEYS = (
-    "dice", "iou", "precision", "recall", "accuracy", "dice_per_slice_mean", "dice_per_patient_mean",
-    "dice_per_patient_median", "dice_per_patient_std", "empty_slice_fp_rate", "n_patients", "n_slices",
-    "threshold", "model",
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "accuracy",
+    "dice_per_slice_mean",
+    "dice_per_patient_mean",
+    "dice_per_patient_median",
+    "dice_per_patient_std",
+    "empty_slice_fp_rate",
+    "n_patients",
+    "n_slices",
+    "threshold",
+    "model",
 )
 
 CONVENTIONS = {
@@ -92,9 +103,19 @@ class Calibration:
         return self.conf[nz] / self.count[nz], self.pos[nz] / self.count[nz], self.count[nz]
 
 
-def evaluate(data: str | os.PathLike, model: str | None = None, split: str = "test", split_file: str | None = None,
-             threshold: float | None = None, report_dir: str | None = None, engine: str | None = None,
-             threads: int = 0, batch_size: int = 16, progress: bool = True, engine_obj=None) -> dict:
+def evaluate(
+    data: str | os.PathLike,
+    model: str | None = None,
+    split: str = "test",
+    split_file: str | None = None,
+    threshold: float | None = None,
+    report_dir: str | None = None,
+    engine: str | None = None,
+    threads: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+    engine_obj=None,
+) -> dict:
     """Run a model over a split and return {'metrics', 'per_patient', 'ece'}."""
     eng = engine_obj or load_engine(model, engine, threads)
     meta = eng.meta
@@ -131,8 +152,15 @@ def evaluate(data: str | os.PathLike, model: str | None = None, split: str = "te
     metrics["model"] = str(eng.model_path)
     metrics = {k: metrics[k] for k in METRIC_KEYS}
     per_patient = acc.patient_dice()
-    result = {"metrics": metrics, "per_patient": per_patient, "ece": cal.ece(), "engine": eng.name,
-              "split": split}
+    result = {
+        "metrics": metrics,
+        "per_patient": per_patient,
+        "ece": cal.ece(),
+        "engine": eng.name,
+        "split": split,
+        "per_patient_counts": {k: v for k, v in sorted(acc.patient_full.items())},
+        "counts_order": ["tp", "fp", "fn", "tn", "tumour_free_slices", "tumour_free_slices_with_fp"],
+    }
     if report_dir:
         write_report(Path(report_dir), result, acc, cal, examples, meta)
     return result
@@ -180,8 +208,13 @@ def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibra
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.plot(conf, freq, marker="o")
-    ax.set(xlabel="predicted probability", ylabel="observed tumour frequency",
-           title=f"Reliability (ECE {result['ece']:.4f})", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="predicted probability",
+        ylabel="observed tumour frequency",
+        title=f"Reliability (ECE {result['ece']:.4f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=100)
     plt.close(fig)
@@ -191,24 +224,44 @@ def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibra
         write_png(out / fn, _overlay_example(img, tr, pr))
         ex_lines.append(f"| ![]({fn}) | {Path(name).name} | {d:.3f} |")
     lines = [
-        "# Evaluation report", "",
+        "# Evaluation report",
+        "",
         f"Model: `{Path(m['model']).name}`; engine `{result['engine']}`; split `{result['split']}`; "
-        f"threshold {m['threshold']}; {m['n_patients']} patients, {m['n_slices']} slices.", "",
-        "| metric | value | convention |", "|---|---|---|",
+        f"threshold {m['threshold']}; {m['n_patients']} patients, {m['n_slices']} slices.",
+        "",
+        "| metric | value | convention |",
+        "|---|---|---|",
     ]
     for k in METRIC_KEYS[:10]:
         lines.append(f"| {k} | {m[k]:.4f} | {CONVENTIONS[k]} |")
-    lines += ["", f"Expected calibration error (pixel level, 10 bins): {result['ece']:.4f}", "",
-              "![per-patient Dice](dice_histogram.png) ![reliability](reliability.png)", "",
-              "## Per patient", "", "| patient | 3D Dice | slices |", "|---|---|---|"]
+    lines += [
+        "",
+        f"Expected calibration error (pixel level, 10 bins): {result['ece']:.4f}",
+        "",
+        "![per-patient Dice](dice_histogram.png) ![reliability](reliability.png)",
+        "",
+        "## Per patient",
+        "",
+        "| patient | 3D Dice | slices |",
+        "|---|---|---|",
+    ]
     n_sl: dict[str, int] = {}
     for r in acc.slice_records:
         n_sl[r["patient"]] = n_sl.get(r["patient"], 0) + 1
     for p, d in sorted(pp.items(), key=lambda kv: kv[1]):
         lines.append(f"| {p} | {d:.4f} | {n_sl.get(p, 0)} |")
-    lines += ["", "## Worst and best tumour slices", "",
-              "Green outline: ground truth; red outline: prediction.", "",
-              "| overlay | slice | Dice |", "|---|---|---|", *ex_lines, ""]
+    lines += [
+        "",
+        "## Worst and best tumour slices",
+        "",
+        "Green outline: ground truth; red outline: prediction.",
+        "",
+        "| overlay | slice | Dice |",
+        "|---|---|---|",
+        *ex_lines,
+        "",
+    ]
     atomic_write_bytes(out / "report.md", "\n".join(lines).encode())
-    atomic_write_bytes(out / "metrics.json", (json.dumps({**m, "ece": result["ece"],
-                                                          "per_patient": pp}, indent=1) + "\n").encode())
+    atomic_write_bytes(
+        out / "metrics.json", (json.dumps({**m, "ece": result["ece"], "per_patient": pp}, indent=1) + "\n").encode()
+    )

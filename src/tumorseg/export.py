@@ -11,8 +11,7 @@ from .io import atomic_write_bytes
 from .model import load_model
 
 
-def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, split: dict | None = None
-                       ) -> np.ndarray:
+def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, split: dict | None = None) -> np.ndarray:
     """Slices for int8 calibration, half with tumour, from the model's training patients when known."""
     from .data import discover, load_cases
 
@@ -24,8 +23,9 @@ def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, spl
     ds = load_cases(cases, size)
     fg = np.flatnonzero(ds.masks.reshape(len(ds), -1).any(1))
     bg = np.setdiff1d(np.arange(len(ds)), fg)
-    pick = np.concatenate([rng.choice(fg, min(n // 2, len(fg)), replace=False),
-                           rng.choice(bg, min(n - n // 2, len(bg)), replace=False)])
+    pick = np.concatenate(
+        [rng.choice(fg, min(n // 2, len(fg)), replace=False), rng.choice(bg, min(n - n // 2, len(bg)), replace=False)]
+    )
     return ds.images[np.sort(pick)]
 
 
@@ -45,13 +45,16 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
     x = (rng.random((4, size, size, 3)) * 255).astype(np.uint8)
     a = load_engine(path, "torch-fp32").run(x)
     b = load_engine(out).run(x)
-    lines.append(f"parity vs PyTorch fp32: max |dp| = {np.abs(a - b).max():.2e}, "
-                 f"mask agreement {((a >= 0.5) == (b >= 0.5)).mean() * 100:.3f}%")
+    lines.append(
+        f"parity vs PyTorch fp32: max |dp| = {np.abs(a - b).max():.2e}, "
+        f"mask agreement {((a >= 0.5) == (b >= 0.5)).mean() * 100:.3f}%"
+    )
     if calibration:
         from .quantize import quantize_int8
 
-        q = add_onnx_metadata(quantize_int8(data, meta, calibration_slices(calibration, size, split=meta)),
-                              meta, "onnx-int8")
+        q = add_onnx_metadata(
+            quantize_int8(data, meta, calibration_slices(calibration, size, split=meta)), meta, "onnx-int8"
+        )
         qout = str(Path(out).with_suffix("")) + "-int8.onnx"
         atomic_write_bytes(qout, q)
         lines.append(f"wrote {qout} ({len(q) / 1e6:.1f} MB, static int8 QDQ, per-channel)")

@@ -69,9 +69,15 @@ class Prediction:
         return self.mask.astype(np.uint8) * 255
 
     def summary(self) -> dict:
-        return {"source": self.source, "height": int(self.mask.shape[0]), "width": int(self.mask.shape[1]),
-                "tumour_pixels": self.area_pixels, "area_mm2": self.area_mm2, "max_probability": self.max_prob,
-                "threshold": self.threshold}
+        return {
+            "source": self.source,
+            "height": int(self.mask.shape[0]),
+            "width": int(self.mask.shape[1]),
+            "tumour_pixels": self.area_pixels,
+            "area_mm2": self.area_mm2,
+            "max_probability": self.max_prob,
+            "threshold": self.threshold,
+        }
 
 
 class Predictor:
@@ -80,8 +86,14 @@ class Predictor:
     ``model=None`` uses the bundled default model. Thread-safe: engine calls are serialised.
     """
 
-    def __init__(self, model: str | os.PathLike | None = None, device: str = "auto", engine: str | None = None,
-                 threads: int = 0, threshold: float | None = None):
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str = "auto",
+        engine: str | None = None,
+        threads: int = 0,
+        threshold: float | None = None,
+    ):
         self.engine = load_engine(model, engine, threads, device)
         self.meta = self.engine.meta
         self.size = self.engine.size
@@ -95,10 +107,15 @@ class Predictor:
     def info(self) -> dict:
         m = self.meta
         return {
-            "model": self.model_path.name, "engine": self.engine.name, "input_size": self.size,
-            "threshold": self.threshold, "architecture": m.get("architecture", {}).get("name"),
-            "channels": m.get("channels"), "metrics": m.get("metrics", {}),
-            "trained_epochs": m.get("training", {}).get("epoch"), "disclaimer": DISCLAIMER,
+            "model": self.model_path.name,
+            "engine": self.engine.name,
+            "input_size": self.size,
+            "threshold": self.threshold,
+            "architecture": m.get("architecture", {}).get("name"),
+            "channels": m.get("channels"),
+            "metrics": m.get("metrics", {}),
+            "trained_epochs": m.get("training", {}).get("epoch"),
+            "disclaimer": DISCLAIMER,
         }
 
     # ---- core: uint8 RGB slices at any size -> probabilities at their own size
@@ -107,8 +124,9 @@ class Predictor:
             return img
         return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.BILINEAR))
 
-    def probabilities(self, images: list[np.ndarray], tta: bool = False, batch_size: int = 16
-                      ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    def probabilities(
+        self, images: list[np.ndarray], tta: bool = False, batch_size: int = 16
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Probability maps for display-ready uint8 RGB images, each at its own resolution."""
         probs: list[np.ndarray] = []
         uncs: list[np.ndarray] | None = [] if tta else None
@@ -116,8 +134,11 @@ class Predictor:
             chunk = images[s : s + batch_size]
             x = np.stack([self._model_input(im) for im in chunk])
             if tta:
-                views = [self.engine.run(x), self.engine.run(x[:, :, ::-1].copy())[:, :, ::-1],
-                         self.engine.run(x[:, ::-1].copy())[:, ::-1]]
+                views = [
+                    self.engine.run(x),
+                    self.engine.run(x[:, :, ::-1].copy())[:, :, ::-1],
+                    self.engine.run(x[:, ::-1].copy())[:, ::-1],
+                ]
                 stack = np.stack(views)
                 p = stack.mean(0)
                 u = stack.std(0)
@@ -136,9 +157,14 @@ class Predictor:
             m = remove_small_components(m, max(1, int(round(self.min_component_pixels * scale))))
         return m
 
-    def predict(self, image: str | os.PathLike | np.ndarray | bytes, tta: bool = False,
-                threshold: float | None = None, pixel_spacing: tuple[float, float] | None = None,
-                name: str | None = None) -> Prediction:
+    def predict(
+        self,
+        image: str | os.PathLike | np.ndarray | bytes,
+        tta: bool = False,
+        threshold: float | None = None,
+        pixel_spacing: tuple[float, float] | None = None,
+        name: str | None = None,
+    ) -> Prediction:
         """Segment one 2D image given as a path, raw file bytes or an array (any size/dtype)."""
         if isinstance(image, (bytes, bytearray)):
             arr = read_image(name or "<upload>", data=bytes(image))
@@ -158,11 +184,19 @@ class Predictor:
         img = to_uint8_rgb(arr)
         thr = float(threshold if threshold is not None else self.threshold)
         probs, uncs = self.probabilities([img], tta=tta)
-        return Prediction(img, probs[0], self._mask(probs[0], thr), thr, pixel_spacing,
-                          uncs[0] if uncs else None, source, self.info())
+        return Prediction(
+            img, probs[0], self._mask(probs[0], thr), thr, pixel_spacing, uncs[0] if uncs else None, source, self.info()
+        )
 
-    def predict_study(self, path: str | os.PathLike, series: str | None = None, tta: bool = False,
-                      threshold: float | None = None, min_component_mm3: float = 0.0, progress: bool = False):
+    def predict_study(
+        self,
+        path: str | os.PathLike,
+        series: str | None = None,
+        tta: bool = False,
+        threshold: float | None = None,
+        min_component_mm3: float = 0.0,
+        progress: bool = False,
+    ):
         """Segment a whole study (kaggle_3m patient folder, NIfTI, DICOM folder or zip)."""
         from .studies import StudyPrediction, read_study, study_measurements
 
@@ -184,6 +218,13 @@ class Predictor:
         prob = np.stack(probs)
         mask = np.stack([self._mask(p, thr) for p in probs])
         meas, mask = study_measurements(mask, study.spacing, min_component_mm3)
-        return StudyPrediction(study=study, images=slices, prob=prob, mask=mask, threshold=thr,
-                               measurements=meas, uncertainty=np.stack(uncs) if uncs else None,
-                               model=self.info())
+        return StudyPrediction(
+            study=study,
+            images=slices,
+            prob=prob,
+            mask=mask,
+            threshold=thr,
+            measurements=meas,
+            uncertainty=np.stack(uncs) if uncs else None,
+            model=self.info(),
+        )

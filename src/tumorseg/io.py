@@ -20,6 +20,13 @@ IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Refuse anything larger than this many pixels before decoding it: a 20 kB PNG can
 # declare 100k x 100k pixels and exhaust memory (a "decompression bomb").
 MAX_PIXELS = 64_000_000
+# Every input is judged by its declared decoded size before it is decoded (one home for the rule):
+# never more than MAX_DECODED_BYTES, and above FREE_DECODED_BYTES never more than MAX_EXPANSION times
+# the bytes it arrived as, so that a few kilobytes cannot cost gigabytes.
+MAX_DECODED_BYTES = int(float(os.environ.get("TUMORSEG_MAX_DECODED_MB", "1024")) * 2**20)
+FREE_DECODED_BYTES = 64 * 2**20
+MAX_EXPANSION = 20
+MAX_SAMPLES_PER_PIXEL = 4
 
 
 class ImageReadError(ValueError):
@@ -31,14 +38,29 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def check_decoded_size(path, decoded_bytes: int, input_bytes: int | None = None, what: str = "image") -> None:
+    """Refuse an input whose declared decoded size is over the budget, or far out of proportion to its file."""
+    mb = 2**20
+    if decoded_bytes > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            path,
+            f"{what} would take {decoded_bytes / mb:,.0f} MB once decoded, over the "
+            f"{MAX_DECODED_BYTES / mb:,.0f} MB limit",
+        )
+    if input_bytes and decoded_bytes > FREE_DECODED_BYTES and decoded_bytes > MAX_EXPANSION * input_bytes:
+        raise ImageReadError(
+            path,
+            f"{what} of {input_bytes:,} bytes declares {decoded_bytes / mb:,.0f} MB of "
+            f"pixels ({decoded_bytes / input_bytes:,.0f}x; a decompression bomb?)",
+        )
+
+
 def _check_dims(path, shape) -> None:
     if len(shape) < 2 or min(shape[:2]) < 1:
         raise ImageReadError(path, f"image has no pixels (shape {tuple(shape)})")
     h, w = int(shape[0]), int(shape[1])
     if h * w > MAX_PIXELS:
-        raise ImageReadError(
-            path, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,} pixels"
-        )
+        raise ImageReadError(path, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,} pixels")
 
 
 def _read_tiff(path, data: bytes | None) -> np.ndarray:
@@ -50,7 +72,15 @@ def _read_tiff(path, data: bytes | None) -> np.ndarray:
             if not tif.pages:
                 raise ImageReadError(path, "TIFF file has no pages")
             page = tif.pages[0]
-            _check_dims(path, page.shape)
+            h, w = int(page.imagelength), int(page.imagewidth)
+            _check_dims(path, (h, w))
+            spp = int(page.samplesperpixel)
+            if spp > MAX_SAMPLES_PER_PIXEL:
+                raise ImageReadError(path, f"TIFF has {spp} samples per pixel; expected 1 to {MAX_SAMPLES_PER_PIXEL}")
+            depth = int(getattr(page, "imagedepth", 1) or 1)
+            nbytes = h * w * spp * depth * max(1, (int(page.bitspersample) + 7) // 8)
+            size = len(data) if data is not None else os.path.getsize(path)
+            check_decoded_size(path, nbytes, size, "TIFF image")
             arr = page.asarray()
     except ImageReadError:
         raise
@@ -69,6 +99,9 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(src) as im:
                 _check_dims(path, (im.size[1], im.size[0]))
+                size = len(data) if data is not None else os.path.getsize(path)
+                bpp = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith("I;16") else 1
+                check_decoded_size(path, im.size[0] * im.size[1] * max(1, len(im.getbands())) * bpp, size)
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -84,13 +117,9 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(
-            path, "not a recognised image format (supported: TIFF, PNG, JPEG, WebP, BMP)"
-        ) from None
+        raise ImageReadError(path, "not a recognised image format (supported: TIFF, PNG, JPEG, WebP, BMP)") from None
     except Exception as exc:
-        raise ImageReadError(
-            path, f"not a readable image ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     return arr
 
 

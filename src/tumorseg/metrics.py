@@ -40,9 +40,16 @@ class SegmentationMetrics:
         self.empty_slices = 0
         self.empty_slices_fp = 0
         self.patient_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        # per patient: tp fp fn tn, tumour-free slices, tumour-free slices with a false alarm
+        self.patient_full: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
 
-    def update(self, pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
-               patients: list[str] | None = None, names: list[str] | None = None) -> None:
+    def update(
+        self,
+        pred: np.ndarray | torch.Tensor,
+        truth: np.ndarray | torch.Tensor,
+        patients: list[str] | None = None,
+        names: list[str] | None = None,
+    ) -> None:
         """pred/truth: boolean arrays N x H x W (or H x W for one slice)."""
         pred = _np_bool(pred)
         truth = _np_bool(truth)
@@ -74,10 +81,23 @@ class SegmentationMetrics:
             c[0] += int(tp[i])
             c[1] += int(fp[i])
             c[2] += int(fn[i])
-            self.slice_records.append({
-                "patient": patients[i], "name": names[i] if names else None, "dice": float(d),
-                "truth_pixels": int(tp[i] + fn[i]), "pred_pixels": int(tp[i] + fp[i]),
-            })
+            f = self.patient_full[patients[i]]
+            f[0] += int(tp[i])
+            f[1] += int(fp[i])
+            f[2] += int(fn[i])
+            f[3] += int(tn[i])
+            if not has:
+                f[4] += 1
+                f[5] += int(fp[i] > 0)
+            self.slice_records.append(
+                {
+                    "patient": patients[i],
+                    "name": names[i] if names else None,
+                    "dice": float(d),
+                    "truth_pixels": int(tp[i] + fn[i]),
+                    "pred_pixels": int(tp[i] + fp[i]),
+                }
+            )
 
     def patient_dice(self) -> dict[str, float]:
         return {k: dice_score(*v) for k, v in sorted(self.patient_counts.items())}
@@ -99,6 +119,41 @@ class SegmentationMetrics:
             "n_patients": len(self.patient_counts),
             "n_slices": len(self.slice_records),
         }
+
+
+HEADLINE = ("dice", "iou", "recall", "precision", "accuracy", "dice_per_patient_mean", "empty_slice_fp_rate")
+
+
+def metrics_from_counts(counts: dict[str, list[int]]) -> dict[str, float]:
+    """Headline metrics from per-patient [tp, fp, fn, tn, empty, empty_fp] counts (see SegmentationMetrics)."""
+    a = np.array(list(counts.values()), dtype=np.float64).reshape(-1, 6)
+    tp, fp, fn, tn, empty, empty_fp = a.sum(0)
+    pd = [dice_score(*r[:3]) for r in a]
+    return {
+        "dice": dice_score(tp, fp, fn),
+        "iou": iou_score(tp, fp, fn),
+        "recall": _ratio(tp, tp + fn),
+        "precision": _ratio(tp, tp + fp),
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "dice_per_patient_mean": float(np.mean(pd)) if pd else float("nan"),
+        "empty_slice_fp_rate": _ratio(empty_fp, empty, empty=0.0),
+    }
+
+
+def bootstrap_ci(
+    counts: dict[str, list[int]], n: int = 2000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap over patients (resampled with replacement) for each headline metric."""
+    rng = np.random.default_rng(seed)
+    keys = list(counts)
+    samples: dict[str, list[float]] = {k: [] for k in HEADLINE}
+    for _ in range(n):
+        pick = rng.integers(0, len(keys), len(keys))
+        m = metrics_from_counts({str(i): counts[keys[j]] for i, j in enumerate(pick)})
+        for k in HEADLINE:
+            samples[k].append(m[k])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in samples.items()}
 
 
 def _np_bool(x) -> np.ndarray:

@@ -227,7 +227,9 @@ def encoder_state_from(spec: str) -> tuple[dict[str, torch.Tensor], str]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}, str(p)
 
 
-def build_model(encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16)) -> tuple[UNetResNet50, LoadReport | None]:
+def build_model(
+    encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16)
+) -> tuple[UNetResNet50, LoadReport | None]:
     model = UNetResNet50(3, decoder_channels)
     rep = None
     if encoder_weights and encoder_weights != "none":

@@ -43,8 +43,15 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
             quant_pre_process(src, pre, skip_symbolic_shape=True)
         except Exception:
             pre = src
-        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+        quantize_static(
+            pre,
+            dst,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
         with open(dst, "rb") as fh:
             return fh.read()

@@ -10,15 +10,32 @@ import io as _io
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, read_image, to_uint8_rgb, write_png
+from .io import (
+    IMAGE_EXTENSIONS,
+    MAX_DECODED_BYTES,
+    ImageReadError,
+    atomic_write_bytes,
+    check_decoded_size,
+    read_image,
+    to_uint8_rgb,
+    write_png,
+)
 
-MAX_ZIP_BYTES = 2 * 1024**3  # refuse zips that would expand beyond this (zip bombs)
+MAX_ZIP_BYTES = MAX_DECODED_BYTES // 2  # refuse zips that would expand beyond this (zip bombs)
 MAX_ZIP_MEMBERS = 20_000
+MAX_MEMBER_RATIO = 200  # one member's expansion; a real DICOM or image compresses 2-10x
+MAX_STUDY_VOXELS = 64_000_000  # voxels x channels, e.g. 512 x 512 x 244
+DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+# One working-memory estimate per study voxel and channel: the float32 copy, the uint8 volume,
+# the probability and mask maps.
+STUDY_BYTES_PER_VOXEL = 10
+SPACING_RANGE_MM = (0.01, 100.0)
 SINGLE_SEQUENCE_NOTE = (
     "The model was trained on three channels (pre-contrast, FLAIR, post-contrast). This study has a single "
     "sequence, which was copied into all three channels; expect lower accuracy than on the training data."
@@ -56,8 +73,11 @@ def looks_like_study_folder(p: Path) -> bool:
     if any(_is_dicom_file(q) for q in files[:20]):
         return True
     imgs = [q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")]
-    return bool(imgs) and all(re.search(r"_\d+$", q.stem) for q in imgs) and any(
-        q.stem.lower().endswith("_mask") for q in files)
+    return (
+        bool(imgs)
+        and all(re.search(r"_\d+$", q.stem) for q in imgs)
+        and any(q.stem.lower().endswith("_mask") for q in files)
+    )
 
 
 def _is_dicom_file(p: Path) -> bool:
@@ -105,8 +125,14 @@ def read_kaggle_patient(folder: Path) -> Study:
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
         raise StudyError(folder, f"slices differ in size: {sorted(shapes)}")
-    return Study(str(folder), "kaggle", np.stack(slices), None, [q.name for _, q in items],
-                 notes=["No voxel spacing is stored in this format: volumes are reported in voxels only."])
+    return Study(
+        str(folder),
+        "kaggle",
+        np.stack(slices),
+        None,
+        [q.name for _, q in items],
+        notes=["No voxel spacing is stored in this format: volumes are reported in voxels only."],
+    )
 
 
 # --------------------------------------------------------------------------- intensity
@@ -128,6 +154,25 @@ def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.
     return out
 
 
+# --------------------------------------------------------------------------- geometry
+
+
+def _valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
+    """Voxel sizes that are finite and plausible; negative ones are used by magnitude, with a note."""
+    out = []
+    for v in values:
+        if not np.isfinite(v) or v == 0 or not SPACING_RANGE_MM[0] <= abs(v) <= SPACING_RANGE_MM[1]:
+            raise StudyError(
+                source,
+                f"{what} {list(values)} is not a usable voxel size (each value must be "
+                f"finite and between {SPACING_RANGE_MM[0]} and {SPACING_RANGE_MM[1]:g} mm)",
+            )
+        out.append(abs(float(v)))
+    if any(v < 0 for v in values):
+        notes.append(f"{what} {list(values)} has negative values; their magnitudes were used as the voxel size.")
+    return out
+
+
 # --------------------------------------------------------------------------- NIfTI
 
 
@@ -139,11 +184,40 @@ def _image_to_nifti_slice(im: np.ndarray) -> np.ndarray:
     return np.flipud(im).T
 
 
+def _raw_pixdim(p: Path, img) -> list[float]:
+    """pixdim[1:4] as written in the file: nibabel's loader silently turns 0 into 1, which must be refused."""
+    import gzip
+
+    import nibabel as nib
+
+    try:
+        opener = gzip.open if p.name.lower().endswith(".gz") else open
+        with opener(p, "rb") as fh:
+            block = fh.read(348)
+        hdr = nib.Nifti1Header(binaryblock=block, check=False, endianness=img.header.endianness)
+        return [float(x) for x in hdr["pixdim"][1:4]]
+    except Exception:
+        return [float(x) for x in img.header["pixdim"][1:4]]
+
+
 def read_nifti(p: Path) -> Study:
     import nibabel as nib
 
     try:
         img = nib.load(str(p))
+        shape = tuple(int(x) for x in img.header.get_data_shape())
+        itemsize = int(img.header.get_data_dtype().itemsize)
+    except Exception as exc:
+        raise StudyError(p, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    nvox = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if nvox > MAX_STUDY_VOXELS:
+        raise StudyError(p, f"volume {shape} has {nvox:,} voxels, over the limit of {MAX_STUDY_VOXELS:,}")
+    check_decoded_size(p, nvox * itemsize, p.stat().st_size, "NIfTI volume")
+    check_decoded_size(p, nvox * STUDY_BYTES_PER_VOXEL, None, "NIfTI volume (working memory)")
+    notes: list[str] = []
+    raw = [float(x) for x in _raw_pixdim(p, img)]
+    zooms = _valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise StudyError(p, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
@@ -158,17 +232,23 @@ def read_nifti(p: Path) -> Study:
         data = data[..., None]
     else:
         raise StudyError(p, f"unsupported NIfTI shape {data.shape}")
-    if data.shape[0] * data.shape[1] > 64_000_000 or data.size > 2_000_000_000:
-        raise StudyError(p, f"volume {data.shape} is too large")
-    zooms = img.header.get_zooms()
-    sx, sy, sz = (float(z) for z in zooms[:3])
+    sx, sy, sz = (float(z) for z in (list(zooms) + [1.0, 1.0, 1.0])[:3])
     vol8 = study_to_uint8(data)  # X Y Z C
     slices = []
     for k in range(vol8.shape[2]):
         s = np.stack([_nifti_slice_to_image(vol8[:, :, k, c]) for c in range(chans)], -1)
         slices.append(np.repeat(s, 3, -1) if chans == 1 else s)
-    st = Study(str(p), "nifti", np.stack(slices), (sz, sy, sx), [f"slice {k + 1}" for k in range(len(slices))],
-               single_sequence=chans == 1, affine=img.affine.copy(), nifti_shape=tuple(data.shape[:3]))
+    st = Study(
+        str(p),
+        "nifti",
+        np.stack(slices),
+        (sz, sy, sx),
+        [f"slice {k + 1}" for k in range(len(slices))],
+        single_sequence=chans == 1,
+        affine=img.affine.copy(),
+        nifti_shape=tuple(data.shape[:3]),
+        notes=notes,
+    )
     if chans == 1:
         st.notes.append(SINGLE_SEQUENCE_NOTE)
     return st
@@ -188,29 +268,108 @@ def _zip_members(p: Path) -> list[tuple[str, bytes]]:
             raise StudyError(p, f"zip holds {len(infos)} files, over the limit of {MAX_ZIP_MEMBERS}")
         total = sum(i.file_size for i in infos)
         if total > MAX_ZIP_BYTES:
-            raise StudyError(p, f"zip would expand to {total / 1e9:.1f} GB, over the limit (zip bomb?)")
+            raise StudyError(
+                p,
+                f"zip would expand to {total / 2**20:,.0f} MB, over the limit of "
+                f"{MAX_ZIP_BYTES / 2**20:,.0f} MB (zip bomb?)",
+            )
+        try:
+            check_decoded_size(p, total, p.stat().st_size, "zip archive")
+        except ImageReadError as exc:
+            raise StudyError(p, exc.reason) from None
         out = []
         for i in infos:
             name = i.filename
             if name.startswith("/") or ".." in Path(name).parts or ":" in name:
                 raise StudyError(p, f"zip member {name!r} has an unsafe path; refusing the archive")
-            if i.compress_size and i.file_size / max(i.compress_size, 1) > 1000:
-                raise StudyError(p, f"zip member {name!r} expands more than 1000x (zip bomb?)")
-            with zf.open(i) as fh:
-                data = fh.read(MAX_ZIP_BYTES + 1)
+            if i.compress_size and i.file_size > 1_000_000 and i.file_size / max(i.compress_size, 1) > MAX_MEMBER_RATIO:
+                raise StudyError(p, f"zip member {name!r} expands more than {MAX_MEMBER_RATIO}x (zip bomb?)")
+            try:
+                with zf.open(i) as fh:
+                    data = fh.read(i.file_size + 1)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+                raise StudyError(
+                    p, f"zip member {name!r} is corrupt or unreadable ({type(exc).__name__}: {exc})"
+                ) from None
             if len(data) > i.file_size:
                 raise StudyError(p, f"zip member {name!r} is larger than its header says")
             out.append((name, data))
     return out
 
 
+def _inflated_size(data: bytes, limit: int) -> int | None:
+    """Size of a deflated-transfer-syntax DICOM once inflated, counted only up to ``limit``.
+
+    pydicom inflates such a file whole while parsing it; a 1 kB file can hold 100s of MB of zeros.
+    Returns None for any other transfer syntax.
+    """
+    if DEFLATED_TS.encode() not in data[:8192]:
+        return None
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = _io.BytesIO(data)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    if str(getattr(meta, "TransferSyntaxUID", "")) != DEFLATED_TS:
+        return None
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    buf, total = data[fp.tell() :], 0
+    while buf and not d.eof:
+        try:
+            out = d.decompress(buf, 1 << 20)
+        except zlib.error:
+            return total  # corrupt stream: pydicom will refuse the file itself
+        total += len(out)
+        if total > limit:
+            return total
+        if not out and d.unconsumed_tail == buf:
+            break  # no progress (truncated stream)
+        buf = d.unconsumed_tail
+    return total
+
+
+def _declared_pixel_bytes(ds) -> int:
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    bits = int(getattr(ds, "BitsAllocated", 16) or 16)
+    return int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "SamplesPerPixel", 1) or 1) * frames * max(1, bits // 8)
+
+
+def _floats(ds, tag: str, n: int, source: str) -> list[float] | None:
+    """A multi-valued DICOM attribute as n finite floats; None when absent; StudyError when malformed."""
+    v = getattr(ds, tag, None)
+    if v is None or v == "":
+        return None
+    seq = list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else [v]
+    try:
+        vals = [float(x) for x in seq]
+    except (TypeError, ValueError):
+        raise StudyError(source, f"{tag} {v!r} is not numeric") from None
+    if len(vals) != n or not all(np.isfinite(vals)):
+        raise StudyError(source, f"{tag} has {len(vals)} value(s) {vals}; expected {n} finite numbers")
+    return vals
+
+
 def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None = None) -> Study:
     import pydicom
 
     by_series: dict[str, list] = {}
+    input_bytes = sum(len(d) for _, d in members)
+    inflated_total = 0
     for name, data in members:
         if name.startswith("__MACOSX") or Path(name).name.startswith("."):
             continue
+        try:
+            inflated = _inflated_size(data, MAX_ZIP_BYTES - inflated_total)
+        except Exception:
+            continue  # not DICOM
+        if inflated is not None:
+            inflated_total += inflated
+            try:
+                check_decoded_size(source, inflated_total, input_bytes, f"deflated DICOM ({name})")
+            except ImageReadError as exc:
+                raise StudyError(source, exc.reason) from None
+            if inflated_total > MAX_ZIP_BYTES:
+                raise StudyError(source, f"{name}: deflated DICOM inflates beyond {MAX_ZIP_BYTES / 2**20:,.0f} MB")
         try:
             ds = pydicom.dcmread(_io.BytesIO(data), force=False)
         except Exception:
@@ -227,21 +386,29 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
             raise StudyError(source, f"series {series} not found; series here: {', '.join(sorted(by_series))}")
         dss = by_series[series]
     elif len(by_series) > 1:
-        listing = "; ".join(f"{u} ({len(v)} slices, {getattr(v[0], 'SeriesDescription', '')})"
-                            for u, v in sorted(by_series.items()))
+        listing = "; ".join(
+            f"{u} ({len(v)} slices, {getattr(v[0], 'SeriesDescription', '')})" for u, v in sorted(by_series.items())
+        )
         raise StudyError(source, f"holds {len(by_series)} series, choose one with --series: {listing}")
     else:
         dss = next(iter(by_series.values()))
-    iop = np.array(getattr(dss[0], "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    normal = np.cross(iop[:3], iop[3:])
 
-    def pos(ds):
-        ipp = getattr(ds, "ImagePositionPatient", None)
-        if ipp is None:
-            return float(getattr(ds, "InstanceNumber", 0))
-        return float(np.dot(np.array(ipp, float), normal))
+    # Size: judged from the headers, before any pixel is decoded.
+    try:
+        raw = sum(_declared_pixel_bytes(ds) for ds in dss)
+        voxels = sum(int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in dss)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise StudyError(source, f"DICOM header lacks a usable image size ({type(exc).__name__}: {exc})") from None
+    if voxels * 3 > MAX_STUDY_VOXELS:
+        raise StudyError(source, f"series has {voxels:,} voxels, over the limit of {MAX_STUDY_VOXELS // 3:,}")
+    try:
+        check_decoded_size(source, raw, input_bytes, "DICOM series")
+        check_decoded_size(source, voxels * STUDY_BYTES_PER_VOXEL, None, "DICOM series (working memory)")
+    except ImageReadError as exc:
+        raise StudyError(source, exc.reason) from None
 
-    dss.sort(key=pos)
+    notes: list[str] = []
+    geom = _dicom_geometry(dss, source, notes)
     try:
         arrs = []
         for ds in dss:
@@ -260,33 +427,110 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
     vol8 = study_to_uint8(vol)
     if chans == 1:
         vol8 = np.repeat(vol8, 3, -1)
-    ps = [float(x) for x in getattr(dss[0], "PixelSpacing", [1.0, 1.0])]
-    if len(dss) > 1:
-        dz = abs(pos(dss[1]) - pos(dss[0])) or float(getattr(dss[0], "SliceThickness", 1.0) or 1.0)
-    else:
-        dz = float(getattr(dss[0], "SliceThickness", 1.0) or 1.0)
-    st = Study(source, "dicom", vol8, (dz, ps[0], ps[1]), [str(ds.filename) for ds in dss],
-               single_sequence=chans == 1, dicom=dss)
+    st = Study(
+        source,
+        "dicom",
+        vol8,
+        geom["spacing"],
+        [str(ds.filename) for ds in dss],
+        single_sequence=chans == 1,
+        dicom=dss,
+        affine=geom["affine"],
+        notes=notes,
+    )
     if chans == 1:
         st.notes.append(SINGLE_SEQUENCE_NOTE)
     return st
 
 
-def dicom_affine(dss: list) -> np.ndarray:
-    """The voxel-to-RAS affine (NIfTI convention) of a sorted DICOM series, array index (col, row, slice)."""
-    iop = np.array(dss[0].ImageOrientationPatient, float)
-    ps = [float(x) for x in dss[0].PixelSpacing]
-    first = np.array(dss[0].ImagePositionPatient, float)
-    if len(dss) > 1:
-        step = (np.array(dss[-1].ImagePositionPatient, float) - first) / (len(dss) - 1)
+def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
+    """Sort the series along its normal and derive spacing and affine; every fallback becomes a note.
+
+    Order: ImagePositionPatient projected on the slice normal; when no slice has it, InstanceNumber.
+    Slice spacing: from the positions; else SpacingBetweenSlices; else SliceThickness; else 1 mm (noted).
+    Geometry that is malformed (wrong number of values, zero or non-finite spacing, some slices with
+    positions and some without) is refused, never guessed.
+    """
+    iop = _floats(dss[0], "ImageOrientationPatient", 6, source)
+    if iop is None:
+        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        notes.append("No ImageOrientationPatient: axial orientation assumed; orientation labels are unreliable.")
+    r, c = np.array(iop[:3]), np.array(iop[3:])
+    if not (0.9 < np.linalg.norm(r) < 1.1 and 0.9 < np.linalg.norm(c) < 1.1 and abs(np.dot(r, c)) < 0.1):
+        raise StudyError(source, f"ImageOrientationPatient {iop} is not two orthogonal unit vectors")
+    normal = np.cross(r, c)
+    ps = _floats(dss[0], "PixelSpacing", 2, source)
+    if ps is None:
+        ps = [1.0, 1.0]
+        notes.append("No PixelSpacing: 1 mm pixels assumed; areas and volumes are in assumed units.")
+    _valid_spacing(source, ps, "PixelSpacing", notes)
+    ps = [abs(x) for x in ps]
+    ipps = [_floats(ds, "ImagePositionPatient", 3, source) for ds in dss]
+    have = sum(p is not None for p in ipps)
+    if 0 < have < len(dss):
+        raise StudyError(
+            source,
+            f"{len(dss) - have} of {len(dss)} slices lack ImagePositionPatient; the slice order cannot be trusted",
+        )
+
+    def thickness() -> float | None:
+        for tag in ("SpacingBetweenSlices", "SliceThickness"):
+            v = getattr(dss[0], tag, None)
+            try:
+                f = float(v) if v not in (None, "") else None
+            except (TypeError, ValueError):
+                f = None
+            if f is not None and np.isfinite(f) and SPACING_RANGE_MM[0] <= abs(f) <= SPACING_RANGE_MM[1]:
+                return abs(f)
+        return None
+
+    if have:
+        order = sorted(range(len(dss)), key=lambda i: float(np.dot(ipps[i], normal)))
+        dss[:] = [dss[i] for i in order]
+        ipps = [ipps[i] for i in order]
+        proj = np.array([np.dot(p, normal) for p in ipps])
+        steps = np.diff(proj)
+        if len(dss) > 1 and np.all(steps > 1e-3):
+            dz = float(np.median(steps))
+            if steps.max() - steps.min() > 0.1 * dz:
+                notes.append(
+                    f"Slice positions are unevenly spaced ({steps.min():.2f} to {steps.max():.2f} mm); "
+                    f"the median {dz:.2f} mm was used."
+                )
+            step = (np.array(ipps[-1]) - np.array(ipps[0])) / (len(dss) - 1)
+        else:
+            t = thickness()
+            if len(dss) > 1:
+                raise StudyError(
+                    source,
+                    "two or more slices share one ImagePositionPatient; the series is not one stack of distinct slices",
+                )
+            dz = t or 1.0
+            if t is None:
+                notes.append("One slice without SliceThickness: 1 mm slice thickness assumed.")
+            step = normal * dz
+        origin = np.array(ipps[0])
     else:
-        step = np.cross(iop[:3], iop[3:]) * float(getattr(dss[0], "SliceThickness", 1.0) or 1.0)
+        if not all(getattr(ds, "InstanceNumber", None) is not None for ds in dss):
+            raise StudyError(
+                source, "slices have neither ImagePositionPatient nor InstanceNumber; their order is unknown"
+            )
+        dss.sort(key=lambda ds: int(ds.InstanceNumber))
+        t = thickness()
+        dz = t or 1.0
+        notes.append(
+            "No ImagePositionPatient: slices ordered by InstanceNumber, slice spacing "
+            + (f"{dz:g} mm from SpacingBetweenSlices/SliceThickness" if t else "1 mm assumed")
+            + "; the position in the scanner is unknown."
+        )
+        step = normal * dz
+        origin = np.zeros(3)
     lps = np.eye(4)
-    lps[:3, 0] = iop[:3] * ps[1]  # along columns (x index)
-    lps[:3, 1] = iop[3:] * ps[0]  # along rows (y index)
+    lps[:3, 0] = r * ps[1]  # along columns (x index)
+    lps[:3, 1] = c * ps[0]  # along rows (y index)
     lps[:3, 2] = step
-    lps[:3, 3] = first
-    return np.diag([-1, -1, 1, 1]) @ lps  # LPS -> RAS
+    lps[:3, 3] = origin
+    return {"spacing": (abs(dz), ps[0], ps[1]), "affine": np.diag([-1, -1, 1, 1]) @ lps}  # LPS -> RAS
 
 
 # --------------------------------------------------------------------------- measurements
@@ -355,10 +599,17 @@ class StudyPrediction:
     model: dict
 
     def summary(self) -> dict:
-        return {"source": self.study.source, "kind": self.study.kind, "threshold": self.threshold,
-                **self.measurements, "single_sequence": self.study.single_sequence, "notes": self.study.notes,
-                "model": self.model.get("model"), "engine": self.model.get("engine"),
-                "disclaimer": self.model.get("disclaimer")}
+        return {
+            "source": self.study.source,
+            "kind": self.study.kind,
+            "threshold": self.threshold,
+            **self.measurements,
+            "single_sequence": self.study.single_sequence,
+            "notes": self.study.notes,
+            "model": self.model.get("model"),
+            "engine": self.model.get("engine"),
+            "disclaimer": self.model.get("disclaimer"),
+        }
 
 
 def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
@@ -380,10 +631,7 @@ def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = No
         arr, affine = mask_to_nifti_array(sp), st.affine
     else:
         arr = np.transpose(sp.mask.astype(np.uint8), (2, 1, 0))  # (col, row, slice)
-        if st.kind == "dicom":
-            affine = dicom_affine(st.dicom)
-        else:
-            affine = np.eye(4)
+        affine = st.affine if st.affine is not None else np.eye(4)
     img = nib.Nifti1Image(arr, affine)
     img.header.set_xyzt_units("mm")
     target = out / "mask.nii.gz"
@@ -421,18 +669,29 @@ def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
 
     dss = sp.study.dicom
     desc = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="tumour (FLAIR abnormality)",
+        segment_number=1,
+        segment_label="tumour (FLAIR abnormality)",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="tumorseg", version=__version__, family=codes.DCM.ArtificialIntelligence),
+            name="tumorseg", version=__version__, family=codes.DCM.ArtificialIntelligence
+        ),
     )
     seg = hd.seg.Segmentation(
-        source_images=dss, pixel_array=sp.mask.astype(np.uint8), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc], series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="tumorseg", manufacturer_model_name="tumorseg U-Net ResNet50",
-        software_versions=__version__, device_serial_number="0", series_description="tumorseg AI mask (research)",
+        source_images=dss,
+        pixel_array=sp.mask.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[desc],
+        series_instance_uid=hd.UID(),
+        series_number=900,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="tumorseg",
+        manufacturer_model_name="tumorseg U-Net ResNet50",
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description="tumorseg AI mask (research)",
     )
     buf = _io.BytesIO()
     seg.save_as(buf)

@@ -29,6 +29,7 @@ from .data import (
     LoadedSet,
     PatchSampler,
     augment,
+    augment_v2,
     check_no_leak,
     discover,
     load_cases,
@@ -53,7 +54,10 @@ class TrainConfig:
     samples_per_epoch: int = 0  # 0: as many patches as training slices
     fg_fraction: float = 0.5
     encoder_weights: str = "none"
-    loss: str = "dice"  # dice | dice+bce
+    loss: str = "dice"  # dice | dice+bce | tversky+bce
+    aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
+    max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
+    init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept
     schedule: str = "constant"  # constant | cosine
     patience: int = 10
     device: str = "auto"
@@ -76,14 +80,36 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -
     return 1 - (2 * inter + smooth) / (p.sum() + target.sum() + smooth)
 
 
+def tversky_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0
+) -> torch.Tensor:
+    """Batch Tversky loss; beta > alpha weighs missed tumour more than false alarms (leans to recall)."""
+    p = torch.sigmoid(logits.float())
+    tp = (p * target).sum()
+    fp = (p * (1 - target)).sum()
+    fn = ((1 - p) * target).sum()
+    return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+LOSSES = ("dice", "dice+bce", "tversky+bce")
+
+
 def make_loss(name: str):
     if name == "dice":
         return dice_loss
     if name in ("dice+bce", "dice_bce"):
+
         def dice_bce(logits, target):
             return dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
+
         return dice_bce
-    raise ValueError(f"unknown loss {name!r}; use dice or dice+bce")
+    if name == "tversky+bce":
+
+        def tversky_bce(logits, target):
+            return tversky_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
+
+        return tversky_bce
+    raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -292,15 +318,31 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
     train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
     val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+    if cfg.aug == "v2":
+        train_set.with_head_depth()
+    elif cfg.aug != "v1":
+        raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
     if not val_set.masks.any():
         _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
     _log(f"slices: {len(train_set)} train / {len(val_set)} val, in RAM", d)
 
     # ---- model
-    model, rep = build_model(cfg.encoder_weights)
+    model, rep = build_model(cfg.encoder_weights if not cfg.init_model else "none")
     if rep is not None:
         _log(rep.summary(), d)
     imagenet = cfg.encoder_weights != "none"
+    if cfg.init_model and not resume:
+        from .model import load_model
+
+        init, init_meta = load_model(cfg.init_model)
+        model.load_state_dict(init.state_dict())
+        imagenet = any(init_meta.get("normalisation", {}).get("mean", [0, 0, 0]))
+        if imagenet != (cfg.encoder_weights != "none"):
+            raise ValueError(
+                f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
+                f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
+            )
+        _log(f"initialised from {cfg.init_model}", d)
     model = model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     amp_dtype = torch.bfloat16 if cfg.amp else None
@@ -351,22 +393,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     model.train()
     from tqdm import tqdm
 
+    t_start = time.time()
+    out_of_time = False
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.time()
         loss_sum, counts = 0.0, torch.zeros(3, dtype=torch.float64)
-        bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", disable=not d.main, leave=False,
-                   file=sys.stderr, mininterval=5)
+        bar = tqdm(
+            range(steps),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not d.main,
+            leave=False,
+            file=sys.stderr,
+            mininterval=5,
+        )
         for it in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at((epoch - 1) * steps + it)
-            xb, yb = sampler.sample(cfg.batch_size)
-            x = xb.permute(0, 3, 1, 2).float().div_(255.0)
-            y = yb[:, None].float()
-            x, y = augment(x, y, aug_gen)
+            xb, yb, db = sampler.sample(cfg.batch_size)
+            # Augment on the training device (a GPU does it in microseconds); random draws stay on the CPU.
+            x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+            y = yb.to(device, non_blocking=True)[:, None].float()
+            if cfg.aug == "v2":
+                x, y = augment_v2(x, y, aug_gen, db.to(device)[:, None] if db is not None else None)
+            else:
+                x, y = augment(x, y, aug_gen)
             if imagenet:
                 x = _imagenet(x)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = ddp_model(x)
             loss = loss_fn(logits.float(), y)
@@ -377,8 +430,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             with torch.no_grad():
                 pb = logits.detach() > 0
                 yt = y.bool()
-                counts += torch.tensor([(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()],
-                                       dtype=torch.float64)
+                counts += torch.tensor(
+                    [(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()], dtype=torch.float64
+                )
             loss_sum += float(loss.detach())
             bar.set_postfix(loss=f"{loss_sum / (it + 1):.4f}", dice=f"{dice_score(*map(float, counts)):.3f}")
         bar.close()
@@ -395,11 +449,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         else:
             bad_epochs += 1
         row = {
-            "epoch": epoch, "train_loss": float(stats[0] / stats[1]),
-            "train_dice": dice_score(*map(float, counts)), "val_dice": val_dice,
-            "val_dice_by_threshold": v["val_dice_by_threshold"], "lr": opt.param_groups[0]["lr"],
-            "train_seconds": round(train_time, 1), "epoch_seconds": round(time.time() - t0, 1),
-            "samples": steps * cfg.batch_size * d.world, "best": improved,
+            "epoch": epoch,
+            "train_loss": float(stats[0] / stats[1]),
+            "train_dice": dice_score(*map(float, counts)),
+            "val_dice": val_dice,
+            "val_dice_by_threshold": v["val_dice_by_threshold"],
+            "lr": opt.param_groups[0]["lr"],
+            "train_seconds": round(train_time, 1),
+            "epoch_seconds": round(time.time() - t0, 1),
+            "samples": steps * cfg.batch_size * d.world,
+            "best": improved,
         }
         if d.main:
             if improved:
@@ -407,12 +466,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             history.append(row)
             # The checkpoint is the commit point; the log is rewritten from it, so a kill at any
             # moment leaves a log that matches the state --resume continues from.
-            save_checkpoint(ckpt_path, model, opt, {"schedule": cfg.schedule}, {
-                "epoch": epoch, "best": best, "bad_epochs": bad_epochs, "best_threshold": best_thr,
-                "sampler_state": json.dumps(sampler.state()),
-                "aug_state": json.dumps(aug_gen.get_state().tolist()),
-                "config": asdict(cfg), "history": json.dumps(history),
-            })
+            save_checkpoint(
+                ckpt_path,
+                model,
+                opt,
+                {"schedule": cfg.schedule},
+                {
+                    "epoch": epoch,
+                    "best": best,
+                    "bad_epochs": bad_epochs,
+                    "best_threshold": best_thr,
+                    "sampler_state": json.dumps(sampler.state()),
+                    "aug_state": json.dumps(aug_gen.get_state().tolist()),
+                    "config": asdict(cfg),
+                    "history": json.dumps(history),
+                },
+            )
             atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
             try:
                 _curve(out / "log.jsonl", out / "curve.png")
@@ -420,32 +489,50 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 _log(f"warning: training curve not drawn ({exc})", d)
             _log(
                 f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
-                f"val Dice {val_dice:.4f}{' *best*' if improved else ''} ({row['epoch_seconds']:.0f}s)", d
+                f"val Dice {val_dice:.4f}{' *best*' if improved else ''} ({row['epoch_seconds']:.0f}s)",
+                d,
             )
         if d.enabled:
             dist.barrier()
         if bad_epochs >= cfg.patience:
             _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
             break
+        if cfg.max_minutes and (time.time() - t_start) / 60 >= cfg.max_minutes:
+            out_of_time = True
+            _log(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
+            break
     if d.enabled:
         dist.destroy_process_group()
-    _log(f"best val Dice {best:.4f}; model: {best_path}", d)
+    _log(f"best val Dice {best:.4f}; model: {best_path}{' (stopped by --max-minutes)' if out_of_time else ''}", d)
     return best_path
 
 
 def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict, split: dict) -> dict:
     imagenet = cfg.encoder_weights != "none"
     return {
-        "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16],
-                         "upsampling": "ConvTranspose2d", "in_channels": 3, "out": "1-channel logits"},
+        "architecture": {
+            "name": "unet-resnet50",
+            "decoder_channels": [256, 128, 64, 32, 16],
+            "upsampling": "ConvTranspose2d",
+            "in_channels": 3,
+            "out": "1-channel logits",
+        },
         "input_size": cfg.image_size,
-        "normalisation": {"scale": "uint8/255", "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
-                          "std": list(IMAGENET_STD) if imagenet else [1, 1, 1]},
+        "normalisation": {
+            "scale": "uint8/255",
+            "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
+            "std": list(IMAGENET_STD) if imagenet else [1, 1, 1],
+        },
         "channels": ["pre-contrast", "FLAIR", "post-contrast"],
         "threshold": thr,
         "min_component_pixels": 0,
-        "training": {"config": asdict(cfg), "epoch": epoch, "encoder_init": rep.to_dict() if rep else "none",
-                     "tumorseg_version": __version__, "torch_version": torch.__version__,
-                     "split": split},
+        "training": {
+            "config": asdict(cfg),
+            "epoch": epoch,
+            "encoder_init": rep.to_dict() if rep else "none",
+            "tumorseg_version": __version__,
+            "torch_version": torch.__version__,
+            "split": split,
+        },
         "metrics": {"val_dice": val_dice, "val_dice_by_threshold": v["val_dice_by_threshold"]},
     }

@@ -6,9 +6,12 @@ is deleted before the response), writes nothing, logs no file names, CORS closed
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import json
 import logging
+import re
 import sys
 import tempfile
 import threading
@@ -55,22 +58,139 @@ async def _read_capped(upload: UploadFile, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+_TEMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/tumorseg-[^/\s]+/(?:series/\d{5}_|slices/)?")
+
+
+def _public_message(msg: str) -> str:
+    """An error message without the server's temporary paths (the client knows its own file names)."""
+    return _TEMP_PATH.sub("", msg)
+
+
+async def _send_json(send, status: int, msg: str) -> None:
+    body = json.dumps({"error": msg, "status": status}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI guard in front of the app: Host check, body size counted as it streams, slow-client timeout,
+    and a limit on requests that run the model at once.
+
+    A body is never spooled beyond ``cap`` bytes: the 413 goes out as soon as the count passes it, with
+    or without a Content-Length. A client that stops sending for ``body_timeout`` seconds gets a 408.
+    """
+
+    def __init__(
+        self,
+        app,
+        cap: int,
+        body_timeout: float = 30.0,
+        max_concurrent: int = 2,
+        allowed_hosts: set[str] | None = None,
+        queue_timeout: float = 120.0,
+    ):
+        self.app, self.cap, self.body_timeout = app, cap, body_timeout
+        self.allowed_hosts = allowed_hosts
+        self.queue_timeout = queue_timeout
+        self.slots = asyncio.Semaphore(max_concurrent)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.allowed_hosts is not None:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            name = (
+                host[1 : host.index("]")]
+                if host.startswith("[") and "]" in host
+                else host.rsplit(":", 1)[0]
+                if host.count(":") == 1
+                else host
+            )
+            if name.lower() not in self.allowed_hosts:
+                return await _send_json(
+                    send,
+                    421,
+                    f"host {host!r} is not served here (allowed: "
+                    f"{', '.join(sorted(self.allowed_hosts))}; see --allow-host)",
+                )
+        responded = False
+        total = 0
+
+        async def guarded_send(msg):
+            if not responded:
+                await send(msg)
+
+        async def guarded_receive():
+            nonlocal responded, total
+            try:
+                msg = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                if not responded:
+                    responded = True
+                    await _send_json(send, 408, f"the request body stalled for {self.body_timeout:g} s")
+                return {"type": "http.disconnect"}
+            if msg["type"] == "http.request":
+                total += len(msg.get("body", b""))
+                if total > self.cap + 1_000_000 and not responded:
+                    responded = True
+                    await _send_json(send, 413, f"upload is larger than the {self.cap / 2**20:g} MB limit")
+                    return {"type": "http.disconnect"}
+            return msg
+
+        heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
+        if not heavy:
+            return await self.app(scope, guarded_receive, guarded_send)
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.queue_timeout)
+        except TimeoutError:
+            return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        finally:
+            self.slots.release()
+
+
 def _safe_name(name: str | None) -> str:
     base = Path((name or "upload").replace("\\", "/")).name
     return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120] or "upload"
 
 
-def create_app(predictor: Predictor | None = None, model: str | None = None, engine: str | None = None,
-               token: str | None = None, max_upload_mb: float = 50.0) -> FastAPI:
-    """Build the FastAPI app; the predictor loads once and serves every request."""
+def create_app(
+    predictor: Predictor | None = None,
+    model: str | None = None,
+    engine: str | None = None,
+    token: str | None = None,
+    max_upload_mb: float = 50.0,
+    allowed_hosts: set[str] | None = None,
+    body_timeout: float = 30.0,
+    max_concurrent: int = 2,
+):
+    """Build the app; the predictor loads once and serves every request.
+
+    Args:
+        allowed_hosts: Host header names answered (None: any; ``serve`` passes the bound names).
+        body_timeout: seconds a request body may stall before a 408.
+        max_concurrent: requests that run the model at once; others wait, then get a 503.
+    Returns:
+        The ASGI app (the FastAPI app behind a :class:`RequestGuard`; the FastAPI app is ``.app``).
+    """
     pred = predictor or Predictor(model, engine=engine)
     cap = int(max_upload_mb * 1024 * 1024)
-    app = FastAPI(title="tumorseg", version=__version__,
-                  description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
+    app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
     app.state.predictor = pred
 
     def error(status: int, msg: str) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": msg, "status": status})
+        return JSONResponse(status_code=status, content={"error": _public_message(msg), "status": status})
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -124,8 +244,7 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
         return pred.info()
 
     @app.post("/api/segment")
-    async def segment(file: UploadFile = File(...), threshold: float | None = Form(None),
-                      tta: bool = Form(False)):
+    async def segment(file: UploadFile = File(...), threshold: float | None = Form(None), tta: bool = Form(False)):
         """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
         name, data = await upload(file, threshold)
         lower = name.lower()
@@ -135,18 +254,30 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
 
         r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
         body = {
-            "filename": name, "width": int(r.mask.shape[1]), "height": int(r.mask.shape[0]),
-            "threshold": r.threshold, "tumour_pixels": r.area_pixels, "area_mm2": r.area_mm2,
-            "max_probability": r.max_prob, "image_png": _b64png(r.image), "prob_png": _b64png(r.prob_png_array()),
-            "mask_png": _b64png(r.mask_png_array()), "model": pred.info(), "disclaimer": DISCLAIMER,
+            "filename": name,
+            "width": int(r.mask.shape[1]),
+            "height": int(r.mask.shape[0]),
+            "threshold": r.threshold,
+            "tumour_pixels": r.area_pixels,
+            "area_mm2": r.area_mm2,
+            "max_probability": r.max_prob,
+            "image_png": _b64png(r.image),
+            "prob_png": _b64png(r.prob_png_array()),
+            "mask_png": _b64png(r.mask_png_array()),
+            "model": pred.info(),
+            "disclaimer": DISCLAIMER,
         }
         if r.uncertainty is not None:
             body["uncertainty_png"] = _b64png((r.uncertainty.clip(0, 0.5) * 510).astype(np.uint8))
         return body
 
     @app.post("/api/study")
-    async def study(file: UploadFile | None = File(None), files: list[UploadFile] | None = File(None),
-                    threshold: float | None = Form(None), series: str | None = Form(None)):
+    async def study(
+        file: UploadFile | None = File(None),
+        files: list[UploadFile] | None = File(None),
+        threshold: float | None = Form(None),
+        series: str | None = Form(None),
+    ):
         """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``,
         or the files of a DICOM series folder in ``files``."""
         from starlette.concurrency import run_in_threadpool
@@ -184,13 +315,26 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
                 return pred.predict_study(p, series=series, threshold=threshold)
 
         sp = await run_in_threadpool(run)
-        slices = [{"name": Path(sp.study.names[k]).name, "image_png": _b64png(sp.images[k]),
-                   "prob_png": _b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
-                   "tumour_pixels": int(sp.mask[k].sum())} for k in range(sp.study.n_slices)]
+        slices = [
+            {
+                "name": Path(sp.study.names[k]).name,
+                "image_png": _b64png(sp.images[k]),
+                "prob_png": _b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
+                "tumour_pixels": int(sp.mask[k].sum()),
+            }
+            for k in range(sp.study.n_slices)
+        ]
         summ = sp.summary()
         summ["source"] = name
-        return {"filename": name, "threshold": sp.threshold, "measurements": summ, "slices": slices,
-                "spacing": sp.study.spacing, "model": pred.info(), "disclaimer": DISCLAIMER}
+        return {
+            "filename": name,
+            "threshold": sp.threshold,
+            "measurements": summ,
+            "slices": slices,
+            "spacing": sp.study.spacing,
+            "model": pred.info(),
+            "disclaimer": DISCLAIMER,
+        }
 
     static = Path(str(resources.files("tumorseg") / "app" / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")
@@ -199,7 +343,9 @@ def create_app(predictor: Predictor | None = None, model: str | None = None, eng
     def index():
         return FileResponse(static / "index.html", headers={"Cache-Control": "no-store"})
 
-    return app
+    guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts)
+    guard_app.state = app.state  # tests and callers reach the predictor as before
+    return guard_app
 
 
 def _unpack_slices_zip(p: Path) -> Path | None:
@@ -218,16 +364,55 @@ def _unpack_slices_zip(p: Path) -> Path | None:
     return folder
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, model: str | None = None, engine: str | None = None,
-          open_browser: bool = True, token: str | None = None, max_upload_mb: float = 50.0) -> None:
+def allowed_host_names(host: str, extra: list[str] | None = None) -> set[str] | None:
+    """Host header names to answer: the bound name and the loopback names (DNS-rebinding defence).
+
+    None (any) for a wildcard bind without ``extra``: the operator exposed the server on purpose.
+    """
+    if host in ("0.0.0.0", "::") and not extra:
+        return None
+    names = {host.lower().strip("[]")} | (LOCAL_HOSTS if host in LOCAL_HOSTS else set())
+    return names | {h.lower() for h in (extra or [])}
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model: str | None = None,
+    engine: str | None = None,
+    open_browser: bool = True,
+    token: str | None = None,
+    max_upload_mb: float = 50.0,
+    allow_hosts: list[str] | None = None,
+) -> None:
+    import socket
+
     import uvicorn
 
+    try:  # a busy port is one clear line, before the model loads
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(fam, socket.SOCK_STREAM) as sk:
+            sk.bind((host, port))
+    except OSError as exc:
+        raise OSError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc} (is another tumorseg app running? "
+            "choose another --port)"
+        ) from None
     if host not in LOCAL_HOSTS:
         bar = "!" * 78
-        print(f"{bar}\nWARNING: serving on {host}, reachable from other machines. Patient images sent to this\n"
-              f"server cross the network.{'' if token else ' No --token is set: anyone who can reach it can use it.'}\n"
-              f"{bar}", file=sys.stderr)
-    app = create_app(model=model, engine=engine, token=token, max_upload_mb=max_upload_mb)
+        print(
+            f"{bar}\nWARNING: serving on {host}, reachable from other machines. Patient images sent to this\n"
+            f"server cross the network.{'' if token else ' No --token is set: anyone who can reach it can use it.'}\n"
+            f"{bar}",
+            file=sys.stderr,
+        )
+    app = create_app(
+        model=model,
+        engine=engine,
+        token=token,
+        max_upload_mb=max_upload_mb,
+        allowed_hosts=allowed_host_names(host, allow_hosts),
+    )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     print(f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{DISCLAIMER}", file=sys.stderr)
     if open_browser:

@@ -1,0 +1,104 @@
+"""Whole-tumour 3D Dice on external glioma cases (BraTS layout), run as a user would.
+
+    python scripts/external_eval.py --data ../shared/data/brats-dev --model MODEL --json out.json
+
+Each case ``<case>/<case>_{t1,flair,t1c,seg}.nii.gz`` is given to ``Predictor.predict_study`` twice:
+as a 4D NIfTI in the LGG channel order (pre-contrast, FLAIR, post-contrast; FLAIR copied in for a
+missing pre-contrast T1, as the LGG set does) and as FLAIR alone. Truth is seg > 0 (whole tumour).
+The temporary NIfTIs live in a temporary folder that is removed afterwards. Never train on these cases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg.inference import Predictor
+from tumorseg.io import atomic_write_bytes
+from tumorseg.metrics import dice_score
+from tumorseg.studies import mask_to_nifti_array
+
+
+def _load(case: Path, seq: str):
+    import nibabel as nib
+
+    f = case / f"{case.name}_{seq}.nii.gz"
+    return nib.load(str(f)) if f.is_file() else None
+
+
+def main() -> None:
+    import nibabel as nib
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    ap.add_argument("--engine", default=None)
+    ap.add_argument("--json", default="")
+    a = ap.parse_args()
+    pred = Predictor(a.model, engine=a.engine)
+    cases = sorted(p for p in Path(a.data).iterdir() if p.is_dir())
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tumorseg-external-") as tmp:
+        for case in cases:
+            flair, seg = _load(case, "flair"), _load(case, "seg")
+            if flair is None or seg is None:
+                continue
+            t1, t1c = _load(case, "t1"), _load(case, "t1c")
+            f = np.asanyarray(flair.dataobj)
+            chans = [
+                np.asanyarray(t1.dataobj) if t1 is not None else f,
+                f,
+                np.asanyarray(t1c.dataobj) if t1c is not None else f,
+            ]
+            truth = np.asanyarray(seg.dataobj) > 0
+            p3 = Path(tmp) / f"{case.name}_3ch.nii.gz"
+            nib.save(nib.Nifti1Image(np.stack(chans, -1), flair.affine), str(p3))
+            row = {
+                "case": case.name,
+                "sequences": [s for s, v in (("t1", t1), ("flair", flair), ("t1c", t1c)) if v is not None],
+                "truth_ml": float(truth.sum() * np.prod(flair.header.get_zooms()[:3]) / 1000),
+            }
+            for label, path in (("three_sequences", p3), ("flair_only", case / f"{case.name}_flair.nii.gz")):
+                sp = pred.predict_study(path)
+                m = mask_to_nifti_array(sp).astype(bool)
+                tp, fp, fn = int((m & truth).sum()), int((m & ~truth).sum()), int((~m & truth).sum())
+                row[label] = {
+                    "dice": dice_score(tp, fp, fn),
+                    "recall": tp / max(tp + fn, 1),
+                    "precision": tp / max(tp + fp, 1),
+                    "pred_ml": sp.measurements["volume_ml"],
+                }
+            rows.append(row)
+            print(
+                f"{case.name:28s} 3 seq Dice {row['three_sequences']['dice']:.3f} "
+                f"({row['three_sequences']['pred_ml']:.1f} of {row['truth_ml']:.1f} mL)  "
+                f"FLAIR only {row['flair_only']['dice']:.3f}",
+                file=sys.stderr,
+            )
+    summary = {
+        k: {
+            "mean_dice": float(np.mean([r[k]["dice"] for r in rows])),
+            "median_dice": float(np.median([r[k]["dice"] for r in rows])),
+            "mean_recall": float(np.mean([r[k]["recall"] for r in rows])),
+        }
+        for k in ("three_sequences", "flair_only")
+    }
+    print(json.dumps(summary), file=sys.stderr)
+    if a.json:
+        out = {
+            "data": str(a.data),
+            "model": str(pred.model_path),
+            "engine": pred.engine.name,
+            "cases": rows,
+            "summary": summary,
+        }
+        atomic_write_bytes(Path(a.json), (json.dumps(out, indent=1) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()
