@@ -40,7 +40,7 @@ def server(tiny_model):
     th.join(timeout=5)
 
 
-def test_upload_see_heatmap_move_threshold(server, tmp_path):
+def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
     from playwright.sync_api import sync_playwright
 
     # a .tif slice with a bright blob, like the LGG data
@@ -69,6 +69,19 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path):
             page.set_input_files("#file-input", str(tif))
             page.wait_for_function("document.getElementById('ai').dataset.rendered !== undefined", timeout=60000)
             assert page.inner_text("#s-file") == tif.name
+            # the page's count and its mask download are the server's post-processing: the CLI's answer
+            from PIL import Image
+
+            from tumorseg.inference import Predictor
+
+            expected = Predictor(tiny_model, engine="torch-fp32").predict(tif).area_pixels
+            page.wait_for_selector("#s-area[data-official='1']", timeout=30000)
+            shown = int(page.inner_text("#s-area").split(" px")[0].replace(",", "").replace("\u202f", ""))
+            assert shown == expected
+            with page.expect_download() as dl:
+                page.click("#dl-mask")
+            assert dl.value.suggested_filename == "TCGA_XX_0001_20000101_12_mask.png"
+            assert int((np.asarray(Image.open(dl.value.path())) > 0).sum()) == expected
             before = page.evaluate("document.getElementById('ai').toDataURL()")
             orig = page.evaluate("document.getElementById('orig').toDataURL()")
             assert before != orig  # the heatmap differs from the original

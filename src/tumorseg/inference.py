@@ -150,7 +150,12 @@ class Predictor:
                     uncs.append(resize_prob(u[i], *im.shape[:2]))
         return probs, uncs
 
-    def _mask(self, prob: np.ndarray, threshold: float) -> np.ndarray:
+    def mask_from_prob(self, prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """The model's post-processing (threshold, then 2D components under the model's size removed).
+
+        The one home of this rule: the CLI, the API, the page (through the API) and evaluation use it.
+        """
+        threshold = float(self.threshold if threshold is None else threshold)
         m = prob >= threshold
         if self.min_component_pixels:
             scale = prob.shape[0] * prob.shape[1] / (self.size * self.size)
@@ -185,7 +190,14 @@ class Predictor:
         thr = float(threshold if threshold is not None else self.threshold)
         probs, uncs = self.probabilities([img], tta=tta)
         return Prediction(
-            img, probs[0], self._mask(probs[0], thr), thr, pixel_spacing, uncs[0] if uncs else None, source, self.info()
+            img,
+            probs[0],
+            self.mask_from_prob(probs[0], thr),
+            thr,
+            pixel_spacing,
+            uncs[0] if uncs else None,
+            source,
+            self.info(),
         )
 
     def predict_study(
@@ -198,7 +210,7 @@ class Predictor:
         progress: bool = False,
     ):
         """Segment a whole study (kaggle_3m patient folder, NIfTI, DICOM folder or zip)."""
-        from .studies import StudyPrediction, read_study, study_measurements
+        from .studies import read_study
 
         study = read_study(path, series=series)
         thr = float(threshold if threshold is not None else self.threshold)
@@ -215,16 +227,43 @@ class Predictor:
                 uncs += u
             bar.update(len(p))
         bar.close()
-        prob = np.stack(probs)
-        mask = np.stack([self._mask(p, thr) for p in probs])
+        return self.finish_study(
+            study, slices, np.stack(probs), np.stack(uncs) if uncs else None, thr, min_component_mm3
+        )
+
+    def finish_study(
+        self,
+        study,
+        images: list[np.ndarray],
+        prob: np.ndarray,
+        uncertainty: np.ndarray | None,
+        threshold: float | None = None,
+        min_component_mm3: float = 0.0,
+    ):
+        """Mask and measurements of a study from its probability volume (no model call).
+
+        ``predict_study`` ends here, and so does the app when only the threshold changes, so the
+        page's volume is the CLI's ``study.json`` volume by construction.
+        """
+        from .studies import StudyPrediction, study_measurements
+
+        thr = float(self.threshold if threshold is None else threshold)
+        mask = np.stack([self.mask_from_prob(p, thr) for p in prob])
         meas, mask = study_measurements(mask, study.spacing, min_component_mm3)
         return StudyPrediction(
             study=study,
-            images=slices,
+            images=images,
             prob=prob,
             mask=mask,
             threshold=thr,
             measurements=meas,
-            uncertainty=np.stack(uncs) if uncs else None,
+            uncertainty=uncertainty,
             model=self.info(),
+        )
+
+    def rethreshold(self, r: Prediction, threshold: float | None = None) -> Prediction:
+        """The same prediction at another threshold (no model call)."""
+        thr = float(self.threshold if threshold is None else threshold)
+        return Prediction(
+            r.image, r.prob, self.mask_from_prob(r.prob, thr), thr, r.pixel_spacing, r.uncertainty, r.source, r.meta
         )

@@ -9,19 +9,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import io
 import json
 import logging
 import re
+import secrets
 import sys
 import tempfile
 import threading
+import time
 import webbrowser
+import zipfile
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
@@ -102,7 +107,7 @@ class RequestGuard:
         self.app, self.cap, self.body_timeout = app, cap, body_timeout
         self.allowed_hosts = allowed_hosts
         self.queue_timeout = queue_timeout
-        self.slots = asyncio.Semaphore(max_concurrent)
+        self.slots = threading.BoundedSemaphore(max_concurrent)  # any event loop (tests run several)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -150,14 +155,25 @@ class RequestGuard:
         heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
         if not heavy:
             return await self.app(scope, guarded_receive, guarded_send)
-        try:
-            await asyncio.wait_for(self.slots.acquire(), self.queue_timeout)
-        except TimeoutError:
-            return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
+        deadline = time.monotonic() + self.queue_timeout
+        while not self.slots.acquire(blocking=False):
+            if time.monotonic() > deadline:
+                return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
+            await asyncio.sleep(0.02)
         try:
             await self.app(scope, guarded_receive, guarded_send)
         finally:
             self.slots.release()
+
+
+MAX_RESULTS = 4
+
+
+def _stem(name: str) -> str:
+    for suf in (".nii.gz", ".nii", ".zip", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp", ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)] or "study"
+    return name or "study"
 
 
 def _safe_name(name: str | None) -> str:
@@ -186,6 +202,16 @@ def create_app(
     """
     pred = predictor or Predictor(model, engine=engine)
     cap = int(max_upload_mb * 1024 * 1024)
+    # Results held for re-thresholding and downloads: in memory only, the last MAX_RESULTS, never on disk.
+    results: OrderedDict[str, tuple] = OrderedDict()
+
+    def remember(kind: str, obj, name: str) -> str:
+        rid = secrets.token_urlsafe(12)
+        results[rid] = (kind, obj, name)
+        while len(results) > MAX_RESULTS:
+            results.popitem(last=False)
+        return rid
+
     app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
     app.state.predictor = pred
 
@@ -254,6 +280,7 @@ def create_app(
 
         r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
         body = {
+            "result_id": remember("image", r, name),
             "filename": name,
             "width": int(r.mask.shape[1]),
             "height": int(r.mask.shape[0]),
@@ -264,7 +291,7 @@ def create_app(
             "image_png": _b64png(r.image),
             "prob_png": _b64png(r.prob_png_array()),
             "mask_png": _b64png(r.mask_png_array()),
-            "model": pred.info(),
+            "model": {"model": pred.model_path.name, "engine": pred.engine.name},  # the rest: GET /api/model
             "disclaimer": DISCLAIMER,
         }
         if r.uncertainty is not None:
@@ -315,6 +342,7 @@ def create_app(
                 return pred.predict_study(p, series=series, threshold=threshold)
 
         sp = await run_in_threadpool(run)
+        sp.study.source = name  # the client's name, never the server's temporary path
         slices = [
             {
                 "name": Path(sp.study.names[k]).name,
@@ -324,17 +352,87 @@ def create_app(
             }
             for k in range(sp.study.n_slices)
         ]
-        summ = sp.summary()
-        summ["source"] = name
         return {
+            "result_id": remember("study", sp, name),
             "filename": name,
             "threshold": sp.threshold,
-            "measurements": summ,
+            "measurements": sp.summary(),
             "slices": slices,
             "spacing": sp.study.spacing,
-            "model": pred.info(),
+            "model": {"model": pred.model_path.name, "engine": pred.engine.name},
             "disclaimer": DISCLAIMER,
         }
+
+    def _result(rid: str, threshold: float | None):
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise BadRequest(422, f"threshold must be between 0 and 1, got {threshold}")
+        if rid not in results:
+            raise BadRequest(
+                404,
+                f"result {rid!r} is not held here (the server keeps the last {MAX_RESULTS} results "
+                "in memory only); open the file again",
+            )
+        kind, obj, name = results[rid]
+        if kind == "image":
+            return kind, pred.rethreshold(obj, threshold), name
+        return kind, pred.finish_study(obj.study, obj.images, obj.prob, obj.uncertainty, threshold), name
+
+    @app.post("/api/mask")
+    async def mask(result_id: str = Form(...), threshold: float | None = Form(None), slice: int = Form(0)):
+        """The model's mask of a held result at another threshold: the same post-processing as the CLI.
+
+        The page re-draws instantly in the browser, then takes its counts, volume and downloads from here.
+        """
+        kind, r, name = _result(result_id, threshold)
+        if kind == "image":
+            return {
+                "threshold": r.threshold,
+                "tumour_pixels": r.area_pixels,
+                "area_mm2": r.area_mm2,
+                "mask_png": _b64png(r.mask_png_array()),
+            }
+        k = slice if 0 <= slice < r.mask.shape[0] else 0
+        return {
+            "threshold": r.threshold,
+            "slice": k,
+            "tumour_pixels": int(r.mask[k].sum()),
+            "mask_png": _b64png(r.mask[k].astype(np.uint8) * 255),
+            "measurements": r.summary(),
+        }
+
+    @app.get("/api/result/{result_id}/mask.png")
+    def mask_png(result_id: str, threshold: float | None = None, slice: int = 0):
+        """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask)."""
+        kind, r, name = _result(result_id, threshold)
+        arr = r.mask_png_array() if kind == "image" else r.mask[min(max(slice, 0), r.mask.shape[0] - 1)] * np.uint8(255)
+        stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
+        return Response(
+            encode_png(arr),
+            media_type="image/png",
+            headers={"Content-Disposition": f'attachment; filename="{stem}_mask.png"'},
+        )
+
+    @app.get("/api/result/{result_id}/study.zip")
+    def study_zip(result_id: str, threshold: float | None = None):
+        """The CLI's study folder (mask.nii.gz, DICOM-SEG for DICOM input, study.json, overlays) as one zip."""
+        kind, r, name = _result(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        from ..studies import write_study_outputs
+
+        stem = _stem(name)
+        buf = io.BytesIO()
+        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+            write_study_outputs(r, Path(tmp) / stem)
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((Path(tmp) / stem).rglob("*")):
+                    if f.is_file():
+                        zf.write(f, f.relative_to(tmp).as_posix())
+        return Response(
+            buf.getvalue(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
+        )
 
     static = Path(str(resources.files("tumorseg") / "app" / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")

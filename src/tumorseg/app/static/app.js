@@ -1,9 +1,13 @@
 // tumorseg page: sends files to the local API once, then re-renders threshold, opacity
 // and view changes in the browser from the returned probability map (no new model call).
+// The browser's threshold is only a preview: the mask, its pixel count, the study volume and
+// every download come from the server's post-processing (/api/mask, /api/result/...), the same
+// code the CLI runs, so the page and the CLI give one answer.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { items: [], index: 0, study: null, token: sessionStorage.getItem("tumorseg-token") || "" };
+const state = { items: [], index: 0, study: null, official: null, syncTimer: 0,
+  token: sessionStorage.getItem("tumorseg-token") || "" };
 const STUDY_RE = /\.(nii|nii\.gz|zip)$/i;
 const IMAGE_RE = /\.(tif|tiff|png|jpe?g|webp|bmp)$/i;
 
@@ -45,14 +49,14 @@ function decodePng(b64) {
   });
 }
 
-async function makeItem(name, imageB64, probB64, spacing) {
+async function makeItem(name, imageB64, probB64, spacing, resultId, slice) {
   const image = await decodePng(imageB64);
   const probRgba = await decodePng(probB64);
   const n = probRgba.width * probRgba.height;
   const prob = new Uint8Array(n);
   let max = 0;
   for (let i = 0; i < n; i++) { const v = probRgba.data[4 * i]; prob[i] = v; if (v > max) max = v; }
-  return { name, image, prob, width: image.width, height: image.height, max: max / 255, spacing };
+  return { name, image, prob, width: image.width, height: image.height, max: max / 255, spacing, resultId, slice };
 }
 
 function naturalKey(name) {
@@ -77,7 +81,7 @@ async function openFiles(fileList) {
     try {
       const r = await api("/api/study", { method: "POST", body: fd });
       study = r.measurements;
-      for (const s of r.slices) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing));
+      for (const [k, s] of r.slices.entries()) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k));
     } catch (e) {
       errors.push(`DICOM series: ${e.message}`);
     }
@@ -90,10 +94,10 @@ async function openFiles(fileList) {
       if (STUDY_RE.test(f.name)) {
         const r = await api("/api/study", { method: "POST", body: fd });
         study = r.measurements;
-        for (const s of r.slices) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing));
+        for (const [k, s] of r.slices.entries()) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k));
       } else if (IMAGE_RE.test(f.name) || f.type.startsWith("image/")) {
         const r = await api("/api/segment", { method: "POST", body: fd });
-        items.push(await makeItem(r.filename, r.image_png, r.prob_png, null));
+        items.push(await makeItem(r.filename, r.image_png, r.prob_png, null, r.result_id, 0));
       } else {
         errors.push(`${f.name}: not a supported file (use an image, .nii/.nii.gz, or a .zip of a DICOM series)`);
       }
@@ -107,6 +111,8 @@ async function openFiles(fileList) {
   if (!study) items.sort((a, b) => { const ka = naturalKey(a.name), kb = naturalKey(b.name); return ka[0] < kb[0] ? -1 : ka[0] > kb[0] ? 1 : ka[1] - kb[1]; });
   state.items = items;
   state.study = study;
+  state.official = null;
+  $("dl-study").hidden = !study;
   state.index = study ? bestSlice(items, threshold) : 0;
   const s = $("slice");
   s.max = String(items.length - 1);
@@ -149,9 +155,12 @@ function render() {
   const out = new ImageData(w, h);
   const src = it.image.data, dst = out.data, p = it.prob;
   const mode = currentMode();
+  const off = officialFor(it, thr);
+  if (!off) scheduleSync();
+  const m = off ? off.mask : null;
   let count = 0;
   for (let i = 0; i < w * h; i++) {
-    const o = 4 * i, on = p[i] >= t;
+    const o = 4 * i, on = m ? m[i] > 0 : p[i] >= t;
     if (on) count++;
     let r = src[o], g = src[o + 1], b = src[o + 2];
     if (mode === "heatmap" && p[i] >= FLOOR) {
@@ -162,7 +171,8 @@ function render() {
       const v = on ? 255 : 0; r = g = b = v;
     } else if (mode === "contour" && on) {
       const x = i % w, y = (i - x) / w;
-      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || p[i - 1] < t || p[i + 1] < t || p[i - w] < t || p[i + w] < t;
+      const inside = (j) => (m ? m[j] > 0 : p[j] >= t);
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 || !inside(i - 1) || !inside(i + 1) || !inside(i - w) || !inside(i + w);
       if (edge) { r = r * (1 - Math.max(alpha, 0.6)) + 255 * Math.max(alpha, 0.6); g = g * (1 - Math.max(alpha, 0.6)) + 255 * Math.max(alpha, 0.6); b = b * (1 - Math.max(alpha, 0.6)); }
     }
     dst[o] = r; dst[o + 1] = g; dst[o + 2] = b; dst[o + 3] = 255;
@@ -173,15 +183,23 @@ function render() {
   $("s-file").textContent = it.name;
   let area = `${count.toLocaleString()} px`;
   if (it.spacing) area += ` · ${(count * it.spacing[1] * it.spacing[2]).toFixed(1)} mm²`;
-  $("s-area").textContent = area;
+  $("s-area").textContent = off ? area : `${area} (updating…)`;
+  $("s-area").dataset.official = off ? "1" : "0";
   $("s-max").textContent = it.max.toFixed(3);
   if (state.study) {
     $("s-study-row").hidden = false;
-    let vox = 0;
-    for (const s of state.items) for (const v of s.prob) if (v >= t) vox++;
-    const sp = state.items[0].spacing;
-    $("s-volume").textContent = sp ? `${(vox * sp[0] * sp[1] * sp[2] / 1000).toFixed(2)} mL (${vox.toLocaleString()} voxels)` : `${vox.toLocaleString()} voxels (no spacing in file)`;
-    const notes = state.study.notes || [];
+    const ms = off && off.measurements ? off.measurements : null;
+    if (ms) {
+      const vox = ms.tumour_voxels;
+      let txt = ms.volume_ml !== null ? `${ms.volume_ml.toFixed(2)} mL (${vox.toLocaleString()} voxels)` : `${vox.toLocaleString()} voxels (no spacing in file)`;
+      txt += ` · ${ms.slices_with_tumour} slices with tumour`;
+      if (ms.largest_diameter_mm !== null && ms.largest_diameter_mm !== undefined) txt += ` · largest diameter ${ms.largest_diameter_mm.toFixed(1)} mm`;
+      $("s-volume").textContent = `${state.study.source || ""}: ${txt}`;
+    } else {
+      $("s-volume").textContent = "updating…";
+    }
+    $("s-volume").dataset.official = ms ? "1" : "0";
+    const notes = (ms || state.study).notes || [];
     $("s-notes-row").hidden = !notes.length;
     $("s-notes").textContent = notes.join(" ");
   } else {
@@ -189,6 +207,56 @@ function render() {
     $("s-notes-row").hidden = true;
   }
   $("ai").dataset.rendered = String(Date.now());
+}
+
+function officialKey(it, thr) { return `${it.resultId}:${it.slice}:${thr.toFixed(4)}`; }
+
+function officialFor(it, thr) {
+  const o = state.official;
+  return o && o.key === officialKey(it, thr) ? o : null;
+}
+
+function scheduleSync() {
+  clearTimeout(state.syncTimer);
+  state.syncTimer = setTimeout(syncMask, 120);
+}
+
+// The server's mask for the current slice and threshold: the one post-processing rule.
+async function syncMask() {
+  const it = state.items[state.index];
+  if (!it || !it.resultId) return;
+  const thr = parseFloat($("threshold").value);
+  const key = officialKey(it, thr);
+  const fd = new FormData();
+  fd.append("result_id", it.resultId);
+  fd.append("threshold", String(thr));
+  fd.append("slice", String(it.slice));
+  try {
+    const r = await api("/api/mask", { method: "POST", body: fd });
+    const rgba = await decodePng(r.mask_png);
+    const mask = new Uint8Array(rgba.width * rgba.height);
+    for (let i = 0; i < mask.length; i++) mask[i] = rgba.data[4 * i];
+    const cur = state.items[state.index];
+    if (!cur || officialKey(cur, parseFloat($("threshold").value)) !== key) return; // moved on meanwhile
+    state.official = { key, mask, pixels: r.tumour_pixels, measurements: r.measurements || null };
+    render();
+  } catch (e) {
+    showError([e.message]);
+  }
+}
+
+async function downloadUrl(url, name) {
+  try {
+    const res = await fetch(url, { headers: authHeaders() });
+    if (!res.ok) { let b = {}; try { b = await res.json(); } catch (e) { /* not JSON */ } throw new Error(b.error || `server answered ${res.status}`); }
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await res.blob());
+    a.download = name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 2000);
+  } catch (e) {
+    showError([e.message]);
+  }
 }
 
 function download(canvas, name) {
@@ -203,15 +271,18 @@ function download(canvas, name) {
 
 function stem(name) { return name.replace(/\.(nii\.gz|[^.]+)$/i, ""); }
 
+// The CLI's <name>_mask.png, made by the server (never re-thresholded here).
 function downloadMask() {
   const it = state.items[state.index];
-  const t = Math.round(parseFloat($("threshold").value) * 255);
-  const c = document.createElement("canvas");
-  c.width = it.width; c.height = it.height;
-  const d = new ImageData(it.width, it.height);
-  for (let i = 0; i < it.prob.length; i++) { const v = it.prob[i] >= t ? 255 : 0; d.data[4 * i] = d.data[4 * i + 1] = d.data[4 * i + 2] = v; d.data[4 * i + 3] = 255; }
-  c.getContext("2d").putImageData(d, 0, 0);
-  download(c, `${stem(it.name)}_mask.png`);
+  const thr = parseFloat($("threshold").value);
+  const q = `threshold=${thr}&slice=${it.slice}`;
+  downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, state.study ? `${stem(state.study.source || "study")}_slice${String(it.slice + 1).padStart(4, "0")}_mask.png` : `${stem(it.name)}_mask.png`);
+}
+
+function downloadStudy() {
+  const it = state.items[state.index];
+  const thr = parseFloat($("threshold").value);
+  downloadUrl(`/api/result/${it.resultId}/study.zip?threshold=${thr}`, `${stem(state.study.source || "study")}_tumorseg.zip`);
 }
 
 function step(delta) {
@@ -229,6 +300,7 @@ async function init() {
   $("slice").addEventListener("input", (e) => { state.index = parseInt(e.target.value, 10); render(); });
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", render));
   $("dl-mask").addEventListener("click", downloadMask);
+  $("dl-study").addEventListener("click", downloadStudy);
   $("dl-overlay").addEventListener("click", () => download($("ai"), `${stem(state.items[state.index].name)}_overlay.png`));
   document.addEventListener("keydown", (e) => {
     if (e.target.tagName === "INPUT" && e.target.type !== "range" && e.target.type !== "radio") return;

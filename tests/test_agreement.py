@@ -1,0 +1,169 @@
+"""One input, one threshold, one answer: Predictor, REST API, CLI files and the page's downloads agree."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from tumorseg.app.server import create_app
+from tumorseg.cli import main
+from tumorseg.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def cc_model(tmp_path_factory):
+    """The tiny model with a small-component rule, so that post-processing matters."""
+    from tumorseg.model import UNetResNet50, save_model
+
+    torch.manual_seed(3)
+    path = tmp_path_factory.mktemp("ccmodel") / "cc.safetensors"
+    save_model(
+        UNetResNet50(),
+        path,
+        {
+            "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
+            "input_size": 64,
+            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+            "threshold": 0.5,
+            "min_component_pixels": 40,
+            "training": {"split": {"train": [], "val": [], "test": []}},
+        },
+        dtype=torch.float16,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cc_pred(cc_model):
+    return Predictor(cc_model, engine="torch-fp32")
+
+
+def _png_bytes(arr) -> bytes:
+    b = io.BytesIO()
+    Image.fromarray(arr).save(b, "PNG")
+    return b.getvalue()
+
+
+def _count(png: bytes) -> int:
+    return int((np.asarray(Image.open(io.BytesIO(png))) > 0).sum())
+
+
+def _threshold_with_small_components(pred, img) -> float:
+    """A threshold where the component rule removes something (else the test would prove nothing)."""
+    prob = pred.predict(img).prob  # a random model's probabilities sit in a narrow band: search its quantiles
+    for q in np.linspace(0.5, 0.995, 100):
+        t = float(np.quantile(prob, q))
+        kept = pred.mask_from_prob(prob, t).sum()
+        if 0 < kept < (prob >= t).sum():
+            return t
+    pytest.skip("the random model gives no small components on this image")
+
+
+def test_slice_agrees_everywhere(cc_pred, cc_model, tmp_path):
+    img = (np.random.default_rng(5).random((96, 80, 3)) * 255).astype(np.uint8)
+    t = _threshold_with_small_components(cc_pred, img)
+    src = tmp_path / "slice.png"
+    src.write_bytes(_png_bytes(img))
+    py = cc_pred.predict(src, threshold=t)
+    client = TestClient(create_app(cc_pred))
+    r = client.post("/api/segment", files={"file": ("slice.png", src.read_bytes())}, data={"threshold": str(t)})
+    assert r.status_code == 200
+    body = r.json()
+    # the page re-thresholds through /api/mask and downloads /api/result/<id>/mask.png
+    m = client.post("/api/mask", data={"result_id": body["result_id"], "threshold": str(t)}).json()
+    dl = client.get(f"/api/result/{body['result_id']}/mask.png", params={"threshold": t})
+    assert dl.status_code == 200 and dl.headers["content-disposition"].endswith('slice_mask.png"')
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                str(src),
+                "--out",
+                str(out),
+                "--model",
+                str(cc_model),
+                "--engine",
+                "torch-fp32",
+                "--threshold",
+                str(t),
+            ]
+        )
+        == 0
+    )
+    cli_png = (out / "slice_mask.png").read_bytes()
+    counts = {
+        "python": py.area_pixels,
+        "api": body["tumour_pixels"],
+        "api_mask": m["tumour_pixels"],
+        "download": _count(dl.content),
+        "cli": _count(cli_png),
+    }
+    assert len(set(counts.values())) == 1, counts
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(dl.content))), np.asarray(Image.open(out / "slice_mask.png"))
+    )
+    # a threshold moved later, without a model call, still agrees with the CLI at that threshold
+    t2 = float(np.quantile(py.prob, 0.9))
+    m2 = client.post("/api/mask", data={"result_id": body["result_id"], "threshold": str(t2)}).json()
+    assert m2["tumour_pixels"] == cc_pred.predict(src, threshold=t2).area_pixels
+
+
+def test_study_volume_and_downloads_agree_with_cli(cc_pred, cc_model, tmp_path):
+    rng = np.random.default_rng(1)
+    vol = (rng.random((48, 40, 6)) * 400).astype(np.int16)
+    vol[10:30, 12:28, 1:5] += 900
+    p = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.9, 2.5, 1.0])), str(p))
+    client = TestClient(create_app(cc_pred))
+    body = client.post("/api/study", files={"file": ("case.nii.gz", p.read_bytes())}).json()
+    t = 0.55
+    m = client.post("/api/mask", data={"result_id": body["result_id"], "threshold": str(t), "slice": "2"}).json()
+    z = client.get(f"/api/result/{body['result_id']}/study.zip", params={"threshold": t})
+    assert z.status_code == 200
+    zf = zipfile.ZipFile(io.BytesIO(z.content))
+    names = set(zf.namelist())
+    assert {"case/mask.nii.gz", "case/study.json"} <= names
+    page_json = json.loads(zf.read("case/study.json"))
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "predict",
+                str(p),
+                "--out",
+                str(out),
+                "--model",
+                str(cc_model),
+                "--engine",
+                "torch-fp32",
+                "--threshold",
+                str(t),
+            ]
+        )
+        == 0
+    )
+    cli_json = json.loads((out / "case" / "study.json").read_text())
+    for k in ("tumour_voxels", "volume_ml", "slices_with_tumour", "largest_diameter_mm"):
+        assert page_json[k] == cli_json[k] == m["measurements"][k], k
+    assert cli_json["source"].endswith("case.nii.gz") and page_json["source"] == "case.nii.gz"
+    cli_nii = nib.load(str(out / "case" / "mask.nii.gz"))
+    page_nii = nib.Nifti1Image.from_bytes(__import__("gzip").decompress(zf.read("case/mask.nii.gz")))
+    assert np.array_equal(np.asarray(cli_nii.dataobj), np.asarray(page_nii.dataobj))
+    assert np.allclose(cli_nii.affine, page_nii.affine)
+    py = cc_pred.predict_study(p, threshold=t)
+    assert py.measurements["tumour_voxels"] == cli_json["tumour_voxels"]
+
+
+def test_unknown_result_is_404(cc_pred):
+    client = TestClient(create_app(cc_pred))
+    r = client.post("/api/mask", data={"result_id": "nope", "threshold": "0.5"})
+    assert r.status_code == 404 and "open the file again" in r.json()["error"]
