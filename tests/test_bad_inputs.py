@@ -185,7 +185,7 @@ def test_bad_studies_cli(tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["predict", *[str(p) for p in files.values()], "--out", str(out), "--model", str(tiny_model)])
     err = capsys.readouterr().err
-    assert rc == 1
+    assert rc == 2  # nothing could be processed (README: 2)
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(lines) == len(files), err
     assert "Traceback" not in err

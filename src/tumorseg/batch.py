@@ -14,15 +14,10 @@ from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
 STUDY_SUFFIXES = (".nii", ".nii.gz", ".zip", ".dcm")
 
 
-def is_study(p: Path) -> bool:
-    name = p.name.lower()
-    if p.is_file():
-        return name.endswith(".nii") or name.endswith(".nii.gz") or name.endswith(".zip")
-    if p.is_dir():
-        from .studies import looks_like_study_folder
+def is_study(p) -> bool:
+    from .studies import is_study_source
 
-        return looks_like_study_folder(p)
-    return False
+    return isinstance(p, dict) or is_study_source(p)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -53,7 +48,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return found, errors
 
 
-def _out_name(p: Path, used: set[str]) -> str:
+def _out_name(p, used: set[str]) -> str:
+    if isinstance(p, dict):  # one study from per-sequence files: named after the case
+        import re
+
+        p = p["flair"] if "flair" in p else next(iter(p.values()))
+        name = re.sub(
+            r"[_\-.](flair|t2f|t2-?flair|0000)$", "", re.sub(r"\.nii(\.gz)?$", "", p.name, flags=re.I), flags=re.I
+        )
+        p = Path(name + ".nii")
     name = p.name
     for suf in (".nii.gz", *IMAGE_EXTENSIONS, ".nii", ".zip", ".dcm"):
         if name.lower().endswith(suf):
@@ -76,11 +79,21 @@ def predict_inputs(a) -> int:
 
     out = Path(a.out)
     files, errors = expand_inputs(a.inputs)
-    inputs_resolved = {f.resolve() for f in files}
+    seqs = {k: getattr(a, k, None) for k in ("t1", "flair", "t1c")}
+    if any(seqs.values()):
+        missing = [v for v in seqs.values() if v and not Path(v).is_file()]
+        if missing:
+            errors += [(m, "file not found") for m in missing]
+        else:
+            files.append({k: Path(v) for k, v in seqs.items() if v})
+    if not files and not errors:
+        print("tumorseg predict: error: no inputs (give files, folders or --flair)", file=sys.stderr)
+        return 2
+    inputs_resolved = {q.resolve() for f in files for q in (f.values() if isinstance(f, dict) else [f])}
     if out.exists() and not out.is_dir():
         print(f"tumorseg predict: error: {out}: exists and is not a folder", file=sys.stderr)
         return 2
-    if out.resolve() in {f.parent.resolve() for f in files if f.is_file()}:
+    if out.resolve() in {q.parent.resolve() for q in inputs_resolved if q.is_file()}:
         print(
             f"tumorseg predict: error: {out}: is an input folder; choose another --out so inputs are never overwritten",
             file=sys.stderr,
@@ -102,6 +115,10 @@ def predict_inputs(a) -> int:
     pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
     rows = []
     used: set[str] = set()
+
+    def label(f) -> str:
+        return " + ".join(str(v) for v in f.values()) if isinstance(f, dict) else str(f)
+
     for f in tqdm(files, desc="segmenting", unit="file", disable=len(files) < 2, file=sys.stderr):
         name = _out_name(f, used)
         try:
@@ -109,13 +126,18 @@ def predict_inputs(a) -> int:
                 from .studies import write_study_outputs
 
                 sp = pred.predict_study(
-                    f, series=a.series, tta=a.tta, min_component_mm3=a.min_component_mm3, progress=True
+                    f,
+                    series=a.series,
+                    tta=a.tta,
+                    min_component_mm3=a.min_component_mm3,
+                    progress=True,
+                    spacing=a.spacing,
                 )
                 write_study_outputs(sp, out / name, inputs_resolved)
                 m = sp.measurements
                 rows.append(
                     {
-                        "file": str(f),
+                        "file": label(f),
                         "tumour_pixels": m["tumour_voxels"],
                         "area_mm2": "",
                         "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
@@ -147,10 +169,15 @@ def predict_inputs(a) -> int:
                 }
             )
         except (ImageReadError, ValueError, OSError) as exc:
-            msg = str(exc) if str(f) in str(exc) else f"{f}: {exc}"
-            errors.append((str(f), msg))
+            msg = (
+                str(exc)
+                if label(f) in str(exc)
+                or str(exc).startswith(tuple(map(str, f.values())) if isinstance(f, dict) else str(f))
+                else f"{label(f)}: {exc}"
+            )
+            errors.append((label(f), msg))
         except Exception as exc:  # one line per bad input, never a traceback that stops the batch
-            errors.append((str(f), f"{f}: cannot be processed ({type(exc).__name__}: {exc})"))
+            errors.append((label(f), f"{label(f)}: cannot be processed ({type(exc).__name__}: {exc})"))
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs"])
     w.writeheader()

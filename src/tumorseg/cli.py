@@ -25,6 +25,17 @@ def _unit(text: str) -> float:
     return v
 
 
+def _spacing(text: str) -> tuple[float, float, float]:
+    """argparse type: ROW,COL,SLICE in mm."""
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers ROW,COL,SLICE in mm") from None
+    if len(vals) != 3 or not all(0.01 <= v <= 100 for v in vals):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected three values between 0.01 and 100 mm")
+    return vals
+
+
 def _engine_arg(p) -> None:
     p.add_argument(
         "--engine",
@@ -162,7 +173,7 @@ def _add_predict(sub) -> None:
         help="segment images, folders, globs or studies",
         description="Writes <name>_mask.png, <name>_overlay.png, <name>_prob.png and summary.csv.",
     )
-    p.add_argument("inputs", nargs="+")
+    p.add_argument("inputs", nargs="*", help="images, folders, globs, NIfTI, DICOM folders or zips")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--threshold", type=_unit, default=None, help="probability threshold 0..1 (default: the model's)")
@@ -171,6 +182,17 @@ def _add_predict(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")
     p.add_argument("--series", default=None, help="DICOM: SeriesInstanceUID when a folder holds several")
+    p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="ROW,COL,SLICE",
+        help="voxel size in mm for stacks of 2D slices (they carry none); recorded in study.json",
+    )
+    seq = p.add_argument_group("one study from one file per sequence (NIfTI; co-registered on one grid)")
+    seq.add_argument("--flair", default=None, help="FLAIR volume (required for this mode)")
+    seq.add_argument("--t1", default=None, help="pre-contrast T1 volume (FLAIR fills in when absent)")
+    seq.add_argument("--t1c", default=None, help="post-contrast T1 volume (FLAIR fills in when absent)")
 
 
 def _cmd_predict(a) -> int:

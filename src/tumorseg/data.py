@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .io import IMAGE_EXTENSIONS, read_image, read_mask, to_uint8_rgb
+from .io import IMAGE_EXTENSIONS, head_depth, read_image, read_mask, to_uint8_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -210,30 +210,6 @@ def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> Load
 def _disk(r: int) -> np.ndarray:
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return xx * xx + yy * yy <= r * r
-
-
-def head_depth(img: np.ndarray) -> np.ndarray:
-    """Distance in pixels (uint8, capped at 255) from each head pixel to the outside of the head.
-
-    Head = the largest filled component above a low intensity cut. Thresholding this depth at the
-    scalp-and-skull thickness gives a rough brain mask (``brain_mask``), which imitates skull-stripped
-    inputs (BraTS-style preprocessing) in training and in the robustness suite. Not a clinical skull
-    stripper.
-    """
-    from scipy import ndimage as ndi
-
-    v = img.astype(np.float32).mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
-    hi = float(np.percentile(v, 99.5))
-    if hi <= 0:
-        return np.zeros(v.shape, np.uint8)
-    head = ndi.binary_opening(v > 0.08 * hi, iterations=2)
-    lab, n = ndi.label(head)
-    if n == 0:
-        return np.zeros(v.shape, np.uint8)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    head = ndi.binary_fill_holes(lab == sizes.argmax())
-    return np.minimum(ndi.distance_transform_edt(head), 255).astype(np.uint8)
 
 
 def brain_mask(img: np.ndarray, rim_px: int = 10) -> np.ndarray:

@@ -208,18 +208,32 @@ class Predictor:
         threshold: float | None = None,
         min_component_mm3: float = 0.0,
         progress: bool = False,
+        spacing: tuple[float, float, float] | None = None,
     ):
-        """Segment a whole study (kaggle_3m patient folder, NIfTI, DICOM folder or zip)."""
+        """Segment a whole study.
+
+        Args:
+            path: NIfTI file; folder of per-sequence NIfTIs or dict {'t1'|'flair'|'t1c': file}; DICOM
+                folder or zip; patient folder or zip of numbered slices (see ``studies.read_study``).
+            series: DICOM SeriesInstanceUID where the source holds several.
+            tta: flip test-time augmentation (adds an uncertainty volume).
+            threshold: probability threshold (default: the model's).
+            min_component_mm3: drop 3D components smaller than this.
+            spacing: (row, column, slice) mm for stacks of 2D slices, which carry no geometry.
+        Returns:
+            A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
+        """
         from .studies import read_study
 
-        study = read_study(path, series=series)
+        study = read_study(path, series=series, spacing=spacing)
         thr = float(threshold if threshold is not None else self.threshold)
         slices = [study.slice_rgb(i) for i in range(study.n_slices)]
         probs: list[np.ndarray] = []
         uncs: list[np.ndarray] = []
         from tqdm import tqdm
 
-        bar = tqdm(total=len(slices), desc=Path(path).name, unit="slice", disable=not progress, leave=False)
+        label = Path(study.source).name
+        bar = tqdm(total=len(slices), desc=label, unit="slice", disable=not progress, leave=False)
         for s in range(0, len(slices), 16):
             p, u = self.probabilities(slices[s : s + 16], tta=tta)
             probs += p

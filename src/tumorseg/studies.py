@@ -23,6 +23,7 @@ from .io import (
     atomic_write_bytes,
     check_decoded_size,
     read_image,
+    standardise_brain_intensity,
     to_uint8_rgb,
     write_png,
 )
@@ -58,6 +59,8 @@ class Study:
     nifti_shape: tuple | None = None
     dicom: list | None = None  # pydicom datasets, sorted
     notes: list[str] = field(default_factory=list)
+    sequences: dict | None = None  # model channel -> the file or sequence that filled it
+    intensity_gains: list[float] | None = None  # per channel, from standardise_brain_intensity
 
     @property
     def n_slices(self) -> int:
@@ -67,17 +70,43 @@ class Study:
         return self.volume[i]
 
 
+def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
+    """How a set of chosen files is read: 'study-file' (one NIfTI or zip), 'study-files' (one study from
+    several files: a DICOM series, per-sequence NIfTIs, or numbered slices of one patient) or 'images'.
+
+    The one rule for the CLI's folders and the page's file choices (the page asks /api/classify).
+    ``dicom`` flags files known to be DICOM by content; without it, names ending .dcm or with no
+    extension count.
+    """
+    names = [Path(n).name for n in names if not Path(n).name.startswith(".")]
+    if len(names) == 1 and (_is_nifti(Path(names[0])) or names[0].lower().endswith(".zip")):
+        return "study-file"
+    if (
+        len(names) > 1
+        and find_sequences([Path(n) for n in names if _is_nifti(Path(n))])
+        and all(_is_nifti(Path(n)) for n in names)
+    ):
+        return "study-files"
+    flags = dicom if dicom is not None else [n.lower().endswith(".dcm") or "." not in n for n in names]
+    imgs = [n for n in names if _is_slice_image(n)]
+    if sum(flags) and sum(flags) >= len(imgs):
+        return "study-files"
+    stems = [re.match(r"^(.*)_(\d+)$", Path(n).stem) for n in imgs]
+    numbered = len(imgs) >= 2 and all(stems) and len({m.group(1) for m in stems}) == 1
+    has_masks = any(Path(n).stem.lower().endswith("_mask") for n in names)
+    if numbered and (has_masks or len(imgs) >= 3):
+        return "study-files"
+    return "images"
+
+
 def looks_like_study_folder(p: Path) -> bool:
-    """A folder of DICOM files, or a kaggle_3m patient folder of numbered slices."""
-    files = [q for q in p.iterdir() if q.is_file()]
-    if any(_is_dicom_file(q) for q in files[:20]):
-        return True
-    imgs = [q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")]
-    return (
-        bool(imgs)
-        and all(re.search(r"_\d+$", q.stem) for q in imgs)
-        and any(q.stem.lower().endswith("_mask") for q in files)
-    )
+    """A DICOM series folder, a folder of per-sequence NIfTIs, or one patient's numbered slices
+    (``classify_names``). A folder of unrelated images with a stray .dcm among them is not a study."""
+    files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
+    if len(files) == 1 and _is_nifti(files[0]):
+        return False
+    flags = [_is_dicom_file(q) if i < 400 else q.suffix.lower() == ".dcm" for i, q in enumerate(files)]
+    return classify_names([q.name for q in files], flags) == "study-files"
 
 
 def _is_dicom_file(p: Path) -> bool:
@@ -91,48 +120,179 @@ def _is_dicom_file(p: Path) -> bool:
         return False
 
 
-def read_study(path, series: str | None = None) -> Study:
+def _is_nifti(p: Path) -> bool:
+    n = p.name.lower()
+    return n.endswith(".nii") or n.endswith(".nii.gz")
+
+
+def _nifti_stem(p: Path) -> str:
+    n = p.name
+    return n[: -len(".nii.gz")] if n.lower().endswith(".nii.gz") else n[: -len(".nii")]
+
+
+# One home for sequence names: BraTS (2013-2023), common scanner exports and nnU-Net / MSD channel suffixes
+# (MSD Task01 BrainTumour order: 0000 FLAIR, 0001 T1w, 0002 T1gd, 0003 T2w).
+_SEQUENCE_RULES = (
+    (re.compile(r"(^|[_\-.])(t1c|t1ce|t1gd|t1-?contrast|t1post|t1\+c|post)$"), "t1c"),
+    (re.compile(r"(^|[_\-.])(t1|t1w|t1n|pre)$"), "t1"),
+    (re.compile(r"(^|[_\-.])(flair|t2f|t2-?flair)$"), "flair"),
+    (re.compile(r"(^|[_\-.])(t2|t2w)$"), "t2"),
+    (re.compile(r"(^|[_\-.])(seg|mask|label|labels)$"), "label"),
+    (re.compile(r"_0000$"), "flair"),
+    (re.compile(r"_0001$"), "t1"),
+    (re.compile(r"_0002$"), "t1c"),
+    (re.compile(r"_0003$"), "t2"),
+)
+MODEL_CHANNELS = ("t1", "flair", "t1c")  # pre-contrast, FLAIR, post-contrast: the LGG order
+
+
+def sequence_of(path) -> str | None:
+    """'t1', 't1c', 'flair', 't2', 'label' or None, from a NIfTI file's name."""
+    stem = _nifti_stem(Path(path)).lower()
+    for rx, seq in _SEQUENCE_RULES:
+        if rx.search(stem):
+            return seq
+    return None
+
+
+def find_sequences(files) -> dict[str, Path]:
+    """The per-sequence NIfTI files among ``files`` (one case), or {} when they are not such a set."""
+    found: dict[str, Path] = {}
+    for f in files:
+        f = Path(f)
+        if not _is_nifti(f):
+            continue
+        seq = sequence_of(f)
+        if seq is None:
+            return {}
+        if seq in found and seq != "label":
+            raise StudyError(f.parent, f"two files for sequence {seq}: {found[seq].name} and {f.name}")
+        found[seq] = f
+    return found if "flair" in found or len([k for k in found if k != "label"]) > 1 else {}
+
+
+def read_study(path, series: str | None = None, spacing: tuple[float, float, float] | None = None) -> Study:
+    """Read any study source the project knows; each front end asks here (one registry).
+
+    ``path``: a NIfTI file; a folder of per-sequence NIfTIs (BraTS / nnU-Net naming) or a dict
+    {'t1'|'flair'|'t1c': path}; a DICOM folder or zip; a patient folder or zip of numbered slices.
+    ``spacing`` (row, column, slice mm) gives stacks of 2D slices their geometry.
+    """
+    if isinstance(path, dict):
+        return _with_spacing(read_sequences(path), spacing)
     p = Path(path)
     if not p.exists():
         raise StudyError(p, "not found")
-    name = p.name.lower()
-    if p.is_file() and (name.endswith(".nii") or name.endswith(".nii.gz")):
-        return read_nifti(p)
-    if p.is_file() and name.endswith(".zip"):
-        return read_dicom(_zip_members(p), str(p), series)
+    if p.is_file() and _is_nifti(p):
+        return _with_spacing(read_nifti(p), spacing)
+    if p.is_file() and p.name.lower().endswith(".zip"):
+        members = _zip_members(p)
+        if _mostly_images(members):
+            return _with_spacing(read_slices(members, str(p)), spacing)
+        return _with_spacing(read_dicom(members, str(p), series), spacing)
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        seqs = find_sequences(files)
+        if seqs:
+            return _with_spacing(read_sequences(seqs, str(p)), spacing)
         dcm = [q for q in files if _is_dicom_file(q)]
-        if dcm:
-            return read_dicom([(q.name, q.read_bytes()) for q in dcm], str(p), series)
-        return read_kaggle_patient(p)
+        imgs = [q for q in files if _is_slice_image(q.name)]
+        if dcm and len(imgs) <= len(dcm):
+            return _with_spacing(read_dicom([(q.name, q.read_bytes()) for q in dcm], str(p), series), spacing)
+        st = read_slices([(q.name, q) for q in imgs], str(p))
+        others = len(files) - len(imgs) - sum(q.stem.lower().endswith("_mask") for q in files)
+        if others:
+            st.notes.append(f"{others} other file(s) in the folder were not slices and were ignored.")
+        return _with_spacing(st, spacing)
     raise StudyError(p, "not a study (expected a NIfTI file, a DICOM folder or .zip, or a patient folder)")
+
+
+def is_study_source(p: Path) -> bool:
+    """Whether ``p`` is read as one study (rather than as separate 2D images)."""
+    if p.is_file():
+        n = p.name.lower()
+        return _is_nifti(p) or n.endswith(".zip")
+    if p.is_dir():
+        return looks_like_study_folder(p)
+    return False
+
+
+def _is_slice_image(name: str) -> bool:
+    q = Path(name)
+    return q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask") and not q.name.startswith(".")
+
+
+def _mostly_images(members: list[tuple[str, bytes]]) -> bool:
+    members = [(n, d) for n, d in members if not n.startswith("__MACOSX") and not Path(n).name.startswith(".")]
+    imgs = [n for n, _ in members if _is_slice_image(n)]
+    return bool(imgs) and len(imgs) >= len(members) // 2
+
+
+def _with_spacing(st: Study, spacing) -> Study:
+    """The last step of every read: scanner-independent intensities, then the user's --spacing."""
+    if st.kind in ("nifti", "dicom") and st.intensity_gains is None:
+        st.volume, gains = standardise_brain_intensity(st.volume)
+        st.intensity_gains = gains
+        st.notes.append(
+            "Intensities standardised: each channel scaled by "
+            + ", ".join(f"{g:.2f}" for g in gains)
+            + " so that its brain median matches the training data's."
+        )
+    if spacing is None:
+        return st
+    row, col, sl = _valid_spacing(st.source, list(spacing), "--spacing", [])
+    if st.spacing is not None:
+        st.notes.append(
+            f"--spacing {row:g},{col:g},{sl:g} ignored: the file carries its own geometry "
+            f"({', '.join(f'{v:g}' for v in st.spacing)} mm slice, row, column)."
+        )
+        return st
+    st.spacing = (sl, row, col)
+    st.affine = np.diag([col, row, sl, 1.0])
+    st.notes = [n for n in st.notes if not n.startswith("No voxel spacing")]
+    st.notes.append(
+        f"Voxel spacing {row:g} x {col:g} mm, slices {sl:g} mm apart, as given by --spacing (the files carry none)."
+    )
+    return st
 
 
 # --------------------------------------------------------------------------- kaggle folder
 
 
-def read_kaggle_patient(folder: Path) -> Study:
-    items = []
-    for q in folder.iterdir():
-        if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask"):
-            m = re.search(r"_(\d+)$", q.stem)
-            items.append((int(m.group(1)) if m else 0, q))
-    if not items:
-        raise StudyError(folder, "folder holds no image slices")
-    items.sort()
-    slices = [to_uint8_rgb(read_image(q)) for _, q in items]
+def read_slices(items: list[tuple[str, object]], source: str) -> Study:
+    """A stack of numbered 2D slices (``<name>_<n>.<ext>``, masks skipped), from paths or bytes."""
+    rows = []
+    for name, src in items:
+        if not _is_slice_image(name):
+            continue
+        m = re.search(r"_(\d+)$", Path(name).stem)
+        rows.append((int(m.group(1)) if m else 0, Path(name).name, src))
+    if not rows:
+        raise StudyError(source, "holds no image slices")
+    rows.sort(key=lambda r: (r[0], r[1]))
+    slices = []
+    for _, name, src in rows:
+        arr = read_image(src) if isinstance(src, Path) else read_image(f"{source}/{name}", data=src)
+        slices.append(to_uint8_rgb(arr))
     shapes = {s.shape for s in slices}
     if len(shapes) > 1:
-        raise StudyError(folder, f"slices differ in size: {sorted(shapes)}")
+        raise StudyError(source, f"slices differ in size: {sorted(shapes)}")
     return Study(
-        str(folder),
+        source,
         "kaggle",
         np.stack(slices),
         None,
-        [q.name for _, q in items],
-        notes=["No voxel spacing is stored in this format: volumes are reported in voxels only."],
+        [name for _, name, _ in rows],
+        notes=[
+            "No voxel spacing is stored in this format: volumes are reported in voxels only "
+            "(give --spacing ROW,COL,SLICE in mm)."
+        ],
     )
+
+
+def read_kaggle_patient(folder: Path) -> Study:
+    """A kaggle_3m patient folder (kept for callers of the v1 API)."""
+    return read_study(folder)
 
 
 # --------------------------------------------------------------------------- intensity
@@ -200,7 +360,8 @@ def _raw_pixdim(p: Path, img) -> list[float]:
         return [float(x) for x in img.header["pixdim"][1:4]]
 
 
-def read_nifti(p: Path) -> Study:
+def read_nifti(p: Path, scale: bool = True) -> Study:
+    """A NIfTI study; ``scale=False`` keeps the raw intensities (float32) for ``read_sequences`` to scale."""
     import nibabel as nib
 
     try:
@@ -233,6 +394,21 @@ def read_nifti(p: Path) -> Study:
     else:
         raise StudyError(p, f"unsupported NIfTI shape {data.shape}")
     sx, sy, sz = (float(z) for z in (list(zooms) + [1.0, 1.0, 1.0])[:3])
+    if not scale:
+        if chans != 1:
+            raise StudyError(p, f"expected one sequence per file, found {chans} channels")
+        raw = np.nan_to_num(data[..., 0].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        vol = np.stack([_nifti_slice_to_image(raw[:, :, k]) for k in range(raw.shape[2])])
+        return Study(
+            str(p),
+            "nifti",
+            vol,
+            (sz, sy, sx),
+            [f"slice {k + 1}" for k in range(vol.shape[0])],
+            affine=img.affine.copy(),
+            nifti_shape=tuple(data.shape[:3]),
+            notes=notes,
+        )
     vol8 = study_to_uint8(data)  # X Y Z C
     slices = []
     for k in range(vol8.shape[2]):
@@ -252,6 +428,62 @@ def read_nifti(p: Path) -> Study:
     if chans == 1:
         st.notes.append(SINGLE_SEQUENCE_NOTE)
     return st
+
+
+def read_sequences(paths: dict, source: str | None = None) -> Study:
+    """One study from one NIfTI per sequence, mapped to the model's channels (pre-contrast, FLAIR,
+    post-contrast); FLAIR fills a missing one, as the LGG set does. The mapping goes into study.json."""
+    paths = {k: Path(v) for k, v in paths.items() if v and k in ("t1", "flair", "t1c", "t2", "label")}
+    source = source or str(paths.get("flair") or next(iter(paths.values()), "sequences"))
+    if "flair" not in paths:
+        raise StudyError(
+            source,
+            "a FLAIR sequence is needed (the model segments the FLAIR abnormality); found "
+            + (", ".join(sorted(paths)) or "none"),
+        )
+    vols, ref = {}, None
+    for seq in MODEL_CHANNELS:
+        if seq not in paths:
+            continue
+        st = read_nifti(paths[seq], scale=False)
+        if ref is None:
+            ref = st
+        elif st.nifti_shape != ref.nifti_shape:
+            raise StudyError(
+                source,
+                f"{paths[seq].name} is {st.nifti_shape} but {paths['flair'].name} is "
+                f"{ref.nifti_shape}: the sequences must be co-registered on one grid",
+            )
+        vols[seq] = st
+    flair = vols["flair"]
+    mapping, notes = {}, list(flair.notes)
+    chans = []
+    for seq, label in zip(MODEL_CHANNELS, ("pre-contrast", "FLAIR", "post-contrast")):
+        use = seq if seq in vols else "flair"
+        mapping[label] = paths[use].name + ("" if use == seq else " (FLAIR copied in: no such sequence)")
+        chans.append(vols[use].volume)
+    if not np.allclose(vols["flair"].affine, ref.affine, atol=1e-3):
+        notes.append("The sequences' affines differ slightly; they were taken as co-registered.")
+    raw = np.stack(chans, -1)  # Z H W C, each channel in its own units
+    vol8 = study_to_uint8(raw)
+    single = len(vols) == 1
+    notes.append(
+        "Sequences mapped to the model's channels: " + "; ".join(f"{k} <- {v}" for k, v in mapping.items()) + "."
+    )
+    if single:
+        notes.append(SINGLE_SEQUENCE_NOTE)
+    return Study(
+        source,
+        "nifti",
+        vol8,
+        flair.spacing,
+        flair.names,
+        single_sequence=single,
+        affine=flair.affine,
+        nifti_shape=flair.nifti_shape,
+        notes=notes,
+        sequences=mapping,
+    )
 
 
 # --------------------------------------------------------------------------- DICOM

@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import logging
+import os
 import re
 import secrets
 import sys
@@ -265,6 +266,13 @@ def create_app(
     def health() -> dict:
         return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
 
+    @app.post("/api/classify")
+    def classify(names: list[str]) -> dict:
+        """How the page should send the files a user chose: one study, or separate images (file names only)."""
+        from ..studies import classify_names
+
+        return {"kind": classify_names(names[:20000])}
+
     @app.get("/api/model")
     def model_info() -> dict:
         return pred.info()
@@ -304,10 +312,20 @@ def create_app(
         files: list[UploadFile] | None = File(None),
         threshold: float | None = Form(None),
         series: str | None = Form(None),
+        spacing: str | None = Form(None),
     ):
-        """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``,
-        or the files of a DICOM series folder in ``files``."""
+        """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``, or
+        several files in ``files`` (a DICOM series, a patient folder's numbered slices, or one NIfTI per
+        sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry."""
         from starlette.concurrency import run_in_threadpool
+
+        sp_mm = None
+        if spacing:
+            try:
+                sp_mm = tuple(float(x) for x in spacing.split(","))
+                assert len(sp_mm) == 3
+            except (ValueError, AssertionError):
+                return error(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}")
 
         if file is not None:
             name, data = await upload(file, threshold)
@@ -323,7 +341,8 @@ def create_app(
                 if total > cap:
                     raise UploadTooLarge()
                 members.append((n, d))
-            name, lower = f"{len(members)} files", ""
+            prefix = os.path.commonprefix([n for n, _ in members]).rstrip("_-. 0123456789")
+            name, lower = (prefix or f"{len(members)} files"), ""
         else:
             return error(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
 
@@ -337,9 +356,7 @@ def create_app(
                 else:
                     p = Path(tmp) / name
                     p.write_bytes(data)
-                    if lower.endswith(".zip"):
-                        p = _unpack_slices_zip(p) or p
-                return pred.predict_study(p, series=series, threshold=threshold)
+                return pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm)
 
         sp = await run_in_threadpool(run)
         sp.study.source = name  # the client's name, never the server's temporary path
@@ -444,22 +461,6 @@ def create_app(
     guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts)
     guard_app.state = app.state  # tests and callers reach the predictor as before
     return guard_app
-
-
-def _unpack_slices_zip(p: Path) -> Path | None:
-    """A zip of slice images (not DICOM) becomes a patient folder beside it; DICOM zips are read directly."""
-    from ..io import IMAGE_EXTENSIONS
-    from ..studies import _zip_members
-
-    members = _zip_members(p)
-    imgs = [(n, d) for n, d in members if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
-    if not imgs or len(imgs) < len(members) // 2:
-        return None
-    folder = p.parent / "slices"
-    folder.mkdir()
-    for n, d in imgs:
-        (folder / Path(n).name).write_bytes(d)
-    return folder
 
 
 def allowed_host_names(host: str, extra: list[str] | None = None) -> set[str] | None:

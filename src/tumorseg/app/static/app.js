@@ -8,8 +8,6 @@
 const $ = (id) => document.getElementById(id);
 const state = { items: [], index: 0, study: null, official: null, syncTimer: 0,
   token: sessionStorage.getItem("tumorseg-token") || "" };
-const STUDY_RE = /\.(nii|nii\.gz|zip)$/i;
-const IMAGE_RE = /\.(tif|tiff|png|jpe?g|webp|bmp)$/i;
 
 function authHeaders() { return state.token ? { Authorization: "Bearer " + state.token } : {}; }
 
@@ -73,36 +71,39 @@ async function openFiles(fileList) {
   let study = null;
   const threshold = parseFloat($("threshold").value);
   let done = 0;
-  const dicom = files.filter((f) => /\.dcm$/i.test(f.name) || !/\.[a-z0-9]{2,5}$/i.test(f.name));
-  if (dicom.length) {
-    busy(true, `Segmenting a series of ${dicom.length} DICOM files…`);
+  // What is a study is the server's rule (studies.classify_names): ask it with the names only.
+  let kind = "images";
+  try {
+    kind = (await api("/api/classify", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(Array.from(fileList).map((f) => f.name)) })).kind;
+  } catch (e) {
+    errors.push(e.message);
+  }
+  if (kind === "study-file" || kind === "study-files") {
+    busy(true, kind === "study-file" ? `Segmenting ${files[0].name}…` : `Segmenting a study of ${files.length} files…`);
     const fd = new FormData();
-    for (const f of dicom) fd.append("files", f, f.name);
+    if (kind === "study-file") fd.append("file", files[0], files[0].name);
+    else for (const f of files) fd.append("files", f, f.name);
+    const sp = $("spacing") ? $("spacing").value.trim() : "";
+    if (sp) fd.append("spacing", sp);
     try {
       const r = await api("/api/study", { method: "POST", body: fd });
       study = r.measurements;
       for (const [k, s] of r.slices.entries()) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k));
     } catch (e) {
-      errors.push(`DICOM series: ${e.message}`);
+      errors.push(kind === "study-file" && !e.message.startsWith(files[0].name) ? `${files[0].name}: ${e.message}` : e.message);
     }
-  }
-  for (const f of files.filter((x) => !dicom.includes(x))) {
-    busy(true, files.length > 1 ? `Segmenting ${++done} of ${files.length}…` : `Segmenting ${f.name}…`);
-    const fd = new FormData();
-    fd.append("file", f, f.name);
-    try {
-      if (STUDY_RE.test(f.name)) {
-        const r = await api("/api/study", { method: "POST", body: fd });
-        study = r.measurements;
-        for (const [k, s] of r.slices.entries()) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k));
-      } else if (IMAGE_RE.test(f.name) || f.type.startsWith("image/")) {
+  } else {
+    for (const f of files) {
+      busy(true, files.length > 1 ? `Segmenting ${++done} of ${files.length}…` : `Segmenting ${f.name}…`);
+      const fd = new FormData();
+      fd.append("file", f, f.name);
+      try {
         const r = await api("/api/segment", { method: "POST", body: fd });
         items.push(await makeItem(r.filename, r.image_png, r.prob_png, null, r.result_id, 0));
-      } else {
-        errors.push(`${f.name}: not a supported file (use an image, .nii/.nii.gz, or a .zip of a DICOM series)`);
+      } catch (e) {
+        errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
       }
-    } catch (e) {
-      errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
     }
   }
   busy(false);
