@@ -16,8 +16,19 @@ LGG = SHARED / "data" / "lgg-kaggle_3m"
 LGG_WEIGHTS = SHARED / "weights" / "resnet50_imagenet_msra_stem-layer3.pth"
 
 
+def smooth_noise(shape, seed: int = 0, hi: float = 255, dtype=np.uint8) -> np.ndarray:
+    """Random but smooth like an MRI slice (pure noise is refused by the input checks)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape[:2]
+    small = rng.random((max(2, h // 6), max(2, w // 6)) + tuple(shape[2:]))
+    chans = [small] if small.ndim == 2 else [small[..., c] for c in range(small.shape[2])]
+    big = [np.asarray(Image.fromarray(c.astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)) for c in chans]
+    out = big[0] if small.ndim == 2 else np.stack(big, -1)
+    return (out * hi).astype(dtype)
+
+
 def blob_slice(rng: np.random.Generator, size: int, tumour: bool) -> tuple[np.ndarray, np.ndarray]:
-    img = (rng.random((size, size, 3)) * 60).astype(np.uint8)
+    img = smooth_noise((size, size, 3), int(rng.integers(1 << 30)), 60)
     mask = np.zeros((size, size), np.uint8)
     if tumour:
         r = size // 8

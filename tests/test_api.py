@@ -9,6 +9,8 @@ from PIL import Image
 
 from tumorseg.app.server import create_app
 
+from .conftest import smooth_noise
+
 
 @pytest.fixture(scope="module")
 def client(predictor):
@@ -112,7 +114,7 @@ def test_page_and_docs_served_offline(client):
 
 
 def test_concurrent_requests_do_not_mix(client):
-    imgs = {i: (np.random.default_rng(i).random((64, 64, 3)) * 255).astype(np.uint8) for i in range(6)}
+    imgs = {i: smooth_noise((64, 64, 3), i) for i in range(6)}
     expected = {}
     for i, im in imgs.items():
         expected[i] = client.post("/api/segment", files={"file": (f"{i}.png", _png(im))}).json()["prob_png"]

@@ -18,6 +18,8 @@ from PIL import Image
 from tumorseg.app.server import create_app
 from tumorseg.cli import main
 
+from .conftest import smooth_noise
+
 
 def _png(arr, **kw) -> bytes:
     b = io.BytesIO()
@@ -37,7 +39,7 @@ def _jpg(arr) -> bytes:
     return b.getvalue()
 
 
-RGB = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+RGB = smooth_noise((64, 64, 3), 0)
 
 
 def _bomb() -> bytes:
@@ -53,7 +55,7 @@ def _palette() -> bytes:
 
 
 def _nan_tif() -> bytes:
-    a = np.random.default_rng(1).random((40, 40)).astype(np.float32)
+    a = smooth_noise((40, 40), 1, 1.0, np.float32)
     a[0, :5] = np.nan
     a[1, :5] = np.inf
     a[2, :5] = -np.inf
@@ -77,19 +79,20 @@ BROKEN = {
         lambda: _tif(np.zeros((7, 16, 16), np.uint8), photometric="minisblack", planarconfig="separate"),
     ),
     "zip as png": ("archive.png", lambda: b"PK\x03\x04" + b"\x00" * 40),
+    # readable, but nothing the model can judge (refused with 422, never "0 px")
+    "1x1 image": ("one.png", lambda: _png(np.array([[200]], np.uint8))),
+    "tall thin": ("thin.png", lambda: _png(np.zeros((300, 3), np.uint8))),
 }
 # odd but valid: must be processed
 VALID = {
-    "1x1 image": ("one.png", lambda: _png(np.array([[200]], np.uint8))),
     "16-bit tiff": ("deep.tif", lambda: _tif((np.arange(64 * 64).reshape(64, 64) * 13).astype(np.uint16))),
-    "32-bit float tiff": ("float.tif", lambda: _tif(np.random.default_rng(3).random((50, 60)).astype(np.float32))),
+    "32-bit float tiff": ("float.tif", lambda: _tif(smooth_noise((50, 60), 3, 1.0, np.float32))),
     "float tiff with nan/inf": ("nan.tif", _nan_tif),
     "rgba png": ("rgba.png", lambda: _png(np.dstack([RGB, np.full((64, 64), 128, np.uint8)]))),
     "palette png": ("palette.png", _palette),
     "multi-page tiff": ("pages.tif", lambda: _tif(np.stack([RGB, RGB[::-1]]))),
     "gray jpeg": ("gray.jpg", lambda: _jpg(RGB[..., 1])),
     "unicode name": ("Müller_脑 slice (1).png", lambda: _png(RGB)),
-    "tall thin": ("thin.png", lambda: _png(np.zeros((300, 3), np.uint8))),
 }
 
 

@@ -18,6 +18,8 @@ from tumorseg.cli import main
 from tumorseg.io import LGG_BRAIN_MEDIAN, standardise_brain_intensity
 from tumorseg.studies import find_sequences, read_study, sequence_of
 
+from .conftest import smooth_noise
+
 
 @pytest.mark.parametrize(
     "name,seq",
@@ -156,7 +158,7 @@ def test_folder_of_images_with_a_stray_dcm_processes_the_images(tiny_model, tmp_
     folder.mkdir()
     rng = np.random.default_rng(2)
     for name in ("a.png", "b.png", "c.png"):
-        Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(folder / name)
+        Image.fromarray(smooth_noise((48, 48), int(rng.integers(99)))).save(folder / name)
     write_dicom_series(tmp_path / "dcm", n=1)
     (folder / "stray.dcm").write_bytes(next((tmp_path / "dcm").iterdir()).read_bytes())
     out = tmp_path / "out"

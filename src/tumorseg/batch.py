@@ -143,6 +143,7 @@ def predict_inputs(a) -> int:
                         "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
                         "max_probability": f"{float(sp.prob.max()):.4f}",
                         "outputs": f"{name}/",
+                        "warnings": " | ".join(n for n in sp.study.notes),
                     }
                 )
                 continue
@@ -166,6 +167,7 @@ def predict_inputs(a) -> int:
                     "volume_ml": "",
                     "max_probability": f"{r.max_prob:.4f}",
                     "outputs": f"{name}_*.png",
+                    "warnings": " | ".join(r.warnings),
                 }
             )
         except (ImageReadError, ValueError, OSError) as exc:
@@ -179,7 +181,9 @@ def predict_inputs(a) -> int:
         except Exception as exc:  # one line per bad input, never a traceback that stops the batch
             errors.append((label(f), f"{label(f)}: cannot be processed ({type(exc).__name__}: {exc})"))
     buf = _io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs"])
+    w = csv.DictWriter(
+        buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs", "warnings"]
+    )
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .checks import judge
 from .engines import load_engine
 from .evaluation import remove_small_components
 from .io import ImageReadError, read_image, to_uint8_rgb
@@ -36,6 +37,7 @@ class Prediction:
     uncertainty: np.ndarray | None = None  # float32 HxW, with TTA
     source: str = ""
     meta: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # unusual input (see checks.judge)
 
     @property
     def area_pixels(self) -> int:
@@ -77,6 +79,7 @@ class Prediction:
             "area_mm2": self.area_mm2,
             "max_probability": self.max_prob,
             "threshold": self.threshold,
+            "warnings": list(self.warnings),
         }
 
 
@@ -170,7 +173,20 @@ class Predictor:
         pixel_spacing: tuple[float, float] | None = None,
         name: str | None = None,
     ) -> Prediction:
-        """Segment one 2D image given as a path, raw file bytes or an array (any size/dtype)."""
+        """Segment one 2D image.
+
+        Args:
+            image: a path, raw file bytes or an array (any size and dtype; gray, RGB or RGBA).
+            tta: flip test-time augmentation (adds an uncertainty map).
+            threshold: probability threshold (default: the model's).
+            pixel_spacing: (row, column) mm, for the area in mm2.
+            name: the file name for messages when ``image`` is bytes or an array.
+        Returns:
+            A ``Prediction`` at the image's own size, with ``warnings`` for unusual inputs.
+        Raises:
+            ImageReadError: the input cannot be read; ``checks.CannotJudge`` (a subclass) when it can
+            be read but is not something the model can judge (too small, blank, noise).
+        """
         if isinstance(image, (bytes, bytearray)):
             arr = read_image(name or "<upload>", data=bytes(image))
             source = name or "<upload>"
@@ -187,6 +203,7 @@ class Predictor:
             arr = read_image(image)
             source = str(image)
         img = to_uint8_rgb(arr)
+        warnings = judge(arr, img, source)
         thr = float(threshold if threshold is not None else self.threshold)
         probs, uncs = self.probabilities([img], tta=tta)
         return Prediction(
@@ -198,6 +215,7 @@ class Predictor:
             uncs[0] if uncs else None,
             source,
             self.info(),
+            warnings,
         )
 
     def predict_study(
@@ -279,5 +297,13 @@ class Predictor:
         """The same prediction at another threshold (no model call)."""
         thr = float(self.threshold if threshold is None else threshold)
         return Prediction(
-            r.image, r.prob, self.mask_from_prob(r.prob, thr), thr, r.pixel_spacing, r.uncertainty, r.source, r.meta
+            r.image,
+            r.prob,
+            self.mask_from_prob(r.prob, thr),
+            thr,
+            r.pixel_spacing,
+            r.uncertainty,
+            r.source,
+            r.meta,
+            r.warnings,
         )

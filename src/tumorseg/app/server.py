@@ -240,7 +240,9 @@ def create_app(
 
     @app.exception_handler(ImageReadError)
     async def _bad_image(request, exc: ImageReadError):
-        return error(400, str(exc))
+        from ..checks import CannotJudge
+
+        return error(422 if isinstance(exc, CannotJudge) else 400, str(exc))
 
     from fastapi.exceptions import RequestValidationError
 
@@ -299,6 +301,7 @@ def create_app(
             "image_png": _b64png(r.image),
             "prob_png": _b64png(r.prob_png_array()),
             "mask_png": _b64png(r.mask_png_array()),
+            "warnings": r.warnings,
             "model": {"model": pred.model_path.name, "engine": pred.engine.name},  # the rest: GET /api/model
             "disclaimer": DISCLAIMER,
         }

@@ -100,7 +100,9 @@ async function openFiles(fileList) {
       fd.append("file", f, f.name);
       try {
         const r = await api("/api/segment", { method: "POST", body: fd });
-        items.push(await makeItem(r.filename, r.image_png, r.prob_png, null, r.result_id, 0));
+        const item = await makeItem(r.filename, r.image_png, r.prob_png, null, r.result_id, 0);
+        item.warnings = r.warnings || [];
+        items.push(item);
       } catch (e) {
         errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
       }
@@ -205,7 +207,9 @@ function render() {
     $("s-notes").textContent = notes.join(" ");
   } else {
     $("s-study-row").hidden = true;
-    $("s-notes-row").hidden = true;
+    const w = it.warnings || [];
+    $("s-notes-row").hidden = !w.length;
+    $("s-notes").textContent = w.join(" ");
   }
   $("ai").dataset.rendered = String(Date.now());
 }

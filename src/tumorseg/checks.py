@@ -1,0 +1,69 @@
+"""What the model can judge: refusals for inputs that are not MRI slices, warnings for unusual ones.
+
+Thresholds come from the 3,226 shared LGG slices (`python scripts/input_checks.py --data DATA` lists
+each statistic and what each check catches); none of those slices is refused.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import ImageReadError
+
+MIN_SIDE = 32  # px; the LGG slices are 256, MRI slices are rarely under 128
+MIN_NEIGHBOUR_CORRELATION = 0.2  # LGG min 0.43, median 0.97; uniform noise ~0
+TRAINING_MEAN_MAX = 65.0  # brightest mean (of 255) among the LGG slices
+SINGLE_SEQUENCE_WARNING = (
+    "single-channel image: copied into the three channels (pre-contrast, FLAIR, post-contrast) the model "
+    "was trained on; expect lower accuracy, and more false positives on a FLAIR-only slice"
+)
+
+
+class CannotJudge(ImageReadError):
+    """A readable image that the model cannot judge (the API answers 422)."""
+
+
+def neighbour_correlation(gray: np.ndarray) -> float:
+    a, b = gray[:, :-1].ravel().astype(np.float64), gray[:, 1:].ravel().astype(np.float64)
+    if a.size < 2 or a.std() == 0 or b.std() == 0:
+        return 1.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def judge(raw: np.ndarray, img8: np.ndarray, source: str) -> list[str]:
+    """Raise CannotJudge for inputs outside what the model can judge; return warnings for unusual ones.
+
+    raw: the image as read (any dtype, gray or colour); img8: the uint8 RGB the model will see.
+    """
+    h, w = img8.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise CannotJudge(
+            source,
+            f"image is {w}x{h} px; the model needs at least {MIN_SIDE}x{MIN_SIDE} "
+            "(MRI slices are usually 256x256 or larger)",
+        )
+    gray = img8.astype(np.float32).mean(2)
+    c = neighbour_correlation(gray)  # a blank image correlates fully: it is judged (no tumour)
+    if c < MIN_NEIGHBOUR_CORRELATION:
+        raise CannotJudge(
+            source,
+            f"image looks like noise, not an MRI slice (neighbouring pixels correlate "
+            f"{c:.2f}; MRI slices {MIN_NEIGHBOUR_CORRELATION:g} or more)",
+        )
+    warnings = []
+    if raw.ndim == 2 or (
+        raw.ndim == 3
+        and raw.shape[2] >= 3
+        and np.array_equal(raw[..., 0], raw[..., 1])
+        and np.array_equal(raw[..., 1], raw[..., 2])
+    ):
+        warnings.append(SINGLE_SEQUENCE_WARNING)
+    if raw.dtype != np.uint8:
+        warnings.append(f"{raw.dtype} image: scaled to 8 bits from its 0.5-99.5 percentiles")
+    if gray.mean() > TRAINING_MEAN_MAX * 1.5:
+        warnings.append(
+            f"brighter than any training slice (mean {gray.mean():.0f} of 255; training at most "
+            f"{TRAINING_MEAN_MAX:.0f}): the model may under-call. Whole studies (NIfTI, DICOM) are "
+            "standardised to the training level; single images are not"
+        )
+    return warnings
