@@ -36,7 +36,7 @@ def _mri_like(gray=False):
     [
         (np.full((4, 4, 3), 120, np.uint8), "at least 32x32"),
         ((np.random.default_rng(1).random((200, 200, 3)) * 255).astype(np.uint8), "noise"),
-        ],
+    ],
 )
 def test_refused_everywhere_with_the_reason(predictor, tiny_model, tmp_path, capsys, arr, reason):
     with pytest.raises(CannotJudge, match=reason):
