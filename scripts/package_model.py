@@ -35,13 +35,25 @@ def val_probs(model_path: Path, data: str, split: dict, engine: str):
     return ds, probs
 
 
-def score(ds, probs, thr: float, min_px: int) -> dict:
+def score(ds, probs, thr: float, min_px: int, masks=None) -> dict:
     m = SegmentationMetrics()
     pred = probs >= thr
     if min_px:
         pred = np.stack([remove_small_components(p, min_px) for p in pred])
-    m.update(pred, ds.masks, ds.patients)
+    m.update(pred, ds.masks if masks is None else masks, ds.patients)
     return m.compute()
+
+
+def condition_probs(model_path: Path, ds, conditions: list[str], engine: str) -> dict:
+    """Validation probabilities under each robustness condition (original included), with their masks."""
+    from tumorseg.robustness import transformed
+
+    eng = load_engine(model_path, engine, THREADS)
+    out = {}
+    for cond in conditions:
+        imgs, masks = transformed(ds, cond)
+        out[cond] = (np.concatenate([eng.run(imgs[s : s + 16]) for s in range(0, len(imgs), 16)]), masks)
+    return out
 
 
 def main() -> None:
@@ -52,6 +64,9 @@ def main() -> None:
     ap.add_argument("--out", default="src/tumorseg/models/default.safetensors")
     ap.add_argument("--int8", action="store_true", help="also build and check the int8 ONNX model")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--select-on", default="original",
+                    help="validation conditions (robustness suite) whose mean objective picks the threshold and "
+                         "component size, e.g. original,skull_stripped,flair_only (default: original)")
     a = ap.parse_args()
     global THREADS
     THREADS = a.threads

@@ -109,3 +109,40 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
                 page.screenshot(path=str(tmp_path / "copy.png"))
         finally:
             browser.close()
+
+
+def test_patient_slices_chosen_together_open_as_one_study(server, tmp_path, tiny_model):
+    """The page asks the server's rule: numbered slices of one patient are a study, as in the CLI."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from tumorseg.cli import main
+
+    from .conftest import make_kaggle
+
+    root = make_kaggle(tmp_path / "k", patients=1, slices=5, size=64)
+    folder = next(p for p in root.iterdir() if p.is_dir())
+    files = sorted(str(p) for p in folder.iterdir())
+    out = tmp_path / "cli"
+    assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_model), "--engine", "torch-fp32"]) == 0
+    cli = json.loads(next(out.glob("*/study.json")).read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+            page.set_input_files("#file-input", files)
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            assert not page.is_hidden("#slice-group")
+            assert page.get_attribute("#slice", "max") == "4"
+            text = page.inner_text("#s-volume")
+            assert f"{cli['tumour_voxels']:,} voxels" in text or f"{cli['tumour_voxels']} voxels" in text, text
+            assert not page.is_hidden("#dl-study")
+        finally:
+            browser.close()
