@@ -31,6 +31,22 @@ def _load(case: Path, seq: str):
     return nib.load(str(f)) if f.is_file() else None
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Mean, median and a 95 % percentile-bootstrap interval over cases of the 3D Dice, per condition."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for k in ("three_sequences", "flair_only"):
+        d = np.array([r[k]["dice"] for r in rows])
+        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
+        out[k] = {
+            "mean_dice": float(d.mean()),
+            "median_dice": float(np.median(d)),
+            "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+            "mean_recall": float(np.mean([r[k]["recall"] for r in rows])),
+        }
+    return out
+
+
 def main() -> None:
     import nibabel as nib
 

@@ -17,6 +17,27 @@ from tumorseg.io import atomic_write_bytes
 from tumorseg.robustness import CONDITIONS, run_suite
 
 
+def paired(models: dict) -> dict:
+    """Second model minus first, per patient 3D Dice: per condition and averaged over the suite."""
+    import numpy as np
+
+    (_, a), (_, b) = models.items()
+    conds = [c for c in a if c in b]
+    pats = sorted(a[conds[0]]["patient_dice"])
+    out = {}
+    for c in conds + ["suite_average"]:
+        if c == "suite_average":
+            d = np.array([np.mean([b[k]["patient_dice"][p] - a[k]["patient_dice"][p] for k in conds]) for p in pats])
+        else:
+            d = np.array([b[c]["patient_dice"][p] - a[c]["patient_dice"][p] for p in pats])
+        out[c] = {
+            "mean_difference": float(d.mean()),
+            "better": int((d > 0.001).sum()),
+            "worse": int((d < -0.001).sum()),
+        }
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
@@ -46,6 +67,9 @@ def main() -> None:
                 f"patient mean {v['dice_per_patient_mean']:.4f}  empty FP {v['empty_slice_fp_rate']:.3f}",
                 file=sys.stderr,
             )
+    if len(result["models"]) == 2:
+        result["paired"] = paired(result["models"])
+        print(json.dumps(result["paired"], indent=1), file=sys.stderr)
     if a.json:
         atomic_write_bytes(Path(a.json), (json.dumps(result, indent=1) + "\n").encode())
 
