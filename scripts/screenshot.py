@@ -1,6 +1,8 @@
-"""Screenshot of the app for the README: start the server, open a slice in Chromium, save a PNG.
+"""Screenshot of the app for the README: start the server, open files in Chromium, save a PNG.
 
 python scripts/screenshot.py IMAGE [IMAGE ...] --out docs/screenshots/app.png [--model M]
+    [--mode heatmap|contour|mask] [--sequence -1|0|1|2] [--window W --level L] [--zoom Z]
+    [--viewport 1280x720] [--threshold T]
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ def main() -> None:
     ap.add_argument("--out", default="docs/screenshots/app.png")
     ap.add_argument("--model", default=None)
     ap.add_argument("--mode", default="heatmap")
+    ap.add_argument("--sequence", default="-1", help="-1 composite, 0 pre-contrast, 1 FLAIR, 2 post-contrast")
+    ap.add_argument("--window", type=float, default=None)
+    ap.add_argument("--level", type=float, default=None)
+    ap.add_argument("--zoom", type=float, default=1.0)
+    ap.add_argument("--viewport", default="1280x720")
     a = ap.parse_args()
+    vw, vh = (int(x) for x in a.viewport.split("x"))
     import uvicorn
     from playwright.sync_api import sync_playwright
 
@@ -36,14 +44,29 @@ def main() -> None:
             headless=True,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        page = b.new_page(viewport={"width": 1200, "height": 980})
+        page = b.new_page(viewport={"width": vw, "height": vh})
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
         page.set_input_files("#file-input", a.images)
-        page.wait_for_function("document.getElementById('ai').dataset.rendered !== undefined", timeout=120000)
+        page.wait_for_selector("#s-area[data-official='1']", timeout=120000)
         page.check(f"input[name=mode][value={a.mode}]")
-        time.sleep(0.5)
-        page.screenshot(path=a.out, full_page=True)
+        page.select_option("#sequence", a.sequence)
+
+        def slide(el: str, v: float) -> None:
+            page.evaluate(
+                f"() => {{ const s = document.getElementById('{el}'); s.value = '{v}'; "
+                "s.dispatchEvent(new Event('input')); }"
+            )
+
+        if a.window is not None:
+            slide("window", a.window)
+        if a.level is not None:
+            slide("level", a.level)
+        if a.zoom != 1.0:
+            slide("zoom", a.zoom)
+        page.locator("#frame-orig").hover()
+        time.sleep(0.8)
+        page.screenshot(path=a.out)
         b.close()
     srv.should_exit = True
     print(a.out)

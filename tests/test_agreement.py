@@ -169,3 +169,45 @@ def test_unknown_result_is_404(cc_pred):
     client = TestClient(create_app(cc_pred))
     r = client.post("/api/mask", data={"result_id": "nope", "threshold": "0.5"})
     assert r.status_code == 404 and "open the file again" in r.json()["error"]
+
+
+def test_reference_comparison_for_a_slice_matches_the_cli(cc_pred, cc_model, tmp_path):
+    img = smooth_noise((96, 80, 3), 7)
+    src = tmp_path / "slice.png"
+    src.write_bytes(_png_bytes(img))
+    ref = np.zeros((96, 80), np.uint8)
+    ref[20:60, 10:50] = 255
+    ref_path = tmp_path / "slice_ref.png"
+    Image.fromarray(ref).save(ref_path)
+    client = TestClient(create_app(cc_pred))
+    body = client.post("/api/segment", files={"file": ("slice.png", src.read_bytes())}).json()
+    r = client.post(
+        "/api/compare", data={"result_id": body["result_id"]}, files={"file": ("slice_ref.png", ref_path.read_bytes())}
+    )
+    assert r.status_code == 200, r.text[:300]
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "predict",
+                str(src),
+                "--out",
+                str(out),
+                "--model",
+                str(cc_model),
+                "--engine",
+                "torch-fp32",
+                "--reference",
+                str(ref_path),
+            ]
+        )
+        == 0
+    )
+    cli = json.loads((out / "comparison.json").read_text())
+    assert r.json()["dice"] == pytest.approx(cli["dice"]) and cli["reference_voxels"] == 1600
+    wrong = np.zeros((10, 10), np.uint8)
+    r = client.post("/api/compare", data={"result_id": body["result_id"]}, files={"file": ("w.png", _png_bytes(wrong))})
+    assert r.status_code == 400 and "w.png" in r.json()["error"]
+    # study-only downloads refuse a 2D result with a reason
+    r = client.get(f"/api/result/{body['result_id']}/mask.nii.gz")
+    assert r.status_code == 400 and "not a study" in r.json()["error"]

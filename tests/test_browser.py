@@ -146,3 +146,144 @@ def test_patient_slices_chosen_together_open_as_one_study(server, tmp_path, tiny
             assert not page.is_hidden("#dl-study")
         finally:
             browser.close()
+
+
+def test_viewer_controls(server, tmp_path):
+    """Window/level, sequence, zoom, wheel, keyboard, colour bar, orientation, NIfTI download, 1280x720."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    vol = np.zeros((48, 40, 6), np.int16)
+    vol[8:40, 6:34, :] = 200 + np.arange(28)[None, :, None] * 20  # a ramp: window/level visibly changes it
+    vol[20:30, 12:22, 2:5] = 900
+    affine = np.diag([-0.9, 0.9, 2.5, 1.0])  # x flipped: left/right labels must follow the affine
+    nii = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, affine), str(nii))
+    png = tmp_path / "slice.png"
+    from PIL import Image
+
+    Image.fromarray((np.linspace(0, 200, 64 * 64).reshape(64, 64)).astype(np.uint8)).save(png)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+            page.set_input_files("#file-input", str(png))
+            page.wait_for_selector("#s-area[data-official='1']", timeout=30000)
+            assert page.get_attribute("#orientation", "data-known") == "0"
+            assert page.is_visible(".o-unknown")
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            assert page.get_attribute("#orientation", "data-known") == "1"
+            labels = {s: page.inner_text(f".o-{s}") for s in ("left", "right", "top", "bottom")}
+            assert labels["right"] == "L" and labels["left"] == "R" and {labels["top"], labels["bottom"]} == {"A", "P"}
+            # layout: both images and the threshold visible without scrolling at 1280x720
+            for sel in ("#orig", "#ai", "#threshold"):
+                box = page.locator(sel).bounding_box()
+                assert box and box["y"] >= 0 and box["y"] + box["height"] <= 720, (sel, box)
+            shot = lambda: page.evaluate("document.getElementById('orig').toDataURL()")  # noqa: E731
+            before = shot()
+            page.evaluate(
+                "() => { const s = document.getElementById('window'); s.value = '20'; s.dispatchEvent(new Event('input')); }"
+            )
+            assert shot() != before, "window/level must change the displayed pixels"
+            page.select_option("#sequence", "1")
+            assert shot() != before
+            # zoom is linked between the panels
+            page.evaluate(
+                "() => { const s = document.getElementById('zoom'); s.value = '2'; s.dispatchEvent(new Event('input')); }"
+            )
+            assert page.get_attribute("#orig", "data-zoom") == page.get_attribute("#ai", "data-zoom") == "2.00"
+            # wheel scrolls slices; a focused slider keeps its own arrow keys
+            s0 = page.inner_text("#slice-val")
+            page.locator("#frame-orig").hover()
+            page.mouse.wheel(0, 120)
+            page.wait_for_function(f"document.getElementById('slice-val').textContent !== {s0!r}")
+            assert page.inner_text("#readout").startswith("x ")
+            s1 = page.inner_text("#slice-val")
+            t0 = float(page.input_value("#threshold"))
+            page.focus("#threshold")
+            page.keyboard.press("ArrowRight")
+            assert float(page.input_value("#threshold")) > t0 and page.inner_text("#slice-val") == s1
+            assert page.get_attribute("#colorbar", "data-threshold") == f"{float(page.input_value('#threshold')):.2f}"
+            # the NIfTI download opens in nibabel with the input's affine
+            with page.expect_download() as dl:
+                page.click("[data-testid=download-nifti]")
+            assert dl.value.suggested_filename == "case_mask.nii.gz"
+            out = nib.load(dl.value.path() if str(dl.value.path()).endswith(".gz") else _renamed(dl.value.path()))
+            assert out.shape == vol.shape and np.allclose(out.affine, affine)
+            shots = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+            page.screenshot(path=str(tmp_path / "viewer.png"))
+            assert (tmp_path / "viewer.png").stat().st_size > 10_000 and shots.is_dir()
+        finally:
+            browser.close()
+
+
+def _renamed(path) -> str:
+    import shutil
+
+    target = str(path) + ".nii.gz"
+    shutil.copy(path, target)
+    return target
+
+
+def test_reference_mask_dice_equals_the_cli(server, tmp_path, tiny_model):
+    """Load one's own reference mask: second contour, and the page's Dice is the CLI's for the same pair."""
+    import json
+
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    from tumorseg.cli import main
+
+    vol = np.zeros((48, 40, 6), np.int16)
+    vol[8:40, 6:34, :] = 200 + np.arange(28)[None, :, None] * 20
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    nii = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, affine), str(nii))
+    ref = np.zeros(vol.shape, np.uint8)
+    ref[15:35, 10:30, 1:5] = 1
+    ref_path = tmp_path / "case_ref.nii.gz"
+    nib.save(nib.Nifti1Image(ref, affine), str(ref_path))
+    out = tmp_path / "cli"
+    assert (
+        main(
+            [
+                "predict",
+                str(nii),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model),
+                "--engine",
+                "torch-fp32",
+                "--reference",
+                str(ref_path),
+            ]
+        )
+        == 0
+    )
+    cli = json.loads((out / "comparison.json").read_text())
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            page.set_input_files("[data-testid=reference-mask]", str(ref_path))
+            page.wait_for_selector("#s-ref-row:not([hidden])", timeout=30000)
+            assert abs(float(page.get_attribute("[data-testid=reference-dice]", "data-dice")) - cli["dice"]) < 1e-6
+            assert "volume difference" in page.inner_text("[data-testid=reference-dice]")
+        finally:
+            browser.close()

@@ -29,6 +29,8 @@ from tumorseg.cli import main
 from tumorseg.io import ImageReadError, read_image
 from tumorseg.studies import StudyError, read_study
 
+from .conftest import smooth_noise
+
 RSS_BOUND_MB = 200
 
 
@@ -391,7 +393,7 @@ def test_cli_batch_survives_bad_studies_and_writes_summary(tiny_model, tmp_path,
     good = tmp_path / "good.png"
     from PIL import Image
 
-    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(good)
+    Image.fromarray(smooth_noise((64, 64, 3), 0)).save(good)
     bad = [_corrupt_zip(tmp_path / "c" / "corrupt.zip"), _nifti(tmp_path / "nan.nii", (float("nan"), 1, 1))]
     out = tmp_path / "out"
     code = main(["predict", str(good), *map(str, bad), "--out", str(out), "--model", str(tiny_model)])
@@ -418,7 +420,7 @@ def test_cli_file_name_with_glob_characters(tiny_model, tmp_path, capsys):
     from PIL import Image
 
     img = tmp_path / "scan[1].tif"
-    Image.fromarray(np.zeros((16, 16), np.uint8)).save(img)
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(img)
     assert main(["predict", str(img), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]) in (0, 1)
     assert "no file matches" not in capsys.readouterr().err
 

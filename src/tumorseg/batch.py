@@ -71,6 +71,12 @@ def _out_name(p, used: set[str]) -> str:
     return name
 
 
+def _compare(pred, ref, spacing, a) -> dict:
+    from .metrics import compare_masks
+
+    return {"reference": str(a.reference), **compare_masks(pred, ref, spacing)}
+
+
 def predict_inputs(a) -> int:
     """Run the CLI's predict command; returns the exit code."""
     from tqdm import tqdm
@@ -115,6 +121,10 @@ def predict_inputs(a) -> int:
     pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
     rows = []
     used: set[str] = set()
+    if getattr(a, "reference", None) and len(files) != 1:
+        print("tumorseg predict: error: --reference needs exactly one input", file=sys.stderr)
+        return 2
+    compared = None
 
     def label(f) -> str:
         return " + ".join(str(v) for v in f.values()) if isinstance(f, dict) else str(f)
@@ -122,6 +132,8 @@ def predict_inputs(a) -> int:
     for f in tqdm(files, desc="segmenting", unit="file", disable=len(files) < 2, file=sys.stderr):
         name = _out_name(f, used)
         try:
+            from .studies import read_reference
+
             if is_study(f):
                 from .studies import write_study_outputs
 
@@ -134,6 +146,8 @@ def predict_inputs(a) -> int:
                     spacing=a.spacing,
                 )
                 write_study_outputs(sp, out / name, inputs_resolved)
+                if getattr(a, "reference", None):
+                    compared = _compare(sp.mask, read_reference(Path(a.reference), sp.study), sp.study.spacing, a)
                 m = sp.measurements
                 rows.append(
                     {
@@ -148,6 +162,8 @@ def predict_inputs(a) -> int:
                 )
                 continue
             r = pred.predict(f, tta=a.tta)
+            if getattr(a, "reference", None):
+                compared = _compare(r.mask, read_reference(Path(a.reference), r.mask.shape), None, a)
             targets = {
                 out / f"{name}_mask.png": r.mask_png_array(),
                 out / f"{name}_overlay.png": r.heatmap_overlay,
@@ -187,6 +203,15 @@ def predict_inputs(a) -> int:
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
+    if compared is not None:
+        import json
+
+        atomic_write_bytes(out / "comparison.json", (json.dumps(compared, indent=1) + "\n").encode())
+        print(
+            f"reference {a.reference}: Dice {compared['dice']:.4f} (model {compared['model_voxels']} voxels, "
+            f"reference {compared['reference_voxels']})",
+            file=sys.stderr,
+        )
     for src, msg in errors:
         if not msg.startswith(src):
             msg = f"{src}: {msg}"

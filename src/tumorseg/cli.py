@@ -183,6 +183,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")
     p.add_argument("--series", default=None, help="DICOM: SeriesInstanceUID when a folder holds several")
     p.add_argument(
+        "--reference",
+        default=None,
+        metavar="MASK",
+        help="compare with this reference mask (2D mask image, or NIfTI on the study's grid; one input): Dice, "
+        "volumes and the slices that disagree most, in <out>/comparison.json",
+    )
+    p.add_argument(
         "--spacing",
         type=_spacing,
         default=None,

@@ -180,3 +180,21 @@ class ThresholdSweep:
 
     def dice(self) -> dict[float, float]:
         return {round(float(th), 3): dice_score(*map(float, c)) for th, c in zip(self.thresholds, self.counts)}
+
+
+def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing=None, worst: int = 5) -> dict:
+    """Dice, volumes and the slices where model and reference disagree most (for the page and the CLI)."""
+    pred, ref = np.asarray(pred, bool), np.asarray(ref, bool)
+    if pred.shape != ref.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {ref.shape}")
+    tp, fp, fn = int((pred & ref).sum()), int((pred & ~ref).sum()), int((~pred & ref).sum())
+    out = {"dice": dice_score(tp, fp, fn), "model_voxels": tp + fp, "reference_voxels": tp + fn}
+    if pred.ndim == 3:
+        vox = float(np.prod(spacing)) / 1000.0 if spacing else None
+        out["model_ml"] = None if vox is None else (tp + fp) * vox
+        out["reference_ml"] = None if vox is None else (tp + fn) * vox
+        out["volume_difference_ml"] = None if vox is None else (fp - fn) * vox
+        dis = (pred ^ ref).reshape(pred.shape[0], -1).sum(1)
+        order = [int(k) for k in np.argsort(-dis, kind="stable")[:worst] if dis[k] > 0]
+        out["disagreement"] = [{"slice": k, "pixels": int(dis[k])} for k in order]
+    return out

@@ -765,6 +765,76 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
     return {"spacing": (abs(dz), ps[0], ps[1]), "affine": np.diag([-1, -1, 1, 1]) @ lps}  # LPS -> RAS
 
 
+# --------------------------------------------------------------------------- reference masks
+
+
+def read_reference(path: Path, like, source_name: str | None = None) -> np.ndarray:
+    """A user's reference mask in the layout of ``like`` (a Study -> Z x H x W bool; an HxW shape -> H x W).
+
+    For a study: a NIfTI on the study's grid (NIfTI input) or a 3D mask in display layout. For an
+    image: a 2D mask image of the same size. Anything else is refused with the reason.
+    """
+    import nibabel as nib
+
+    name = source_name or Path(path).name
+    if isinstance(like, Study):
+        if not _is_nifti(Path(name)):
+            raise StudyError(name, "a study's reference must be a NIfTI mask (.nii or .nii.gz)")
+        try:
+            img = nib.load(str(path))
+            shape = tuple(int(x) for x in img.header.get_data_shape())
+        except Exception as exc:
+            raise StudyError(name, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+        if int(np.prod(shape)) > MAX_STUDY_VOXELS:
+            raise StudyError(name, f"reference {shape} is too large")
+        arr = np.asanyarray(img.dataobj) > 0
+        if like.kind == "nifti":
+            if arr.shape[:3] != tuple(like.nifti_shape):
+                raise StudyError(
+                    name,
+                    f"reference is {arr.shape[:3]} but the study is {tuple(like.nifti_shape)}: "
+                    "it must be on the study's grid",
+                )
+            return np.stack([_nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
+        want = (like.volume.shape[2], like.volume.shape[1], like.volume.shape[0])  # (col, row, slice)
+        if arr.shape[:3] != want:
+            raise StudyError(name, f"reference is {arr.shape[:3]} but the study's mask is {want} (col, row, slice)")
+        return np.transpose(arr[..., 0] if arr.ndim == 4 else arr, (2, 1, 0))
+    from .io import read_mask
+
+    m = read_mask(path)
+    if m.shape != tuple(like):
+        raise StudyError(name, f"reference mask is {m.shape[1]}x{m.shape[0]} but the image is {like[1]}x{like[0]}")
+    return m
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def _axis_label(v: np.ndarray) -> str:
+    """The anatomical direction (RAS+ world) a vector points to most."""
+    k = int(np.argmax(np.abs(v)))
+    return ("L", "P", "I")[k] if v[k] < 0 else ("R", "A", "S")[k]
+
+
+def orientation_labels(st: Study) -> dict | None:
+    """Labels for the displayed slice's edges {left, right, top, bottom}, from the NIfTI or DICOM
+    geometry; None where the input has none (2D images, slice stacks)."""
+    if st.affine is None or st.kind not in ("nifti", "dicom"):
+        return None
+    a = np.asarray(st.affine, float)[:3, :3]
+    if st.kind == "nifti":  # displayed image = flipud(array[:, :, k].T): right = +i, down = -j
+        right, down = a[:, 0], -a[:, 1]
+    else:  # DICOM pixel array as stored: right = +column, down = +row
+        right, down = a[:, 0], a[:, 1]
+    return {
+        "right": _axis_label(right),
+        "left": _axis_label(-right),
+        "bottom": _axis_label(down),
+        "top": _axis_label(-down),
+    }
+
+
 # --------------------------------------------------------------------------- measurements
 
 
@@ -837,6 +907,8 @@ class StudyPrediction:
             "threshold": self.threshold,
             **self.measurements,
             "single_sequence": self.study.single_sequence,
+            "sequences": self.study.sequences,
+            "orientation": orientation_labels(self.study),
             "notes": self.study.notes,
             "model": self.model.get("model"),
             "engine": self.model.get("engine"),

@@ -420,6 +420,32 @@ def create_app(
             "measurements": r.summary(),
         }
 
+    @app.post("/api/compare")
+    async def compare(result_id: str = Form(...), threshold: float | None = Form(None), file: UploadFile = File(...)):
+        """Compare a held result with the user's reference mask: Dice, volumes, the slices that disagree most,
+        and the reference as PNG masks for the page's second contour."""
+        from starlette.concurrency import run_in_threadpool
+
+        from ..metrics import compare_masks
+        from ..studies import read_reference
+
+        name, data = await upload(file, threshold)
+        kind, r, _ = _result(result_id, threshold)
+
+        def run():
+            with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+                f = Path(tmp) / name
+                f.write_bytes(data)
+                if kind == "study":
+                    ref = read_reference(f, r.study, name)
+                    return ref, compare_masks(r.mask, ref, r.study.spacing)
+                ref = read_reference(f, r.mask.shape, name)
+                return ref, compare_masks(r.mask, ref)
+
+        ref, res = await run_in_threadpool(run)
+        pngs = [_b64png(m.astype(np.uint8) * 255) for m in (ref if ref.ndim == 3 else [ref])]
+        return {"reference": name, "threshold": r.threshold, **res, "reference_png": pngs}
+
     @app.get("/api/result/{result_id}/mask.png")
     def mask_png(result_id: str, threshold: float | None = None, slice: int = 0):
         """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask)."""
@@ -452,6 +478,30 @@ def create_app(
             buf.getvalue(),
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
+        )
+
+    @app.get("/api/result/{result_id}/{filename}")
+    def study_file(result_id: str, filename: str, threshold: float | None = None):
+        """One of the CLI's study outputs: ``mask.nii.gz`` (input geometry) or ``mask_seg.dcm`` (DICOM input)."""
+        if filename not in ("mask.nii.gz", "mask_seg.dcm"):
+            raise BadRequest(404, f"{filename}: not a study output (mask.nii.gz, mask_seg.dcm, study.zip)")
+        kind, r, name = _result(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        if filename == "mask_seg.dcm" and r.study.kind != "dicom":
+            raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
+        from ..studies import write_study_outputs
+
+        stem = _stem(name)
+        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+            write_study_outputs(r, Path(tmp) / stem)
+            f = Path(tmp) / stem / filename
+            if not f.is_file():
+                raise BadRequest(500, f"{name}: {filename} could not be written ({'; '.join(r.study.notes[-1:])})")
+            data = f.read_bytes()
+        media = "application/gzip" if filename.endswith(".gz") else "application/dicom"
+        return Response(
+            data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{stem}_{filename}"'}
         )
 
     static = Path(str(resources.files("tumorseg") / "app" / "static"))

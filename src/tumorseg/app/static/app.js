@@ -7,6 +7,7 @@
 
 const $ = (id) => document.getElementById(id);
 const state = { items: [], index: 0, study: null, official: null, syncTimer: 0,
+  seq: -1, win: 255, lev: 128, wlAuto: true, zoom: 1, panX: 0, panY: 0, drag: null,
   token: sessionStorage.getItem("tumorseg-token") || "" };
 
 function authHeaders() { return state.token ? { Authorization: "Bearer " + state.token } : {}; }
@@ -115,7 +116,13 @@ async function openFiles(fileList) {
   state.items = items;
   state.study = study;
   state.official = null;
-  $("dl-study").hidden = !study;
+  $("dl-study").hidden = $("dl-nifti").hidden = !study;
+  $("dl-seg").hidden = !(study && study.kind === "dicom");
+  state.wlAuto = true;
+  setZoom(1);
+  state.ref = null; state.refFile = null;
+  $("s-ref-row").hidden = true;
+  $("ref-label").hidden = false;
   state.index = study ? bestSlice(items, threshold) : 0;
   const s = $("slice");
   s.max = String(items.length - 1);
@@ -153,10 +160,23 @@ function render() {
   $("slice-val").textContent = `${state.index + 1} / ${state.items.length}`;
   const { width: w, height: h } = it;
   for (const id of ["orig", "ai"]) { const c = $(id); if (c.width !== w || c.height !== h) { c.width = w; c.height = h; } }
-  $("orig").getContext("2d").putImageData(it.image, 0, 0);
+  if (state.wlAuto) autoWindow(it);
+  const lut = wlLut();
+  const base = new ImageData(w, h);
+  const bsrc = it.image.data, bd = base.data, seq = state.seq;
+  for (let o = 0; o < bsrc.length; o += 4) {
+    if (seq < 0) { bd[o] = lut[bsrc[o]]; bd[o + 1] = lut[bsrc[o + 1]]; bd[o + 2] = lut[bsrc[o + 2]]; }
+    else { bd[o] = bd[o + 1] = bd[o + 2] = lut[bsrc[o + seq]]; }
+    bd[o + 3] = 255;
+  }
+  $("orig").getContext("2d").putImageData(base, 0, 0);
+  $("window").value = String(Math.round(state.win)); $("level").value = String(Math.round(state.lev));
+  $("window-val").textContent = String(Math.round(state.win)); $("level-val").textContent = String(Math.round(state.lev));
+  drawColorbar(thr);
+  showOrientation();
 
   const out = new ImageData(w, h);
-  const src = it.image.data, dst = out.data, p = it.prob;
+  const src = bd, dst = out.data, p = it.prob;
   const mode = currentMode();
   const off = officialFor(it, thr);
   if (!off) scheduleSync();
@@ -179,6 +199,16 @@ function render() {
       if (edge) { r = r * (1 - Math.max(alpha, 0.6)) + 255 * Math.max(alpha, 0.6); g = g * (1 - Math.max(alpha, 0.6)) + 255 * Math.max(alpha, 0.6); b = b * (1 - Math.max(alpha, 0.6)); }
     }
     dst[o] = r; dst[o + 1] = g; dst[o + 2] = b; dst[o + 3] = 255;
+  }
+  const ref = state.ref && state.ref.masks[state.study ? it.slice : 0];
+  if (ref && ref.length === w * h) {
+    for (let i = 0; i < w * h; i++) {
+      if (!ref[i]) continue;
+      const x = i % w, y = (i - x) / w;
+      if (x === 0 || y === 0 || x === w - 1 || y === h - 1 || !ref[i - 1] || !ref[i + 1] || !ref[i - w] || !ref[i + w]) {
+        const o = 4 * i; dst[o] = 0; dst[o + 1] = 255; dst[o + 2] = 255;
+      }
+    }
   }
   $("ai").getContext("2d").putImageData(out, 0, 0);
   $("right-caption").textContent = { heatmap: "AI heatmap (JET; faint below the threshold)", contour: "AI contour", mask: "AI binary mask" }[mode];
@@ -245,6 +275,7 @@ async function syncMask() {
     if (!cur || officialKey(cur, parseFloat($("threshold").value)) !== key) return; // moved on meanwhile
     state.official = { key, mask, pixels: r.tumour_pixels, measurements: r.measurements || null };
     render();
+    if (state.refFile && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) runCompare();
   } catch (e) {
     showError([e.message]);
   }
@@ -262,6 +293,172 @@ async function downloadUrl(url, name) {
   } catch (e) {
     showError([e.message]);
   }
+}
+
+// ---- display: window/level, sequence, colour bar, orientation, zoom/pan, crosshair
+
+function wlLut() {
+  const lut = new Uint8ClampedArray(256), lo = state.lev - state.win / 2;
+  for (let v = 0; v < 256; v++) lut[v] = ((v - lo) / state.win) * 255;
+  return lut;
+}
+
+// Automatic window: the 1st-99th percentiles of the displayed channel(s), background excluded.
+function autoWindow(it) {
+  const hist = new Uint32Array(256), d = it.image.data;
+  let n = 0;
+  for (let o = 0; o < d.length; o += 4) {
+    const vals = state.seq < 0 ? [d[o], d[o + 1], d[o + 2]] : [d[o + state.seq]];
+    for (const v of vals) if (v > 0) { hist[v]++; n++; }
+  }
+  if (!n) { state.win = 255; state.lev = 128; return; }
+  let acc = 0, p1 = 0, p99 = 255;
+  for (let v = 0; v < 256; v++) { acc += hist[v]; if (acc >= 0.01 * n) { p1 = v; break; } }
+  acc = 0;
+  for (let v = 0; v < 256; v++) { acc += hist[v]; if (acc >= 0.99 * n) { p99 = v; break; } }
+  state.win = Math.max(1, p99 - p1);
+  state.lev = (p1 + p99) / 2;
+}
+
+function drawColorbar(thr) {
+  const c = $("colorbar"), ctx = c.getContext("2d"), img = ctx.createImageData(c.width, c.height);
+  for (let x = 0; x < c.width; x++) {
+    const col = JET[Math.round((x / (c.width - 1)) * 255)];
+    for (let y = 0; y < c.height; y++) { const o = 4 * (y * c.width + x); img.data[o] = col[0]; img.data[o + 1] = col[1]; img.data[o + 2] = col[2]; img.data[o + 3] = 255; }
+  }
+  ctx.putImageData(img, 0, 0);
+  const tx = Math.round(thr * (c.width - 1));
+  ctx.fillStyle = "#fff"; ctx.fillRect(tx - 1, 0, 3, c.height);
+  ctx.fillStyle = "#000"; ctx.fillRect(tx, 0, 1, c.height);
+  c.dataset.threshold = thr.toFixed(2);
+  c.title = `probability 0 (blue) to 1 (red); threshold ${thr.toFixed(2)} marked`;
+}
+
+function showOrientation() {
+  const o = state.study && state.study.orientation ? state.study.orientation : null;
+  const el = $("orientation");
+  for (const side of ["top", "left", "right", "bottom"]) el.querySelector(`.o-${side}`).textContent = o ? o[side] : "";
+  el.querySelector(".o-unknown").hidden = !!o;
+  el.dataset.known = o ? "1" : "0";
+}
+
+function applyZoom() {
+  const t = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom})`;
+  $("orig").style.transform = t; $("ai").style.transform = t;
+  $("zoom").value = String(state.zoom);
+  $("zoom-val").textContent = `${state.zoom.toFixed(1)}×`;
+  $("orig").dataset.zoom = $("ai").dataset.zoom = state.zoom.toFixed(2);
+}
+
+function setZoom(z) {
+  state.zoom = Math.max(1, Math.min(6, z));
+  if (state.zoom === 1) { state.panX = 0; state.panY = 0; }
+  applyZoom();
+}
+
+// Pointer -> image pixel, through the canvas's on-screen box (zoom and pan included).
+function pixelAt(canvas, e) {
+  const r = canvas.getBoundingClientRect(), it = state.items[state.index];
+  if (!it) return null;
+  const s = Math.min(r.width / it.width, r.height / it.height); // object-fit: contain
+  const ox = r.left + (r.width - it.width * s) / 2, oy = r.top + (r.height - it.height * s) / 2;
+  const x = Math.floor((e.clientX - ox) / s), y = Math.floor((e.clientY - oy) / s);
+  return x >= 0 && y >= 0 && x < it.width && y < it.height ? { x, y, s, ox, oy } : null;
+}
+
+function onPointer(e) {
+  const it = state.items[state.index];
+  if (!it) return;
+  const pt = pixelAt(e.currentTarget.querySelector("canvas"), e);
+  for (const id of ["frame-orig", "frame-ai"]) {
+    const fr = $(id), mark = fr.querySelector(".cross");
+    if (!pt) { mark.hidden = true; continue; }
+    const cv = fr.querySelector("canvas"), cr = cv.getBoundingClientRect(), fb = fr.getBoundingClientRect();
+    const s = Math.min(cr.width / it.width, cr.height / it.height);
+    const ox = cr.left + (cr.width - it.width * s) / 2, oy = cr.top + (cr.height - it.height * s) / 2;
+    mark.hidden = false;
+    mark.style.left = `${ox - fb.left + (pt.x + 0.5) * s}px`;
+    mark.style.top = `${oy - fb.top + (pt.y + 0.5) * s}px`;
+  }
+  if (!pt) return;
+  const prob = it.prob[pt.y * it.width + pt.x] / 255;
+  const sp = it.spacing;
+  let pos = `x ${pt.x}, y ${pt.y} px`;
+  if (sp) pos += ` · ${(pt.x * sp[2]).toFixed(1)}, ${(pt.y * sp[1]).toFixed(1)} mm` + (state.study ? `, slice ${(state.index * sp[0]).toFixed(1)} mm` : "");
+  $("readout").textContent = `${pos} · probability ${prob.toFixed(2)}`;
+  $("readout").dataset.prob = prob.toFixed(3);
+}
+
+// ---- compare with the user's reference mask (the server computes Dice as the CLI's --reference does)
+async function runCompare() {
+  const it = state.items[state.index];
+  if (!it || !state.refFile) return;
+  const fd = new FormData();
+  fd.append("result_id", it.resultId);
+  fd.append("threshold", String(parseFloat($("threshold").value)));
+  fd.append("file", state.refFile, state.refFile.name);
+  try {
+    const r = await api("/api/compare", { method: "POST", body: fd });
+    const masks = [];
+    for (const b64 of r.reference_png) {
+      const rgba = await decodePng(b64);
+      const m = new Uint8Array(rgba.width * rgba.height);
+      for (let i = 0; i < m.length; i++) m[i] = rgba.data[4 * i];
+      masks.push(m);
+    }
+    state.ref = { masks, result: r, threshold: r.threshold };
+    let txt = `Dice ${r.dice.toFixed(4)} vs ${r.reference}`;
+    if (r.volume_difference_ml !== undefined && r.volume_difference_ml !== null) txt += ` · volume difference ${r.volume_difference_ml >= 0 ? "+" : ""}${r.volume_difference_ml.toFixed(2)} mL (model ${r.model_ml.toFixed(2)}, reference ${r.reference_ml.toFixed(2)})`;
+    else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
+    if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice + 1).join(", ")}`;
+    $("s-ref").textContent = txt;
+    $("s-ref").dataset.dice = r.dice.toFixed(6);
+    $("s-ref-row").hidden = false;
+    render();
+  } catch (e) {
+    showError([e.message]);
+  }
+}
+
+function initViewer() {
+  $("reference-input").addEventListener("change", (e) => {
+    if (e.target.files.length) { state.refFile = e.target.files[0]; runCompare(); }
+    e.target.value = "";
+  });
+  $("sequence").addEventListener("change", (e) => { state.seq = parseInt(e.target.value, 10); render(); });
+  for (const id of ["window", "level"]) $(id).addEventListener("input", () => {
+    state.wlAuto = false; state.win = parseFloat($("window").value); state.lev = parseFloat($("level").value); render();
+  });
+  $("wl-auto").addEventListener("click", () => { state.wlAuto = true; render(); });
+  $("wl-full").addEventListener("click", () => { state.wlAuto = false; state.win = 255; state.lev = 127.5; render(); });
+  $("zoom").addEventListener("input", (e) => setZoom(parseFloat(e.target.value)));
+  for (const id of ["frame-orig", "frame-ai"]) {
+    const fr = $(id);
+    fr.addEventListener("mousemove", (e) => {
+      const d = state.drag;
+      if (d && d.mode === "pan") { state.panX = d.px + e.clientX - d.x; state.panY = d.py + e.clientY - d.y; applyZoom(); }
+      if (d && d.mode === "wl") {
+        state.wlAuto = false;
+        state.win = Math.max(1, Math.min(255, d.win + (e.clientX - d.x)));
+        state.lev = Math.max(0, Math.min(255, d.lev - (e.clientY - d.y)));
+        render();
+      }
+      onPointer(e);
+    });
+    fr.addEventListener("mouseleave", () => { state.drag = null; document.querySelectorAll(".cross").forEach((m) => { m.hidden = true; }); });
+    fr.addEventListener("mousedown", (e) => {
+      if (e.button === 2) state.drag = { mode: "wl", x: e.clientX, y: e.clientY, win: state.win, lev: state.lev };
+      else if (e.button === 0 && state.zoom > 1) state.drag = { mode: "pan", x: e.clientX, y: e.clientY, px: state.panX, py: state.panY };
+    });
+    fr.addEventListener("contextmenu", (e) => e.preventDefault());
+    fr.addEventListener("wheel", (e) => {
+      if (!state.items.length) return;
+      e.preventDefault();
+      if (e.ctrlKey) setZoom(state.zoom * (e.deltaY < 0 ? 1.15 : 1 / 1.15));
+      else step(e.deltaY > 0 ? 1 : -1);
+    }, { passive: false });
+  }
+  document.addEventListener("mouseup", () => { state.drag = null; });
 }
 
 function download(canvas, name) {
@@ -282,6 +479,12 @@ function downloadMask() {
   const thr = parseFloat($("threshold").value);
   const q = `threshold=${thr}&slice=${it.slice}`;
   downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, state.study ? `${stem(state.study.source || "study")}_slice${String(it.slice + 1).padStart(4, "0")}_mask.png` : `${stem(it.name)}_mask.png`);
+}
+
+function downloadStudyFile(file) {
+  const it = state.items[state.index];
+  const thr = parseFloat($("threshold").value);
+  downloadUrl(`/api/result/${it.resultId}/${file}?threshold=${thr}`, `${stem(state.study.source || "study")}_${file}`);
 }
 
 function downloadStudy() {
@@ -306,11 +509,15 @@ async function init() {
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", render));
   $("dl-mask").addEventListener("click", downloadMask);
   $("dl-study").addEventListener("click", downloadStudy);
+  $("dl-nifti").addEventListener("click", () => downloadStudyFile("mask.nii.gz"));
+  $("dl-seg").addEventListener("click", () => downloadStudyFile("mask_seg.dcm"));
+  initViewer();
   $("dl-overlay").addEventListener("click", () => download($("ai"), `${stem(state.items[state.index].name)}_overlay.png`));
   document.addEventListener("keydown", (e) => {
-    if (e.target.tagName === "INPUT" && e.target.type !== "range" && e.target.type !== "radio") return;
-    if (e.key === "ArrowRight" || e.key === "ArrowDown") { e.preventDefault(); step(1); }
-    if (e.key === "ArrowLeft" || e.key === "ArrowUp") { e.preventDefault(); step(-1); }
+    // Controls keep their own keys (a focused slider moves itself); elsewhere arrows and PageUp/Down scroll slices.
+    if (["INPUT", "SELECT", "BUTTON", "TEXTAREA"].includes(e.target.tagName)) return;
+    if (e.key === "ArrowRight" || e.key === "ArrowDown" || e.key === "PageDown") { e.preventDefault(); step(1); }
+    if (e.key === "ArrowLeft" || e.key === "ArrowUp" || e.key === "PageUp") { e.preventDefault(); step(-1); }
   });
   ["dragenter", "dragover"].forEach((ev) => document.addEventListener(ev, (e) => { e.preventDefault(); document.body.classList.add("dragging"); }));
   ["dragleave", "drop"].forEach((ev) => document.addEventListener(ev, (e) => { e.preventDefault(); document.body.classList.remove("dragging"); }));
