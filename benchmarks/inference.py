@@ -73,10 +73,7 @@ def worker(args) -> dict:
 
     from tumorseg.inference import Predictor
 
-    pred = Predictor.__new__(Predictor)
-    pred.engine, pred.meta, pred.size = eng, eng.meta, eng.size
-    pred.threshold = float(eng.meta.get("threshold", 0.5))
-    pred.min_component_pixels = int(eng.meta.get("min_component_pixels", 0))
+    pred = Predictor.from_engine(eng)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "TCGA_BENCH_0001"
         folder.mkdir()

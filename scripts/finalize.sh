@@ -13,7 +13,7 @@ SPLIT=docs/results/split.json
 mkdir -p docs/results "$(dirname "$V1")"
 [ -f "$V1" ] || git show 7e81581:src/tumorseg/models/default.safetensors > "$V1"
 # 1. validation-only choices (threshold, small components over three robustness conditions, fp16 check)
-$PY scripts/package_model.py --run "$RUN" --data "$DATA" --select-on original,skull_stripped,flair_only \
+$PY scripts/package_model.py --run "$RUN" --data "$DATA" --select-on original,skull_stripped,flair_only --int8 \
     --threads 2 > docs/results/package.json
 cp "$RUN/split.json" $SPLIT
 cp "$RUN/log.jsonl" docs/results/train_log.jsonl

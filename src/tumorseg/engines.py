@@ -19,10 +19,37 @@ import torch
 from .model import ModelFileError, file_sha256, load_model
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
-# The default for a .safetensors model: bf16 keeps fp32's Dice (benchmarks/inference.py) at 2.4x its
-# speed and needs nothing but the one model file. onnx-int8 is faster but needs calibration on
-# training slices: `tumorseg export --int8-calibration DATA` writes an int8 .onnx that --model accepts.
+# The default for a model file without a packaged int8 twin: bf16 keeps fp32's Dice at 2.4x its speed.
+# The bundled model ships an int8 ONNX file built and checked at packaging (scripts/package_model.py
+# --int8); default.json records whether it passed, and the bundled default engine follows that record.
 DEFAULT_ENGINE = "torch-bf16"
+
+
+def cpu_has_vnni() -> bool:
+    """int8 convolutions are fast only with VNNI (AVX-512 VNNI or AVX-VNNI); unknown CPUs count as yes."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def bundled_default_engine() -> tuple[str, Path | None, str]:
+    """(engine, int8 file or None, why) for the bundled model, from the record written at packaging."""
+    import json
+
+    info_path = bundled_model_path().with_suffix(".json")
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    if info.get("default_engine") != "onnx-int8":
+        return DEFAULT_ENGINE, None, "no int8 file passed the validation check at packaging"
+    q = bundled_model_path().with_name(info["int8"]["file"])
+    if not q.is_file():
+        return DEFAULT_ENGINE, None, f"{q.name} is missing from this installation"
+    if not cpu_has_vnni():
+        return DEFAULT_ENGINE, None, "this CPU lacks VNNI, where int8 is slower than bf16"
+    if file_sha256(q) != info["int8"]["sha256"]:
+        raise ModelFileError(f"{q}: sha256 does not match {info_path.name}; the bundled int8 model is corrupted")
+    return "onnx-int8", q, "int8 passed the validation check at packaging (default.json)"
 
 
 def bundled_model_path() -> Path:
@@ -57,6 +84,7 @@ class Engine:
     """A model ready to run; thread-safe (calls are serialised)."""
 
     name = "base"
+    reason = ""  # why this engine was chosen (shown by /api/model and the CLI)
 
     def __init__(self, model_path: Path, meta: dict, threads: int):
         self.model_path = model_path
@@ -154,12 +182,38 @@ def load_engine(
     device: str = "auto",
     calibration: np.ndarray | None = None,
 ) -> Engine:
-    """Load a model file and wrap it in the requested engine."""
+    """Load a model file and wrap it in the requested engine.
+
+    Args:
+        model: a .safetensors or self-describing .onnx file; None for the bundled model.
+        engine: one of ENGINES; None for the default (for the bundled model: the engine recorded at
+            packaging, int8 where it passed and the CPU has VNNI; else torch-bf16).
+        threads: CPU threads (0: up to 8).
+        device: 'auto', 'cpu' or 'cuda' for the torch engines.
+        calibration: slices for building int8 from a model without a packaged int8 file.
+    Returns:
+        An ``Engine``; ``engine.reason`` says why this engine was chosen.
+    """
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if model is not None and str(model).lower().endswith(".onnx"):
         return load_onnx_file(Path(model), threads, engine)
+    reason = "asked for" if engine else f"default for a model without a packaged int8 file ({DEFAULT_ENGINE})"
+    if model is None and engine in (None, "onnx-int8"):
+        chosen, qfile, why = bundled_default_engine()
+        if qfile is not None:
+            resolve_model(None)  # the bundled safetensors is checked too
+            eng = load_onnx_file(qfile, threads, "onnx-int8")
+            eng.reason = why if engine is None else "asked for"
+            return eng
+        if engine is None:
+            engine, reason = chosen, why
     engine = engine or DEFAULT_ENGINE
+    if engine == "onnx-int8" and calibration is None:
+        raise ValueError(
+            "onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
+            "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model"
+        )
     path = resolve_model(model)
     net, meta = load_model(path)
     threads = threads or default_threads()
@@ -167,18 +221,17 @@ def load_engine(
         dev = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         )
-        return TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
+        eng = TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
+        eng.reason = reason
+        return eng
     onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
     if engine == "onnx-int8":
-        if calibration is None:
-            raise ValueError(
-                "onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
-                "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model"
-            )
         from .quantize import quantize_int8
 
         onnx_bytes = quantize_int8(onnx_bytes, meta, calibration)
-    return OnnxEngine(path, meta, onnx_bytes, threads, engine)
+    eng = OnnxEngine(path, meta, onnx_bytes, threads, engine)
+    eng.reason = reason
+    return eng
 
 
 def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
@@ -197,14 +250,15 @@ def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
 def load_onnx_file(path: Path, threads: int, engine: str | None) -> Engine:
     import json
 
-    import onnxruntime as ort
-
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     data = path.read_bytes()
     try:
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        raw = sess.get_modelmeta().custom_metadata_map.get("tumorseg")
+        import onnx
+
+        proto = onnx.load_model_from_string(data)
+        raw = {p.key: p.value for p in proto.metadata_props}.get("tumorseg")
+        del proto
     except Exception as exc:
         raise ModelFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
     if not raw:
@@ -213,4 +267,6 @@ def load_onnx_file(path: Path, threads: int, engine: str | None) -> Engine:
     kind = meta.get("engine", "onnx-fp32")
     if engine and engine != kind:
         raise ValueError(f"{path} is an {kind} model; it cannot run as {engine}")
-    return OnnxEngine(path, meta, data, threads or default_threads(), kind)
+    eng = OnnxEngine(path, meta, data, threads or default_threads(), kind)
+    eng.reason = "the model file's own engine"
+    return eng

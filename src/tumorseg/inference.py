@@ -103,6 +103,15 @@ class Predictor:
         self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
         self.min_component_pixels = int(self.meta.get("min_component_pixels", 0))
 
+    @classmethod
+    def from_engine(cls, engine, threshold: float | None = None) -> Predictor:
+        """A Predictor around an already loaded engine (benchmarks compare engines this way)."""
+        self = cls.__new__(cls)
+        self.engine, self.meta, self.size = engine, engine.meta, engine.size
+        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
+        self.min_component_pixels = int(self.meta.get("min_component_pixels", 0))
+        return self
+
     @property
     def model_path(self) -> Path:
         return self.engine.model_path
@@ -112,6 +121,7 @@ class Predictor:
         return {
             "model": self.model_path.name,
             "engine": self.engine.name,
+            "engine_reason": self.engine.reason,
             "input_size": self.size,
             "threshold": self.threshold,
             "architecture": m.get("architecture", {}).get("name"),

@@ -566,7 +566,12 @@ def serve(
         allowed_hosts=allowed_host_names(host, allow_hosts),
     )
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
-    print(f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{DISCLAIMER}", file=sys.stderr)
+    pred = app.state.predictor
+    print(
+        f"tumorseg {__version__} at {url}  (API docs: {url}docs)\nmodel {pred.model_path.name}, engine "
+        f"{pred.engine.name} ({pred.engine.reason})\n{DISCLAIMER}",
+        file=sys.stderr,
+    )
     if open_browser:
         threading.Timer(1.2, lambda: webbrowser.open(url)).start()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
