@@ -111,6 +111,19 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
             browser.close()
 
 
+def _open(p, server, viewport=(1280, 720), **kw):
+    """Chromium on the app's page, with the model loaded; returns (browser, page)."""
+    browser = p.chromium.launch(
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **kw)
+    page.goto(server)
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+    return browser, page
+
+
 def test_patient_slices_chosen_together_open_as_one_study(server, tmp_path, tiny_model):
     """The page asks the server's rule: numbered slices of one patient are a study, as in the CLI."""
     import json
@@ -128,15 +141,8 @@ def test_patient_slices_chosen_together_open_as_one_study(server, tmp_path, tiny
     assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_model), "--engine", "torch-fp32"]) == 0
     cli = json.loads(next(out.glob("*/study.json")).read_text())
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser, page = _open(p, server)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.goto(server)
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
             page.set_input_files("#file-input", files)
             page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
             assert not page.is_hidden("#slice-group")
@@ -164,15 +170,8 @@ def test_viewer_controls(server, tmp_path):
 
     Image.fromarray((np.linspace(0, 200, 64 * 64).reshape(64, 64)).astype(np.uint8)).save(png)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser, page = _open(p, server, accept_downloads=True)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
-            page.goto(server)
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
             page.set_input_files("#file-input", str(png))
             page.wait_for_selector("#s-area[data-official='1']", timeout=30000)
             assert page.get_attribute("#orientation", "data-known") == "0"
@@ -270,15 +269,8 @@ def test_reference_mask_dice_equals_the_cli(server, tmp_path, tiny_model):
     )
     cli = json.loads((out / "comparison.json").read_text())
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser, page = _open(p, server)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.goto(server)
-            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
             page.set_input_files("#file-input", str(nii))
             page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
             page.set_input_files("[data-testid=reference-mask]", str(ref_path))
