@@ -21,6 +21,27 @@ from .io import IMAGE_EXTENSIONS, head_depth, read_image, read_mask, to_uint8_rg
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+def normalisation(imagenet: bool) -> dict:
+    """The input normalisation a model file records (and every engine then applies)."""
+    return {
+        "scale": "uint8/255",
+        "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
+        "std": list(IMAGENET_STD) if imagenet else [1, 1, 1],
+    }
+
+
+def model_input(batch_u8: np.ndarray, norm: dict) -> np.ndarray:
+    """N x S x S x 3 uint8 -> N x 3 x S x S float32, scaled and normalised as the model file says.
+
+    The one numpy home of this rule: the engines and int8 calibration call it; training applies the
+    same numbers on its device from ``normalisation``.
+    """
+    mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
+    std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
+    return (batch_u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+
+
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask$", re.IGNORECASE)
 _SLICE_RE = re.compile(r"^(?P<patient>.+)_(?P<index>\d+)$")
 

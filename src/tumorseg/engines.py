@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import model_input
 from .model import ModelFileError, file_sha256, load_model
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
@@ -92,13 +93,11 @@ class Engine:
         self.threads = threads
         self.size = int(meta.get("input_size", 256))
         norm = meta.get("normalisation", {})
-        self.mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
-        self.std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
+        self.norm = norm
         self._lock = threading.Lock()
 
     def preprocess(self, batch_u8: np.ndarray) -> np.ndarray:
-        x = batch_u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-        return (x - self.mean) / self.std
+        return model_input(batch_u8, self.norm)
 
     def run(self, batch_u8: np.ndarray) -> np.ndarray:
         if batch_u8.ndim != 4 or batch_u8.shape[1:] != (self.size, self.size, 3):

@@ -18,9 +18,9 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
 
     if calibration is None or len(calibration) == 0:
         raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
+    from .data import model_input
+
     norm = meta.get("normalisation", {})
-    mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
-    std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -30,8 +30,7 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
             i = next(self.it, None)
             if i is None:
                 return None
-            x = calibration[i : i + 1].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-            return {"image": (x - mean) / std}
+            return {"image": model_input(calibration[i : i + 1], norm)}
 
     with tempfile.TemporaryDirectory(prefix="tumorseg-q-") as tmp:
         src = os.path.join(tmp, "fp32.onnx")

@@ -23,8 +23,6 @@ import torch.nn.functional as F
 
 from . import __version__
 from .data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     DatasetError,
     LoadedSet,
     PatchSampler,
@@ -35,6 +33,7 @@ from .data import (
     load_cases,
     load_split,
     make_split,
+    normalisation,
     save_split,
 )
 from .io import atomic_write_bytes
@@ -124,8 +123,10 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def _imagenet(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    """``data.model_input``'s normalisation on the training device (x already in [0, 1])."""
+    norm = normalisation(True)
+    mean = torch.tensor(norm["mean"], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std
 
 
@@ -518,11 +519,7 @@ def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, 
             "out": "1-channel logits",
         },
         "input_size": cfg.image_size,
-        "normalisation": {
-            "scale": "uint8/255",
-            "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
-            "std": list(IMAGENET_STD) if imagenet else [1, 1, 1],
-        },
+        "normalisation": normalisation(imagenet),
         "channels": ["pre-contrast", "FLAIR", "post-contrast"],
         "threshold": thr,
         "min_component_pixels": 0,
