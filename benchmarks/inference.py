@@ -117,6 +117,57 @@ def worker(args) -> dict:
     return res
 
 
+def api_worker(args) -> dict:
+    """The REST round trip with the default engine: POST /api/segment for one 256x256 slice, and
+    POST /api/study for a 36-slice NIfTI, through the app in process (no network), against the engine."""
+    import io
+
+    import nibabel as nib
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from tumorseg.app.server import create_app
+    from tumorseg.inference import Predictor
+
+    pred = Predictor(args.model, threads=args.threads)
+    client = TestClient(create_app(pred))
+    rng = np.random.default_rng(0)
+    small = rng.random((32, 32, 3))
+    img = np.asarray(Image.fromarray((small * 255).astype(np.uint8)).resize((256, 256), Image.BILINEAR))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    png = buf.getvalue()
+    x1 = img[None]
+    for _ in range(3):
+        client.post("/api/segment", files={"file": ("s.png", png)})
+        pred.engine.run(x1)
+    eng_ms, api_ms = [], []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        pred.engine.run(x1)
+        eng_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        r = client.post("/api/segment", files={"file": ("s.png", png)})
+        api_ms.append((time.perf_counter() - t) * 1000)
+        assert r.status_code == 200
+    vol = (np.kron(rng.random((32, 32, 36)), np.ones((8, 8, 1))) * 1000).astype(np.int16)
+    nb = io.BytesIO(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 4.0, 1.0])).to_bytes())
+    study_s = []
+    for _ in range(3):
+        t = time.perf_counter()
+        r = client.post("/api/study", files={"file": ("v.nii", nb.getvalue())})
+        study_s.append(time.perf_counter() - t)
+        assert r.status_code == 200
+    return {
+        "engine": pred.engine.name,
+        "engine_ms_median": statistics.median(eng_ms),
+        "api_segment_ms_median": statistics.median(api_ms),
+        "api_overhead_ms": statistics.median(api_ms) - statistics.median(eng_ms),
+        "api_study36_s_median": statistics.median(study_s),
+        "response_kb": len(r.content) / 1024,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
@@ -126,7 +177,11 @@ def main() -> None:
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--engine", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--api", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.api:  # REST worker mode
+        print(json.dumps(api_worker(args)))
+        return
     if args.engine:  # worker mode
         print(json.dumps(worker(args)))
         return
@@ -145,6 +200,12 @@ def main() -> None:
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr)
+    cmd = [sys.executable, __file__, "--api", "--threads", str(args.threads), "--runs", str(args.runs)]
+    if args.model:
+        cmd += ["--model", args.model]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    api = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-800:]}
+    print(json.dumps(api), file=sys.stderr)
     base = next((r for r in rows if r["engine"] == "torch-fp32"), None)
     for r in rows:
         if base:
@@ -155,7 +216,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    (out / "inference.json").write_text(json.dumps({"machine": machine, "rows": rows, "api": api}, indent=1) + "\n")
     lines = [
         f"Machine: {machine}. Median of {args.runs} runs after warm-up; each engine in its own process.",
         "",
@@ -168,6 +229,13 @@ def main() -> None:
             f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
             f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} |"
         )
+    if "api_segment_ms_median" in api:
+        lines += [
+            "",
+            f"REST with the default engine ({api['engine']}), in process: POST /api/segment of one 256x256 PNG "
+            f"{api['api_segment_ms_median']:.1f} ms against {api['engine_ms_median']:.1f} ms in the engine "
+            f"(+{api['api_overhead_ms']:.1f} ms); POST /api/study of a 36-slice NIfTI {api['api_study36_s_median']:.2f} s.",
+        ]
     (out / "inference.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -48,7 +48,7 @@ class BadRequest(Exception):
 
 
 def _b64png(arr: np.ndarray) -> str:
-    return base64.b64encode(encode_png(arr)).decode("ascii")
+    return base64.b64encode(encode_png(arr, compress_level=1)).decode("ascii")
 
 
 async def _read_capped(upload: UploadFile, cap: int) -> bytes:
