@@ -289,19 +289,14 @@ def create_app(
         from starlette.concurrency import run_in_threadpool
 
         r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
+        summary = {k: v for k, v in r.summary().items() if k != "source"}  # the CLI's numbers, one home
         body = {
             "result_id": remember("image", r, name),
             "filename": name,
-            "width": int(r.mask.shape[1]),
-            "height": int(r.mask.shape[0]),
-            "threshold": r.threshold,
-            "tumour_pixels": r.area_pixels,
-            "area_mm2": r.area_mm2,
-            "max_probability": r.max_prob,
+            **summary,
             "image_png": _b64png(r.image),
             "prob_png": _b64png(r.prob_png_array()),
             "mask_png": _b64png(r.mask_png_array()),
-            "warnings": r.warnings,
             "model": {"model": pred.model_path.name, "engine": pred.engine.name},  # the rest: GET /api/model
             "disclaimer": DISCLAIMER,
         }
