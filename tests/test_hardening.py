@@ -447,3 +447,43 @@ def test_read_image_refuses_expansion(tmp_path):
     with pytest.raises(ImageReadError, match="decompression bomb"):
         read_image(p)
     assert os.path.getsize(p) < 300
+
+
+def test_model_slots_are_first_come_first_served_and_a_timed_out_wait_is_skipped():
+    order, sent = [], []
+
+    async def app(scope, receive, send):
+        order.append(scope["path"])
+        await asyncio.sleep(0.2 if scope["path"] == "/api/a" else 0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    def scope(path):
+        return {"type": "http", "method": "POST", "path": path, "headers": [(b"host", b"127.0.0.1")]}
+
+    async def run():
+        guard = RequestGuard(app, 1 << 20, 5.0, max_concurrent=1, queue_timeout=0.05)
+
+        async def call(g, path):
+            out = []
+
+            async def send(m):
+                out.append(m)
+
+            await g(scope(path), receive, send)
+            sent.append((path, next(m["status"] for m in out if m["type"] == "http.response.start")))
+
+        t1 = asyncio.create_task(call(guard, "/api/a"))
+        await asyncio.sleep(0.01)
+        t2 = asyncio.create_task(call(guard, "/api/b"))  # gives up after 0.05 s: 503
+        await asyncio.gather(t1, t2)
+        t3 = asyncio.create_task(call(guard, "/api/c"))  # the abandoned ticket is skipped
+        t4 = asyncio.create_task(call(guard, "/api/d"))
+        await asyncio.gather(t3, t4)
+
+    asyncio.run(run())
+    assert ("/api/b", 503) in sent and ("/api/c", 200) in sent and ("/api/d", 200) in sent
+    assert order == ["/api/a", "/api/c", "/api/d"]

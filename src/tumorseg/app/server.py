@@ -108,7 +108,12 @@ class RequestGuard:
         self.app, self.cap, self.body_timeout = app, cap, body_timeout
         self.allowed_hosts = allowed_hosts
         self.queue_timeout = queue_timeout
-        self.slots = threading.BoundedSemaphore(max_concurrent)  # any event loop (tests run several)
+        # First come, first served model slots; a lock, not an asyncio primitive, so any event loop works
+        # (tests run several). Tickets of requests that gave up are skipped.
+        self.max_concurrent = max_concurrent
+        self.lock = threading.Lock()
+        self.active = self.issued = self.serving = 0
+        self.abandoned: set[int] = set()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -156,15 +161,32 @@ class RequestGuard:
         heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
         if not heavy:
             return await self.app(scope, guarded_receive, guarded_send)
+        with self.lock:
+            ticket = self.issued
+            self.issued += 1
         deadline = time.monotonic() + self.queue_timeout
-        while not self.slots.acquire(blocking=False):
+        while not self._enter(ticket):
             if time.monotonic() > deadline:
+                with self.lock:
+                    self.abandoned.add(ticket)
                 return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         try:
             await self.app(scope, guarded_receive, guarded_send)
         finally:
-            self.slots.release()
+            with self.lock:
+                self.active -= 1
+
+    def _enter(self, ticket: int) -> bool:
+        with self.lock:
+            while self.serving in self.abandoned:
+                self.abandoned.discard(self.serving)
+                self.serving += 1
+            if ticket == self.serving and self.active < self.max_concurrent:
+                self.serving += 1
+                self.active += 1
+                return True
+            return False
 
 
 MAX_RESULTS = 4
