@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
 
-STUDY_SUFFIXES = (".nii", ".nii.gz", ".zip", ".dcm")
-
 
 def is_study(p) -> bool:
     from .studies import is_study_source

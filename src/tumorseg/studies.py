@@ -290,11 +290,6 @@ def read_slices(items: list[tuple[str, object]], source: str) -> Study:
     )
 
 
-def read_kaggle_patient(folder: Path) -> Study:
-    """A kaggle_3m patient folder (kept for callers of the v1 API)."""
-    return read_study(folder)
-
-
 # --------------------------------------------------------------------------- intensity
 
 
