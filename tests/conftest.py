@@ -62,27 +62,36 @@ def kaggle_dir(tmp_path_factory) -> Path:
     return make_kaggle(tmp_path_factory.mktemp("kaggle"))
 
 
+def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
+    """A randomly initialised model in the project's format, input 64x64; ``meta`` adds or overrides keys."""
+    from tumorseg.model import UNetResNet50, save_model
+
+    torch.manual_seed(seed)
+    base = {
+        "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
+        "input_size": 64,
+        "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+        "threshold": 0.5,
+        "training": {"split": {"train": [], "val": [], "test": []}},
+    }
+    save_model(UNetResNet50(), path, {**base, **meta}, dtype=torch.float16)
+    return path
+
+
+def cli_predict(inputs, out, model, *extra: str) -> int:
+    """`tumorseg predict` with a test model on the exact fp32 engine."""
+    from tumorseg.cli import main
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    return main(
+        ["predict", *map(str, inputs), "--out", str(out), "--model", str(model), "--engine", "torch-fp32", *extra]
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A randomly initialised model saved in the project's format, input 64x64."""
-    from tumorseg.model import UNetResNet50, save_model
-
-    torch.manual_seed(0)
-    m = UNetResNet50()
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(
-        m,
-        path,
-        {
-            "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
-            "input_size": 64,
-            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
-            "threshold": 0.5,
-            "training": {"split": {"train": [], "val": [], "test": []}},
-        },
-        dtype=torch.float16,
-    )
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="session")

@@ -9,38 +9,19 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tumorseg.app.server import create_app
-from tumorseg.cli import main
 from tumorseg.inference import Predictor
 
-from .conftest import smooth_noise
+from .conftest import cli_predict, save_tiny_model, smooth_noise
 
 
 @pytest.fixture(scope="module")
 def cc_model(tmp_path_factory):
     """The tiny model with a small-component rule, so that post-processing matters."""
-    from tumorseg.model import UNetResNet50, save_model
-
-    torch.manual_seed(3)
-    path = tmp_path_factory.mktemp("ccmodel") / "cc.safetensors"
-    save_model(
-        UNetResNet50(),
-        path,
-        {
-            "architecture": {"name": "unet-resnet50", "decoder_channels": [256, 128, 64, 32, 16]},
-            "input_size": 64,
-            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
-            "threshold": 0.5,
-            "min_component_pixels": 40,
-            "training": {"split": {"train": [], "val": [], "test": []}},
-        },
-        dtype=torch.float16,
-    )
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("ccmodel") / "cc.safetensors", seed=3, min_component_pixels=40)
 
 
 @pytest.fixture(scope="module")
@@ -84,23 +65,7 @@ def test_slice_agrees_everywhere(cc_pred, cc_model, tmp_path):
     dl = client.get(f"/api/result/{body['result_id']}/mask.png", params={"threshold": t})
     assert dl.status_code == 200 and dl.headers["content-disposition"].endswith('slice_mask.png"')
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                str(src),
-                "--out",
-                str(out),
-                "--model",
-                str(cc_model),
-                "--engine",
-                "torch-fp32",
-                "--threshold",
-                str(t),
-            ]
-        )
-        == 0
-    )
+    assert cli_predict(src, out, cc_model, "--threshold", str(t)) == 0
     cli_png = (out / "slice_mask.png").read_bytes()
     counts = {
         "python": py.area_pixels,
@@ -136,23 +101,7 @@ def test_study_volume_and_downloads_agree_with_cli(cc_pred, cc_model, tmp_path):
     assert {"case/mask.nii.gz", "case/study.json"} <= names
     page_json = json.loads(zf.read("case/study.json"))
     out = tmp_path / "out"
-    assert (
-        main(
-            [
-                "predict",
-                str(p),
-                "--out",
-                str(out),
-                "--model",
-                str(cc_model),
-                "--engine",
-                "torch-fp32",
-                "--threshold",
-                str(t),
-            ]
-        )
-        == 0
-    )
+    assert cli_predict(p, out, cc_model, "--threshold", str(t)) == 0
     cli_json = json.loads((out / "case" / "study.json").read_text())
     for k in ("tumour_voxels", "volume_ml", "slices_with_tumour", "largest_diameter_mm"):
         assert page_json[k] == cli_json[k] == m["measurements"][k], k
@@ -186,23 +135,7 @@ def test_reference_comparison_for_a_slice_matches_the_cli(cc_pred, cc_model, tmp
     )
     assert r.status_code == 200, r.text[:300]
     out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "predict",
-                str(src),
-                "--out",
-                str(out),
-                "--model",
-                str(cc_model),
-                "--engine",
-                "torch-fp32",
-                "--reference",
-                str(ref_path),
-            ]
-        )
-        == 0
-    )
+    assert cli_predict(src, out, cc_model, "--reference", str(ref_path)) == 0
     cli = json.loads((out / "comparison.json").read_text())
     assert r.json()["dice"] == pytest.approx(cli["dice"]) and cli["reference_voxels"] == 1600
     wrong = np.zeros((10, 10), np.uint8)

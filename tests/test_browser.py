@@ -130,15 +130,13 @@ def test_patient_slices_chosen_together_open_as_one_study(server, tmp_path, tiny
 
     from playwright.sync_api import sync_playwright
 
-    from tumorseg.cli import main
-
-    from .conftest import make_kaggle
+    from .conftest import cli_predict, make_kaggle
 
     root = make_kaggle(tmp_path / "k", patients=1, slices=5, size=64)
     folder = next(p for p in root.iterdir() if p.is_dir())
     files = sorted(str(p) for p in folder.iterdir())
     out = tmp_path / "cli"
-    assert main(["predict", str(folder), "--out", str(out), "--model", str(tiny_model), "--engine", "torch-fp32"]) == 0
+    assert cli_predict(folder, out, tiny_model) == 0
     cli = json.loads(next(out.glob("*/study.json")).read_text())
     with sync_playwright() as p:
         browser, page = _open(p, server)
@@ -238,7 +236,7 @@ def test_reference_mask_dice_equals_the_cli(server, tmp_path, tiny_model):
     import nibabel as nib
     from playwright.sync_api import sync_playwright
 
-    from tumorseg.cli import main
+    from .conftest import cli_predict
 
     vol = np.zeros((48, 40, 6), np.int16)
     vol[8:40, 6:34, :] = 200 + np.arange(28)[None, :, None] * 20
@@ -250,23 +248,7 @@ def test_reference_mask_dice_equals_the_cli(server, tmp_path, tiny_model):
     ref_path = tmp_path / "case_ref.nii.gz"
     nib.save(nib.Nifti1Image(ref, affine), str(ref_path))
     out = tmp_path / "cli"
-    assert (
-        main(
-            [
-                "predict",
-                str(nii),
-                "--out",
-                str(out),
-                "--model",
-                str(tiny_model),
-                "--engine",
-                "torch-fp32",
-                "--reference",
-                str(ref_path),
-            ]
-        )
-        == 0
-    )
+    assert cli_predict(nii, out, tiny_model, "--reference", str(ref_path)) == 0
     cli = json.loads((out / "comparison.json").read_text())
     with sync_playwright() as p:
         browser, page = _open(p, server)
