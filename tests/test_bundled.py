@@ -60,3 +60,18 @@ def test_int8_agrees_with_fp32():
     pq, pf = q.run(x), f.run(x)
     assert ((pq >= thr) == (pf >= thr)).mean() >= 0.995
     assert np.abs(pq - pf).mean() < 0.02
+
+
+def test_int8_file_keeps_every_convolution_in_int8():
+    """No float island: no ConvTranspose or Concat (int8 onnxruntime runs neither in int8), and every
+    convolution reads int8 weights and int8 activations."""
+    import onnx
+
+    g = onnx.load(str(engines.bundled_model_path().with_name(INFO["int8"]["file"]))).graph
+    producer = {o: n for n in g.node for o in n.output}
+    ops = {n.op_type for n in g.node}
+    assert not ops & {"ConvTranspose", "Concat"}, ops
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    assert len(convs) >= 70
+    for n in convs:
+        assert all(producer[i].op_type == "DequantizeLinear" for i in n.input[:2]), n.name

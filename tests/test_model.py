@@ -39,6 +39,32 @@ def test_decoder_uses_transposed_convs_and_skips():
     assert m.decoder.blocks[0].conv[0][0].in_channels == 256 + 1024
 
 
+def test_export_form_is_the_same_function_in_int8_friendly_ops():
+    """The ONNX export's form: transposed convs as 1x1 conv + pixel shuffle, skip concat as a sum."""
+    import onnx
+
+    from tumorseg.engines import to_onnx_bytes
+    from tumorseg.model import UNetExportForm
+
+    torch.manual_seed(0)
+    m = UNetResNet50().eval()
+    for mod in m.modules():  # non-trivial BN statistics, so the folding is checked
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.2, 0.2)
+    f = UNetExportForm(m, 64)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (f(x) - m(x)).abs().max() < 1e-5
+    assert not any(isinstance(mod, torch.nn.ConvTranspose2d) for mod in f.modules())
+    ops = {n.op_type for n in onnx.load_from_string(to_onnx_bytes(m, 64)).graph.node}
+    assert "Conv" in ops and not ops & {"ConvTranspose", "Concat", "Shape"}, ops
+    with pytest.raises(ValueError, match="multiple of 32"):
+        UNetExportForm(m, 50)
+
+
 def _torchvision_state_dict():
     """A state dict with torchvision's full ResNet50 key set (encoder keys + fc)."""
     sd = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ResNet50Encoder().state_dict().items()}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .data import model_input
-from .model import ModelFileError, file_sha256, load_model
+from .model import ModelFileError, UNetExportForm, UNetResNet50, file_sha256, load_model
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 # The default for a model file without a packaged int8 twin: bf16 keeps fp32's Dice at 2.4x its speed.
@@ -157,8 +157,14 @@ class OnnxEngine(Engine):
 
 
 def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
-    """Export to ONNX in memory (dynamic batch); nothing is written to disk."""
+    """Export to ONNX in memory (dynamic batch, fixed size); nothing is written to disk.
+
+    A ``UNetResNet50`` is exported in its export form (``model.UNetExportForm``: the same function,
+    in ops that int8 onnxruntime keeps in int8 and channels-last).
+    """
     model = model.float().eval().to(memory_format=torch.contiguous_format)
+    if isinstance(model, UNetResNet50):
+        model = UNetExportForm(model, size)
     buf = _io.BytesIO()
     dummy = torch.zeros(1, 3, size, size)
     torch.onnx.export(
