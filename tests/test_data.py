@@ -86,3 +86,17 @@ def test_split_patient_level_no_leak_and_stratified(tmp_path, seed):
 def test_leak_detected():
     with pytest.raises(DatasetError, match="both"):
         check_no_leak({"train": ["a", "b"], "val": ["b"], "test": []})
+
+
+def test_model_input_lookup_equals_the_formula():
+    """The uint8 fast path computes the same float32 numbers as the written rule, bit for bit."""
+    from tumorseg.data import model_input, normalisation
+
+    x = (np.random.default_rng(0).random((2, 32, 32, 3)) * 256).astype(np.uint8)
+    for norm in (normalisation(True), normalisation(False)):
+        mean = np.array(norm["mean"], np.float32).reshape(1, 3, 1, 1)
+        std = np.array(norm["std"], np.float32).reshape(1, 3, 1, 1)
+        ref = (x.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+        out = model_input(x, norm)
+        assert out.dtype == np.float32 and out.shape == (2, 3, 32, 32)
+        assert np.array_equal(out, ref)

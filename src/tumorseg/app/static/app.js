@@ -90,7 +90,8 @@ async function openFiles(fileList) {
     try {
       const r = await api("/api/study", { method: "POST", body: fd });
       study = r.measurements;
-      for (const [k, s] of r.slices.entries()) items.push(await makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k));
+      // decode every slice's PNGs at once (the browser decodes in parallel), not one after another
+      items.push(...(await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)))));
     } catch (e) {
       errors.push(kind === "study-file" && !e.message.startsWith(files[0].name) ? `${files[0].name}: ${e.message}` : e.message);
     }
