@@ -163,6 +163,20 @@ def test_study_upload_as_dicom_series_files(client, tmp_path):
     assert len(body["slices"]) == 4 and body["measurements"]["kind"] == "dicom"
     assert body["spacing"] == [2.5, 0.8, 0.7]
     assert client.post("/api/study").status_code == 422
+    # the study downloads are the CLI's files: DICOM-SEG of the series, the mask in the input geometry
+    import gzip
+    import io
+
+    import nibabel as nib
+    import pydicom
+
+    seg = client.get(f"/api/result/{body['result_id']}/mask_seg.dcm")
+    assert seg.status_code == 200 and seg.headers["content-type"] == "application/dicom"
+    ds = pydicom.dcmread(io.BytesIO(seg.content))
+    assert ds.Modality == "SEG" and ds.NumberOfFrames >= 1
+    nii = client.get(f"/api/result/{body['result_id']}/mask.nii.gz")
+    vol = nib.Nifti1Image.from_bytes(gzip.decompress(nii.content))
+    assert vol.shape == (32, 32, 4) and int(vol.get_fdata().sum()) == body["measurements"]["tumour_voxels"]
 
 
 def test_serve_defaults_to_localhost_and_warns_when_exposed(tiny_model, monkeypatch, capsys):

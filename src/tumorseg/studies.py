@@ -917,14 +917,10 @@ def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
     return np.stack([_image_to_nifti_slice(m[k]) for k in range(m.shape[0])], axis=2)
 
 
-def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = None) -> list[Path]:
-    """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json."""
+def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
+    """The study's ``mask.nii.gz``: the mask in the input's geometry (NIfTI layout and affine as read)."""
     import nibabel as nib
 
-    from .render import heatmap_overlay
-
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
     st = sp.study
     if st.kind == "nifti":
         arr, affine = mask_to_nifti_array(sp), st.affine
@@ -933,8 +929,18 @@ def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = No
         affine = st.affine if st.affine is not None else np.eye(4)
     img = nib.Nifti1Image(arr, affine)
     img.header.set_xyzt_units("mm")
+    return _gz(img.to_bytes())
+
+
+def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = None) -> list[Path]:
+    """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json."""
+    from .render import heatmap_overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    st = sp.study
     target = out / "mask.nii.gz"
-    atomic_write_bytes(target, img.to_bytes() if not str(target).endswith(".gz") else _gz(img.to_bytes()))
+    atomic_write_bytes(target, mask_nifti_gz_bytes(sp))
     written.append(target)
     if st.kind == "dicom":
         try:

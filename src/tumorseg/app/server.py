@@ -507,15 +507,16 @@ def create_app(
             raise BadRequest(400, f"{name}: not a study")
         if filename == "mask_seg.dcm" and r.study.kind != "dicom":
             raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
-        from ..studies import write_study_outputs
+        from ..studies import dicom_seg_bytes, mask_nifti_gz_bytes
 
         stem = _stem(name)
-        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
-            write_study_outputs(r, Path(tmp) / stem)
-            f = Path(tmp) / stem / filename
-            if not f.is_file():
-                raise BadRequest(500, f"{name}: {filename} could not be written ({'; '.join(r.study.notes[-1:])})")
-            data = f.read_bytes()
+        if filename == "mask.nii.gz":
+            data = mask_nifti_gz_bytes(r)
+        else:
+            try:
+                data = dicom_seg_bytes(r)
+            except Exception as exc:
+                raise BadRequest(500, f"{name}: {filename} could not be written ({type(exc).__name__}: {exc})") from exc
         media = "application/gzip" if filename.endswith(".gz") else "application/dicom"
         return Response(
             data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{stem}_{filename}"'}
