@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -111,7 +112,10 @@ def worker(args) -> dict:
             threads=args.threads,
             progress=False,
             engine_obj=eng,
+            keep_masks=bool(args.masks_dir),
         )
+        if args.masks_dir:  # for the pixel agreement with torch-fp32, computed by the main process
+            np.save(Path(args.masks_dir) / f"{args.engine}.npy", r["masks"])
         res["dice_test"] = r["metrics"]["dice"]
         res["dice_per_patient_mean_test"] = r["metrics"]["dice_per_patient_mean"]
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -180,6 +184,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30, help="batch-1 runs per engine in total, split over the rounds")
     ap.add_argument("--rounds", type=int, default=3, help="turns per engine (the engines alternate)")
     ap.add_argument("--no-dice", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--masks-dir", default="", help=argparse.SUPPRESS)
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--engine", default=None, help=argparse.SUPPRESS)
@@ -193,13 +198,14 @@ def main() -> None:
         return
     per_round = max(5, args.runs // args.rounds)
     samples: dict[str, list[dict]] = {}
+    masks_dir = tempfile.mkdtemp(prefix="tumorseg-bench-")
     for rnd in range(args.rounds):
         for eng in args.engines.split(","):
             cmd = [sys.executable, __file__, "--engine", eng, "--threads", str(args.threads), "--runs", str(per_round)]
             if args.model:
                 cmd += ["--model", args.model]
             if args.data:
-                cmd += ["--data", args.data] + (["--no-dice"] if rnd else [])
+                cmd += ["--data", args.data] + (["--no-dice"] if rnd else ["--masks-dir", masks_dir])
             r = subprocess.run(
                 cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             )
@@ -208,6 +214,8 @@ def main() -> None:
                 continue
             samples.setdefault(eng, []).append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(f"round {rnd + 1}: {eng} {statistics.median(samples[eng][-1]['latency_ms']):.1f} ms", file=sys.stderr)
+    masks = {e: np.load(Path(masks_dir) / f"{e}.npy") for e in samples if (Path(masks_dir) / f"{e}.npy").is_file()}
+    shutil.rmtree(masks_dir, ignore_errors=True)
     rows = []
     for runs in samples.values():
         first = runs[0]
@@ -220,6 +228,9 @@ def main() -> None:
         row["throughput_b16_img_s"] = statistics.median(v for x in runs for v in x["throughput_b16_img_s"])
         row["study40_s_median"] = statistics.median(v for x in runs for v in x["study40_s"])
         row["study40_s_round_medians"] = [statistics.median(x["study40_s"]) for x in runs]
+        if "torch-fp32" in masks and row["engine"] in masks:
+            a, b = np.unpackbits(masks["torch-fp32"], axis=1), np.unpackbits(masks[row["engine"]], axis=1)
+            row["mask_agreement_test_vs_fp32"] = float((a == b).mean())
         rows.append(row)
     cmd = [sys.executable, __file__, "--api", "--threads", str(args.threads), "--runs", str(args.runs)]
     if args.model:
@@ -243,14 +254,17 @@ def main() -> None:
         f"median of {rows[0]['latency_runs'] if rows else 0} batch-1 runs after warm-up, the study the median of "
         f"{3 * args.rounds} runs.",
         "",
-        "| engine | latency/slice (b=1) | vs fp32 | throughput b=16 | 40-slice study | peak RSS | Dice (test) |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | latency/slice (b=1) | vs fp32 | throughput b=16 | 40-slice study | peak RSS | Dice (test) "
+        "| masks = fp32 (test) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dice = f"{r['dice_test']:.4f} ({r.get('dice_delta_vs_fp32', 0):+.4f})" if "dice_test" in r else "–"
+        agree = f"{100 * r['mask_agreement_test_vs_fp32']:.3f} %" if "mask_agreement_test_vs_fp32" in r else "–"
         lines.append(
             f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
-            f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} |"
+            f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} "
+            f"| {agree} |"
         )
     if "api_segment_ms_median" in api:
         lines += [

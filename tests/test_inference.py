@@ -112,3 +112,20 @@ def test_predict_refuses_to_write_into_input_folder(tiny_model, tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path), "--model", str(tiny_model)]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_evaluate_keeps_the_masks_it_scored(tiny_model, tmp_path):
+    """``keep_masks``: the bit-packed final masks, in order, are exactly what the metrics counted."""
+    from tumorseg.evaluation import evaluate
+
+    from .conftest import make_kaggle
+
+    data = make_kaggle(tmp_path / "d", patients=2, slices=3, size=64)
+    r = evaluate(
+        data, model=str(tiny_model), split="all", engine="torch-fp32", threshold=0.5, progress=False, keep_masks=True
+    )
+    bits = np.unpackbits(r["masks"], axis=1)
+    assert bits.shape == (6, 64 * 64)
+    counts = r["per_patient_counts"].values()
+    assert int(bits.sum()) == sum(c[0] + c[1] for c in counts)  # tp + fp
+    assert "masks" not in evaluate(data, model=str(tiny_model), split="all", engine="torch-fp32", progress=False)

@@ -115,8 +115,13 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     engine_obj=None,
+    keep_masks: bool = False,
 ) -> dict:
-    """Run a model over a split and return {'metrics', 'per_patient', 'ece'}."""
+    """Run a model over a split and return {'metrics', 'per_patient', 'ece'}.
+
+    ``keep_masks`` adds 'masks': the final masks of every slice, bit-packed in order, so two engines'
+    answers can be compared pixel by pixel.
+    """
     eng = engine_obj or load_engine(model, engine, threads)
     meta = eng.meta
     thr = float(threshold if threshold is not None else meta.get("threshold", 0.5))
@@ -125,6 +130,7 @@ def evaluate(
     acc = SegmentationMetrics()
     cal = Calibration()
     examples: list[tuple[float, str, np.ndarray, np.ndarray, np.ndarray]] = []
+    kept: list[np.ndarray] = []
     from tqdm import tqdm
 
     for case in tqdm(cases, desc=f"evaluating {split}", unit="patient", disable=not progress, leave=False):
@@ -138,6 +144,8 @@ def evaluate(
                 pred = np.stack([remove_small_components(p, min_px) for p in pred])
             acc.update(pred, truth, ds.patients[s : s + batch_size], ds.names[s : s + batch_size])
             cal.update(prob, truth)
+            if keep_masks:
+                kept.append(np.packbits(pred.reshape(len(pred), -1), axis=1))
             if report_dir:
                 for i in range(len(imgs)):
                     if truth[i].any():
@@ -161,6 +169,8 @@ def evaluate(
         "per_patient_counts": {k: v for k, v in sorted(acc.patient_full.items())},
         "counts_order": ["tp", "fp", "fn", "tn", "tumour_free_slices", "tumour_free_slices_with_fp"],
     }
+    if keep_masks:
+        result["masks"] = np.concatenate(kept) if kept else np.zeros((0, 0), np.uint8)
     if report_dir:
         write_report(Path(report_dir), result, acc, cal, examples, meta)
     return result
