@@ -18,7 +18,86 @@ from pathlib import Path
 
 import numpy as np
 
+
+def gemm_ceiling(threads: int, runs: int = 20) -> float:
+    """G operations/s of one large int8 convolution (1x1, 1024 -> 1024 channels, 64x64) quantised the same way:
+    what onnxruntime reaches on this CPU when the arithmetic is all there is, to compare the model against."""
+    import io
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    conv = torch.nn.Conv2d(1024, 1024, 1).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(conv, (torch.zeros(1, 1024, 64, 64),), buf, input_names=["x"], opset_version=17, dynamo=False)
+    x = np.random.default_rng(0).random((1, 1024, 64, 64)).astype(np.float32)
+
+    class One(CalibrationDataReader):
+        def __init__(self):
+            self.done = False
+
+        def get_next(self):
+            if self.done:
+                return None
+            self.done = True
+            return {"x": x}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
+        Path(src).write_bytes(buf.getvalue())
+        quantize_static(
+            src,
+            dst,
+            One(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(tmp, "ceiling")
+        sess = ort.InferenceSession(dst, so, providers=["CPUExecutionProvider"])
+        for _ in range(3 + runs):
+            sess.run(None, {"x": x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    # the convolution kernel alone (the input's quantisation and output's dequantisation left out)
+    ts = [
+        e["dur"] / 1e6
+        for e in events
+        if e.get("cat") == "Node"
+        and e.get("args", {}).get("op_name") == "QLinearConv"
+        and e["name"].endswith("_kernel_time")
+    ]
+    return 2.0 * 1024 * 1024 * 64 * 64 / float(np.median(ts)) / 1e9
+
+
 PARTS = (("encoder", "encoder"), ("decoder", "decoder"), ("blocks.", "decoder"), ("head", "head"))
+
+
+def conv_operations(size: int) -> float:
+    """2 x multiply-adds of every convolution of the export form (the graph the int8 file was built from)."""
+    import torch
+
+    from tumorseg.engines import bundled_model_path
+    from tumorseg.model import UNetExportForm, load_model
+
+    net, _ = load_model(bundled_model_path())
+    total = [0.0]
+
+    def hook(mod, _inp, out):
+        total[0] += 2.0 * out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+    form = UNetExportForm(net, size)
+    for m in form.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.no_grad():
+        form(torch.zeros(1, 3, size, size))
+    return total[0]
 
 
 def main() -> None:
@@ -60,6 +139,7 @@ def main() -> None:
         by_op[op] += e["dur"]
         by_part[part] += e["dur"]
     runs = max(1, total_runs)
+    conv_ops = conv_operations(256) * runs
     tot = sum(by_op.values()) / runs / 1000
     res = {
         "threads": a.threads,
@@ -67,12 +147,21 @@ def main() -> None:
         "kernel_ms_per_run": tot,
         "by_op_ms": {k: v / runs / 1000 for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
         "by_part_ms": {k: v / runs / 1000 for k, v in sorted(by_part.items(), key=lambda kv: -kv[1])},
+        "conv_gop_per_run": conv_ops / runs / 1e9,
+        "conv_gops_achieved": conv_ops / (by_op.get("QLinearConv", 0) / 1e6) / 1e9 if conv_ops else None,
     }
     print(f"kernel time per run: {tot:.1f} ms ({runs} runs, {a.threads} threads)")
     for k, v in list(res["by_op_ms"].items())[:12]:
         print(f"  {k:28s} {v:7.2f} ms  {100 * v / tot:5.1f} %")
     for k, v in res["by_part_ms"].items():
         print(f"  part {k:23s} {v:7.2f} ms  {100 * v / tot:5.1f} %")
+    res["reference_int8_conv_gops"] = gemm_ceiling(a.threads)
+    if conv_ops:
+        print(
+            f"  int8 convolutions: {res['conv_gop_per_run']:.1f} G operations per slice at "
+            f"{res['conv_gops_achieved']:.0f} G operations/s; one large int8 1x1 convolution (1024 -> 1024 "
+            f"channels, 64x64, kernel time) reaches {res['reference_int8_conv_gops']:.0f} G operations/s here"
+        )
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
 
