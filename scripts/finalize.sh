@@ -31,3 +31,8 @@ $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --
     --out docs/results/v1_vs_v2_test
 $PY -m tumorseg evaluate --data "$DATA" --split test --threads 2 \
     --json docs/results/test_metrics.json --report docs/results/test_report
+# 4. speed, measured alone (nothing else running): every engine, REST, study; the page; the int8 profile; load
+$PY benchmarks/inference.py --data "$DATA" --threads 2
+$PY benchmarks/page.py --threads 2
+$PY benchmarks/profile_int8.py --json benchmarks/results/profile_int8.json
+$PY benchmarks/load.py --start --clients 8 --requests 500

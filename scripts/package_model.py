@@ -1,6 +1,7 @@
 """Turn a finished training run into the bundled default model.
 
-    python scripts/package_model.py --run runs/main --data ../shared/data/lgg-kaggle_3m
+    python scripts/package_model.py --run runs/main --data ../shared/data/lgg-kaggle_3m [--int8]
+    python scripts/package_model.py --int8-only --data ../shared/data/lgg-kaggle_3m   # rebuild the int8 twin
 
 Chooses the threshold and the 2D small-component filter on the VALIDATION patients only
 (the model is run once on them, the grid is swept on cached probabilities), stores the
@@ -96,7 +97,7 @@ def int8_step(out: Path, data: str, split: dict, thr: float, mpx: int, threads: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True)
+    ap.add_argument("--run", help="the training run folder (not needed with --int8-only)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--engine", default="torch-bf16", choices=["torch-bf16"])
     ap.add_argument("--out", default="src/tumorseg/models/default.safetensors")
@@ -117,8 +118,6 @@ def main() -> None:
     global THREADS
     THREADS = a.threads
     torch.set_num_threads(a.threads or torch.get_num_threads())
-    run = Path(a.run)
-    best = run / "best.safetensors"
     if a.int8_only:
         out = Path(a.out)
         _, m = read_model_file(out)
@@ -129,6 +128,10 @@ def main() -> None:
         out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
         print(json.dumps(info, indent=1))
         return
+    if not a.run:
+        ap.error("--run is required (unless --int8-only)")
+    run = Path(a.run)
+    best = run / "best.safetensors"
     _, meta = read_model_file(best)
     split = json.loads((run / "split.json").read_text())
     split = {k: split[k] for k in ("train", "val", "test")}
