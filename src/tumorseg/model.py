@@ -6,6 +6,7 @@ says how to rebuild and use the model. Loading never unpickles anything.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -231,8 +232,6 @@ class UNetExportForm(nn.Module):
         super().__init__()
         if size % 32:
             raise ValueError(f"input size {size} must be a multiple of 32")
-        import copy
-
         net = copy.deepcopy(net).float().eval()
         self.size = size
         self.encoder = net.encoder
