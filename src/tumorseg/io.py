@@ -280,8 +280,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def encode_png(arr: np.ndarray, compress_level: int = 6) -> bytes:
-    """PNG bytes; the API uses level 1 (several times faster to encode, somewhat larger, same pixels)."""
+def encode_png(arr: np.ndarray, compress_level: int = 3) -> bytes:
+    """PNG bytes. Files use zlib level 3: on our overlays it is 2.3x faster than level 6 and no larger
+    (6.1 vs 13.9 ms, 44 vs 46 KB); the API's in-page images use level 1 (faster still, a little larger)."""
     buf = _io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
