@@ -35,4 +35,5 @@ $PY -m tumorseg evaluate --data "$DATA" --split test --threads 2 \
 $PY benchmarks/inference.py --data "$DATA" --threads 2
 $PY benchmarks/page.py --threads 2
 $PY benchmarks/profile_int8.py --json benchmarks/results/profile_int8.json
+$PY benchmarks/startup.py
 $PY benchmarks/load.py --start --clients 8 --requests 500

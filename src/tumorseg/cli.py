@@ -302,8 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": _cmd_export,
     }
     from .data import DatasetError
-    from .io import ImageReadError
-    from .model import ModelFileError
+    from .io import ImageReadError, ModelFileError
 
     try:
         return handlers[a.cmd](a)

@@ -1,9 +1,9 @@
-"""Datasets: discovery of slice/mask pairs, patient-level splits, preprocessing, sampling."""
+"""Datasets: discovery of slice/mask pairs, patient-level splits, preprocessing (numpy; no torch, so the
+int8 path never imports it). Patch sampling and augmentation, which need torch, are in ``augment``."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .io import IMAGE_EXTENSIONS, head_depth, read_image, read_mask, to_uint8_rgb
@@ -321,155 +319,3 @@ def patient_has_tumour(cases: Sequence[Case]) -> dict[str, bool]:
     for c in cases:
         out[c.patient] = any(read_mask(s.mask).any() for s in c.slices)
     return out
-
-
-# --------------------------------------------------------------------------- tensors
-
-
-class PatchSampler:
-    """Random training patches, a share of them centred on tumour (as nnU-Net oversamples foreground)."""
-
-    def __init__(self, data: LoadedSet, patch: int, fg_fraction: float = 0.5, seed: int = 0):
-        self.data = data
-        self.patch = min(patch, data.images.shape[1])
-        self.fg_fraction = fg_fraction
-        self.fg_slices = np.flatnonzero(data.masks.reshape(len(data), -1).any(1))
-        if len(self.fg_slices) == 0:
-            raise DatasetError("no tumour in any training mask: nothing to learn from")
-        self.rng = np.random.default_rng(seed)
-
-    def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
-        s = self.data.images.shape[1]
-        p = self.patch
-        imgs = np.empty((batch, p, p, 3), np.uint8)
-        msks = np.empty((batch, p, p), bool)
-        depth = self.data.depth
-        brs = np.empty((batch, p, p), np.uint8) if depth is not None else None
-        for b in range(batch):
-            if self.rng.random() < self.fg_fraction:
-                i = int(self.rng.choice(self.fg_slices))
-                ys, xs = np.nonzero(self.data.masks[i])
-                k = self.rng.integers(len(ys))
-                cy, cx = ys[k], xs[k]
-                y0 = int(np.clip(cy - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, s - p))
-                x0 = int(np.clip(cx - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, s - p))
-            else:
-                i = int(self.rng.integers(len(self.data)))
-                y0 = int(self.rng.integers(0, s - p + 1))
-                x0 = int(self.rng.integers(0, s - p + 1))
-            imgs[b] = self.data.images[i, y0 : y0 + p, x0 : x0 + p]
-            msks[b] = self.data.masks[i, y0 : y0 + p, x0 : x0 + p]
-            if brs is not None:
-                brs[b] = depth[i, y0 : y0 + p, x0 : x0 + p]
-        return torch.from_numpy(imgs), torch.from_numpy(msks), (torch.from_numpy(brs) if brs is not None else None)
-
-    def state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, st: dict) -> None:
-        self.rng.bit_generator.state = st
-
-
-def _u(gen: torch.Generator, shape, lo: float, hi: float, device) -> torch.Tensor:
-    """Uniform draws from the CPU generator (reproducible on any device), moved to ``device``."""
-    return (torch.rand(shape, generator=gen) * (hi - lo) + lo).to(device)
-
-
-def augment(
-    x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, max_rot_deg: float = 15.0, scale: float = 0.1
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip, small rotation/scale and intensity jitter on a batch (x float NCHW in [0,1], y N1HW).
-
-    The v1 recipe. Works on the batch's device; random numbers come from the CPU generator ``gen``.
-    """
-    n, dev = x.shape[0], x.device
-    x, y, _ = _flip_rotate_scale(x, y, gen, max_rot_deg, (1 - scale, 1 + scale), log_scale=False)
-    # Intensity: per-image contrast, brightness and gamma.
-    c = _u(gen, (n, 1, 1, 1), 0.85, 1.15, dev)
-    b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
-    g = torch.exp(_u(gen, (n, 1, 1, 1), -0.2, 0.2, dev))
-    x = (x.clamp(0, 1).pow(g) * c + b).clamp(0, 1)
-    return x, y
-
-
-def _flip_rotate_scale(
-    x, y, gen, max_rot_deg: float, scale_range: tuple[float, float], extra=None, log_scale: bool = True
-):
-    n, dev = x.shape[0], x.device
-    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
-    y = torch.where(flip.view(n, 1, 1, 1), y.flip(3), y)
-    if extra is not None:
-        extra = torch.where(flip.view(n, 1, 1, 1), extra.flip(3), extra)
-    ang = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_rot_deg)
-    # v2 draws scale log-uniformly: zooming out by 1/s is as likely as zooming in by s.
-    lo, hi = scale_range
-    if log_scale:
-        lo, hi = math.log(lo), math.log(hi)
-    sc = torch.rand(n, generator=gen) * (hi - lo) + lo
-    sc = torch.exp(sc) if log_scale else sc
-    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    grid = F.affine_grid(theta.to(dev), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
-    if extra is not None:
-        extra = F.grid_sample(extra, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return x, y, extra
-
-
-def augment_v2(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    gen: torch.Generator,
-    depth: torch.Tensor | None = None,
-    p_strip: float = 0.25,
-    p_seq: float = 0.3,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The v2 recipe: v1's geometry with a wider scale range, plus what other collections look like.
-
-    - scale 0.7-1.4 (other voxel sizes and fields of view), rotation up to 20 degrees;
-    - sequence dropout: pre- and/or post-contrast replaced by FLAIR, as the LGG set itself does for
-      missing sequences and as a FLAIR-only study is fed to the model;
-    - skull-stripping: pixels less than 6-16 px deep in the head set to 0 (``depth`` from
-      ``head_depth``; tumour is never removed), as BraTS ships its images;
-    - per-channel gamma, contrast and brightness, a smooth multiplicative bias field, low-contrast
-      (dark) slices, Gaussian noise and blur.
-    x: float NCHW in [0, 1]; y: N1HW; depth: N1HW or None. Random numbers from the CPU generator.
-    """
-    n, dev = x.shape[0], x.device
-    h, w = x.shape[-2:]
-    if depth is not None:
-        strip = _u(gen, (n, 1, 1, 1), 0, 1, dev) < p_strip
-        rim = _u(gen, (n, 1, 1, 1), 6, 16, dev)
-        keep = ((depth.float() > rim) | (y > 0)).float()
-        x = torch.where(strip, x * keep, x)
-    x, y, _ = _flip_rotate_scale(x, y, gen, 20.0, (0.7, 1.4))
-    # Sequence dropout: 0 keep, 1 pre->FLAIR, 2 post->FLAIR, 3 FLAIR only.
-    mode = torch.randint(0, 4, (n,), generator=gen)
-    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode)).to(dev)
-    fl = x[:, 1:2]
-    pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
-    post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])
-    x = torch.cat([pre, fl, post], 1)
-    # Bias field: a 4x4 grid of log-gains, smoothly upsampled.
-    field = F.interpolate(_u(gen, (n, 1, 4, 4), -0.3, 0.3, dev), size=(h, w), mode="bicubic", align_corners=True)
-    on = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3
-    x = torch.where(on, x * torch.exp(field), x)
-    # Per-channel gamma / contrast, per-image brightness, and dark low-contrast slices.
-    g = torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev))
-    c = _u(gen, (n, 3, 1, 1), 0.75, 1.25, dev)
-    b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
-    dark = torch.where(_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15, _u(gen, (n, 1, 1, 1), 0.45, 0.8, dev), 1.0)
-    x = (x.clamp(0, 1).pow(g) * c * dark + b).clamp(0, 1)
-    # Blur (3x3 box, some images) and noise.
-    blur = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15
-    xb = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-    x = torch.where(blur, xb, x)
-    sigma = _u(gen, (n, 1, 1, 1), 0, 0.03, dev) * (_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3)
-    dev_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
-    noise = torch.randn(x.shape, generator=dev_gen, device=dev)
-    x = (x + noise * sigma).clamp(0, 1)
-    return x, y

@@ -12,12 +12,15 @@ import os
 import threading
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .data import model_input
-from .model import ModelFileError, UNetExportForm, UNetResNet50, file_sha256, load_model
+from .io import ModelFileError, file_sha256
+
+if TYPE_CHECKING:  # torch is imported only by the torch engines and the ONNX export: int8 runs without it
+    import torch
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
 # The default for a model file without a packaged int8 twin: bf16 keeps fp32's Dice at 2.4x its speed.
@@ -115,6 +118,8 @@ class TorchEngine(Engine):
     def __init__(
         self, model_path: Path, meta: dict, model: torch.nn.Module, threads: int, bf16: bool, device: torch.device
     ):
+        import torch
+
         super().__init__(model_path, meta, threads)
         self.name = "torch-bf16" if bf16 else "torch-fp32"
         self.device = device
@@ -124,6 +129,8 @@ class TorchEngine(Engine):
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         prev = torch.get_num_threads()
         if self.device.type == "cpu" and self.threads:
             torch.set_num_threads(self.threads)
@@ -162,6 +169,10 @@ def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
     A ``UNetResNet50`` is exported in its export form (``model.UNetExportForm``: the same function,
     in ops that int8 onnxruntime keeps in int8 and channels-last).
     """
+    import torch
+
+    from .model import UNetExportForm, UNetResNet50
+
     model = model.float().eval().to(memory_format=torch.contiguous_format)
     if isinstance(model, UNetResNet50):
         model = UNetExportForm(model, size)
@@ -219,6 +230,10 @@ def load_engine(
             "onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
             "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model"
         )
+    import torch
+
+    from .model import load_model
+
     path = resolve_model(model)
     net, meta = load_model(path)
     threads = threads or default_threads()

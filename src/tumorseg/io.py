@@ -6,6 +6,7 @@ front ends can report a bad file in one line and carry on with the others.
 
 from __future__ import annotations
 
+import hashlib
 import io as _io
 import os
 import tempfile
@@ -291,3 +292,15 @@ def encode_png(arr: np.ndarray, compress_level: int = 3) -> bytes:
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Write an 8-bit gray/RGB/RGBA array as PNG, atomically."""
     atomic_write_bytes(path, encode_png(arr))
+
+
+class ModelFileError(ValueError):
+    """A model or checkpoint file is missing, corrupt or not a tumorseg model."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

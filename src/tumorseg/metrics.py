@@ -11,9 +11,12 @@ Conventions, stated once:
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def dice_score(tp: float, fp: float, fn: float) -> float:
@@ -157,7 +160,7 @@ def bootstrap_ci(
 
 
 def _np_bool(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor (torch is imported only where training needs it)
         x = x.detach().cpu().numpy()
     return np.asarray(x).astype(bool)
 
@@ -166,6 +169,8 @@ class ThresholdSweep:
     """Pooled Dice at several thresholds at once, for choosing the threshold on validation data."""
 
     def __init__(self, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> None:
+        import torch
+
         self.thresholds = torch.tensor(thresholds)
         self.counts = torch.zeros(len(thresholds), 3, dtype=torch.float64)
 

@@ -16,12 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .io import ModelFileError, file_sha256  # noqa: F401  (re-exported: the model file's errors and checksum)
+
 TORCHVISION_RESNET50_URL = "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"  # IMAGENET1K_V2
 FORMAT_VERSION = 1
-
-
-class ModelFileError(ValueError):
-    """A model or checkpoint file is missing, corrupt or not a tumorseg model."""
 
 
 # --------------------------------------------------------------------------- encoder
@@ -411,11 +409,3 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
         raise ModelFileError(f"{path}: weights do not fit the architecture ({exc})") from None
     model.eval()
     return model, meta
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

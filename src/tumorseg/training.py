@@ -22,12 +22,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import __version__
+from .augment import PatchSampler, augment, augment_v2
 from .data import (
     DatasetError,
     LoadedSet,
-    PatchSampler,
-    augment,
-    augment_v2,
     check_no_leak,
     discover,
     load_cases,
