@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
 
-from test_hardening import (  # noqa: E402
+from tests.test_hardening import (  # noqa: E402
     _corrupt_zip,
     _deflated_dicom,
     _nifti,

@@ -37,3 +37,4 @@ $PY benchmarks/page.py --threads 2
 $PY benchmarks/profile_int8.py --json benchmarks/results/profile_int8.json
 $PY benchmarks/startup.py
 $PY benchmarks/load.py --start --clients 8 --requests 500
+$PY benchmarks/load.py --start --clients 8 --requests 500 --hostile --out benchmarks/results/load_hostile.json

@@ -22,7 +22,6 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
-from test_studies import write_dicom_series
 
 from tumorseg.app.server import RequestGuard, create_app
 from tumorseg.cli import main
@@ -30,6 +29,7 @@ from tumorseg.io import ImageReadError, read_image
 from tumorseg.studies import StudyError, read_study
 
 from .conftest import smooth_noise
+from .test_studies import write_dicom_series
 
 RSS_BOUND_MB = 200
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_studies import write_dicom_series
 
 from tumorseg.app.server import create_app
 from tumorseg.cli import main
@@ -19,6 +18,7 @@ from tumorseg.io import LGG_BRAIN_MEDIAN, standardise_brain_intensity
 from tumorseg.studies import find_sequences, read_study, sequence_of
 
 from .conftest import smooth_noise
+from .test_studies import write_dicom_series
 
 
 @pytest.mark.parametrize(
