@@ -26,41 +26,22 @@ def gemm_ceiling(threads: int, runs: int = 20) -> float:
 
     import onnxruntime as ort
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from tumorseg.quantize import quantize_qdq
 
     conv = torch.nn.Conv2d(1024, 1024, 1).eval()
     buf = io.BytesIO()
     torch.onnx.export(conv, (torch.zeros(1, 1024, 64, 64),), buf, input_names=["x"], opset_version=17, dynamo=False)
     x = np.random.default_rng(0).random((1, 1024, 64, 64)).astype(np.float32)
 
-    class One(CalibrationDataReader):
-        def __init__(self):
-            self.done = False
-
-        def get_next(self):
-            if self.done:
-                return None
-            self.done = True
-            return {"x": x}
-
+    q = quantize_qdq(buf.getvalue(), [{"x": x}])
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = os.path.join(tmp, "f.onnx"), os.path.join(tmp, "q.onnx")
-        Path(src).write_bytes(buf.getvalue())
-        quantize_static(
-            src,
-            dst,
-            One(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "ceiling")
-        sess = ort.InferenceSession(dst, so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(q, so, providers=["CPUExecutionProvider"])
         for _ in range(3 + runs):
             sess.run(None, {"x": x})
         events = json.loads(Path(sess.end_profiling()).read_text())

@@ -33,6 +33,17 @@ def _ratio(num: float, den: float, empty: float = 1.0) -> float:
     return empty if den == 0 else num / den
 
 
+def _pooled(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
+    """The pooled pixel metrics from one set of confusion counts (one home for their formulas)."""
+    return {
+        "dice": dice_score(tp, fp, fn),
+        "iou": iou_score(tp, fp, fn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+    }
+
+
 class SegmentationMetrics:
     """Accumulates binary predictions slice by slice, grouped by patient."""
 
@@ -109,11 +120,7 @@ class SegmentationMetrics:
         tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
         pd = np.array(list(self.patient_dice().values()), dtype=float)
         return {
-            "dice": dice_score(tp, fp, fn),
-            "iou": iou_score(tp, fp, fn),
-            "precision": _ratio(tp, tp + fp),
-            "recall": _ratio(tp, tp + fn),
-            "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+            **_pooled(tp, fp, fn, tn),
             "dice_per_slice_mean": float(np.mean(self.slice_dice)) if self.slice_dice else float("nan"),
             "dice_per_patient_mean": float(pd.mean()) if pd.size else float("nan"),
             "dice_per_patient_median": float(np.median(pd)) if pd.size else float("nan"),
@@ -133,11 +140,7 @@ def metrics_from_counts(counts: dict[str, list[int]]) -> dict[str, float]:
     tp, fp, fn, tn, empty, empty_fp = a.sum(0)
     pd = [dice_score(*r[:3]) for r in a]
     return {
-        "dice": dice_score(tp, fp, fn),
-        "iou": iou_score(tp, fp, fn),
-        "recall": _ratio(tp, tp + fn),
-        "precision": _ratio(tp, tp + fp),
-        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        **_pooled(tp, fp, fn, tn),
         "dice_per_patient_mean": float(np.mean(pd)) if pd else float("nan"),
         "empty_slice_fp_rate": _ratio(empty_fp, empty, empty=0.0),
     }

@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 
 import numpy as np
 
 
-def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None) -> bytes:
-    """Quantise to QDQ int8 with per-channel weights; ``calibration`` is N x S x S x 3 uint8 slices.
-
-    Calibration slices should come from training data (never the test patients).
-    """
+def quantize_qdq(onnx_bytes: bytes, batches: Iterable[dict[str, np.ndarray]]) -> bytes:
+    """The project's one int8 recipe: static QDQ, per-channel symmetric int8 weights, asymmetric uint8
+    activations (onnxruntime's fast u8s8 kernels), ranges from ``batches`` (input name -> array)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if calibration is None or len(calibration) == 0:
-        raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
-    from .data import model_input
-
-    norm = meta.get("normalisation", {})
-
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter(range(len(calibration)))
+            self.it = iter(batches)
 
         def get_next(self):
-            i = next(self.it, None)
-            if i is None:
-                return None
-            return {"image": model_input(calibration[i : i + 1], norm)}
+            return next(self.it, None)
 
     with tempfile.TemporaryDirectory(prefix="tumorseg-q-") as tmp:
         src = os.path.join(tmp, "fp32.onnx")
@@ -54,3 +44,18 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
         )
         with open(dst, "rb") as fh:
             return fh.read()
+
+
+def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None) -> bytes:
+    """Quantise the model to int8; ``calibration`` is N x S x S x 3 uint8 slices.
+
+    Calibration slices should come from training data (never the test patients).
+    """
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
+    from .data import model_input
+
+    norm = meta.get("normalisation", {})
+    return quantize_qdq(
+        onnx_bytes, ({"image": model_input(calibration[i : i + 1], norm)} for i in range(len(calibration)))
+    )
