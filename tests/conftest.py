@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch
 from PIL import Image
 
 torch.set_num_threads(1)  # predictable under load; CI machines are small
+# The engine probe's cache: one per test session (subprocesses inherit it), never the user's own.
+os.environ["TUMORSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tumorseg-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 LGG = SHARED / "data" / "lgg-kaggle_3m"

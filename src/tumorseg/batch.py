@@ -117,7 +117,7 @@ def predict_inputs(a) -> int:
         print("tumorseg predict: error: no input could be read; nothing was processed", file=sys.stderr)
         return 2
     pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
-    print(f"tumorseg: model {pred.model_path.name}, engine {pred.engine.name} ({pred.engine.reason})", file=sys.stderr)
+    print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
     rows = []
     used: set[str] = set()
     if getattr(a, "reference", None) and len(files) != 1:

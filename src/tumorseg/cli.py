@@ -11,6 +11,7 @@ import json
 import sys
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+TRAIN_EXTRA = ("torch", "safetensors", "onnx", "matplotlib")  # pyproject's `train` extra
 ENGINE_CHOICES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")  # tumorseg.engines.ENGINES (kept light)
 
 
@@ -41,7 +42,8 @@ def _engine_arg(p) -> None:
         "--engine",
         default=None,
         choices=ENGINE_CHOICES,
-        help="inference engine (default: the model's recorded default)",
+        help="inference engine (default: the fastest that passed the model's accuracy check, measured on "
+        "this machine once and cached; see `tumorseg engines`)",
     )
 
 
@@ -92,7 +94,11 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="", help="reuse this split.json instead of making one")
     p.add_argument("--patient-pattern", default="", help="regex with a 'patient' group for generic layouts")
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast)")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in fp32 (default: bf16 autocast where the CPU has native bf16, or on CUDA)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
@@ -274,6 +280,52 @@ def _cmd_export(a) -> int:
     return EXIT_OK
 
 
+def _add_engines(sub) -> None:
+    p = sub.add_parser(
+        "engines",
+        help="measure the inference engines on this machine and say which is the default and why",
+        description="Times each candidate engine on a fixed slice (cached per CPU, threads, version and model).",
+    )
+    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores, up to 8)")
+    p.add_argument("--reprobe", action="store_true", help="measure again even if a cached result exists")
+    p.add_argument("--json", action="store_true", help="print the probe's record as JSON")
+
+
+def _cmd_engines(a) -> int:
+    from .engines import load_engine
+    from .hardware import user_cache_dir
+    from .probe import CACHE_FILE
+
+    eng = load_engine(a.model, None, a.threads, reprobe=a.reprobe)
+    c = eng.choice
+    if a.json:
+        print(json.dumps(c.as_dict() | {"cached": c.cached, "cache": str(user_cache_dir() / CACHE_FILE)}, indent=1))
+        return EXIT_OK
+    cpu = c.cpu
+    print(
+        f"CPU: {cpu['model']} ({cpu['machine']}, class {cpu['flags_class']}: {' '.join(cpu['flags']) or 'no flags read'})"
+    )
+    print(f"threads: {c.threads}")
+    if c.timings_ms:
+        print("engine        median per slice (batch 1, the model's input size)")
+        for name, ms in sorted(c.timings_ms.items(), key=lambda kv: kv[1]):
+            print(f"  {name:<11} {ms:8.1f} ms{'   <- default' if name == c.engine else ''}")
+    for name, why in c.excluded.items():
+        print(f"  {name:<11} not a candidate: {why}")
+    print(f"default: {eng.name}: {eng.reason}")
+    cache = user_cache_dir() / CACHE_FILE
+    if not c.timings_ms:
+        print("cache: not needed (one candidate, nothing to measure)")
+    elif c.cached:
+        print(f"cache: used ({cache}, measured {c.measured_at}); --reprobe measures again")
+    else:
+        print(
+            f"cache: measured now (timed runs {c.probe_run_s:.1f} s, loading the candidates {c.probe_load_s:.1f} s); saved in {cache}"
+        )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -283,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines):
         add(sub)
     return ap
 
@@ -300,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _cmd_predict,
         "app": _cmd_app,
         "export": _cmd_export,
+        "engines": _cmd_engines,
     }
     from .data import DatasetError
     from .io import ImageReadError, ModelFileError
@@ -309,6 +362,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in TRAIN_EXTRA:
+            print(
+                f"tumorseg {a.cmd}: error: this needs {exc.name.split('.')[0]}, which the base install leaves out: "
+                'pip install "tumorseg[train]" (or, from a checkout, pip install -e ".[train]")',
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        raise
     except (DatasetError, ImageReadError, ModelFileError, OSError, ValueError) as exc:
         print(f"tumorseg {a.cmd}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

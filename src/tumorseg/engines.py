@@ -17,43 +17,91 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .data import model_input
-from .io import ModelFileError, file_sha256
+from .io import ModelFileError, file_sha256, model_file_meta
 
 if TYPE_CHECKING:  # torch is imported only by the torch engines and the ONNX export: int8 runs without it
     import torch
 
 ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
-# The default for a model file without a packaged int8 twin: bf16 keeps fp32's Dice at 2.4x its speed.
-# The bundled model ships an int8 ONNX file built and checked at packaging (scripts/package_model.py
-# --int8); default.json records whether it passed, and the bundled default engine follows that record.
-DEFAULT_ENGINE = "torch-bf16"
+EXACT = ("torch-fp32", "onnx-fp32")  # the fp32 function itself (the ONNX export is tested exact to 1e-5)
+ACCURACY_CHECK = 0.005  # |val Dice - fp32| a packaged engine must keep (scripts/package_model.py)
 
 
-def cpu_has_vnni() -> bool:
-    """int8 convolutions are fast only with VNNI (AVX-512 VNNI or AVX-VNNI); unknown CPUs count as yes."""
+def torch_available() -> bool:
+    import importlib.util
+
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
-def bundled_default_engine() -> tuple[str, Path | None, str]:
-    """(engine, int8 file or None, why) for the bundled model, from the record written at packaging."""
+def bundled_info() -> dict:
     import json
 
     info_path = bundled_model_path().with_suffix(".json")
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    if info.get("default_engine") != "onnx-int8":
-        return DEFAULT_ENGINE, None, "no int8 file passed the validation check at packaging"
-    q = bundled_model_path().with_name(info["int8"]["file"])
+    return json.loads(info_path.read_text()) if info_path.is_file() else {}
+
+
+def bundled_int8() -> tuple[Path | None, str]:
+    """The bundled int8 file where it passed the packaging check and is intact, else (None, why)."""
+    info = bundled_info()
+    q8 = info.get("int8") or {}
+    if not q8.get("passed"):
+        return None, "no int8 file passed the validation check at packaging"
+    q = bundled_model_path().with_name(q8["file"])
     if not q.is_file():
-        return DEFAULT_ENGINE, None, f"{q.name} is missing from this installation"
-    if not cpu_has_vnni():
-        return DEFAULT_ENGINE, None, "this CPU lacks VNNI, where int8 is slower than bf16"
-    if file_sha256(q) != info["int8"]["sha256"]:
-        raise ModelFileError(f"{q}: sha256 does not match {info_path.name}; the bundled int8 model is corrupted")
-    return "onnx-int8", q, "int8 passed the validation check at packaging (default.json)"
+        return None, f"{q.name} is missing from this installation"
+    if file_sha256(q) != q8["sha256"]:
+        name = bundled_model_path().with_suffix(".json").name
+        raise ModelFileError(f"{q}: sha256 does not match {name}; the bundled int8 model is corrupted")
+    return q, "passed the packaging check"
+
+
+def candidates(model: str | os.PathLike | None, device: str = "auto") -> tuple[list[str], dict[str, str]]:
+    """The engines that may be this model's default here, and why each other one may not.
+
+    A candidate must have passed the model's accuracy check (the bundled model records each engine's
+    validation Dice; the fp32 engines are the function itself) and run natively: bf16 only where the
+    CPU has bf16 arithmetic (emulated it is ~7x slower than fp32) or on a CUDA device.
+    """
+    from .hardware import cpu_info
+
+    cands: list[str] = []
+    excluded: dict[str, str] = {}
+    if model is None:
+        q, why = bundled_int8()
+        if q is not None:
+            cands.append("onnx-int8")
+        else:
+            excluded["onnx-int8"] = why
+    else:
+        excluded["onnx-int8"] = "no packaged int8 file for this model (tumorseg export --int8-calibration builds one)"
+    if not torch_available():
+        for e in ("torch-fp32", "torch-bf16", "onnx-fp32"):
+            excluded[e] = 'needs PyTorch (pip install "tumorseg[train]")'
+        return cands, excluded
+    cands += list(EXACT)
+    cuda = device in ("auto", "cuda") and _cuda_available()
+    checked = bundled_info().get("engines_val_dice", {}) if model is None else {}
+    if not (cuda or cpu_info().native_bf16):
+        excluded["torch-bf16"] = "this CPU has no native bf16 (emulated bf16 is several times slower than fp32)"
+    elif checked and abs(checked.get("torch-bf16", -1) - checked.get("torch-fp32", 0)) > ACCURACY_CHECK:
+        excluded["torch-bf16"] = "did not pass the packaging accuracy check"
+    else:
+        cands.append("torch-bf16")
+    return cands, excluded
+
+
+def _cuda_available() -> bool:
+    """Asks torch only where an NVIDIA driver is present: importing torch costs ~1.5 s of startup."""
+    import shutil
+
+    if not (Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def bundled_model_path() -> Path:
@@ -88,7 +136,8 @@ class Engine:
     """A model ready to run; thread-safe (calls are serialised)."""
 
     name = "base"
-    reason = ""  # why this engine was chosen (shown by /api/model and the CLI)
+    reason = ""  # why this engine was chosen, in one line (the CLI, /api/model and the page show it)
+    choice = None  # the probe's record (probe.Choice) when the engine was chosen by measuring
 
     def __init__(self, model_path: Path, meta: dict, threads: int):
         self.model_path = model_path
@@ -123,9 +172,12 @@ class TorchEngine(Engine):
         super().__init__(model_path, meta, threads)
         self.name = "torch-bf16" if bf16 else "torch-fp32"
         self.device = device
-        self.bf16 = bf16
+        self.bf16 = bf16  # half precision: bf16, or fp16 on a CUDA device without bf16 (untested here: no GPU)
+        self.half = torch.bfloat16
+        if device.type == "cuda" and bf16 and not torch.cuda.is_bf16_supported():
+            self.half = torch.float16
         self.model = model.to(device)
-        if device.type == "cpu" and bf16:
+        if bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
@@ -138,7 +190,7 @@ class TorchEngine(Engine):
             t = torch.from_numpy(x).to(self.device)
             if self.bf16:
                 t = t.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.half, enabled=self.bf16):
                 out = self.model(t)
             return out.float().cpu().numpy()
         finally:
@@ -197,61 +249,116 @@ def load_engine(
     threads: int = 0,
     device: str = "auto",
     calibration: np.ndarray | None = None,
+    reprobe: bool = False,
 ) -> Engine:
     """Load a model file and wrap it in the requested engine.
 
     Args:
         model: a .safetensors or self-describing .onnx file; None for the bundled model.
-        engine: one of ENGINES; None for the default (for the bundled model: the engine recorded at
-            packaging, int8 where it passed and the CPU has VNNI; else torch-bf16).
+        engine: one of ENGINES; None for the fastest candidate measured on this machine (``probe``).
         threads: CPU threads (0: up to 8).
         device: 'auto', 'cpu' or 'cuda' for the torch engines.
         calibration: slices for building int8 from a model without a packaged int8 file.
+        reprobe: measure again even where a cached measurement exists.
     Returns:
-        An ``Engine``; ``engine.reason`` says why this engine was chosen.
+        An ``Engine``; ``engine.reason`` says in one line why this engine was chosen, and
+        ``engine.choice`` holds the probe's record (None when the engine was asked for).
     """
     if engine is not None and engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if model is not None and str(model).lower().endswith(".onnx"):
         return load_onnx_file(Path(model), threads, engine)
-    reason = "asked for" if engine else f"default for a model without a packaged int8 file ({DEFAULT_ENGINE})"
-    if model is None and engine in (None, "onnx-int8"):
-        chosen, qfile, why = bundled_default_engine()
-        if qfile is not None:
-            resolve_model(None)  # the bundled safetensors is checked too
-            eng = load_onnx_file(qfile, threads, "onnx-int8")
-            eng.reason = why if engine is None else "asked for"
-            return eng
-        if engine is None:
-            engine, reason = chosen, why
-    engine = engine or DEFAULT_ENGINE
-    if engine == "onnx-int8" and calibration is None:
-        raise ValueError(
-            "onnx-int8 for this model needs calibration: run `tumorseg export --model M --out F.onnx "
-            "--int8-calibration TRAIN_DATA` and pass the -int8.onnx file as the model"
-        )
-    import torch
-
-    from .model import load_model
-
-    path = resolve_model(model)
-    net, meta = load_model(path)
     threads = threads or default_threads()
-    if engine.startswith("torch"):
-        dev = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        )
-        eng = TorchEngine(path, meta, net, threads, engine == "torch-bf16", dev)
-        eng.reason = reason
+    loader = _Loader(model, threads, device, calibration)
+    if engine is not None:
+        eng = loader(engine)
+        eng.reason = "asked for"
         return eng
-    onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
-    if engine == "onnx-int8":
-        from .quantize import quantize_int8
+    from . import probe
+    from .hardware import cpu_info
 
-        onnx_bytes = quantize_int8(onnx_bytes, meta, calibration)
-    eng = OnnxEngine(path, meta, onnx_bytes, threads, engine)
-    eng.reason = reason
+    cands, excluded = candidates(model, device)
+    path = resolve_model(model)
+    sha = bundled_info().get("sha256") if model is None else None
+    versions = {"tumorseg": _version(), "onnxruntime": _dist_version("onnxruntime")}
+    if torch_available():
+        versions["torch"] = _dist_version("torch")
+    dev = "cuda" if "torch-fp32" in cands and device in ("auto", "cuda") and _cuda_available() else "cpu"
+    key = {"model_sha256": sha or file_sha256(path), "device": dev, "versions": versions}
+    if model is None and "onnx-int8" in cands:
+        key["model_sha256"] += "+" + bundled_info()["int8"]["sha256"]
+    choice, eng = probe.choose(cands, excluded, loader, loader.size(), threads, key, reprobe=reprobe, cpu=cpu_info())
+    eng = eng or loader(choice.engine)
+    eng.reason = choice.line()
+    eng.choice = choice
     return eng
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "none"
+
+
+class _Loader:
+    """Builds any engine for one model file, loading the torch network at most once."""
+
+    def __init__(self, model, threads: int, device: str, calibration: np.ndarray | None):
+        self.model, self.threads, self.device, self.calibration = model, threads, device, calibration
+        self._net = None
+
+    def size(self) -> int:
+        if self.model is None:
+            return int(bundled_info().get("input_size", 256))
+        return int(model_file_meta(resolve_model(self.model)).get("input_size", 256))
+
+    def _torch_net(self):
+        if self._net is None:
+            if not torch_available():
+                raise ModelFileError(
+                    f"{resolve_model(self.model)}: this engine needs PyTorch, which the base install leaves out; "
+                    'install it with pip install "tumorseg[train]", or use the bundled model\'s onnx-int8 engine'
+                )
+            from .model import load_model
+
+            self._net = load_model(resolve_model(self.model))
+        return self._net
+
+    def __call__(self, engine: str) -> Engine:
+        if engine == "onnx-int8" and self.model is None:
+            q, why = bundled_int8()
+            if q is None:
+                raise ModelFileError(f"onnx-int8 is not available for the bundled model: {why}")
+            resolve_model(None)  # the bundled safetensors is checked too
+            return load_onnx_file(q, self.threads, "onnx-int8")
+        if engine == "onnx-int8" and self.calibration is None:
+            raise ValueError(
+                "onnx-int8 for this model needs an int8 file: run `tumorseg export --model M --out F.onnx "
+                "--int8-calibration TRAIN_DATA` once and pass the -int8.onnx file as --model"
+            )
+        net, meta = self._torch_net()
+        path = resolve_model(self.model)
+        if engine.startswith("torch"):
+            import torch
+
+            cuda = self.device in ("auto", "cuda") and torch.cuda.is_available()
+            dev = torch.device("cuda" if cuda else "cpu")
+            return TorchEngine(path, meta, net, self.threads, engine == "torch-bf16", dev)
+        onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
+        if engine == "onnx-int8":
+            from .quantize import quantize_int8
+
+            onnx_bytes = quantize_int8(onnx_bytes, meta, self.calibration)
+        return OnnxEngine(path, meta, onnx_bytes, self.threads, engine)
 
 
 def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
@@ -268,25 +375,26 @@ def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
 
 
 def load_onnx_file(path: Path, threads: int, engine: str | None) -> Engine:
+    """A self-describing ONNX file (metadata read by onnxruntime itself: the onnx package is not needed)."""
     import json
 
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
-    data = path.read_bytes()
     try:
-        import onnx
-
-        proto = onnx.load_model_from_string(data)
-        raw = {p.key: p.value for p in proto.metadata_props}.get("tumorseg")
-        del proto
+        eng = OnnxEngine(path, {}, path.read_bytes(), threads or default_threads(), "onnx")
+        raw = eng.session.get_modelmeta().custom_metadata_map.get("tumorseg")
     except Exception as exc:
         raise ModelFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
     if not raw:
         raise ModelFileError(f"{path}: ONNX file without tumorseg metadata (export it with `tumorseg export`)")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise ModelFileError(f"{path}: its tumorseg metadata is not valid JSON") from None
     kind = meta.get("engine", "onnx-fp32")
     if engine and engine != kind:
         raise ValueError(f"{path} is an {kind} model; it cannot run as {engine}")
-    eng = OnnxEngine(path, meta, data, threads or default_threads(), kind)
+    Engine.__init__(eng, path, meta, eng.threads)
+    eng.name = kind
     eng.reason = "the model file's own engine"
     return eng

@@ -116,12 +116,19 @@ class Predictor:
     def model_path(self) -> Path:
         return self.engine.model_path
 
+    def engine_line(self) -> str:
+        """Which model and engine, and why, in the one line the CLI, the server and the page all show."""
+        return f"model {self.model_path.name}, engine {self.engine.name}: {self.engine.reason}"
+
     def info(self) -> dict:
         m = self.meta
+        choice = self.engine.choice
         return {
             "model": self.model_path.name,
             "engine": self.engine.name,
             "engine_reason": self.engine.reason,
+            "engine_line": self.engine_line(),
+            "engine_probe": choice.as_dict() | {"cached": choice.cached} if choice is not None else None,
             "input_size": self.size,
             "threshold": self.threshold,
             "architecture": m.get("architecture", {}).get("name"),

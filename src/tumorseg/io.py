@@ -304,3 +304,22 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def model_file_meta(path: str | os.PathLike) -> dict:
+    """A .safetensors model's tumorseg metadata from its header alone (no PyTorch, no weights read)."""
+    import json
+    import struct
+
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(fh.read(n))
+        return json.loads(header["__metadata__"]["tumorseg"])
+    except FileNotFoundError:
+        raise ModelFileError(f"{p}: model file not found") from None
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        raise ModelFileError(f"{p}: not a tumorseg model file (no readable safetensors header with metadata)") from None

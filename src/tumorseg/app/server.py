@@ -586,8 +586,7 @@ def serve(
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     pred = app.state.predictor
     print(
-        f"tumorseg {__version__} at {url}  (API docs: {url}docs)\nmodel {pred.model_path.name}, engine "
-        f"{pred.engine.name} ({pred.engine.reason})\n{DISCLAIMER}",
+        f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{pred.engine_line()}\n{DISCLAIMER}",
         file=sys.stderr,
     )
     if open_browser:

@@ -525,7 +525,8 @@ async function init() {
   document.addEventListener("drop", (e) => { if (e.dataTransfer && e.dataTransfer.files.length) openFiles(e.dataTransfer.files); });
   try {
     const m = await api("/api/model");
-    $("model-info").textContent = `model ${m.model} · ${m.engine}`;
+    $("model-info").textContent = m.engine_line;
+    $("model-info").title = m.engine_line;
     $("threshold").value = String(m.threshold);
     render();
     $("threshold-val").textContent = parseFloat($("threshold").value).toFixed(2);
