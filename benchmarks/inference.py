@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -36,6 +35,23 @@ def _calibration(data: str | None, size: int, meta: dict) -> np.ndarray:
     from tumorseg.export import calibration_slices
 
     return calibration_slices(data, size, split=meta)
+
+
+def default_probe(args) -> dict:
+    """The engine `tumorseg` picks by default here, measured from scratch (empty cache), and what that costs."""
+    with tempfile.TemporaryDirectory() as cache:
+        cmd = [sys.executable, "-m", "tumorseg", "engines", "--json", "--threads", str(args.threads)]
+        if args.model:
+            cmd += ["--model", args.model]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TUMORSEG_CACHE_DIR": cache})
+        wall = time.perf_counter() - t
+        t = time.perf_counter()
+        r2 = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TUMORSEG_CACHE_DIR": cache})
+        cached_wall = time.perf_counter() - t
+    if r.returncode or r2.returncode:
+        return {"error": (r.stderr or r2.stderr)[-800:]}
+    return {**json.loads(r.stdout), "first_use_wall_s": wall, "cached_wall_s": cached_wall}
 
 
 def worker(args) -> dict:
@@ -245,10 +261,15 @@ def main() -> None:
             r["speedup_study_vs_fp32"] = base["study40_s_median"] / r["study40_s_median"]
             if "dice_test" in r:
                 r["dice_delta_vs_fp32"] = r["dice_test"] - base["dice_test"]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
+    from tumorseg.hardware import machine_record
+
+    rec = machine_record(args.threads)
+    machine = rec["summary"]
+    probe = default_probe(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "inference.json").write_text(json.dumps({"machine": machine, "rows": rows, "api": api}, indent=1) + "\n")
+    result = {"machine": rec, "rows": rows, "api": api, "default_probe": probe}
+    (out / "inference.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         f"Machine: {machine}. Engines take turns in {args.rounds} rounds, each in its own process; latency is the "
         f"median of {rows[0]['latency_runs'] if rows else 0} batch-1 runs after warm-up, the study the median of "
@@ -261,8 +282,9 @@ def main() -> None:
     for r in rows:
         dice = f"{r['dice_test']:.4f} ({r.get('dice_delta_vs_fp32', 0):+.4f})" if "dice_test" in r else "–"
         agree = f"{100 * r['mask_agreement_test_vs_fp32']:.3f} %" if "mask_agreement_test_vs_fp32" in r else "–"
+        default = " (default)" if r["engine"] == probe.get("engine") else ""
         lines.append(
-            f"| {r['engine']} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
+            f"| {r['engine']}{default} | {r['latency_ms_median']:.1f} ms | {r.get('speedup_latency_vs_fp32', 1):.2f}x | "
             f"{r['throughput_b16_img_s']:.1f} img/s | {r['study40_s_median']:.2f} s | {r['peak_rss_mb']:.0f} MB | {dice} "
             f"| {agree} |"
         )
@@ -273,6 +295,15 @@ def main() -> None:
             f"{api['api_segment_ms_median']:.1f} ms against {api['engine_ms_median']:.1f} ms in the engine "
             f"(+{api['api_overhead_ms']:.1f} ms); POST /api/study of a 36-slice NIfTI {api['api_study36_s_median']:.2f} s; "
             f"`Predictor()` with the bundled model ready in {api['predictor_ready_s']:.2f} s.",
+        ]
+    if "engine" in probe:
+        times = ", ".join(f"{k} {v:.0f} ms" for k, v in sorted(probe["timings_ms"].items(), key=lambda kv: kv[1]))
+        lines += [
+            "",
+            f"Default engine chosen by the probe from an empty cache: **{probe['engine']}** ({times}); "
+            f"first use {probe['first_use_wall_s']:.1f} s wall for `tumorseg engines` (timed runs "
+            f"{probe['probe_run_s']:.1f} s, loading the candidates {probe['probe_load_s']:.1f} s), "
+            f"{probe['cached_wall_s']:.1f} s once cached.",
         ]
     (out / "inference.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -21,15 +19,22 @@ import torch.nn.functional as F
 
 from tumorseg.model import UNetResNet50
 
+CONFIGS = {  # name: (bf16 autocast, channels-last)
+    "fp32": (False, False),
+    "fp32+channels-last": (False, True),
+    "bf16+channels-last": (True, True),
+}
 
-def step_rate(size: int, bf16: bool, batch: int, steps: int) -> float:
+
+def step_rate(size: int, config: str, batch: int, steps: int) -> float:
+    bf16, cl = CONFIGS[config]
     torch.manual_seed(0)
     m = UNetResNet50().train()
-    if bf16:
+    if cl:
         m = m.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(m.parameters(), 1e-4)
     x = torch.rand(batch, 3, size, size)
-    if bf16:
+    if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(batch, 1, size, size) > 0.9).float()
     rates = []
@@ -51,24 +56,34 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--sizes", default="256,160,128")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
-    for size in (256, 160, 128):
-        for bf16 in (False, True):
-            r = step_rate(size, bf16, a.batch if size < 256 else 8, a.steps)
-            rows.append({"size": size, "precision": "bf16+channels-last" if bf16 else "fp32", "img_per_s": r})
+    for size in map(int, a.sizes.split(",")):
+        for config in CONFIGS:
+            r = step_rate(size, config, a.batch if size < 256 else 8, a.steps)
+            rows.append({"size": size, "precision": config, "img_per_s": r})
             print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["img_per_s"]
     for r in rows:
         r["vs_256_fp32"] = r["img_per_s"] / base
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {a.threads} threads, torch {torch.__version__}"
+    from tumorseg.hardware import machine_record
+
+    rec = machine_record(a.threads) | {"torch": torch.__version__}
+    machine = f"{rec['summary']}, torch {torch.__version__}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_throughput.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    from tumorseg.training import precision_plan
+
+    chosen = precision_plan(torch.device("cpu"), True)[2]
+    (out / "train_throughput.json").write_text(
+        json.dumps({"machine": rec, "rows": rows, "trainer_chooses": chosen}, indent=1) + "\n"
+    )
     lines = [
-        f"Machine: {machine}. Median images/s of {a.steps} training steps (forward+backward+Adam).",
+        f"Machine: {machine}. Median images/s of {a.steps} training steps (forward+backward+Adam). "
+        f"`tumorseg train` chooses here: {chosen}.",
         "",
         "| input | precision | images/s | vs 256² fp32 |",
         "|---|---|---|---|",

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -100,9 +102,15 @@ def test_image_file_png_written_by_predict_cli(tiny_model, tmp_path):
     for suffix in ("_mask.png", "_overlay.png", "_prob.png"):
         im = np.asarray(Image.open(out / f"slice one{suffix}"))
         assert im.shape[:2] == (50, 40)
-    summary = (out / "summary.csv").read_text().splitlines()
-    assert summary[0].startswith("file,tumour_pixels,area_mm2")
-    assert len(summary) == 2 and "slice one.png" in summary[1]
+    import csv
+
+    rows = list(csv.DictReader((out / "summary.csv").read_text().splitlines()))
+    assert list(rows[0])[:3] == ["file", "tumour_pixels", "area_mm2"] and list(rows[0])[-1] == "error"
+    by_name = {Path(r["file"]).name: r for r in rows}
+    assert sorted(by_name) == ["broken.png", "missing.tif", "slice one.png"]  # each input once
+    assert not by_name["slice one.png"]["error"] and by_name["slice one.png"]["tumour_pixels"] != ""
+    for bad in ("broken.png", "missing.tif"):  # a failure is a row with its reason
+        assert by_name[bad]["error"].startswith(by_name[bad]["file"]) and by_name[bad]["tumour_pixels"] == ""
 
 
 def test_predict_refuses_to_write_into_input_folder(tiny_model, tmp_path):

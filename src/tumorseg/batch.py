@@ -1,15 +1,73 @@
-"""`tumorseg predict`: many inputs, one line per failure, never overwriting an input."""
+"""Batch prediction: many inputs, one row each in summary.csv, never writing into or over an input.
+
+``BatchJob`` is the one home of the rules (input expansion, output names, output safety, what a
+summary row says, when a study is done); the CLI prints its report, and the Dask runner
+(``cluster``) executes the same ``process_item`` on workers, so a distributed run writes exactly
+what a local one writes.
+"""
 
 from __future__ import annotations
 
 import csv
 import glob
 import io as _io
+import json
 import os
+import re
+import shutil
 import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
+
+SUMMARY_FIELDS = ["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs", "warnings", "error"]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """Everything that decides what a prediction writes (recorded in study.json for --skip-done)."""
+
+    model: str | None = None
+    engine: str | None = None
+    threads: int = 0
+    threshold: float | None = None
+    tta: bool = False
+    series: str | None = None
+    min_component_mm3: float = 0.0
+    spacing: tuple[float, float, float] | None = None
+
+    def settings(self) -> dict:
+        """The settings a finished study must match to be skipped (threads and engine choice do not change
+        what is judged: every default engine passed the model's accuracy check)."""
+        d = asdict(self)
+        for k in ("model", "threads", "engine"):
+            d.pop(k)
+        d["spacing"] = list(self.spacing) if self.spacing else None
+        return d
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: an image, a study, or one study from per-sequence files."""
+
+    source: str | tuple[tuple[str, str], ...]  # a path or URL; or ((sequence, path), ...)
+    name: str  # output name (a file stem for images, a folder for studies)
+    study: bool
+    spacing: tuple[float, float, float] | None = None  # a manifest's per-study spacing
+
+    @property
+    def label(self) -> str:
+        return " + ".join(p for _, p in self.source) if isinstance(self.source, tuple) else self.source
+
+    def paths(self) -> list[Path]:
+        src = [p for _, p in self.source] if isinstance(self.source, tuple) else [self.source]
+        return [Path(p) for p in src if "://" not in p]
+
+
+# --------------------------------------------------------------------------- inputs
 
 
 def is_study(p) -> bool:
@@ -46,21 +104,20 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return found, errors
 
 
-def _out_name(p, used: set[str]) -> str:
+def output_name(p, used: set[str]) -> str:
+    """A safe, unique output name from an input's name: never empty, '.', '..', hidden or a path."""
     if isinstance(p, dict):  # one study from per-sequence files: named after the case
-        import re
-
         p = p["flair"] if "flair" in p else next(iter(p.values()))
         name = re.sub(
-            r"[_\-.](flair|t2f|t2-?flair|0000)$", "", re.sub(r"\.nii(\.gz)?$", "", p.name, flags=re.I), flags=re.I
+            r"[_\-.](flair|t2f|t2-?flair|0000)$", "", re.sub(r"\.nii(\.gz)?$", "", Path(p).name, flags=re.I), flags=re.I
         )
         p = Path(name + ".nii")
-    name = p.name
+    name = Path(str(p).rstrip("/")).name
     for suf in (".nii.gz", *IMAGE_EXTENSIONS, ".nii", ".zip", ".dcm"):
         if name.lower().endswith(suf):
             name = name[: -len(suf)]
             break
-    name = "".join(c if c.isalnum() or c in "-_. ()+" else "_" for c in name).strip() or "image"
+    name = safe_name(name)
     base, k = name, 1
     while name in used:
         k += 1
@@ -69,153 +126,457 @@ def _out_name(p, used: set[str]) -> str:
     return name
 
 
-def _compare(pred, ref, spacing, a) -> dict:
-    from .metrics import compare_masks
+def safe_name(name: str) -> str:
+    """Letters, digits and -_. ()+ only; never empty, '.', '..' or hidden."""
+    return "".join(c if c.isalnum() or c in "-_. ()+" else "_" for c in name).strip().lstrip(".").strip() or "image"
 
-    return {"reference": str(a.reference), **compare_masks(pred, ref, spacing)}
 
+def read_manifest(path: str) -> tuple[list[tuple[str, str | None, tuple | None]], list[tuple[str, str]]]:
+    """(source, name or None, spacing or None) per line of a manifest, and its bad lines.
 
-def predict_inputs(a) -> int:
-    """Run the CLI's predict command; returns the exit code."""
-    from tqdm import tqdm
-
-    from .inference import DISCLAIMER, Predictor
-
-    out = Path(a.out)
-    files, errors = expand_inputs(a.inputs)
-    seqs = {k: getattr(a, k, None) for k in ("t1", "flair", "t1c")}
-    if any(seqs.values()):
-        missing = [v for v in seqs.values() if v and not Path(v).is_file()]
-        if missing:
-            errors += [(m, "file not found") for m in missing]
-        else:
-            files.append({k: Path(v) for k, v in seqs.items() if v})
-    if not files and not errors:
-        print("tumorseg predict: error: no inputs (give files, folders or --flair)", file=sys.stderr)
-        return 2
-    inputs_resolved = {q.resolve() for f in files for q in (f.values() if isinstance(f, dict) else [f])}
-    if out.exists() and not out.is_dir():
-        print(f"tumorseg predict: error: {out}: exists and is not a folder", file=sys.stderr)
-        return 2
-    if out.resolve() in {q.parent.resolve() for q in inputs_resolved if q.is_file()}:
-        print(
-            f"tumorseg predict: error: {out}: is an input folder; choose another --out so inputs are never overwritten",
-            file=sys.stderr,
-        )
-        return 2
+    Text: one path or URL a line ('#' comments). CSV: a header with a 'path' column and optional
+    'name' and 'spacing' ("ROW,COL,SLICE" quoted, or "ROW COL SLICE") columns.
+    """
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".tumorseg-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        print(f"tumorseg predict: error: {out}: cannot write results there ({exc.strerror or exc})", file=sys.stderr)
-        return 2
-    if not files:
-        for src, msg in errors:
-            print(f"error: {msg if msg.startswith(src) else f'{src}: {msg}'}", file=sys.stderr)
-        print("tumorseg predict: error: no input could be read; nothing was processed", file=sys.stderr)
-        return 2
-    pred = Predictor(a.model, engine=a.engine, threads=a.threads, threshold=a.threshold)
-    print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
-    rows = []
-    used: set[str] = set()
-    if getattr(a, "reference", None) and len(files) != 1:
-        print("tumorseg predict: error: --reference needs exactly one input", file=sys.stderr)
-        return 2
-    compared = None
-
-    def label(f) -> str:
-        return " + ".join(str(v) for v in f.values()) if isinstance(f, dict) else str(f)
-
-    for f in tqdm(files, desc="segmenting", unit="file", disable=len(files) < 2, file=sys.stderr):
-        name = _out_name(f, used)
-        try:
-            from .studies import read_reference
-
-            if is_study(f):
-                from .studies import write_study_outputs
-
-                sp = pred.predict_study(
-                    f,
-                    series=a.series,
-                    tta=a.tta,
-                    min_component_mm3=a.min_component_mm3,
-                    progress=True,
-                    spacing=a.spacing,
-                )
-                write_study_outputs(sp, out / name, inputs_resolved)
-                if getattr(a, "reference", None):
-                    compared = _compare(sp.mask, read_reference(Path(a.reference), sp.study), sp.study.spacing, a)
-                m = sp.measurements
-                rows.append(
-                    {
-                        "file": label(f),
-                        "tumour_pixels": m["tumour_voxels"],
-                        "area_mm2": "",
-                        "volume_ml": "" if m["volume_ml"] is None else f"{m['volume_ml']:.3f}",
-                        "max_probability": f"{float(sp.prob.max()):.4f}",
-                        "outputs": f"{name}/",
-                        "warnings": " | ".join(n for n in sp.study.notes),
-                    }
-                )
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the manifest ({exc})") from None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    out: list[tuple[str, str | None, tuple | None]] = []
+    bad: list[tuple[str, str]] = []
+    header = [h.strip().lower() for h in next(csv.reader(lines[:1]), [])] if lines else []
+    if "path" not in header:
+        return [(ln.strip(), None, None) for ln in lines], bad
+    for k, row in enumerate(csv.DictReader(lines), start=2):
+        row = {(key or "").strip().lower(): (v or "").strip() for key, v in row.items()}
+        if not row.get("path"):
+            bad.append((f"{path}:{k}", "no path on this line"))
+            continue
+        spacing = None
+        if row.get("spacing"):
+            try:
+                spacing = tuple(float(v) for v in re.split(r"[,\sx]+", row["spacing"]) if v)
+                assert len(spacing) == 3 and all(0.01 <= v <= 100 for v in spacing)
+            except (ValueError, AssertionError):
+                bad.append((f"{path}:{k}", f"spacing {row['spacing']!r}: expected three values 0.01..100 mm"))
                 continue
-            r = pred.predict(f, tta=a.tta)
-            if getattr(a, "reference", None):
-                compared = _compare(r.mask, read_reference(Path(a.reference), r.mask.shape), None, a)
-            targets = {
-                out / f"{name}_mask.png": r.mask_png_array(),
-                out / f"{name}_overlay.png": r.heatmap_overlay,
-                out / f"{name}_prob.png": r.prob_png_array(),
-            }
-            if r.uncertainty is not None:
-                targets[out / f"{name}_uncertainty.png"] = (r.uncertainty.clip(0, 0.5) * 510).astype("uint8")
-            for t, arr in targets.items():
-                if t.resolve() in inputs_resolved:
-                    raise ImageReadError(f, f"output {t} would overwrite an input")
-                write_png(t, arr)
-            rows.append(
-                {
-                    "file": str(f),
-                    "tumour_pixels": r.area_pixels,
-                    "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}",
-                    "volume_ml": "",
-                    "max_probability": f"{r.max_prob:.4f}",
-                    "outputs": f"{name}_*.png",
-                    "warnings": " | ".join(r.warnings),
-                }
+        out.append((row["path"], safe_name(row["name"]) if row.get("name") else None, spacing))
+    return out, bad
+
+
+def plan_items(
+    inputs: list[str], sequences: dict[str, str] | None = None, manifest: str | None = None
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The work, in input order, with unique output names; and the inputs that could not be found."""
+    entries: list[tuple[object, str | None, tuple | None]] = []
+    files, errors = expand_inputs(inputs)
+    entries += [(f, None, None) for f in files]
+    if sequences and any(sequences.values()):
+        missing = [v for v in sequences.values() if v and not Path(v).is_file()]
+        errors += [(m, "file not found") for m in missing]
+        if not missing:
+            entries.append(({k: Path(v) for k, v in sequences.items() if v}, None, None))
+    if manifest:
+        rows, bad = read_manifest(manifest)
+        errors += bad
+        for src, name, spacing in rows:
+            if "://" in src and not src.startswith("file://"):
+                entries.append((src, name, spacing))
+                continue
+            local = src[len("file://") :] if src.startswith("file://") else src
+            found, errs = expand_inputs([local])
+            errors += errs
+            entries += [(f, name if len(found) == 1 else None, spacing) for f in found]
+    used: set[str] = set()
+    items = []
+    for src, name, spacing in entries:
+        if name is not None and name not in used:
+            used.add(name)
+        else:
+            name = output_name(src if not isinstance(src, str) else Path(src), used)
+        if isinstance(src, dict):
+            items.append(Item(tuple((k, str(v)) for k, v in src.items()), name, True, spacing))
+        elif isinstance(src, str):  # a URL: studies only (2D images are read from paths)
+            items.append(Item(src, name, True, spacing))
+        else:
+            items.append(Item(str(src), name, is_study(src), spacing))
+    return items, errors
+
+
+# --------------------------------------------------------------------------- output safety
+
+
+def _inside(p: Path, folder: Path) -> bool:
+    return p == folder or folder in p.parents
+
+
+def output_conflicts(items: list[Item], out: Path) -> tuple[str | None, dict[str, str]]:
+    """(a reason to refuse the whole run, or None; per item name, why its outputs would touch an input).
+
+    Every output path is checked against every input's resolved path before anything is written.
+    """
+    out_r = out.resolve()
+    inputs = [p.resolve() for it in items for p in it.paths()]
+    for p in inputs:
+        if p.is_dir() and _inside(out_r, p):
+            return f"{out}: is inside the input {p}; choose another --out so inputs are never written into", {}
+        if p.is_file() and out_r == p.parent:
+            return f"{out}: is an input folder; choose another --out so inputs are never overwritten", {}
+    bad: dict[str, str] = {}
+    for it in items:
+        targets = [out_r / it.name] if it.study else [out_r / f"{it.name}_{k}.png" for k in _IMAGE_OUTPUTS]
+        for t in targets:
+            hit = next((p for p in inputs if _inside(p, t) or _inside(t, p)), None)
+            if hit is not None:
+                bad[it.name] = f"output {t} would overwrite or contain the input {hit}"
+                break
+    return None, bad
+
+
+_IMAGE_OUTPUTS = ("mask", "overlay", "prob", "uncertainty")
+
+
+# --------------------------------------------------------------------------- one item
+
+
+def run_record(opts: PredictOptions, model_sha256: str) -> dict:
+    return {"model_sha256": model_sha256, "settings": opts.settings()}
+
+
+def study_row(item: Item, summary: dict) -> dict:
+    """A study's summary.csv row, from its study.json alone (so a skipped study reads the same)."""
+    m = summary
+    return {
+        "file": item.label,
+        "tumour_pixels": m["tumour_voxels"],
+        "area_mm2": "",
+        "volume_ml": "" if m.get("volume_ml") is None else f"{m['volume_ml']:.3f}",
+        "max_probability": f"{m['max_probability']:.4f}",
+        "outputs": f"{item.name}/",
+        "warnings": " | ".join(m.get("notes", [])),
+        "error": "",
+    }
+
+
+def error_row(label: str, msg: str) -> dict:
+    if not msg.startswith(label):
+        msg = f"{label}: {msg}"
+    return {"file": label, **{k: "" for k in SUMMARY_FIELDS[1:-1]}, "error": msg}
+
+
+def done_study(item: Item, out: Path, record: dict) -> dict | None:
+    """The row of a study already complete in ``out`` with the same model and settings, else None."""
+    try:
+        summary = json.loads((out / item.name / "study.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("run") != record or summary.get("source_label") != item.label:
+        return None
+    return study_row(item, summary)
+
+
+def _fetch(url: str, tmp: Path) -> Path:
+    """A copy of a remote study (fsspec: s3://, gs://, http(s)://, ... where its package is installed)."""
+    try:
+        import fsspec
+    except ImportError:
+        raise ValueError(
+            f"{url}: reading URLs needs fsspec (pip install fsspec and the filesystem's package)"
+        ) from None
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        target = tmp / Path(path.rstrip("/")).name
+        fs.get(path, str(target), recursive=fs.isdir(path))
+    except ImportError as exc:
+        raise ValueError(f"{url}: this kind of URL needs another package ({exc})") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{url}: cannot be fetched ({type(exc).__name__}: {exc})") from None
+    return target
+
+
+def _swap_in(tmp_dir: Path, final: Path) -> None:
+    """Put a finished study folder in place in one rename (an older result is replaced only then)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp_dir, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def process_item(
+    pred, item: Item, out: Path, opts: PredictOptions, record: dict, protect: set[Path], keep=None
+) -> dict:
+    """Segment one item and write its outputs; returns its summary row (an error row on failure).
+
+    A study is written into a hidden temporary folder and renamed into place with study.json in it,
+    so a study is complete exactly when ``out/<name>/study.json`` exists.
+    """
+    import tempfile
+
+    try:
+        if not item.study:
+            return _process_image(pred, item, out, opts, protect, keep)
+        with tempfile.TemporaryDirectory(prefix=".tumorseg-fetch-") as fetch_dir:
+            src: object = item.source
+            if isinstance(src, tuple):
+                src = {k: Path(v) for k, v in src}
+            elif "://" in src:
+                src = _fetch(src, Path(fetch_dir))
+            else:
+                src = Path(src)
+            sp = pred.predict_study(
+                src,
+                series=opts.series,
+                tta=opts.tta,
+                min_component_mm3=opts.min_component_mm3,
+                progress=False,
+                spacing=item.spacing or opts.spacing,
             )
-        except (ImageReadError, ValueError, OSError) as exc:
-            msg = (
-                str(exc)
-                if label(f) in str(exc)
-                or str(exc).startswith(tuple(map(str, f.values())) if isinstance(f, dict) else str(f))
-                else f"{label(f)}: {exc}"
+        from .studies import write_study_outputs
+
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{item.name}.partial-{uuid.uuid4().hex[:8]}"
+        extra = {"source_label": item.label, "max_probability": float(sp.prob.max()), "run": record}
+        try:
+            write_study_outputs(sp, tmp, protect, extra=extra)
+            _swap_in(tmp, out / item.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if keep is not None:
+            keep(sp)
+        return study_row(item, {**sp.summary(), **extra})
+    except (ImageReadError, ValueError, OSError) as exc:
+        return error_row(item.label, str(exc))
+    except Exception as exc:  # one row per bad input, never a traceback that stops the batch
+        return error_row(item.label, f"cannot be processed ({type(exc).__name__}: {exc})")
+
+
+def _process_image(pred, item: Item, out: Path, opts: PredictOptions, protect: set[Path], keep=None) -> dict:
+    r = pred.predict(item.source, tta=opts.tta)
+    targets = {
+        out / f"{item.name}_mask.png": r.mask_png_array(),
+        out / f"{item.name}_overlay.png": r.heatmap_overlay,
+        out / f"{item.name}_prob.png": r.prob_png_array(),
+    }
+    if r.uncertainty is not None:
+        targets[out / f"{item.name}_uncertainty.png"] = (r.uncertainty.clip(0, 0.5) * 510).astype("uint8")
+    for t in targets:
+        if t.resolve() in protect:
+            raise ImageReadError(item.source, f"output {t} would overwrite an input")
+    for t, arr in targets.items():
+        write_png(t, arr)
+    if keep is not None:
+        keep(r)
+    return {
+        "file": item.label,
+        "tumour_pixels": r.area_pixels,
+        "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}",
+        "volume_ml": "",
+        "max_probability": f"{r.max_prob:.4f}",
+        "outputs": f"{item.name}_*.png",
+        "warnings": " | ".join(r.warnings),
+        "error": "",
+    }
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class Report:
+    rows: list[dict]
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    wall_s: float = 0.0
+    engine_lines: list[str] = field(default_factory=list)
+    comparison: dict | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.failed and not (self.done or self.skipped):
+            return 2
+        return 1 if self.failed else 0
+
+
+class BatchError(ValueError):
+    """The whole run cannot start (bad --out, nothing to do); nothing was written."""
+
+
+def model_checksum(model: str | None) -> str:
+    from .engines import bundled_info, resolve_model
+    from .io import file_sha256
+
+    path = resolve_model(model)
+    return (bundled_info().get("sha256") if model is None else None) or file_sha256(path)
+
+
+@dataclass
+class BatchJob:
+    """``tumorseg predict`` as an object: plan, check, run locally or on Dask, write summary.csv."""
+
+    inputs: list[str]
+    out: Path
+    options: PredictOptions = field(default_factory=PredictOptions)
+    sequences: dict[str, str] | None = None
+    manifest: str | None = None
+    reference: str | None = None
+    skip_done: bool = False
+    dask: str | None = None  # tcp://host:port of a scheduler, or local:N
+    progress: bool = True
+
+    def prepare(self) -> tuple[list[Item], list[tuple[str, str]], dict[str, str]]:
+        """Plan the items and check the output folder; raises ``BatchError`` before writing anything."""
+        items, errors = plan_items(self.inputs, self.sequences, self.manifest)
+        if not items and not errors:
+            raise BatchError("no inputs (give files, folders, --flair or --manifest)")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise BatchError(f"{out}: exists and is not a folder")
+        fatal, conflicts = output_conflicts(items, out)
+        if fatal:
+            raise BatchError(fatal)
+        if self.reference and len(items) != 1:
+            raise BatchError("--reference needs exactly one input")
+        if self.reference and self.dask:
+            raise BatchError("--reference compares one input: run it without --dask")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".tumorseg-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise BatchError(f"{out}: cannot write results there ({exc.strerror or exc})") from None
+        return items, errors, conflicts
+
+    def run(self) -> Report:
+        t0 = time.perf_counter()
+        items, errors, conflicts = self.prepare()
+        out = Path(self.out)
+        rows: list[dict | None] = [None] * len(items)
+        record = run_record(self.options, model_checksum(self.options.model))
+        todo = []
+        for k, it in enumerate(items):
+            if it.name in conflicts:
+                rows[k] = error_row(it.label, conflicts[it.name])
+            elif self.skip_done and it.study and (row := done_study(it, out, record)) is not None:
+                rows[k] = row
+            else:
+                todo.append(k)
+        skipped = sum(1 for k, r in enumerate(rows) if r is not None and not r["error"])
+        protect = {p.resolve() for it in items for p in it.paths()}
+        rep = Report(rows=[])
+        if todo and self.dask:
+            from .cluster import run_on_dask
+
+            results, rep.engine_lines = run_on_dask(
+                self.dask, [items[k] for k in todo], out, self.options, record, protect, self.progress
             )
-            errors.append((label(f), msg))
-        except Exception as exc:  # one line per bad input, never a traceback that stops the batch
-            errors.append((label(f), f"{label(f)}: cannot be processed ({type(exc).__name__}: {exc})"))
+            for k, row in zip(todo, results):
+                rows[k] = row
+        elif todo:
+            self._run_local(items, todo, rows, out, record, protect, rep)
+        for it in items:  # what a killed worker left half-written (its task was redone elsewhere)
+            for stale in out.glob(f".{glob.escape(it.name)}.partial-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        rep.rows = [r for r in rows if r is not None] + [error_row(src, msg) for src, msg in errors]
+        rep.skipped = skipped
+        rep.failed = sum(1 for r in rep.rows if r["error"])
+        rep.done = len(rep.rows) - rep.failed - skipped
+        write_summary(out, rep.rows)
+        rep.wall_s = time.perf_counter() - t0
+        return rep
+
+    def _run_local(self, items, todo, rows, out, record, protect, rep: Report) -> None:
+        from tqdm import tqdm
+
+        from .inference import Predictor
+
+        o = self.options
+        pred = Predictor(o.model, engine=o.engine, threads=o.threads, threshold=o.threshold)
+        rep.engine_lines = [pred.engine_line()]
+        print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
+        results: list = []
+        keep = results.append if self.reference else None
+        for k in tqdm(
+            todo, desc="segmenting", unit="input", disable=not self.progress or len(todo) < 2, file=sys.stderr
+        ):
+            rows[k] = process_item(pred, items[k], out, o, record, protect, keep)
+            if results:
+                try:
+                    rep.comparison = self._compare(items[k], results.pop())
+                except (ImageReadError, ValueError, OSError) as exc:
+                    rows[k] = error_row(items[k].label, f"reference {self.reference}: {exc}")
+
+    def _compare(self, item: Item, result) -> dict:
+        """Dice, volumes and the most different slices against --reference."""
+        from .metrics import compare_masks
+        from .studies import read_reference
+
+        ref = Path(self.reference)
+        if item.study:
+            cmp = compare_masks(result.mask, read_reference(ref, result.study), result.study.spacing)
+        else:
+            cmp = compare_masks(result.mask, read_reference(ref, result.mask.shape), None)
+        return {"reference": str(ref), **cmp}
+
+
+def write_summary(out: Path, rows: list[dict]) -> None:
     buf = _io.StringIO()
-    w = csv.DictWriter(
-        buf, fieldnames=["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs", "warnings"]
-    )
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
-    if compared is not None:
-        import json
 
-        atomic_write_bytes(out / "comparison.json", (json.dumps(compared, indent=1) + "\n").encode())
+
+def predict_inputs(a) -> int:
+    """The CLI's predict command; returns the exit code."""
+    from .inference import DISCLAIMER
+
+    opts = PredictOptions(
+        model=a.model,
+        engine=a.engine,
+        threads=a.threads,
+        threshold=a.threshold,
+        tta=a.tta,
+        series=a.series,
+        min_component_mm3=a.min_component_mm3,
+        spacing=a.spacing,
+    )
+    job = BatchJob(
+        inputs=a.inputs,
+        out=Path(a.out),
+        options=opts,
+        sequences={k: getattr(a, k, None) for k in ("t1", "flair", "t1c")},
+        manifest=getattr(a, "manifest", None),
+        reference=getattr(a, "reference", None),
+        skip_done=getattr(a, "skip_done", False),
+        dask=getattr(a, "dask", None),
+    )
+    try:
+        rep = job.run()
+    except BatchError as exc:
+        print(f"tumorseg predict: error: {exc}", file=sys.stderr)
+        return 2
+    if rep.comparison is not None:
+        c = rep.comparison
+        atomic_write_bytes(Path(a.out) / "comparison.json", (json.dumps(c, indent=1) + "\n").encode())
         print(
-            f"reference {a.reference}: Dice {compared['dice']:.4f} (model {compared['model_voxels']} voxels, "
-            f"reference {compared['reference_voxels']})",
+            f"reference {c['reference']}: Dice {c['dice']:.4f} (model {c['model_voxels']} voxels, "
+            f"reference {c['reference_voxels']})",
             file=sys.stderr,
         )
-    for src, msg in errors:
-        if not msg.startswith(src):
-            msg = f"{src}: {msg}"
-        print(f"error: {msg}", file=sys.stderr)
-    print(f"{len(rows)} segmented, {len(errors)} failed; results in {out} ({DISCLAIMER})", file=sys.stderr)
-    if not rows and errors:
-        return 2
-    return 0 if not errors else 1
+    for r in rep.rows:
+        if r["error"]:
+            print(f"error: {r['error']}", file=sys.stderr)
+    if job.dask:
+        for line in rep.engine_lines:
+            print(f"tumorseg worker: {line}", file=sys.stderr)
+    skipped = f", {rep.skipped} already done" if rep.skipped else ""
+    print(
+        f"{rep.done} segmented{skipped}, {rep.failed} failed in {rep.wall_s:.1f} s; results in {a.out} ({DISCLAIMER})",
+        file=sys.stderr,
+    )
+    return rep.exit_code

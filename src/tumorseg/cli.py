@@ -12,6 +12,7 @@ import sys
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 TRAIN_EXTRA = ("torch", "safetensors", "onnx", "matplotlib")  # pyproject's `train` extra
+EXTRA_OF = {**dict.fromkeys(TRAIN_EXTRA, "train"), "distributed": "dask", "dask": "dask"}
 ENGINE_CHOICES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")  # tumorseg.engines.ENGINES (kept light)
 
 
@@ -202,6 +203,25 @@ def _add_predict(sub) -> None:
         metavar="ROW,COL,SLICE",
         help="voxel size in mm for stacks of 2D slices (they carry none); recorded in study.json",
     )
+    arc = p.add_argument_group("archives: many studies, resumable, optionally on a Dask cluster")
+    arc.add_argument(
+        "--manifest",
+        default=None,
+        metavar="FILE",
+        help="a text file with one study path or URL a line, or a CSV with columns path[,name][,spacing]",
+    )
+    arc.add_argument(
+        "--skip-done",
+        action="store_true",
+        help="skip studies whose study.json in --out records the same model and settings (rerun after a crash)",
+    )
+    arc.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="run one task per study on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for "
+        'N single-threaded workers on this machine (needs pip install "tumorseg[dask]")',
+    )
     seq = p.add_argument_group("one study from one file per sequence (NIfTI; co-registered on one grid)")
     seq.add_argument("--flair", default=None, help="FLAIR volume (required for this mode)")
     seq.add_argument("--t1", default=None, help="pre-contrast T1 volume (FLAIR fills in when absent)")
@@ -363,10 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in TRAIN_EXTRA:
+        top = (exc.name or "").split(".")[0]
+        if top in EXTRA_OF:
+            extra = EXTRA_OF[top]
             print(
-                f"tumorseg {a.cmd}: error: this needs {exc.name.split('.')[0]}, which the base install leaves out: "
-                'pip install "tumorseg[train]" (or, from a checkout, pip install -e ".[train]")',
+                f"tumorseg {a.cmd}: error: this needs {top}, which the base install leaves out: "
+                f'pip install "tumorseg[{extra}]" (or, from a checkout, pip install -e ".[{extra}]")',
                 file=sys.stderr,
             )
             return EXIT_ERROR

@@ -115,3 +115,17 @@ def user_cache_dir() -> Path:
     if sys.platform == "win32":
         return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "tumorseg" / "Cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tumorseg"
+
+
+def machine_record(threads: int) -> dict:
+    """What every benchmark result records about the machine it ran on (one CPU class per README block)."""
+    cpu = cpu_info()
+    return {
+        "cpu": cpu.model,
+        "cpu_class": cpu.flags_class,
+        "cpu_flags": list(cpu.flags),
+        "machine": cpu.machine,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "summary": f"{cpu.model} ({cpu.flags_class}), {os.cpu_count()} cores, {threads} threads",
+    }

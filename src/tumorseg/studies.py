@@ -932,8 +932,11 @@ def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
     return _gz(img.to_bytes())
 
 
-def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = None) -> list[Path]:
-    """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json."""
+def write_study_outputs(
+    sp: StudyPrediction, out: Path, protect: set | None = None, extra: dict | None = None
+) -> list[Path]:
+    """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json (last;
+    ``extra`` adds the batch's run record to it)."""
     from .render import heatmap_overlay
 
     out.mkdir(parents=True, exist_ok=True)
@@ -954,7 +957,7 @@ def write_study_outputs(sp: StudyPrediction, out: Path, protect: set | None = No
         if protect and (ov / f"slice_{k + 1:04d}.png").resolve() in protect:
             continue
         write_png(ov / f"slice_{k + 1:04d}.png", heatmap_overlay(sp.images[k], sp.prob[k]))
-    atomic_write_bytes(out / "study.json", (json.dumps(sp.summary(), indent=1) + "\n").encode())
+    atomic_write_bytes(out / "study.json", (json.dumps({**sp.summary(), **(extra or {})}, indent=1) + "\n").encode())
     written.append(out / "study.json")
     return written
 
