@@ -68,12 +68,15 @@ def main() -> None:
             for name in walls:
                 walls[name].append(_run(case, Path(tmp) / f"{name}{k}", a.threads, None if name == "default" else name))
                 print(f"run {k + 1}: {name} {walls[name][-1]:.1f} s", file=sys.stderr)
-        study = json.loads(next((Path(tmp) / "default0").rglob("study.json")).read_text())
+        study_json = next((Path(tmp) / "default0").rglob("study.json"))
+        study = json.loads(study_json.read_text())
+        output_mb = sum(p.stat().st_size for p in study_json.parent.rglob("*") if p.is_file()) / 1e6
     med = {k: statistics.median(v) for k, v in walls.items()}
     res = {
         "machine": machine_record(a.threads),
         "case": Path(case).name if a.case else "synthetic 155x240x240 FLAIR",
-        "slices": study.get("shape", [None])[0] if isinstance(study.get("shape"), list) else study.get("slices"),
+        "slices": study.get("n_slices"),
+        "output_mb": output_mb,
         "default_engine": default.name,
         "default_reason": default.reason,
         "wall_s_median": med,

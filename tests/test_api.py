@@ -1,4 +1,5 @@
 import io
+import re
 import threading
 
 import numpy as np
@@ -33,6 +34,21 @@ def test_health_and_model(client):
     assert client.get("/api/health").json()["status"] == "ok"
     m = client.get("/api/model").json()
     assert m["input_size"] == 64 and "not a medical device" in m["disclaimer"].lower()
+    # the same one line the CLI prints first and the page shows in its banner
+    assert m["engine_line"].startswith(f"model {m['model']}, engine {m['engine']}: ") and "\n" not in m["engine_line"]
+
+
+def test_cli_first_line_is_the_engine_line(tiny_model, tmp_path, capsys):
+    from tumorseg.cli import main
+    from tumorseg.inference import Predictor
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 40, 3), np.uint8))
+    main(["predict", str(tmp_path / "a.tif"), "--out", str(tmp_path / "o"), "--model", str(tiny_model)])
+    first = capsys.readouterr().err.splitlines()[0]
+    again = Predictor(tiny_model).engine_line()  # from the cache the first call wrote
+    assert "fastest on this CPU" in first and "cached from" in again
+    when = re.compile(r"; (measured now|cached from [^)]*)\)$")
+    assert when.sub("", first) == "tumorseg: " + when.sub("", again)
 
 
 def test_segment_returns_pngs_at_original_size(client):
