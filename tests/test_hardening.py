@@ -107,7 +107,7 @@ def _nifti_header_only(path: Path, shape, pixdim=None) -> Path:
 
 
 def _nifti(path: Path, pixdim) -> Path:
-    img = nib.Nifti1Image(np.random.default_rng(0).integers(0, 200, (16, 16, 4)).astype(np.int16), np.eye(4))
+    img = nib.Nifti1Image(np.random.default_rng(0).integers(0, 200, (32, 32, 4)).astype(np.int16), np.eye(4))
     img.header["pixdim"][1:4] = pixdim
     path.write_bytes(img.to_bytes())
     return path

@@ -393,9 +393,12 @@ class Report:
     wall_s: float = 0.0
     engine_lines: list[str] = field(default_factory=list)
     comparison: dict | None = None
+    interrupted: bool = False
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
         if self.failed and not (self.done or self.skipped):
             return 2
         return 1 if self.failed else 0
@@ -503,7 +506,11 @@ class BatchJob:
         for k in tqdm(
             todo, desc="segmenting", unit="input", disable=not self.progress or len(todo) < 2, file=sys.stderr
         ):
-            rows[k] = process_item(pred, items[k], out, o, record, protect, keep)
+            try:
+                rows[k] = process_item(pred, items[k], out, o, record, protect, keep)
+            except KeyboardInterrupt:  # what finished is still reported in summary.csv
+                rep.interrupted = True
+                return
             if results:
                 try:
                     rep.comparison = self._compare(items[k], results.pop())
@@ -515,12 +522,12 @@ class BatchJob:
         from .metrics import compare_masks
         from .studies import read_reference
 
-        ref = Path(self.reference)
+        ref, notes = Path(self.reference), []
         if item.study:
-            cmp = compare_masks(result.mask, read_reference(ref, result.study), result.study.spacing)
+            cmp = compare_masks(result.mask, read_reference(ref, result.study, notes=notes), result.study.spacing)
         else:
             cmp = compare_masks(result.mask, read_reference(ref, result.mask.shape), None)
-        return {"reference": str(ref), **cmp}
+        return {"reference": str(ref), **cmp, "notes": notes}
 
 
 def write_summary(out: Path, rows: list[dict]) -> None:
@@ -574,6 +581,8 @@ def predict_inputs(a) -> int:
     if job.dask:
         for line in rep.engine_lines:
             print(f"tumorseg worker: {line}", file=sys.stderr)
+    if rep.interrupted:
+        print("interrupted: summary.csv lists what finished", file=sys.stderr)
     skipped = f", {rep.skipped} already done" if rep.skipped else ""
     print(
         f"{rep.done} segmented{skipped}, {rep.failed} failed in {rep.wall_s:.1f} s; results in {a.out} ({DISCLAIMER})",

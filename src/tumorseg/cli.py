@@ -263,6 +263,8 @@ def _cmd_app(a) -> int:
 
     from .app.server import serve
 
+    if a.token is not None and not a.token.strip():
+        raise ValueError("--token is empty; give a token, or leave --token out to serve without one")
     token = a.token or os.environ.get("TUMORSEG_TOKEN") or None
     if a.token_file:
         from pathlib import Path

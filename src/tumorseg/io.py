@@ -25,9 +25,24 @@ MAX_PIXELS = 64_000_000
 # never more than MAX_DECODED_BYTES, and above FREE_DECODED_BYTES never more than MAX_EXPANSION times
 # the bytes it arrived as, so that a few kilobytes cannot cost gigabytes.
 MAX_DECODED_BYTES = int(float(os.environ.get("TUMORSEG_MAX_DECODED_MB", "1024")) * 2**20)
-FREE_DECODED_BYTES = 64 * 2**20
+FREE_DECODED_BYTES = 16 * 2**20
 MAX_EXPANSION = 20
 MAX_SAMPLES_PER_PIXEL = 4
+# The working copies count too (RGB copy, float temporaries, full-resolution probabilities, overlays):
+# segmenting a 2D image peaks at ~28 bytes per pixel (tracemalloc, 3000x3000 PNG; the test
+# test_working_set_of_a_large_image_stays_in_budget keeps it under this figure). A request may use
+# up to FREE_WORKING_BYTES, beyond that at most MAX_WORKING_EXPANSION times the bytes it arrived as:
+# an upload under 1 MB can never cost more than 300 MB.
+WORKING_BYTES_PER_PIXEL = 32
+FREE_WORKING_BYTES = 64 * 2**20
+MAX_WORKING_EXPANSION = 300
+# Model time, known from a header before decoding: slices x the model's fixed input size. A study
+# has at most MAX_STUDY_SLICES slices, in-plane at least MIN_STUDY_SIDE px, and beyond FREE_SLICES
+# at most SLICES_PER_MB per MB received (a real slice is tens of kB even compressed).
+MAX_STUDY_SLICES = int(os.environ.get("TUMORSEG_MAX_SLICES", "2048"))
+MIN_STUDY_SIDE = 32
+FREE_SLICES = 256
+SLICES_PER_MB = 128
 
 
 class ImageReadError(ValueError):
@@ -56,12 +71,51 @@ def check_decoded_size(path, decoded_bytes: int, input_bytes: int | None = None,
         )
 
 
+def check_working_set(path, working_bytes: int, input_bytes: int | None, what: str) -> None:
+    """Refuse work whose working memory is over the budget, or far out of proportion to the upload."""
+    mb = 2**20
+    if working_bytes > MAX_DECODED_BYTES:
+        raise ImageReadError(
+            path,
+            f"{what} needs about {working_bytes / mb:,.0f} MB of working memory, over the "
+            f"{MAX_DECODED_BYTES / mb:,.0f} MB limit",
+        )
+    if input_bytes and working_bytes > FREE_WORKING_BYTES and working_bytes > MAX_WORKING_EXPANSION * input_bytes:
+        raise ImageReadError(
+            path,
+            f"{what} needs about {working_bytes / mb:,.0f} MB of working memory from {input_bytes / mb:,.2f} MB "
+            f"received (over {MAX_WORKING_EXPANSION}x); send it downscaled (the model sees 256x256)",
+        )
+
+
+def check_model_time(path, slices: int, rows: int, cols: int, input_bytes: int | None, what: str = "study") -> None:
+    """Refuse a study whose model time (slices at the model's fixed input size) a few bytes could buy."""
+    if min(rows, cols) < MIN_STUDY_SIDE:
+        raise ImageReadError(
+            path,
+            f"{what} slices are {cols}x{rows} px; the model needs at least {MIN_STUDY_SIDE}x{MIN_STUDY_SIDE} "
+            f"(a volume stored in another axis order, or not an image volume?)",
+        )
+    if slices > MAX_STUDY_SLICES:
+        raise ImageReadError(path, f"{what} has {slices:,} slices, over the limit of {MAX_STUDY_SLICES:,}")
+    if input_bytes and slices > FREE_SLICES and slices > SLICES_PER_MB * input_bytes / 2**20:
+        raise ImageReadError(
+            path,
+            f"{what} declares {slices:,} slices in {input_bytes / 2**20:,.2f} MB ({input_bytes / slices:,.0f} "
+            "bytes per slice): not a real image volume",
+        )
+
+
 def _check_dims(path, shape) -> None:
     if len(shape) < 2 or min(shape[:2]) < 1:
         raise ImageReadError(path, f"image has no pixels (shape {tuple(shape)})")
     h, w = int(shape[0]), int(shape[1])
     if h * w > MAX_PIXELS:
         raise ImageReadError(path, f"image is {w}x{h} pixels, over the limit of {MAX_PIXELS:,} pixels")
+
+
+def _check_image_working_set(path, h: int, w: int, input_bytes: int) -> None:
+    check_working_set(path, h * w * WORKING_BYTES_PER_PIXEL, input_bytes, f"a {w}x{h} px image")
 
 
 def _read_tiff(path, data: bytes | None) -> np.ndarray:
@@ -74,14 +128,15 @@ def _read_tiff(path, data: bytes | None) -> np.ndarray:
                 raise ImageReadError(path, "TIFF file has no pages")
             page = tif.pages[0]
             h, w = int(page.imagelength), int(page.imagewidth)
+            size = len(data) if data is not None else os.path.getsize(path)
             _check_dims(path, (h, w))
             spp = int(page.samplesperpixel)
             if spp > MAX_SAMPLES_PER_PIXEL:
                 raise ImageReadError(path, f"TIFF has {spp} samples per pixel; expected 1 to {MAX_SAMPLES_PER_PIXEL}")
             depth = int(getattr(page, "imagedepth", 1) or 1)
             nbytes = h * w * spp * depth * max(1, (int(page.bitspersample) + 7) // 8)
-            size = len(data) if data is not None else os.path.getsize(path)
             check_decoded_size(path, nbytes, size, "TIFF image")
+            _check_image_working_set(path, h, w, size)
             arr = page.asarray()
     except ImageReadError:
         raise
@@ -99,10 +154,11 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(src) as im:
-                _check_dims(path, (im.size[1], im.size[0]))
                 size = len(data) if data is not None else os.path.getsize(path)
+                _check_dims(path, (im.size[1], im.size[0]))
                 bpp = 4 if im.mode in ("I", "F") else 2 if im.mode.startswith("I;16") else 1
                 check_decoded_size(path, im.size[0] * im.size[1] * max(1, len(im.getbands())) * bpp, size)
+                _check_image_working_set(path, im.size[1], im.size[0], size)
                 im.load()
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -166,6 +222,7 @@ def _tidy(path, arr: np.ndarray) -> np.ndarray:
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ImageReadError(path, f"unsupported image layout {arr.shape}; expected HxW, HxWx3 or HxWx4")
     _check_dims(path, arr.shape)
+    _check_image_working_set(path, int(arr.shape[0]), int(arr.shape[1]), 0)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():

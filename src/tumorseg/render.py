@@ -14,12 +14,19 @@ def jet(x: np.ndarray) -> np.ndarray:
     return (np.concatenate([r, g, b], -1) * 255 + 0.5).astype(np.uint8)
 
 
+BLOCK_PIXELS = 1 << 18  # blend in row blocks: the float temporaries of a huge image stay ~15 MB
+
+
 def heatmap_overlay(image: np.ndarray, prob: np.ndarray, alpha: float = 0.5, floor: float = 0.05) -> np.ndarray:
     """JET heatmap blended over the image; probabilities below ``floor`` stay transparent."""
-    col = jet(prob).astype(np.float32)
-    a = np.where(prob >= floor, alpha, 0.0).astype(np.float32)[..., None]
-    out = image.astype(np.float32) * (1 - a) + col * a
-    return (out + 0.5).astype(np.uint8)
+    out = np.empty(image.shape[:2] + (3,), np.uint8)
+    rows = max(1, BLOCK_PIXELS // max(1, image.shape[1]))
+    for r in range(0, image.shape[0], rows):
+        p = prob[r : r + rows]
+        col = jet(p).astype(np.float32)
+        a = np.where(p >= floor, alpha, 0.0).astype(np.float32)[..., None]
+        out[r : r + rows] = (image[r : r + rows].astype(np.float32) * (1 - a) + col * a + 0.5).astype(np.uint8)
+    return out
 
 
 def contour_overlay(image: np.ndarray, mask: np.ndarray, color=(255, 255, 0), width: int = 1) -> np.ndarray:

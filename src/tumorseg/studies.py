@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io as _io
 import json
+import math
 import re
 import zipfile
 import zlib
@@ -22,6 +23,8 @@ from .io import (
     ImageReadError,
     atomic_write_bytes,
     check_decoded_size,
+    check_model_time,
+    check_working_set,
     read_image,
     standardise_brain_intensity,
     to_uint8_rgb,
@@ -58,6 +61,7 @@ class Study:
     affine: np.ndarray | None = None  # NIfTI: the input's affine
     nifti_shape: tuple | None = None
     dicom: list | None = None  # pydicom datasets, sorted
+    frame_order: list[int] | None = None  # multi-frame DICOM: the source frame of each slice
     notes: list[str] = field(default_factory=list)
     sequences: dict | None = None  # model channel -> the file or sequence that filled it
     intensity_gains: list[float] | None = None  # per channel, from standardise_brain_intensity
@@ -347,12 +351,27 @@ def _raw_pixdim(p: Path, img) -> list[float]:
 
     try:
         opener = gzip.open if p.name.lower().endswith(".gz") else open
+        two = isinstance(img.header, nib.Nifti2Header)
         with opener(p, "rb") as fh:
-            block = fh.read(348)
-        hdr = nib.Nifti1Header(binaryblock=block, check=False, endianness=img.header.endianness)
+            block = fh.read(540 if two else 348)
+        cls = nib.Nifti2Header if two else nib.Nifti1Header
+        hdr = cls(binaryblock=block, check=False, endianness=img.header.endianness)
         return [float(x) for x in hdr["pixdim"][1:4]]
     except Exception:
         return [float(x) for x in img.header["pixdim"][1:4]]
+
+
+def _finite_in_float32(source, data: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Intensities beyond float32's range (e.g. scl_slope 1e38) divided down, so they do not become inf
+    and read as an empty volume; only relative intensities matter (every study is percentile-scaled)."""
+    if data.dtype.kind != "f" or data.dtype.itemsize <= 4:
+        return data
+    finite = np.isfinite(data)
+    top = float(np.abs(data[finite]).max(initial=0.0)) if finite.any() else 0.0
+    if top <= 1e37:
+        return data
+    notes.append(f"intensities reach {top:.3g} (beyond 32-bit floats; scl_slope?); divided by that to stay finite")
+    return np.where(finite, data / top, 0.0)
 
 
 def read_nifti(p: Path, scale: bool = True) -> Study:
@@ -362,21 +381,39 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
     try:
         img = nib.load(str(p))
         shape = tuple(int(x) for x in img.header.get_data_shape())
-        itemsize = int(img.header.get_data_dtype().itemsize)
+        dtype = img.header.get_data_dtype()
+        itemsize = int(dtype.itemsize)
     except Exception as exc:
         raise StudyError(p, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
-    nvox = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    if dtype.fields is not None or dtype.kind not in "uifb":
+        raise StudyError(
+            p, f"NIfTI voxel type {dtype} (e.g. RGB24) is not a grey-level volume; store one sequence per file"
+        )
+    nvox = math.prod(shape) if shape else 0  # Python ints: a product of absurd dims must not wrap around
     if nvox > MAX_STUDY_VOXELS:
         raise StudyError(p, f"volume {shape} has {nvox:,} voxels, over the limit of {MAX_STUDY_VOXELS:,}")
-    check_decoded_size(p, nvox * itemsize, p.stat().st_size, "NIfTI volume")
-    check_decoded_size(p, nvox * STUDY_BYTES_PER_VOXEL, None, "NIfTI volume (working memory)")
+    size = p.stat().st_size
+    try:
+        check_decoded_size(p, nvox * itemsize, None, "NIfTI volume")
+        # The expansion rule counts voxels (at 2 bytes, the usual int16), not the stored type: a real float64
+        # FLAIR compresses 20-25x in bytes yet is no bomb; a volume of zeros is caught by its voxel count.
+        check_decoded_size(p, nvox * 2, size, "NIfTI volume")
+        check_working_set(p, nvox * STUDY_BYTES_PER_VOXEL, size, "NIfTI volume")
+    except ImageReadError as exc:
+        raise StudyError(p, exc.reason) from None
     notes: list[str] = []
     raw = [float(x) for x in _raw_pixdim(p, img)]
     zooms = _valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
+    if len(shape) >= 3 and shape[2] > 1:
+        try:
+            check_model_time(p, shape[2], shape[1], shape[0], size, "NIfTI volume")
+        except ImageReadError as exc:
+            raise StudyError(p, exc.reason) from None
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise StudyError(p, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
+    data = _finite_in_float32(p, data, notes)
     if data.ndim == 2 or (data.ndim == 3 and min(data.shape) == 1 and data.shape[2] == 1):
         raise StudyError(p, f"NIfTI is 2D (shape {data.shape}); a study needs a 3D volume")
     if data.ndim == 4:
@@ -628,20 +665,38 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
         raise StudyError(source, f"DICOM header lacks a usable image size ({type(exc).__name__}: {exc})") from None
     if voxels * 3 > MAX_STUDY_VOXELS:
         raise StudyError(source, f"series has {voxels:,} voxels, over the limit of {MAX_STUDY_VOXELS // 3:,}")
+    n_slices = sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in dss)
     try:
         check_decoded_size(source, raw, input_bytes, "DICOM series")
-        check_decoded_size(source, voxels * STUDY_BYTES_PER_VOXEL, None, "DICOM series (working memory)")
+        check_working_set(source, voxels * STUDY_BYTES_PER_VOXEL, input_bytes, "DICOM series")
+        check_model_time(source, n_slices, int(dss[0].Rows), int(dss[0].Columns), input_bytes, "DICOM series")
     except ImageReadError as exc:
         raise StudyError(source, exc.reason) from None
 
     notes: list[str] = []
-    geom = _dicom_geometry(dss, source, notes)
+    frame_order = None
+    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in dss):
+        if len(dss) != 1:
+            raise StudyError(
+                source,
+                f"the series holds {len(dss)} images of which some are multi-frame; expected one multi-frame image",
+            )
+        frames = _frames_of(dss[0], source, notes)
+        geom = _dicom_geometry(frames, source, notes)
+        frame_order = [f.index for f in frames]
+    else:
+        geom = _dicom_geometry(dss, source, notes)
     try:
         arrs = []
-        for ds in dss:
-            a = ds.pixel_array.astype(np.float32)
-            a = a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-            arrs.append(a)
+        if frame_order is not None:
+            pix = dss[0].pixel_array
+            for f in frames:
+                arrs.append(pix[f.index].astype(np.float32) * f.slope + f.intercept)
+        else:
+            for ds in dss:
+                a = ds.pixel_array.astype(np.float32)
+                a = a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+                arrs.append(a)
     except Exception as exc:
         raise StudyError(source, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
     shapes = {a.shape for a in arrs}
@@ -659,15 +714,70 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
         "dicom",
         vol8,
         geom["spacing"],
-        [str(ds.filename) for ds in dss],
+        [str(ds.filename) for ds in dss] if frame_order is None else [f"frame {i + 1}" for i in frame_order],
         single_sequence=chans == 1,
         dicom=dss,
         affine=geom["affine"],
         notes=notes,
+        frame_order=frame_order,
     )
     if chans == 1:
         st.notes.append(SINGLE_SEQUENCE_NOTE)
     return st
+
+
+class _Frame:
+    """One frame of a multi-frame DICOM image, with the attributes ``_dicom_geometry`` reads of a slice."""
+
+    def __init__(self, index: int, attrs: dict, slope: float, intercept: float):
+        self.index, self.slope, self.intercept = index, slope, intercept
+        self.InstanceNumber = index + 1
+        for k, v in attrs.items():
+            setattr(self, k, v)
+
+
+def _frames_of(ds, source: str, notes: list[str]) -> list[_Frame]:
+    """Per-frame geometry of an Enhanced (or legacy converted) multi-frame image from its functional groups.
+
+    Per-frame groups win over shared ones, shared over the top level. A legacy multi-frame image without
+    functional groups has no per-frame positions: its frames are taken in stored order (noted).
+    """
+    n = int(ds.NumberOfFrames)
+    shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
+    per = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+    if per and len(per) != n:
+        raise StudyError(source, f"multi-frame image declares {n} frames but has {len(per)} per-frame groups")
+
+    def find(group_item, seq: str, tag: str):
+        if group_item is None:
+            return None
+        items = getattr(group_item, seq, None)
+        return getattr(items[0], tag, None) if items else None
+
+    def attr(i: int, seq: str, tag: str):
+        for g in (per[i] if per else None, shared):
+            v = find(g, seq, tag)
+            if v is not None:
+                return v
+        return getattr(ds, tag, None)
+
+    frames = []
+    for i in range(n):
+        attrs = {
+            "ImageOrientationPatient": attr(i, "PlaneOrientationSequence", "ImageOrientationPatient"),
+            "ImagePositionPatient": attr(i, "PlanePositionSequence", "ImagePositionPatient") if per else None,
+            "PixelSpacing": attr(i, "PixelMeasuresSequence", "PixelSpacing"),
+            "SliceThickness": attr(i, "PixelMeasuresSequence", "SliceThickness"),
+            "SpacingBetweenSlices": attr(i, "PixelMeasuresSequence", "SpacingBetweenSlices"),
+        }
+        slope = attr(i, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = attr(i, "PixelValueTransformationSequence", "RescaleIntercept")
+        frames.append(_Frame(i, attrs, float(slope or 1), float(intercept or 0)))
+    if not per:
+        notes.append(f"Multi-frame image without per-frame functional groups: its {n} frames taken in stored order.")
+    else:
+        notes.append(f"One multi-frame image of {n} frames, placed by their per-frame positions.")
+    return frames
 
 
 def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
@@ -763,11 +873,13 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
 # --------------------------------------------------------------------------- reference masks
 
 
-def read_reference(path: Path, like, source_name: str | None = None) -> np.ndarray:
+def read_reference(path: Path, like, source_name: str | None = None, notes: list[str] | None = None) -> np.ndarray:
     """A user's reference mask in the layout of ``like`` (a Study -> Z x H x W bool; an HxW shape -> H x W).
 
-    For a study: a NIfTI on the study's grid (NIfTI input) or a 3D mask in display layout. For an
-    image: a 2D mask image of the same size. Anything else is refused with the reason.
+    For a study with geometry (NIfTI, DICOM): a NIfTI mask compared in world space, through both
+    affines: on the same grid it is used as is; on another grid that overlaps the study it is resampled
+    onto the study's (nearest neighbour; a note says so); one that does not overlap is refused. For a
+    slice stack (no geometry): a NIfTI of the same shape. For an image: a 2D mask of the same size.
     """
     import nibabel as nib
 
@@ -783,24 +895,61 @@ def read_reference(path: Path, like, source_name: str | None = None) -> np.ndarr
         if int(np.prod(shape)) > MAX_STUDY_VOXELS:
             raise StudyError(name, f"reference {shape} is too large")
         arr = np.asanyarray(img.dataobj) > 0
+        arr = arr[..., 0] if arr.ndim == 4 else arr
+        if arr.ndim != 3:
+            raise StudyError(name, f"reference has shape {arr.shape}; a study's reference is a 3D mask")
+        # The study's voxel grid as NIfTI lays it out: (x, y, slice) for NIfTI, (col, row, slice) for DICOM.
+        grid = (
+            tuple(like.nifti_shape)
+            if like.kind == "nifti"
+            else (like.volume.shape[2], like.volume.shape[1], like.volume.shape[0])
+        )
+        if like.affine is not None and like.kind in ("nifti", "dicom"):
+            arr = _reference_on_grid(arr, img.affine, grid, like.affine, name, notes)
+        elif arr.shape != grid:
+            raise StudyError(name, f"reference is {arr.shape} but the study's mask is {grid}")
         if like.kind == "nifti":
-            if arr.shape[:3] != tuple(like.nifti_shape):
-                raise StudyError(
-                    name,
-                    f"reference is {arr.shape[:3]} but the study is {tuple(like.nifti_shape)}: "
-                    "it must be on the study's grid",
-                )
             return np.stack([_nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
-        want = (like.volume.shape[2], like.volume.shape[1], like.volume.shape[0])  # (col, row, slice)
-        if arr.shape[:3] != want:
-            raise StudyError(name, f"reference is {arr.shape[:3]} but the study's mask is {want} (col, row, slice)")
-        return np.transpose(arr[..., 0] if arr.ndim == 4 else arr, (2, 1, 0))
+        return np.transpose(arr, (2, 1, 0))
     from .io import read_mask
 
     m = read_mask(path)
     if m.shape != tuple(like):
         raise StudyError(name, f"reference mask is {m.shape[1]}x{m.shape[0]} but the image is {like[1]}x{like[0]}")
     return m
+
+
+def _reference_on_grid(
+    ref: np.ndarray, ref_affine: np.ndarray, grid: tuple, affine: np.ndarray, name: str, notes: list[str] | None
+) -> np.ndarray:
+    """``ref`` sampled at the study's voxel centres through both affines (world space, mm)."""
+    from scipy import ndimage
+
+    if ref.shape == grid and np.allclose(ref_affine, affine, atol=1e-3):
+        return ref
+    try:
+        m = np.linalg.inv(ref_affine) @ affine  # study voxel -> reference voxel
+    except np.linalg.LinAlgError:
+        raise StudyError(name, "reference has a singular affine; its position in space is unknown") from None
+    corners = np.array([[i, j, k, 1] for i in (0, grid[0] - 1) for j in (0, grid[1] - 1) for k in (0, grid[2] - 1)])
+    idx = (m @ corners.T)[:3].T
+    lo, hi = idx.min(0), idx.max(0)
+    if np.any(hi < -0.5) or np.any(lo > np.array(ref.shape) - 0.5):
+        raise StudyError(
+            name, "reference does not overlap the study in space (compare their affines); nothing to compare"
+        )
+    out = ndimage.affine_transform(
+        ref.astype(np.uint8), m[:3, :3], offset=m[:3, 3], output_shape=grid, order=0, mode="constant", cval=0
+    ).astype(bool)
+    if notes is not None:
+        same = ref.shape == grid and np.allclose(m[:3, :3], np.round(m[:3, :3]), atol=1e-3)
+        how = (
+            "re-indexed (same voxels, another storage order)"
+            if same
+            else "resampled onto the study's grid (nearest neighbour)"
+        )
+        notes.append(f"Reference {name} {how} through both affines: it is compared in world space.")
+    return out
 
 
 # --------------------------------------------------------------------------- orientation
@@ -986,9 +1135,14 @@ def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
             name="tumorseg", version=__version__, family=codes.DCM.ArtificialIntelligence
         ),
     )
+    mask = sp.mask.astype(np.uint8)
+    if sp.study.frame_order is not None:  # a multi-frame source: the SEG's frames follow the source's frames
+        stored = np.zeros_like(mask)
+        stored[sp.study.frame_order] = mask
+        mask = stored
     seg = hd.seg.Segmentation(
         source_images=dss,
-        pixel_array=sp.mask.astype(np.uint8),
+        pixel_array=mask,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc],
         series_instance_uid=hd.UID(),

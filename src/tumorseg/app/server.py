@@ -93,7 +93,9 @@ class RequestGuard:
     and a limit on requests that run the model at once.
 
     A body is never spooled beyond ``cap`` bytes: the 413 goes out as soon as the count passes it, with
-    or without a Content-Length. A client that stops sending for ``body_timeout`` seconds gets a 408.
+    or without a Content-Length. A client that stops sending for ``body_timeout`` seconds, or whose
+    whole body takes longer than ``body_deadline``, gets a 408. A request that runs the model takes a
+    model slot only once its whole body has arrived: a slow client never holds one.
     """
 
     def __init__(
@@ -104,8 +106,9 @@ class RequestGuard:
         max_concurrent: int = 2,
         allowed_hosts: set[str] | None = None,
         queue_timeout: float = 120.0,
+        body_deadline: float = 120.0,
     ):
-        self.app, self.cap, self.body_timeout = app, cap, body_timeout
+        self.app, self.cap, self.body_timeout, self.body_deadline = app, cap, body_timeout, body_deadline
         self.allowed_hosts = allowed_hosts
         self.queue_timeout = queue_timeout
         # First come, first served model slots; a lock, not an asyncio primitive, so any event loop works
@@ -161,6 +164,24 @@ class RequestGuard:
         heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
         if not heavy:
             return await self.app(scope, guarded_receive, guarded_send)
+        body: list[dict] = []
+        start = time.monotonic()
+        while True:
+            try:
+                msg = await asyncio.wait_for(
+                    guarded_receive(), max(0.0, self.body_deadline - (time.monotonic() - start))
+                )
+            except TimeoutError:
+                return await _send_json(send, 408, f"the request body took longer than {self.body_deadline:g} s")
+            if msg["type"] != "http.request" or responded:
+                return  # the client left, or a 408/413 went out already
+            body.append(msg)
+            if not msg.get("more_body"):
+                break
+
+        async def replay():
+            return body.pop(0) if body else await receive()  # after the body: only a disconnect, no timeout
+
         with self.lock:
             ticket = self.issued
             self.issued += 1
@@ -172,7 +193,7 @@ class RequestGuard:
                 return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
             await asyncio.sleep(0.005)
         try:
-            await self.app(scope, guarded_receive, guarded_send)
+            await self.app(scope, replay, guarded_send)
         finally:
             with self.lock:
                 self.active -= 1
@@ -200,8 +221,15 @@ def _stem(name: str) -> str:
 
 
 def _safe_name(name: str | None) -> str:
+    """A client's file name, safe as a temporary file name: never empty, '.', '..' or hidden."""
     base = Path((name or "upload").replace("\\", "/")).name
-    return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120] or "upload"
+    return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120].lstrip(". ") or "upload"
+
+
+def _slice_index(k: int, n: int) -> int:
+    if not 0 <= k < n:
+        raise BadRequest(422, f"slice {k} is out of range: the study has slices 0 to {n - 1}")
+    return k
 
 
 def create_app(
@@ -420,7 +448,9 @@ def create_app(
 
         The page re-draws instantly in the browser, then takes its counts, volume and downloads from here.
         """
-        kind, r, name = _result(result_id, threshold)
+        from starlette.concurrency import run_in_threadpool
+
+        kind, r, name = await run_in_threadpool(_result, result_id, threshold)  # finish_study is CPU work
         if kind == "image":
             return {
                 "threshold": r.threshold,
@@ -428,7 +458,7 @@ def create_app(
                 "area_mm2": r.area_mm2,
                 "mask_png": _b64png(r.mask_png_array()),
             }
-        k = slice if 0 <= slice < r.mask.shape[0] else 0
+        k = _slice_index(slice, r.mask.shape[0])
         return {
             "threshold": r.threshold,
             "slice": k,
@@ -447,15 +477,17 @@ def create_app(
         from ..studies import read_reference
 
         name, data = await upload(file, threshold)
-        kind, r, _ = _result(result_id, threshold)
+        kind, r, _ = await run_in_threadpool(_result, result_id, threshold)
+
+        notes: list[str] = []
 
         def run():
             with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
                 f = Path(tmp) / name
                 f.write_bytes(data)
                 if kind == "study":
-                    ref = read_reference(f, r.study, name)
-                    return ref, compare_masks(r.mask, ref, r.study.spacing)
+                    ref = read_reference(f, r.study, name, notes)
+                    return ref, {**compare_masks(r.mask, ref, r.study.spacing), "notes": notes}
                 ref = read_reference(f, r.mask.shape, name)
                 return ref, compare_masks(r.mask, ref)
 
@@ -467,7 +499,7 @@ def create_app(
     def mask_png(result_id: str, threshold: float | None = None, slice: int = 0):
         """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask)."""
         kind, r, name = _result(result_id, threshold)
-        arr = r.mask_png_array() if kind == "image" else r.mask[min(max(slice, 0), r.mask.shape[0] - 1)] * np.uint8(255)
+        arr = r.mask_png_array() if kind == "image" else r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255)
         stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
         return Response(
             encode_png(arr),
@@ -591,4 +623,5 @@ def serve(
     )
     if open_browser:
         threading.Timer(1.2, lambda: webbrowser.open(url)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # SIGTERM/Ctrl+C: in-flight requests get a few seconds, then the server stops even mid-inference.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
