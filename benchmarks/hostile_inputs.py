@@ -25,6 +25,12 @@ from tests.test_hardening import (  # noqa: E402
     _tiff_header,
     _zip_of_zeros,
 )
+from tests.test_hardening3 import flat_png, legacy_multiframe, rgb24_nifti  # noqa: E402
+
+
+def _write(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
 
 
 def main() -> None:
@@ -59,18 +65,38 @@ def main() -> None:
             ),
             "zip with a corrupt member": ("read_study(p)", _corrupt_zip(t / "c" / "corrupt.zip")),
             "NIfTI with NaN pixdim": ("read_study(p)", _nifti(t / "nan.nii", (float("nan"), 1, 1))),
+            # round 3
+            "flat grey PNG 8000^2 (~80 kB)": ("read_image(p)", _write(t / "f8.png", flat_png(8000, 8000))),
+            "flat grey PNG 4000^2 (working copies)": ("read_image(p)", _write(t / "f4.png", flat_png(4000, 4000))),
+            "NIfTI 16x16x2000 (model time)": (
+                "read_study(p)",
+                _nifti_header_only(t / "m1.nii.gz", (16, 16, 2000), (1, 1, 1)),
+            ),
+            "NIfTI 44x44x32767 (model time)": (
+                "read_study(p)",
+                _nifti_header_only(t / "m2.nii.gz", (44, 44, 32767), (1, 1, 1)),
+            ),
+            "NIfTI 1x240x155 (1 px slices)": (
+                "read_study(p)",
+                _nifti_header_only(t / "m3.nii.gz", (1, 240, 155), (1, 1, 1)),
+            ),
+            "NIfTI RGB24": ("read_study(p)", rgb24_nifti(t / "rgb.nii.gz")),
+            "legacy multi-frame DICOM, 20 frames (must read)": (
+                "st = read_study(p); assert st.n_slices == 20",
+                legacy_multiframe(t / "mf"),
+            ),
         }
         for name, (call, path) in probes.items():
             delta, msg = _peak_rss_delta_mb(call, path)
             rows.append(
                 {
                     "input": name,
-                    "bytes": path.stat().st_size,
+                    "bytes": sum(f.stat().st_size for f in path.rglob("*")) if path.is_dir() else path.stat().st_size,
                     "peak_rss_delta_mb": round(delta, 1),
                     "outcome": msg.split(": ", 1)[0] + ": " + msg.split(": ", 2)[-1][:140],
                 }
             )
-            print(f"{name:45s} {path.stat().st_size:>10,} B  +{delta:6.1f} MB  {rows[-1]['outcome']}")
+            print(f"{name:45s} {rows[-1]['bytes']:>10,} B  +{delta:6.1f} MB  {rows[-1]['outcome']}")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -66,6 +66,7 @@ def hostile_payloads(tmp: Path) -> list[tuple[str, str, bytes, int]]:
         _tiff_header,
         _zip_of_zeros,
     )
+    from tests.test_hardening3 import flat_png, rgb24_nifti
 
     dcm = _deflated_dicom(tmp / "d" / "bomb.dcm", 8192, 8192)
     z4 = tmp / "four_deflated.zip"
@@ -80,6 +81,13 @@ def hostile_payloads(tmp: Path) -> list[tuple[str, str, bytes, int]]:
         ("/api/study", "z.zip", _zip_of_zeros(tmp / "z.zip", {"a.tif": 150 << 20, "b.tif": 150 << 20}).read_bytes()),
         ("/api/study", "corrupt.zip", _corrupt_zip(tmp / "c" / "corrupt.zip").read_bytes()),
         ("/api/study", "nan.nii", _nifti(tmp / "nan.nii", (float("nan"), 1, 1)).read_bytes()),
+        # round 3: working copies, model time, odd NIfTI
+        ("/api/segment", "flat8000.png", flat_png(8000, 8000)),
+        ("/api/segment", "flat4000.png", flat_png(4000, 4000)),
+        ("/api/study", "m1.nii.gz", _nifti_header_only(tmp / "m1.nii.gz", (16, 16, 2000), (1, 1, 1)).read_bytes()),
+        ("/api/study", "m2.nii.gz", _nifti_header_only(tmp / "m2.nii.gz", (44, 44, 32767), (1, 1, 1)).read_bytes()),
+        ("/api/study", "m3.nii.gz", _nifti_header_only(tmp / "m3.nii.gz", (1, 240, 155), (1, 1, 1)).read_bytes()),
+        ("/api/study", "rgb.nii.gz", rgb24_nifti(tmp / "rgb.nii.gz").read_bytes()),
     ]
     return [(ep, name, data, 0) for ep, name, data in files]
 

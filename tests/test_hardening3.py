@@ -137,7 +137,8 @@ def test_multiframe_dicom_seg_follows_the_source_frames(tiny_model, tmp_path):
     assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID and int(ref.ReferencedFrameNumber) == frame + 1
 
 
-def test_legacy_multiframe_without_functional_groups_is_read_in_stored_order(tmp_path):
+def legacy_multiframe(folder: Path, frames: int = 20, side: int = 40) -> Path:
+    """One legacy multi-frame MR image without functional groups (what was read as one slice 20 px wide)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
@@ -147,15 +148,29 @@ def test_legacy_multiframe_without_functional_groups_is_read_in_stored_order(tmp
     ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "MR"
-    ds.Rows = ds.Columns = 40
-    ds.NumberOfFrames = 20
+    ds.Rows = ds.Columns = side
+    ds.NumberOfFrames = frames
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 3.0
-    frames = np.stack([np.full((40, 40), 10 * k, np.uint16) for k in range(20)])
-    ds.PixelData = frames.tobytes()
-    (tmp_path / "s").mkdir()
-    ds.save_as(tmp_path / "s" / "mf.dcm", enforce_file_format=True)
+    ds.PixelData = np.stack([np.full((side, side), 10 * k, np.uint16) for k in range(frames)]).tobytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    ds.save_as(folder / "mf.dcm", enforce_file_format=True)
+    return folder
+
+
+def rgb24_nifti(path: Path) -> Path:
+    rgb = np.zeros((40, 40, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    nib.save(nib.Nifti1Image(rgb, np.eye(4)), str(path))
+    return path
+
+
+def flat_png(w: int, h: int, mode: str = "L") -> bytes:
+    return _flat_png(w, h, mode)
+
+
+def test_legacy_multiframe_without_functional_groups_is_read_in_stored_order(tmp_path):
+    legacy_multiframe(tmp_path / "s")
     st = read_study(tmp_path / "s")
     assert st.n_slices == 20 and st.volume.shape[1:3] == (40, 40)  # not one slice 20 px wide
     assert st.spacing[0] == pytest.approx(3.0)
@@ -300,8 +315,7 @@ def test_scl_slope_beyond_float32_is_not_an_empty_volume(tmp_path):
 
 
 def test_rgb24_nifti_is_a_clear_refusal(tmp_path):
-    rgb = np.zeros((40, 40, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
-    p = _save(tmp_path / "rgb.nii.gz", rgb, np.eye(4))
+    p = rgb24_nifti(tmp_path / "rgb.nii.gz")
     with pytest.raises(StudyError, match="grey-level"):
         read_study(p)
 
@@ -472,3 +486,80 @@ def _ignore(fn, *a, **kw):
         fn(*a, **kw)
     except Exception:
         pass
+
+
+def test_exif_orientation_and_extreme_aspect_ratio_are_warned(tiny_model, tmp_path):
+    from tumorseg.inference import Predictor
+
+    pred = Predictor(tiny_model, engine="torch-fp32")
+    img = Image.fromarray(smooth_noise((64, 64, 3), 3, 120))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes())
+    r = pred.predict(buf.getvalue(), name="photo.jpg")
+    assert any("EXIF orientation 6" in w for w in r.warnings)
+    plain = io.BytesIO()
+    img.save(plain, "JPEG")
+    assert not any("EXIF" in w for w in pred.predict(plain.getvalue(), name="p.jpg").warnings)
+    wide = np.asarray(Image.fromarray(smooth_noise((40, 40, 3), 4, 120)).resize((4096, 32)))
+    assert any("aspect ratio" in w for w in pred.predict(wide).warnings)
+
+
+def test_held_results_are_bounded_in_bytes(tiny_model, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from tumorseg.app import server
+    from tumorseg.inference import Predictor
+
+    monkeypatch.setattr(server, "MAX_RESULT_BYTES", 200_000)  # about one 128x128 result
+    buf = io.BytesIO()
+    Image.fromarray(smooth_noise((128, 128, 3), 5, 120)).save(buf, "PNG")
+    with TestClient(server.create_app(Predictor(tiny_model, engine="torch-fp32"))) as c:
+        ids = [c.post("/api/segment", files={"file": ("a.png", buf.getvalue())}).json()["result_id"] for _ in range(3)]
+        held = [c.post("/api/mask", data={"result_id": i}).status_code for i in ids]
+    assert held[-1] == 200 and held.count(404) >= 1  # the oldest went first, the newest is always kept
+
+
+def test_classify_refuses_a_million_names_quickly(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from tumorseg.app.server import create_app
+    from tumorseg.inference import Predictor
+
+    with TestClient(create_app(Predictor(tiny_model, engine="torch-fp32"))) as c:
+        t = time.perf_counter()
+        r = c.post("/api/classify", json=[f"f{k}.png" for k in range(1_000_000)])
+        assert r.status_code == 422 and len(r.content) < 1000 and time.perf_counter() - t < 10
+        assert c.post("/api/classify", json={"a": 1}).status_code == 422
+        assert c.post("/api/classify", json=["a_1.png", "a_2.png"]).json()["kind"]
+
+
+def test_docs_and_schema_need_the_token_when_one_is_set(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from tumorseg.app.server import create_app
+    from tumorseg.inference import Predictor
+
+    with TestClient(create_app(Predictor(tiny_model, engine="torch-fp32"), token="s3cret")) as c:
+        for path in ("/openapi.json", "/docs"):
+            assert c.get(path).status_code == 401
+            assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_working_set_of_a_study_stays_in_budget(tmp_path):
+    import tracemalloc
+
+    from tumorseg.inference import Predictor
+    from tumorseg.studies import STUDY_BYTES_PER_VOXEL
+
+    vol = np.stack([smooth_noise((240, 240), z, 300, np.int16) for z in range(48)], 2)
+    p = _save(tmp_path / "v.nii.gz", vol, np.eye(4))
+    pred = Predictor(engine="onnx-int8", threads=1)
+    pred.predict(np.zeros((256, 256, 3), np.uint8))
+    tracemalloc.start()
+    pred.predict_study(p)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    batch = 16 * 256 * 256 * 12  # the model's batch at its own size: a constant, not per voxel
+    assert (peak - batch) / vol.size < STUDY_BYTES_PER_VOXEL, peak / vol.size

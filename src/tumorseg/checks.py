@@ -61,6 +61,11 @@ def judge(raw: np.ndarray, img8: np.ndarray, source: str) -> list[str]:
             f"{c:.2f}; MRI slices {MIN_NEIGHBOUR_CORRELATION:g} or more)",
         )
     warnings = []
+    if max(h, w) > 4 * min(h, w):
+        warnings.append(
+            f"unusual shape {w}x{h} px (aspect ratio {max(h, w) / min(h, w):.1f}): the model sees it squeezed to "
+            "a square; an MRI slice is close to square"
+        )
     if raw.ndim == 2 or (
         raw.ndim == 3
         and raw.shape[2] >= 3

@@ -13,7 +13,7 @@ from PIL import Image
 from .checks import judge
 from .engines import load_engine
 from .evaluation import remove_small_components
-from .io import ImageReadError, read_image, to_uint8_rgb
+from .io import ImageReadError, exif_orientation, read_image, to_uint8_rgb
 from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
@@ -221,6 +221,16 @@ class Predictor:
             source = str(image)
         img = to_uint8_rgb(arr)
         warnings = judge(arr, img, source)
+        if not isinstance(image, np.ndarray):
+            o = exif_orientation(
+                None if isinstance(image, (bytes, bytearray)) else image,
+                image if isinstance(image, (bytes, bytearray)) else None,
+            )
+            if o != 1:
+                warnings.append(
+                    f"EXIF orientation {o}: photo viewers show this image rotated or mirrored; the mask follows the "
+                    "stored pixels (as medical viewers do), so it may not line up with a photo viewer's display"
+                )
         thr = float(threshold if threshold is not None else self.threshold)
         probs, uncs = self.probabilities([img], tta=tta)
         return Prediction(

@@ -34,6 +34,7 @@ MAX_SAMPLES_PER_PIXEL = 4
 # up to FREE_WORKING_BYTES, beyond that at most MAX_WORKING_EXPANSION times the bytes it arrived as:
 # an upload under 1 MB can never cost more than 300 MB.
 WORKING_BYTES_PER_PIXEL = 32
+MAX_WORKING_BYTES = int(float(os.environ.get("TUMORSEG_MAX_WORKING_MB", "2560")) * 2**20)  # a 64 M-voxel study
 FREE_WORKING_BYTES = 64 * 2**20
 MAX_WORKING_EXPANSION = 300
 # Model time, known from a header before decoding: slices x the model's fixed input size. A study
@@ -74,11 +75,11 @@ def check_decoded_size(path, decoded_bytes: int, input_bytes: int | None = None,
 def check_working_set(path, working_bytes: int, input_bytes: int | None, what: str) -> None:
     """Refuse work whose working memory is over the budget, or far out of proportion to the upload."""
     mb = 2**20
-    if working_bytes > MAX_DECODED_BYTES:
+    if working_bytes > MAX_WORKING_BYTES:
         raise ImageReadError(
             path,
             f"{what} needs about {working_bytes / mb:,.0f} MB of working memory, over the "
-            f"{MAX_DECODED_BYTES / mb:,.0f} MB limit",
+            f"{MAX_WORKING_BYTES / mb:,.0f} MB limit",
         )
     if input_bytes and working_bytes > FREE_WORKING_BYTES and working_bytes > MAX_WORKING_EXPANSION * input_bytes:
         raise ImageReadError(
@@ -178,6 +179,15 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
     except Exception as exc:
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     return arr
+
+
+def exif_orientation(path=None, data: bytes | None = None) -> int:
+    """The EXIF orientation tag of an image file (1, 'as stored', when absent or unreadable); header only."""
+    try:
+        with Image.open(_io.BytesIO(data) if data is not None else path) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
 
 
 def _looks_like_tiff(head: bytes) -> bool:

@@ -20,6 +20,7 @@ import numpy as np
 from .io import (
     IMAGE_EXTENSIONS,
     MAX_DECODED_BYTES,
+    MAX_STUDY_SLICES,
     ImageReadError,
     atomic_write_bytes,
     check_decoded_size,
@@ -36,9 +37,10 @@ MAX_ZIP_MEMBERS = 20_000
 MAX_MEMBER_RATIO = 200  # one member's expansion; a real DICOM or image compresses 2-10x
 MAX_STUDY_VOXELS = 64_000_000  # voxels x channels, e.g. 512 x 512 x 244
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
-# One working-memory estimate per study voxel and channel: the float32 copy, the uint8 volume,
-# the probability and mask maps.
-STUDY_BYTES_PER_VOXEL = 10
+# One working-memory figure per study voxel and channel (the raw and float32 copies, percentile
+# temporaries, the uint8 RGB volume, probabilities, mask): predict_study peaks at ~27 bytes per voxel
+# (tracemalloc, 240x240x100 NIfTI; test_working_set_of_a_study_stays_in_budget keeps it under this).
+STUDY_BYTES_PER_VOXEL = 32
 SPACING_RANGE_MM = (0.01, 100.0)
 SINGLE_SEQUENCE_NOTE = (
     "The model was trained on three channels (pre-contrast, FLAIR, post-contrast). This study has a single "
@@ -273,14 +275,20 @@ def read_slices(items: list[tuple[str, object]], source: str) -> Study:
         rows.append((int(m.group(1)) if m else 0, Path(name).name, src))
     if not rows:
         raise StudyError(source, "holds no image slices")
+    if len(rows) > MAX_STUDY_SLICES:
+        raise StudyError(source, f"holds {len(rows):,} slices, over the limit of {MAX_STUDY_SLICES:,}")
     rows.sort(key=lambda r: (r[0], r[1]))
     slices = []
     for _, name, src in rows:
         arr = read_image(src) if isinstance(src, Path) else read_image(f"{source}/{name}", data=src)
         slices.append(to_uint8_rgb(arr))
-    shapes = {s.shape for s in slices}
-    if len(shapes) > 1:
-        raise StudyError(source, f"slices differ in size: {sorted(shapes)}")
+        if slices[0].shape != slices[-1].shape:
+            raise StudyError(source, f"slices differ in size: {slices[0].shape} and {slices[-1].shape} ({name})")
+    try:
+        got = sum(s.stat().st_size if isinstance(s, Path) else len(s) for _, _, s in rows)
+        check_model_time(source, len(slices), slices[0].shape[0], slices[0].shape[1], got, "slice stack")
+    except ImageReadError as exc:
+        raise StudyError(source, exc.reason) from None
     return Study(
         source,
         "kaggle",
@@ -398,17 +406,17 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
         # The expansion rule counts voxels (at 2 bytes, the usual int16), not the stored type: a real float64
         # FLAIR compresses 20-25x in bytes yet is no bomb; a volume of zeros is caught by its voxel count.
         check_decoded_size(p, nvox * 2, size, "NIfTI volume")
-        check_working_set(p, nvox * STUDY_BYTES_PER_VOXEL, size, "NIfTI volume")
     except ImageReadError as exc:
         raise StudyError(p, exc.reason) from None
     notes: list[str] = []
     raw = [float(x) for x in _raw_pixdim(p, img)]
     zooms = _valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
-    if len(shape) >= 3 and shape[2] > 1:
-        try:
+    try:
+        if len(shape) >= 3 and shape[2] > 1:
             check_model_time(p, shape[2], shape[1], shape[0], size, "NIfTI volume")
-        except ImageReadError as exc:
-            raise StudyError(p, exc.reason) from None
+        check_working_set(p, nvox * STUDY_BYTES_PER_VOXEL, size, "NIfTI volume")
+    except ImageReadError as exc:
+        raise StudyError(p, exc.reason) from None
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:

@@ -211,6 +211,18 @@ class RequestGuard:
 
 
 MAX_RESULTS = 4
+MAX_RESULT_BYTES = 512 * 2**20  # held results are bounded in bytes too (the oldest go first)
+MAX_CLASSIFY_NAMES = 20_000
+
+
+def _held_bytes(obj) -> int:
+    """The numpy arrays a held result keeps alive (one level deep, plus its study's volume)."""
+    seen, total = set(), 0
+    for v in list(vars(obj).values()) + [getattr(getattr(obj, "study", None), "volume", None)]:
+        if isinstance(v, np.ndarray) and id(v) not in seen:
+            seen.add(id(v))
+            total += v.nbytes
+    return total
 
 
 def _stem(name: str) -> str:
@@ -255,12 +267,16 @@ def create_app(
     cap = int(max_upload_mb * 1024 * 1024)
     # Results held for re-thresholding and downloads: in memory only, the last MAX_RESULTS, never on disk.
     results: OrderedDict[str, tuple] = OrderedDict()
+    results_lock = threading.Lock()
 
     def remember(kind: str, obj, name: str) -> str:
         rid = secrets.token_urlsafe(12)
-        results[rid] = (kind, obj, name)
-        while len(results) > MAX_RESULTS:
-            results.popitem(last=False)
+        with results_lock:
+            results[rid] = (kind, obj, name, _held_bytes(obj))
+            while len(results) > 1 and (
+                len(results) > MAX_RESULTS or sum(r[3] for r in results.values()) > MAX_RESULT_BYTES
+            ):
+                results.popitem(last=False)
         return rid
 
     app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
@@ -271,7 +287,8 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/api/") and request.url.path != "/api/health" and token:
+        protected = request.url.path.startswith("/api/") or request.url.path in ("/docs", "/openapi.json", "/redoc")
+        if protected and request.url.path != "/api/health" and token:
             got = request.headers.get("authorization", "")
             if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
                 return error(401, "missing or wrong API token (Authorization: Bearer <token>)")
@@ -319,11 +336,21 @@ def create_app(
         return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
 
     @app.post("/api/classify")
-    def classify(names: list[str]) -> dict:
-        """How the page should send the files a user chose: one study, or separate images (file names only)."""
+    async def classify(request: Request) -> dict:
+        """How the page should send the files a user chose: one study, or separate images (file names only).
+
+        Body: a JSON list of at most 20,000 file names."""
         from ..studies import classify_names
 
-        return {"kind": classify_names(names[:20000])}
+        try:
+            names = json.loads(await request.body())
+        except ValueError:
+            raise BadRequest(422, "send a JSON list of file names") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest(422, "send a JSON list of file names")
+        if len(names) > MAX_CLASSIFY_NAMES:
+            raise BadRequest(422, f"{len(names):,} names; at most {MAX_CLASSIFY_NAMES:,} files can be opened at once")
+        return {"kind": classify_names(names)}
 
     @app.get("/api/model")
     def model_info() -> dict:
@@ -431,13 +458,15 @@ def create_app(
     def _result(rid: str, threshold: float | None):
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise BadRequest(422, f"threshold must be between 0 and 1, got {threshold}")
-        if rid not in results:
+        with results_lock:
+            held = results.get(rid)
+        if held is None:
             raise BadRequest(
                 404,
-                f"result {rid!r} is not held here (the server keeps the last {MAX_RESULTS} results "
-                "in memory only); open the file again",
+                f"result {rid!r} is not held here (the server keeps the last {MAX_RESULTS} results, "
+                f"{MAX_RESULT_BYTES >> 20} MB at most, in memory only); open the file again",
             )
-        kind, obj, name = results[rid]
+        kind, obj, name, _ = held
         if kind == "image":
             return kind, pred.rethreshold(obj, threshold), name
         return kind, pred.finish_study(obj.study, obj.images, obj.prob, obj.uncertainty, threshold), name
