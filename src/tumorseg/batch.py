@@ -172,7 +172,7 @@ def plan_items(
     files, errors = expand_inputs(inputs)
     entries += [(f, None, None) for f in files]
     if sequences and any(sequences.values()):
-        missing = [v for v in sequences.values() if v and not Path(v).is_file()]
+        missing = [v for v in sequences.values() if v and not Path(v).exists()]  # NIfTI files or DICOM series
         errors += [(m, "file not found") for m in missing]
         if not missing:
             entries.append(({k: Path(v) for k, v in sequences.items() if v}, None, None))
@@ -305,6 +305,22 @@ def _swap_in(tmp_dir: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_study_atomically(sp, out: Path, name: str, label: str, record: dict, protect: set[Path]) -> dict:
+    """The study folder written hidden, then renamed into place: complete exactly when study.json exists.
+    Returns what was added to study.json beyond the prediction's own summary."""
+    from .studies import write_study_outputs
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
+    extra = {"source_label": label, "max_probability": float(sp.prob.max()), "run": record}
+    try:
+        write_study_outputs(sp, tmp, protect, extra=extra)
+        _swap_in(tmp, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return extra
+
+
 def process_item(
     pred, item: Item, out: Path, opts: PredictOptions, record: dict, protect: set[Path], keep=None
 ) -> dict:
@@ -334,16 +350,7 @@ def process_item(
                 progress=False,
                 spacing=item.spacing or opts.spacing,
             )
-        from .studies import write_study_outputs
-
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{item.name}.partial-{uuid.uuid4().hex[:8]}"
-        extra = {"source_label": item.label, "max_probability": float(sp.prob.max()), "run": record}
-        try:
-            write_study_outputs(sp, tmp, protect, extra=extra)
-            _swap_in(tmp, out / item.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        extra = write_study_atomically(sp, out, item.name, item.label, record, protect)
         if keep is not None:
             keep(sp)
         return study_row(item, {**sp.summary(), **extra})
@@ -538,6 +545,49 @@ def write_summary(out: Path, rows: list[dict]) -> None:
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
 
 
+def predict_pacs(a, opts: PredictOptions) -> int:
+    """`tumorseg predict --dicomweb URL --study UID [--series UID] [--store]`: one study from the archive,
+    the usual study folder in --out, and with --store the DICOM-SEG and the TID 1500 report sent back."""
+    import tempfile
+
+    from .inference import DISCLAIMER, Predictor
+    from .pacs import Pacs, PacsConfig, open_study
+    from .studies import dicom_seg_dataset, dicom_sr_dataset
+
+    if not a.study:
+        raise BatchError("--dicomweb needs --study STUDY_UID (`tumorseg pacs list URL` shows the studies)")
+    if a.inputs or getattr(a, "manifest", None) or getattr(a, "dask", None):
+        raise BatchError("give either input files or --dicomweb, not both")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir():
+        raise BatchError(f"{out}: exists and is not a folder")
+    t0 = time.perf_counter()
+    pacs = Pacs(PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca))
+    pred = Predictor(opts.model, engine=opts.engine, threads=opts.threads, threshold=opts.threshold)
+    print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
+        study = open_study(pacs, a.study, a.series, Path(tmp))
+        sp = pred.predict_study(study, tta=opts.tta, min_component_mm3=opts.min_component_mm3)
+    name = safe_name(a.study)
+    label = study.source
+    extra = write_study_atomically(sp, out, name, label, run_record(opts, model_checksum(opts.model)), set())
+    row = study_row(Item(label, name, True), {**sp.summary(), **extra})
+    print(f"tumorseg: {'; '.join(study.pacs['chosen'])}", file=sys.stderr)
+    if a.store:
+        seg = dicom_seg_dataset(sp)
+        arrived = pacs.store([seg, dicom_sr_dataset(sp, seg)], a.study)
+        summary = json.loads((out / name / "study.json").read_text())
+        summary["stored"] = arrived
+        atomic_write_bytes(out / name / "study.json", (json.dumps(summary, indent=1) + "\n").encode())
+        print(f"tumorseg: stored in study {a.study}: {', '.join(arrived)}", file=sys.stderr)
+    write_summary(out, [row])
+    print(
+        f"1 segmented ({row['volume_ml']} mL) in {time.perf_counter() - t0:.1f} s; results in {out / name} ({DISCLAIMER})",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def predict_inputs(a) -> int:
     """The CLI's predict command; returns the exit code."""
     from .inference import DISCLAIMER
@@ -563,6 +613,8 @@ def predict_inputs(a) -> int:
         dask=getattr(a, "dask", None),
     )
     try:
+        if getattr(a, "dicomweb", None):
+            return predict_pacs(a, opts)
         rep = job.run()
     except BatchError as exc:
         print(f"tumorseg predict: error: {exc}", file=sys.stderr)

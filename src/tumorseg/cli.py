@@ -222,7 +222,18 @@ def _add_predict(sub) -> None:
         help="run one task per study on a Dask cluster: tcp://HOST:PORT of a running scheduler, or local:N for "
         'N single-threaded workers on this machine (needs pip install "tumorseg[dask]")',
     )
-    seq = p.add_argument_group("one study from one file per sequence (NIfTI; co-registered on one grid)")
+    pac = p.add_argument_group("a study from a PACS (DICOMweb; credentials from TUMORSEG_PACS_* or a file)")
+    pac.add_argument(
+        "--dicomweb", default=None, metavar="URL", help="the DICOMweb root, e.g. http://host:8042/dicom-web"
+    )
+    pac.add_argument("--study", default=None, metavar="UID", help="StudyInstanceUID to segment")
+    pac.add_argument(
+        "--store", action="store_true", help="send the DICOM-SEG and the TID 1500 report back into the study"
+    )
+    _pacs_auth_args(pac)
+    seq = p.add_argument_group(
+        "one study from one file or series per sequence (NIfTI files or DICOM series folders; on one grid)"
+    )
     seq.add_argument("--flair", default=None, help="FLAIR volume (required for this mode)")
     seq.add_argument("--t1", default=None, help="pre-contrast T1 volume (FLAIR fills in when absent)")
     seq.add_argument("--t1c", default=None, help="post-contrast T1 volume (FLAIR fills in when absent)")
@@ -256,6 +267,10 @@ def _add_app(sub) -> None:
         "host name and, on loopback, localhost/127.0.0.1/::1)",
     )
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload (default: %(default)s MB)")
+    p.add_argument(
+        "--dicomweb", default=None, metavar="URL", help="a PACS (DICOMweb root) to list, open and store studies"
+    )
+    _pacs_auth_args(p)
 
 
 def _cmd_app(a) -> int:
@@ -282,8 +297,15 @@ def _cmd_app(a) -> int:
         token=token,
         max_upload_mb=a.max_upload_mb,
         allow_hosts=a.allow_host,
+        dicomweb=_pacs_config(a) if a.dicomweb else None,
     )
     return EXIT_OK
+
+
+def _pacs_config(a):
+    from .pacs import PacsConfig
+
+    return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca)
 
 
 def _add_export(sub) -> None:
@@ -299,6 +321,49 @@ def _cmd_export(a) -> int:
 
     for line in export_onnx(a.model, a.out, calibration=a.int8_calibration):
         print(line)
+    return EXIT_OK
+
+
+def _pacs_auth_args(p) -> None:
+    p.add_argument(
+        "--pacs-auth-file",
+        default=None,
+        metavar="FILE",
+        help="credentials: a first line 'user:password' or 'Bearer TOKEN' (else TUMORSEG_PACS_TOKEN, or "
+        "TUMORSEG_PACS_USER and TUMORSEG_PACS_PASSWORD)",
+    )
+    p.add_argument("--pacs-ca", default=None, metavar="FILE", help="CA bundle for a PACS with a private certificate")
+
+
+def _add_pacs(sub) -> None:
+    p = sub.add_parser("pacs", help="look into a DICOMweb archive (PACS)")
+    psub = p.add_subparsers(dest="pacs_cmd", required=True)
+    ls = psub.add_parser("list", help="the studies a user could segment")
+    ls.add_argument("url", help="the DICOMweb root, e.g. http://host:8042/dicom-web")
+    ls.add_argument("--patient", default=None, help="PatientID")
+    ls.add_argument("--name", default=None, help="PatientName (fuzzy, e.g. 'Doe*')")
+    ls.add_argument("--date", default=None, help="StudyDate, YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    ls.add_argument("--modality", default="MR", help="modality in the study (default: %(default)s; '' for any)")
+    ls.add_argument("--json", action="store_true")
+    _pacs_auth_args(ls)
+
+
+def _cmd_pacs(a) -> int:
+    from .pacs import Pacs, PacsConfig
+
+    pacs = Pacs(PacsConfig.from_env(a.url, a.pacs_auth_file, a.pacs_ca))
+    found = pacs.studies(a.patient, a.name, a.date, a.modality or None)
+    if a.json:
+        print(json.dumps(found, indent=1))
+        return EXIT_OK
+    if not found:
+        print("no studies found", file=sys.stderr)
+        return EXIT_OK
+    for s in found:
+        print(
+            f"{s['study_uid']}  {s['patient_id']:<12} {s['patient_name'][:24]:<24} {s['date']:<8}  "
+            f"{','.join(s['modalities']):<8} {s['series'] if s['series'] is not None else '?':>3} series  {s['description']}"
+        )
     return EXIT_OK
 
 
@@ -357,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines, _add_pacs):
         add(sub)
     return ap
 
@@ -375,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "app": _cmd_app,
         "export": _cmd_export,
         "engines": _cmd_engines,
+        "pacs": _cmd_pacs,
     }
     from .data import DatasetError
     from .io import ImageReadError, ModelFileError

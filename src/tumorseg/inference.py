@@ -268,9 +268,9 @@ class Predictor:
         Returns:
             A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
         """
-        from .studies import read_study
+        from .studies import Study, read_study
 
-        study = read_study(path, series=series, spacing=spacing)
+        study = path if isinstance(path, Study) else read_study(path, series=series, spacing=spacing)
         thr = float(threshold if threshold is not None else self.threshold)
         slices = [study.slice_rgb(i) for i in range(study.n_slices)]
         probs: list[np.ndarray] = []

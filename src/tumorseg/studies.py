@@ -67,6 +67,7 @@ class Study:
     notes: list[str] = field(default_factory=list)
     sequences: dict | None = None  # model channel -> the file or sequence that filled it
     intensity_gains: list[float] | None = None  # per channel, from standardise_brain_intensity
+    pacs: dict | None = None  # where a DICOMweb study came from (url, study and series UIDs, the choice)
 
     @property
     def n_slices(self) -> int:
@@ -159,6 +160,31 @@ def sequence_of(path) -> str | None:
         if rx.search(stem):
             return seq
     return None
+
+
+_SERIES_RULES = (  # on the words of SeriesDescription + ProtocolName (lower case, split on non-alphanumerics)
+    ("flair", re.compile(r"\b(flair|t2f|tirm|dark ?fluid|t2 ?flair)\b")),
+    ("t1c", re.compile(r"\b(t1c|t1ce|t1gd|t1\+c|post|postcontrast|post contrast|gd|gad|gado|contrast|c\+|\+c|ce)\b")),
+    ("t1", re.compile(r"\b(t1|t1w|t1n|mprage|spgr|bravo|vibe|t1 ?se|t1 ?fse|pre)\b")),
+    ("t2", re.compile(r"\b(t2|t2w)\b")),
+)
+_T1_LIKE = re.compile(r"\b(t1|t1w|t1c|t1ce|t1gd|mprage|spgr|bravo|vibe)\b")
+
+
+def sequence_of_series(description: str, protocol: str = "") -> tuple[str | None, str]:
+    """('flair' | 't1' | 't1c' | 't2' | None, why) from a DICOM series' description and protocol name:
+    the DICOM counterpart of ``sequence_of`` for file names. Contrast words count for T1 only when the
+    series also looks T1-weighted (a 'post' FLAIR is still a FLAIR)."""
+    text = " ".join(x for x in (description, protocol) if x).lower()
+    text = re.sub(r"[^a-z0-9+]+", " ", text)
+    for seq, rx in _SERIES_RULES:
+        m = rx.search(text)
+        if not m:
+            continue
+        if seq == "t1c" and not _T1_LIKE.search(text):
+            continue
+        return seq, f"{seq}: {m.group(0)!r} in {text.strip()!r}"
+    return None, f"no sequence recognised in {text.strip()!r}"
 
 
 def find_sequences(files) -> dict[str, Path]:
@@ -470,9 +496,23 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
     return st
 
 
+def _read_raw_sequence(p: Path) -> Study:
+    """One sequence with its raw intensities: a NIfTI file, or a DICOM series (folder or zip)."""
+    if p.is_file() and _is_nifti(p):
+        return read_nifti(p, scale=False)
+    if p.is_file() and p.name.lower().endswith(".zip"):
+        return read_dicom(_zip_members(p), str(p), scale=False)
+    if p.is_dir():
+        dcm = sorted(q for q in p.iterdir() if q.is_file() and _is_dicom_file(q))
+        if dcm:
+            return read_dicom([(q.name, q.read_bytes()) for q in dcm], str(p), scale=False)
+    raise StudyError(p, "not a sequence (expected a NIfTI file or a DICOM series folder or .zip)")
+
+
 def read_sequences(paths: dict, source: str | None = None) -> Study:
-    """One study from one NIfTI per sequence, mapped to the model's channels (pre-contrast, FLAIR,
-    post-contrast); FLAIR fills a missing one, as the LGG set does. The mapping goes into study.json."""
+    """One study from one file (NIfTI) or series (DICOM) per sequence, mapped to the model's channels
+    (pre-contrast, FLAIR, post-contrast); FLAIR fills a missing one, as the LGG set does. The mapping
+    goes into study.json. The sequences must lie on one voxel grid."""
     paths = {k: Path(v) for k, v in paths.items() if v and k in ("t1", "flair", "t1c", "t2", "label")}
     source = source or str(paths.get("flair") or next(iter(paths.values()), "sequences"))
     if "flair" not in paths:
@@ -485,14 +525,20 @@ def read_sequences(paths: dict, source: str | None = None) -> Study:
     for seq in MODEL_CHANNELS:
         if seq not in paths:
             continue
-        st = read_nifti(paths[seq], scale=False)
+        st = _read_raw_sequence(paths[seq])
         if ref is None:
             ref = st
-        elif st.nifti_shape != ref.nifti_shape:
+        elif st.volume.shape != ref.volume.shape or st.kind != ref.kind:
             raise StudyError(
                 source,
-                f"{paths[seq].name} is {st.nifti_shape} but {paths['flair'].name} is "
-                f"{ref.nifti_shape}: the sequences must be co-registered on one grid",
+                f"{paths[seq].name} is {st.volume.shape[::-1]} but {paths['flair'].name} is "
+                f"{ref.volume.shape[::-1]}: the sequences must be co-registered on one grid",
+            )
+        elif st.kind == "dicom" and not np.allclose(st.affine, ref.affine, atol=0.5):
+            raise StudyError(
+                source,
+                f"{paths[seq].name} and {paths['flair'].name} lie on different grids (their positions or "
+                "orientations differ): the sequences must be co-registered on one grid",
             )
         vols[seq] = st
     flair = vols["flair"]
@@ -514,15 +560,17 @@ def read_sequences(paths: dict, source: str | None = None) -> Study:
         notes.append(SINGLE_SEQUENCE_NOTE)
     return Study(
         source,
-        "nifti",
+        flair.kind,
         vol8,
         flair.spacing,
         flair.names,
         single_sequence=single,
         affine=flair.affine,
         nifti_shape=flair.nifti_shape,
+        dicom=flair.dicom,
         notes=notes,
         sequences=mapping,
+        frame_order=flair.frame_order,
     )
 
 
@@ -621,7 +669,8 @@ def _floats(ds, tag: str, n: int, source: str) -> list[float] | None:
     return vals
 
 
-def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None = None) -> Study:
+def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None = None, scale: bool = True) -> Study:
+    """A DICOM series; ``scale=False`` keeps the raw intensities (float32, Z x H x W) for ``read_sequences``."""
     import pydicom
 
     by_series: dict[str, list] = {}
@@ -712,6 +761,20 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
         raise StudyError(source, f"slices of the series differ in size: {sorted(shapes)}")
     vol = np.stack(arrs)
     chans = 3 if vol.ndim == 4 and vol.shape[-1] == 3 else 1
+    if not scale:
+        if chans != 1:
+            raise StudyError(source, "expected one grey-level sequence per series, found colour (RGB) images")
+        return Study(
+            source,
+            "dicom",
+            vol,
+            geom["spacing"],
+            [str(ds.filename) for ds in dss],
+            dicom=dss,
+            affine=geom["affine"],
+            notes=notes,
+            frame_order=frame_order,
+        )
     if chans == 1:
         vol = vol[..., None] if vol.ndim == 3 else vol[..., :1]
     vol8 = study_to_uint8(vol)
@@ -1062,6 +1125,7 @@ class StudyPrediction:
             "sequences": self.study.sequences,
             "orientation": orientation_labels(self.study),
             "notes": self.study.notes,
+            **({"pacs": self.study.pacs} if self.study.pacs else {}),
             "model": self.model.get("model"),
             "engine": self.model.get("engine"),
             "disclaimer": self.model.get("disclaimer"),
@@ -1127,6 +1191,13 @@ def _gz(b: bytes) -> bytes:
 
 def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
     """A binary DICOM-SEG (highdicom) referencing the source series."""
+    buf = _io.BytesIO()
+    dicom_seg_dataset(sp).save_as(buf)
+    return buf.getvalue()
+
+
+def dicom_seg_dataset(sp: StudyPrediction):
+    """The study's mask as a binary DICOM-SEG dataset (highdicom) referencing the source series."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -1163,6 +1234,70 @@ def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
         device_serial_number="0",
         series_description="tumorseg AI mask (research)",
     )
-    buf = _io.BytesIO()
-    seg.save_as(buf)
-    return buf.getvalue()
+    return seg
+
+
+LOCAL_CODES = "99TUMORSEG"  # a private coding scheme for what DICOM has no code for
+
+
+def dicom_sr_dataset(sp: StudyPrediction, seg):
+    """A TID 1500 measurement report (highdicom Comprehensive 3D SR) on the DICOM-SEG ``seg``: the
+    tumour volume, the largest in-plane diameter and the number of slices with tumour, as study.json."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from . import __version__
+
+    m = sp.measurements
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name="tumorseg", manufacturer_name="tumorseg", model_name=f"tumorseg {__version__}"
+        ),
+    )
+    measurements = []
+    if m.get("volume_ml") is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Volume, value=float(m["volume_ml"]), unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+            )
+        )
+    if m.get("largest_diameter_mm") is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.SCT.Diameter, value=float(m["largest_diameter_mm"]), unit=codes.UCUM.Millimeter
+            )
+        )
+    measurements.append(
+        hd.sr.Measurement(
+            name=hd.sr.CodedConcept("slices-with-tumour", LOCAL_CODES, "Slices with tumour"),
+            value=float(m["slices_with_tumour"]),
+            unit=hd.sr.CodedConcept("{slices}", "UCUM", "slices"),
+        )
+    )
+    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="tumour (FLAIR abnormality)"),
+        referenced_segment=hd.sr.ReferencedSegment(  # the source series, which holds even for an empty mask
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=1,
+            source_series=hd.sr.SourceSeriesForSegmentation(str(sp.study.dicom[0].SeriesInstanceUID)),
+        ),
+        finding_type=codes.SCT.Neoplasm,
+        measurements=measurements,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=hd.sr.CodedConcept("24590-2", "LN", "MR Brain"),
+        imaging_measurements=[group],
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[seg],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=901,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="tumorseg",
+        series_description="tumorseg AI measurements (research)",
+    )
