@@ -160,6 +160,6 @@ def test_training_precision_follows_native_bf16():
     from tumorseg.training import precision_plan
 
     cpu = torch.device("cpu")
-    assert precision_plan(cpu, True, native_bf16=False)[:2] == (None, torch.contiguous_format)
+    assert precision_plan(cpu, True, native_bf16=False)[:2] == (None, torch.channels_last)
     assert precision_plan(cpu, True, native_bf16=True)[:2] == (torch.bfloat16, torch.channels_last)
     assert precision_plan(cpu, False, native_bf16=True)[0] is None

@@ -408,8 +408,9 @@ def _finite_in_float32(source, data: np.ndarray, notes: list[str]) -> np.ndarray
     return np.where(finite, data / top, 0.0)
 
 
-def read_nifti(p: Path, scale: bool = True) -> Study:
-    """A NIfTI study; ``scale=False`` keeps the raw intensities (float32) for ``read_sequences`` to scale."""
+def _nifti_header(p: Path):
+    """(image, voxel sizes, notes) of a NIfTI file judged from its header alone: voxel type, size,
+    working memory, model time and pixdim, before any voxel is read."""
     import nibabel as nib
 
     try:
@@ -443,6 +444,12 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
         check_working_set(p, nvox * STUDY_BYTES_PER_VOXEL, size, "NIfTI volume")
     except ImageReadError as exc:
         raise StudyError(p, exc.reason) from None
+    return img, zooms, notes
+
+
+def read_nifti(p: Path, scale: bool = True) -> Study:
+    """A NIfTI study; ``scale=False`` keeps the raw intensities (float32) for ``read_sequences`` to scale."""
+    img, zooms, notes = _nifti_header(p)
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -669,8 +676,8 @@ def _floats(ds, tag: str, n: int, source: str) -> list[float] | None:
     return vals
 
 
-def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None = None, scale: bool = True) -> Study:
-    """A DICOM series; ``scale=False`` keeps the raw intensities (float32, Z x H x W) for ``read_sequences``."""
+def _dicom_series(members: list[tuple[str, bytes]], source: str, series: str | None) -> tuple[list, int]:
+    """The chosen series' datasets (pixel data not decoded yet), and the bytes received for them all."""
     import pydicom
 
     by_series: dict[str, list] = {}
@@ -697,24 +704,24 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
             continue  # not DICOM: README, DICOMDIR oddities, thumbnails
         if "PixelData" not in ds:
             continue
-        uid = str(getattr(ds, "SeriesInstanceUID", "unknown"))
         ds.filename = name
-        by_series.setdefault(uid, []).append(ds)
+        by_series.setdefault(str(getattr(ds, "SeriesInstanceUID", "unknown")), []).append(ds)
     if not by_series:
         raise StudyError(source, "no DICOM image with pixel data found")
     if series:
         if series not in by_series:
             raise StudyError(source, f"series {series} not found; series here: {', '.join(sorted(by_series))}")
-        dss = by_series[series]
-    elif len(by_series) > 1:
+        return by_series[series], input_bytes
+    if len(by_series) > 1:
         listing = "; ".join(
             f"{u} ({len(v)} slices, {getattr(v[0], 'SeriesDescription', '')})" for u, v in sorted(by_series.items())
         )
         raise StudyError(source, f"holds {len(by_series)} series, choose one with --series: {listing}")
-    else:
-        dss = next(iter(by_series.values()))
+    return next(iter(by_series.values())), input_bytes
 
-    # Size: judged from the headers, before any pixel is decoded.
+
+def _check_series_budget(dss: list, source: str, input_bytes: int) -> None:
+    """Size, working memory and model time, judged from the headers before any pixel is decoded."""
     try:
         raw = sum(_declared_pixel_bytes(ds) for ds in dss)
         voxels = sum(int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in dss)
@@ -730,7 +737,10 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
     except ImageReadError as exc:
         raise StudyError(source, exc.reason) from None
 
-    notes: list[str] = []
+
+def _series_slices(dss: list, source: str, notes: list[str]) -> tuple[np.ndarray, dict, list[int] | None, list[str]]:
+    """The series' slices in anatomical order (rescaled, float32), its geometry, the source frame of each
+    slice for a multi-frame image (else None), and the slices' names."""
     frame_order = None
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in dss):
         if len(dss) != 1:
@@ -744,57 +754,54 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
     else:
         geom = _dicom_geometry(dss, source, notes)
     try:
-        arrs = []
         if frame_order is not None:
             pix = dss[0].pixel_array
-            for f in frames:
-                arrs.append(pix[f.index].astype(np.float32) * f.slope + f.intercept)
+            arrs = [pix[f.index].astype(np.float32) * f.slope + f.intercept for f in frames]
         else:
-            for ds in dss:
-                a = ds.pixel_array.astype(np.float32)
-                a = a * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
-                arrs.append(a)
+            arrs = [
+                ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1)
+                + float(getattr(ds, "RescaleIntercept", 0) or 0)
+                for ds in dss
+            ]
     except Exception as exc:
         raise StudyError(source, f"cannot decode DICOM pixel data ({type(exc).__name__}: {exc})") from None
     shapes = {a.shape for a in arrs}
     if len(shapes) > 1:
         raise StudyError(source, f"slices of the series differ in size: {sorted(shapes)}")
-    vol = np.stack(arrs)
+    names = [str(ds.filename) for ds in dss] if frame_order is None else [f"frame {i + 1}" for i in frame_order]
+    return np.stack(arrs), geom, frame_order, names
+
+
+def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None = None, scale: bool = True) -> Study:
+    """A DICOM series (single- or multi-frame); ``scale=False`` keeps the raw intensities (float32,
+    Z x H x W) for ``read_sequences``."""
+    dss, input_bytes = _dicom_series(members, source, series)
+    _check_series_budget(dss, source, input_bytes)
+    notes: list[str] = []
+    vol, geom, frame_order, names = _series_slices(dss, source, notes)
     chans = 3 if vol.ndim == 4 and vol.shape[-1] == 3 else 1
     if not scale:
         if chans != 1:
             raise StudyError(source, "expected one grey-level sequence per series, found colour (RGB) images")
-        return Study(
-            source,
-            "dicom",
-            vol,
-            geom["spacing"],
-            [str(ds.filename) for ds in dss],
-            dicom=dss,
-            affine=geom["affine"],
-            notes=notes,
-            frame_order=frame_order,
-        )
-    if chans == 1:
-        vol = vol[..., None] if vol.ndim == 3 else vol[..., :1]
-    vol8 = study_to_uint8(vol)
-    if chans == 1:
-        vol8 = np.repeat(vol8, 3, -1)
-    st = Study(
+    else:
+        if chans == 1:
+            vol = vol[..., None] if vol.ndim == 3 else vol[..., :1]
+        vol = study_to_uint8(vol)
+        if chans == 1:
+            vol = np.repeat(vol, 3, -1)
+            notes.append(SINGLE_SEQUENCE_NOTE)
+    return Study(
         source,
         "dicom",
-        vol8,
+        vol,
         geom["spacing"],
-        [str(ds.filename) for ds in dss] if frame_order is None else [f"frame {i + 1}" for i in frame_order],
-        single_sequence=chans == 1,
+        names,
+        single_sequence=scale and chans == 1,
         dicom=dss,
         affine=geom["affine"],
         notes=notes,
         frame_order=frame_order,
     )
-    if chans == 1:
-        st.notes.append(SINGLE_SEQUENCE_NOTE)
-    return st
 
 
 class _Frame:

@@ -460,67 +460,11 @@ def create_app(
             "disclaimer": DISCLAIMER,
         }
 
-    # ---- the PACS (DICOMweb): the server's credentials never reach the browser
-    pacs_client = None
-    if dicomweb is not None:
-        from ..pacs import Pacs
-
-        pacs_client = Pacs(dicomweb)
-
-    def need_pacs():
-        if pacs_client is None:
-            raise BadRequest(404, "no PACS is configured (start the app with --dicomweb URL)")
-        return pacs_client
-
     from ..pacs import PacsError
 
     @app.exception_handler(PacsError)
     async def _pacs_error(request, exc):
         return error(502, str(exc))
-
-    @app.get("/api/pacs")
-    def pacs_info() -> dict:
-        return {"enabled": pacs_client is not None, "url": dicomweb.url if dicomweb else None}
-
-    @app.get("/api/pacs/studies")
-    def pacs_studies(patient: str | None = None, name: str | None = None, date: str | None = None) -> dict:
-        """The archive's MR studies (QIDO-RS), searched by patient ID, name or date."""
-        return {"studies": need_pacs().studies(patient or None, name or None, date or None)}
-
-    @app.post("/api/pacs/open")
-    async def pacs_open(study_uid: str = Form(...), series_uid: str | None = Form(None)):
-        """Retrieve (WADO-RS) and segment a study exactly like a dropped DICOM series."""
-        from starlette.concurrency import run_in_threadpool
-
-        from ..pacs import open_study
-
-        p = need_pacs()
-
-        def run():
-            with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-                return pred.predict_study(open_study(p, study_uid, series_uid or None, Path(tmp)))
-
-        sp = await run_in_threadpool(run)
-        return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
-
-    @app.post("/api/pacs/store")
-    async def pacs_store(result_id: str = Form(...), threshold: float | None = Form(None)):
-        """Store the held study's DICOM-SEG and TID 1500 report (at this threshold) into its source study."""
-        from starlette.concurrency import run_in_threadpool
-
-        from ..studies import dicom_seg_dataset, dicom_sr_dataset
-
-        p = need_pacs()
-        kind, r, _ = await run_in_threadpool(_result, result_id, threshold)
-        if kind != "study" or not r.study.pacs:
-            raise BadRequest(400, "only a study opened from the PACS can be sent back to it")
-
-        def run():
-            seg = dicom_seg_dataset(r)
-            return p.store([seg, dicom_sr_dataset(r, seg)], r.study.pacs["study_uid"])
-
-        arrived = await run_in_threadpool(run)
-        return {"stored": arrived, "study_uid": r.study.pacs["study_uid"], "volume_ml": r.measurements["volume_ml"]}
 
     def _result(rid: str, threshold: float | None):
         if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -537,6 +481,10 @@ def create_app(
         if kind == "image":
             return kind, pred.rethreshold(obj, threshold), name
         return kind, pred.finish_study(obj.study, obj.images, obj.prob, obj.uncertainty, threshold), name
+
+    from .pacs_routes import pacs_router
+
+    app.include_router(pacs_router(pred, dicomweb, study_response, _result))
 
     @app.post("/api/mask")
     async def mask(result_id: str = Form(...), threshold: float | None = Form(None), slice: int = Form(0)):

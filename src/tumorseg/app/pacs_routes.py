@@ -1,0 +1,71 @@
+"""The page's PACS endpoints (DICOMweb): list, open, store. The server's credentials never reach the browser.
+
+A router of its own, so the PACS is one file to read; it uses the app's study response and held results.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fastapi import APIRouter, Form
+from starlette.concurrency import run_in_threadpool
+
+
+def pacs_router(pred, dicomweb, study_response, held_result) -> APIRouter:
+    """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404)."""
+    from .server import BadRequest
+
+    router = APIRouter()
+    client = None
+    if dicomweb is not None:
+        from ..pacs import Pacs
+
+        client = Pacs(dicomweb)
+
+    def need_pacs():
+        if client is None:
+            raise BadRequest(404, "no PACS is configured (start the app with --dicomweb URL)")
+        return client
+
+    @router.get("/api/pacs")
+    def pacs_info() -> dict:
+        return {"enabled": client is not None, "url": dicomweb.url if dicomweb else None}
+
+    @router.get("/api/pacs/studies")
+    def pacs_studies(patient: str | None = None, name: str | None = None, date: str | None = None) -> dict:
+        """The archive's MR studies (QIDO-RS), searched by patient ID, name or date."""
+        return {"studies": need_pacs().studies(patient or None, name or None, date or None)}
+
+    @router.post("/api/pacs/open")
+    async def pacs_open(study_uid: str = Form(...), series_uid: str | None = Form(None)):
+        """Retrieve (WADO-RS) and segment a study exactly like a dropped DICOM series."""
+        from ..pacs import open_study
+
+        p = need_pacs()
+
+        def run():
+            with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
+                return pred.predict_study(open_study(p, study_uid, series_uid or None, Path(tmp)))
+
+        sp = await run_in_threadpool(run)
+        return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
+
+    @router.post("/api/pacs/store")
+    async def pacs_store(result_id: str = Form(...), threshold: float | None = Form(None)):
+        """Store the held study's DICOM-SEG and TID 1500 report (at this threshold) into its source study."""
+        from ..studies import dicom_seg_dataset, dicom_sr_dataset
+
+        p = need_pacs()
+        kind, r, _ = await run_in_threadpool(held_result, result_id, threshold)
+        if kind != "study" or not r.study.pacs:
+            raise BadRequest(400, "only a study opened from the PACS can be sent back to it")
+
+        def run():
+            seg = dicom_seg_dataset(r)
+            return p.store([seg, dicom_sr_dataset(r, seg)], r.study.pacs["study_uid"])
+
+        arrived = await run_in_threadpool(run)
+        return {"stored": arrived, "study_uid": r.study.pacs["study_uid"], "volume_ml": r.measurements["volume_ml"]}
+
+    return router
