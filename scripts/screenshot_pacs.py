@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import shutil
 import socket
-import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
+from tests.test_pacs import start_orthanc, upload  # noqa: E402
 
 CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats-dev" / "BraTS-GLI-00000-000"
 USER, PASSWORD = "screenshot", "not-a-secret"
@@ -76,7 +77,6 @@ def nifti_to_series(nii: Path, folder: Path, study_uid: str, frame_uid: str, des
 
 
 def main() -> None:
-    import requests
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--case", default=str(CASE))
@@ -90,32 +90,9 @@ def main() -> None:
         study, frame = generate_uid(), generate_uid()
         for n, (suffix, desc) in enumerate((("flair", "AX T2 FLAIR"), ("t1", "AX T1"), ("t1c", "AX T1 POST GD")), 2):
             nifti_to_series(next(case.glob(f"*_{suffix}.nii.gz")), t / suffix, study, frame, desc, n)
-        port = _free_port()
-        cfg = {
-            "StorageDirectory": str(t / "db"),
-            "IndexDirectory": str(t / "db"),
-            "HttpPort": port,
-            "DicomServerEnabled": False,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": True,
-            "RegisteredUsers": {USER: PASSWORD},
-            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-        }
-        (t / "orthanc.json").write_text(json.dumps(cfg))
-        orthanc = subprocess.Popen([shutil.which("Orthanc"), str(t / "orthanc.json")], stderr=subprocess.DEVNULL)
+        orthanc, url = start_orthanc(t / "orthanc", USER, PASSWORD)
         try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    if requests.get(f"{url}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                        break
-                except requests.RequestException:
-                    time.sleep(0.2)
-            for f in sorted(t.glob("t*/*.dcm")) + sorted(t.glob("flair/*.dcm")):
-                requests.post(
-                    f"{url}/instances", data=f.read_bytes(), auth=(USER, PASSWORD), timeout=10
-                ).raise_for_status()
+            upload(url, t, USER, PASSWORD)
             _shoot(f"{url}/dicom-web", Path(a.out))
         finally:
             orthanc.terminate()

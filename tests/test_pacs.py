@@ -37,11 +37,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
+def start_orthanc(root: Path, user: str = USER, password: str = PASSWORD) -> tuple[subprocess.Popen, str]:
+    """A private Orthanc with DICOMweb on a free loopback port, storage in ``root``; (process, base URL)."""
     import requests
 
-    root = tmp_path_factory.mktemp("orthanc")
     port = _free_port()
     cfg = {
         "Name": "tumorseg-test",
@@ -51,23 +50,36 @@ def orthanc(tmp_path_factory):
         "DicomServerEnabled": False,
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": True,
-        "RegisteredUsers": {USER: PASSWORD},
+        "RegisteredUsers": {user: password},
         "Plugins": [str(PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
+    root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen([ORTHANC, str(root / "config.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            if requests.get(f"{url}/system", auth=(USER, PASSWORD), timeout=1).ok:
-                break
+            if requests.get(f"{url}/system", auth=(user, password), timeout=1).ok:
+                return proc, url
         except requests.RequestException:
             time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("Orthanc did not start")
+    proc.kill()
+    raise RuntimeError("Orthanc did not start within 30 s")
+
+
+def upload(url: str, folder: Path, user: str = USER, password: str = PASSWORD) -> None:
+    import requests
+
+    for f in sorted(folder.rglob("*.dcm")):
+        r = requests.post(f"{url}/instances", data=f.read_bytes(), auth=(user, password), timeout=10)
+        assert r.ok, r.text
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    proc, url = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield url
     proc.terminate()
     try:
@@ -110,14 +122,6 @@ def _series(folder: Path, study_uid: str, frame_uid: str, desc: str, seed: int, 
     return series_uid
 
 
-def _upload(url: str, folder: Path) -> None:
-    import requests
-
-    for f in sorted(folder.rglob("*.dcm")):
-        r = requests.post(f"{url}/instances", data=f.read_bytes(), auth=(USER, PASSWORD), timeout=10)
-        assert r.ok, r.text
-
-
 @pytest.fixture(scope="module")
 def studies(orthanc, tmp_path_factory):
     """A three-sequence MR study (plus a localizer), a FLAIR-only study and a CT-only study."""
@@ -133,7 +137,7 @@ def studies(orthanc, tmp_path_factory):
     _series(root / "flair_only" / "flair", flair_only, generate_uid(), "FLAIR", 5)
     ct = generate_uid()
     _series(root / "ct" / "ct", ct, generate_uid(), "HEAD CT", 6, modality="CT")
-    _upload(orthanc, root)
+    upload(orthanc, root)
     return {"root": root, "full": full, "series": series, "flair_only": flair_only, "ct": ct}
 
 

@@ -55,38 +55,49 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def _check_budget(
+    path, amount: int, input_bytes: int | None, cap: int, free: int, ratio: int, over_cap: str, over_ratio: str
+):
+    """The one shape of every size rule: an absolute ceiling, and above ``free`` at most ``ratio`` times
+    the bytes received. The messages are formatted with amount/input/ratio in MB and x."""
+    mb = 2**20
+    if amount > cap:
+        raise ImageReadError(path, over_cap.format(mb=amount / mb, cap=cap / mb))
+    if input_bytes and amount > free and amount > ratio * input_bytes:
+        raise ImageReadError(
+            path, over_ratio.format(mb=amount / mb, got=input_bytes, got_mb=input_bytes / mb, x=amount / input_bytes)
+        )
+
+
 def check_decoded_size(path, decoded_bytes: int, input_bytes: int | None = None, what: str = "image") -> None:
     """Refuse an input whose declared decoded size is over the budget, or far out of proportion to its file."""
-    mb = 2**20
-    if decoded_bytes > MAX_DECODED_BYTES:
-        raise ImageReadError(
-            path,
-            f"{what} would take {decoded_bytes / mb:,.0f} MB once decoded, over the "
-            f"{MAX_DECODED_BYTES / mb:,.0f} MB limit",
-        )
-    if input_bytes and decoded_bytes > FREE_DECODED_BYTES and decoded_bytes > MAX_EXPANSION * input_bytes:
-        raise ImageReadError(
-            path,
-            f"{what} of {input_bytes:,} bytes declares {decoded_bytes / mb:,.0f} MB of "
-            f"pixels ({decoded_bytes / input_bytes:,.0f}x; a decompression bomb?)",
-        )
+    what = what.replace("{", "{{").replace("}", "}}")  # a zip member's name may hold braces
+    _check_budget(
+        path,
+        decoded_bytes,
+        input_bytes,
+        MAX_DECODED_BYTES,
+        FREE_DECODED_BYTES,
+        MAX_EXPANSION,
+        what + " would take {mb:,.0f} MB once decoded, over the {cap:,.0f} MB limit",
+        what + " of {got:,} bytes declares {mb:,.0f} MB of pixels ({x:,.0f}x; a decompression bomb?)",
+    )
 
 
 def check_working_set(path, working_bytes: int, input_bytes: int | None, what: str) -> None:
     """Refuse work whose working memory is over the budget, or far out of proportion to the upload."""
-    mb = 2**20
-    if working_bytes > MAX_WORKING_BYTES:
-        raise ImageReadError(
-            path,
-            f"{what} needs about {working_bytes / mb:,.0f} MB of working memory, over the "
-            f"{MAX_WORKING_BYTES / mb:,.0f} MB limit",
-        )
-    if input_bytes and working_bytes > FREE_WORKING_BYTES and working_bytes > MAX_WORKING_EXPANSION * input_bytes:
-        raise ImageReadError(
-            path,
-            f"{what} needs about {working_bytes / mb:,.0f} MB of working memory from {input_bytes / mb:,.2f} MB "
-            f"received (over {MAX_WORKING_EXPANSION}x); send it downscaled (the model sees 256x256)",
-        )
+    what = what.replace("{", "{{").replace("}", "}}")
+    _check_budget(
+        path,
+        working_bytes,
+        input_bytes,
+        MAX_WORKING_BYTES,
+        FREE_WORKING_BYTES,
+        MAX_WORKING_EXPANSION,
+        what + " needs about {mb:,.0f} MB of working memory, over the {cap:,.0f} MB limit",
+        what + " needs about {mb:,.0f} MB of working memory from {got_mb:,.2f} MB received (over "
+        f"{MAX_WORKING_EXPANSION}x); send it downscaled (the model sees 256x256)",
+    )
 
 
 def check_model_time(path, slices: int, rows: int, cols: int, input_bytes: int | None, what: str = "study") -> None:
