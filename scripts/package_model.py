@@ -21,9 +21,9 @@ import torch
 
 from tumorseg.data import discover, load_cases
 from tumorseg.engines import load_engine
-from tumorseg.evaluation import remove_small_components
 from tumorseg.metrics import SegmentationMetrics
 from tumorseg.model import file_sha256, load_model, read_model_file, save_model
+from tumorseg.postprocess import PostProcess
 
 THREADS = 0
 
@@ -37,10 +37,9 @@ def val_probs(model_path: Path, data: str, split: dict, engine: str):
 
 
 def score(ds, probs, thr: float, min_px: int, masks=None) -> dict:
+    """Metrics of the masks the Predictor would deliver at this threshold and component size."""
     m = SegmentationMetrics()
-    pred = probs >= thr
-    if min_px:
-        pred = np.stack([remove_small_components(p, min_px) for p in pred])
+    pred = PostProcess(thr, min_px, probs.shape[-1]).apply(probs)
     m.update(pred, ds.masks if masks is None else masks, ds.patients)
     return m.compute()
 

@@ -261,3 +261,30 @@ def test_reference_mask_dice_equals_the_cli(server, tmp_path, tiny_model):
             assert "volume difference" in page.inner_text("[data-testid=reference-dice]")
         finally:
             browser.close()
+
+
+def test_two_plain_niftis_chosen_together_are_two_studies(server, tmp_path):
+    """As in the CLI: each is its own study (not two refused "images"); a picker switches between them."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    from .conftest import smooth_noise
+
+    paths = []
+    for name, n in (("patient_a.nii.gz", 4), ("patient_b.nii.gz", 6)):
+        vol = np.stack([smooth_noise((40, 40), z, 300, np.int16) for z in range(n)], 2)
+        nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), str(tmp_path / name))
+        paths.append(str(tmp_path / name))
+    with sync_playwright() as p:
+        browser, page = _open(p, server)
+        page.set_input_files("#file-input", paths)
+        page.wait_for_selector("[data-testid=study-pick]:not([hidden])", timeout=60000)
+        assert page.eval_on_selector_all("[data-testid=study-pick] option", "os => os.map(o => o.textContent)") == [
+            "patient_a.nii.gz",
+            "patient_b.nii.gz",
+        ]
+        assert page.get_attribute("#slice", "max") == "3"
+        page.select_option("[data-testid=study-pick]", "1")
+        page.wait_for_function("document.getElementById('slice').max === '5'")
+        assert not page.is_visible("#error")
+        browser.close()

@@ -137,3 +137,31 @@ def test_evaluate_keeps_the_masks_it_scored(tiny_model, tmp_path):
     counts = r["per_patient_counts"].values()
     assert int(bits.sum()) == sum(c[0] + c[1] for c in counts)  # tp + fp
     assert "masks" not in evaluate(data, model=str(tiny_model), split="all", engine="torch-fp32", progress=False)
+
+
+def test_evaluate_dice_is_the_dice_of_the_masks_the_predictor_delivers(tmp_path):
+    """One post-processing rule (postprocess.PostProcess): evaluation scores exactly the masks users get,
+    with a component rule that removes something (so the two paths are really compared)."""
+    from tumorseg.data import discover, load_cases
+    from tumorseg.evaluation import evaluate
+    from tumorseg.inference import Predictor
+    from tumorseg.metrics import SegmentationMetrics
+
+    from .conftest import make_kaggle, save_tiny_model
+
+    model = save_tiny_model(tmp_path / "m.safetensors", seed=3, min_component_pixels=40)
+    data = make_kaggle(tmp_path / "d", patients=2, slices=4, size=64)
+    ds = load_cases(discover(data), 64)
+    probe = Predictor(model, engine="torch-fp32")
+    thr = float(np.quantile(probe.engine.run(ds.images), 0.85))  # a speckled mask: small components exist
+    r = evaluate(
+        data, model=str(model), split="all", engine="torch-fp32", threshold=thr, progress=False, keep_masks=True
+    )
+    pred = Predictor(model, engine="torch-fp32", threshold=thr)
+    masks = np.stack([pred.predict(img).mask for img in ds.images])
+    acc = SegmentationMetrics()
+    acc.update(masks, ds.masks, ds.patients, ds.names)
+    assert np.array_equal(np.unpackbits(r["masks"], axis=1).reshape(masks.shape).astype(bool), masks)
+    assert acc.compute()["dice"] == pytest.approx(r["metrics"]["dice"], abs=1e-12)
+    raw = pred.engine.run(ds.images) >= thr
+    assert (raw != masks).any()  # the component rule did act, on both paths alike

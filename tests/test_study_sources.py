@@ -205,6 +205,8 @@ def test_find_sequences_ignores_plain_volumes(tmp_path):
         (["a.png", "b.png", "c.png", "stray.dcm"], "images"),
         (["scan.png"], "images"),
         (["x_1.png", "y_2.png", "z_3.png"], "images"),
+        (["patient_a.nii.gz", "patient_b.nii.gz"], "studies"),
+        (["a.zip", "b.nii"], "studies"),
     ],
 )
 def test_one_rule_for_what_is_a_study(predictor, names, kind):
@@ -213,3 +215,22 @@ def test_one_rule_for_what_is_a_study(predictor, names, kind):
     assert classify_names(names) == kind
     client = TestClient(create_app(predictor))
     assert client.post("/api/classify", json=names).json()["kind"] == kind
+
+
+def test_a_folder_of_two_plain_niftis_is_two_studies(tiny_model, tmp_path):
+    """The CLI reads it as the page does (classify_names: 'studies'), not as "folder holds no images"."""
+    import csv
+
+    import nibabel as nib
+
+    from .conftest import cli_predict, smooth_noise
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("patient_a.nii.gz", "patient_b.nii.gz"):
+        vol = np.stack([smooth_noise((40, 40), z, 300, np.int16) for z in range(4)], 2)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / name))
+    (folder / "README.txt").write_text("two patients")
+    assert cli_predict(folder, tmp_path / "o", tiny_model) == 0
+    rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").read_text().splitlines()))
+    assert [r["outputs"] for r in rows] == ["patient_a/", "patient_b/"]

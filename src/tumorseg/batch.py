@@ -91,13 +91,18 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not p.exists():
                 errors.append((str(p), "file not found"))
             elif p.is_dir() and not is_study(p):
+                from .studies import classify_names
+
+                files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
+                studies = [q for q in files if q.name.lower().endswith((".nii", ".nii.gz", ".zip"))]
+                if len(studies) > 1 and classify_names([q.name for q in studies]) == "studies":
+                    found += studies  # e.g. two NIfTI files of two patients: two studies, as the page does
+                    continue
                 imgs = [
-                    q
-                    for q in sorted(p.iterdir())
-                    if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")
+                    q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")
                 ]
                 if not imgs:
-                    errors.append((str(p), "folder holds no images"))
+                    errors.append((str(p), "folder holds no images or studies"))
                 found += imgs
             else:
                 found.append(p)

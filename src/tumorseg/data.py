@@ -22,11 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalisation(imagenet: bool) -> dict:
     """The input normalisation a model file records (and every engine then applies)."""
-    return {
-        "scale": "uint8/255",
-        "mean": list(IMAGENET_MEAN) if imagenet else [0, 0, 0],
-        "std": list(IMAGENET_STD) if imagenet else [1, 1, 1],
-    }
+    from .modelinfo import Normalisation
+
+    return (Normalisation(IMAGENET_MEAN, IMAGENET_STD) if imagenet else Normalisation()).as_meta()
 
 
 def model_input(batch_u8: np.ndarray, norm: dict) -> np.ndarray:

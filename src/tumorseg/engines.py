@@ -143,9 +143,11 @@ class Engine:
         self.model_path = model_path
         self.meta = meta
         self.threads = threads
-        self.size = int(meta.get("input_size", 256))
-        norm = meta.get("normalisation", {})
-        self.norm = norm
+        from .modelinfo import ModelInfo
+
+        spec = ModelInfo.from_meta(meta).input
+        self.size = spec.size
+        self.norm = spec.normalisation.as_meta()
         self._lock = threading.Lock()
 
     def preprocess(self, batch_u8: np.ndarray) -> np.ndarray:
@@ -317,9 +319,10 @@ class _Loader:
         self._net = None
 
     def size(self) -> int:
-        if self.model is None:
-            return int(bundled_info().get("input_size", 256))
-        return int(model_file_meta(resolve_model(self.model)).get("input_size", 256))
+        from .modelinfo import ModelInfo
+
+        meta = bundled_info() if self.model is None else model_file_meta(resolve_model(self.model))
+        return ModelInfo.from_meta(meta).input.size
 
     def _torch_net(self):
         if self._net is None:
@@ -353,7 +356,7 @@ class _Loader:
             cuda = self.device in ("auto", "cuda") and torch.cuda.is_available()
             dev = torch.device("cuda" if cuda else "cpu")
             return TorchEngine(path, meta, net, self.threads, engine == "torch-bf16", dev)
-        onnx_bytes = to_onnx_bytes(net, int(meta.get("input_size", 256)))
+        onnx_bytes = to_onnx_bytes(net, self.size())
         if engine == "onnx-int8":
             from .quantize import quantize_int8
 

@@ -11,6 +11,8 @@ import numpy as np
 from .data import DatasetError, check_no_leak, discover, load_cases, load_split
 from .engines import load_engine
 from .metrics import SegmentationMetrics
+from .modelinfo import ModelInfo
+from .postprocess import PostProcess
 
 METRIC_KEYS = (
     "dice",
@@ -41,19 +43,6 @@ CONVENTIONS = {
     "dice_per_patient_std": "standard deviation of the per-patient 3D Dice",
     "empty_slice_fp_rate": "share of tumour-free slices with any predicted tumour pixel",
 }
-
-
-def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Drop 2D connected components (8-connectivity) smaller than ``min_pixels``."""
-    if min_pixels <= 0 or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    sizes = np.bincount(lab.ravel())
-    keep = sizes >= min_pixels
-    keep[0] = False
-    return keep[lab]
 
 
 def select_patients(data: str | os.PathLike, split: str, split_file: str | None, meta: dict):
@@ -124,8 +113,8 @@ def evaluate(
     """
     eng = engine_obj or load_engine(model, engine, threads)
     meta = eng.meta
-    thr = float(threshold if threshold is not None else meta.get("threshold", 0.5))
-    min_px = int(meta.get("min_component_pixels", 0))
+    post = PostProcess.of(ModelInfo.from_meta(meta), threshold)  # the Predictor's rule, the same object
+    thr = post.threshold
     cases = select_patients(data, split, split_file, meta)
     acc = SegmentationMetrics()
     cal = Calibration()
@@ -139,9 +128,7 @@ def evaluate(
             imgs = ds.images[s : s + batch_size]
             truth = ds.masks[s : s + batch_size]
             prob = eng.run(imgs)
-            pred = prob >= thr
-            if min_px:
-                pred = np.stack([remove_small_components(p, min_px) for p in pred])
+            pred = post.apply(prob)
             acc.update(pred, truth, ds.patients[s : s + batch_size], ds.names[s : s + batch_size])
             cal.update(prob, truth)
             if keep_masks:

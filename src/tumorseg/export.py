@@ -34,7 +34,9 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
 
     path = resolve_model(model)
     net, meta = load_model(path)
-    size = int(meta.get("input_size", 256))
+    from .modelinfo import ModelInfo
+
+    size = ModelInfo.from_meta(meta).input.size
     from .engines import add_onnx_metadata
 
     data = add_onnx_metadata(to_onnx_bytes(net, size), meta, "onnx-fp32")

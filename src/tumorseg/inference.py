@@ -12,8 +12,9 @@ from PIL import Image
 
 from .checks import judge
 from .engines import load_engine
-from .evaluation import remove_small_components
 from .io import ImageReadError, exif_orientation, read_image, to_uint8_rgb
+from .modelinfo import ModelInfo
+from .postprocess import PostProcess
 from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
@@ -97,20 +98,23 @@ class Predictor:
         threads: int = 0,
         threshold: float | None = None,
     ):
-        self.engine = load_engine(model, engine, threads, device)
-        self.meta = self.engine.meta
-        self.size = self.engine.size
-        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
-        self.min_component_pixels = int(self.meta.get("min_component_pixels", 0))
+        self._attach(load_engine(model, engine, threads, device), threshold)
 
     @classmethod
     def from_engine(cls, engine, threshold: float | None = None) -> Predictor:
         """A Predictor around an already loaded engine (benchmarks compare engines this way)."""
         self = cls.__new__(cls)
-        self.engine, self.meta, self.size = engine, engine.meta, engine.size
-        self.threshold = float(threshold if threshold is not None else self.meta.get("threshold", 0.5))
-        self.min_component_pixels = int(self.meta.get("min_component_pixels", 0))
+        self._attach(engine, threshold)
         return self
+
+    def _attach(self, engine, threshold: float | None) -> None:
+        self.engine, self.meta, self.size = engine, engine.meta, engine.size
+        self.model_info = ModelInfo.from_meta(engine.meta)
+        self.post = PostProcess.of(self.model_info, threshold)  # the one post-processing rule
+
+    @property
+    def threshold(self) -> float:
+        return self.post.threshold
 
     @property
     def model_path(self) -> Path:
@@ -171,16 +175,9 @@ class Predictor:
         return probs, uncs
 
     def mask_from_prob(self, prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """The model's post-processing (threshold, then 2D components under the model's size removed).
-
-        The one home of this rule: the CLI, the API, the page (through the API) and evaluation use it.
-        """
-        threshold = float(self.threshold if threshold is None else threshold)
-        m = prob >= threshold
-        if self.min_component_pixels:
-            scale = prob.shape[0] * prob.shape[1] / (self.size * self.size)
-            m = remove_small_components(m, max(1, int(round(self.min_component_pixels * scale))))
-        return m
+        """The model's post-processing (threshold, then small 2D components removed): ``postprocess.PostProcess``,
+        the rule evaluation, the robustness suite and packaging use too."""
+        return self.post.with_threshold(threshold).apply(prob)
 
     def predict(
         self,

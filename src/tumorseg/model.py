@@ -398,10 +398,12 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
     """Rebuild a saved model (fp32, eval mode) and return it with its metadata."""
     tensors, meta = read_model_file(path)
-    arch = meta.get("architecture", {})
-    if arch.get("name", "unet-resnet50") != "unet-resnet50":
-        raise ModelFileError(f"{path}: unknown architecture {arch.get('name')!r}")
-    model = UNetResNet50(3, tuple(arch.get("decoder_channels", (256, 128, 64, 32, 16))))
+    from .modelinfo import ModelInfo
+
+    arch = ModelInfo.from_meta(meta).arch
+    if arch.name != "unet-resnet50":
+        raise ModelFileError(f"{path}: unknown architecture {arch.name!r}")
+    model = UNetResNet50(3, arch.decoder_channels)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=True)

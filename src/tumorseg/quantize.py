@@ -54,8 +54,9 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
     if calibration is None or len(calibration) == 0:
         raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
     from .data import model_input
+    from .modelinfo import ModelInfo
 
-    norm = meta.get("normalisation", {})
+    norm = ModelInfo.from_meta(meta).input.normalisation.as_meta()
     return quantize_qdq(
         onnx_bytes, ({"image": model_input(calibration[i : i + 1], norm)} for i in range(len(calibration)))
     )

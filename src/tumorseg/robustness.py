@@ -14,8 +14,9 @@ from PIL import Image
 
 from .data import LoadedSet, brain_mask
 from .engines import Engine
-from .evaluation import remove_small_components
 from .metrics import SegmentationMetrics
+from .modelinfo import ModelInfo
+from .postprocess import PostProcess
 
 CONDITIONS = (
     "original",
@@ -73,13 +74,10 @@ def transformed(data: LoadedSet, condition: str) -> tuple[np.ndarray, np.ndarray
 
 def score(engine: Engine, images: np.ndarray, truth: np.ndarray, patients: list[str], batch: int = 16) -> dict:
     """Metrics of ``engine`` on one transformed set, with the model's threshold and component rule."""
-    thr = float(engine.meta.get("threshold", 0.5))
-    min_px = int(engine.meta.get("min_component_pixels", 0))
+    post = PostProcess.of(ModelInfo.from_meta(engine.meta))
     acc = SegmentationMetrics()
     for s in range(0, len(images), batch):
-        pred = engine.run(images[s : s + batch]) >= thr
-        if min_px:
-            pred = np.stack([remove_small_components(p, min_px) for p in pred])
+        pred = post.apply(engine.run(images[s : s + batch]))
         acc.update(pred, truth[s : s + batch], patients[s : s + batch])
     m = acc.compute()
     out = {k: m[k] for k in ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")}

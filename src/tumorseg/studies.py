@@ -79,7 +79,8 @@ class Study:
 
 def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
     """How a set of chosen files is read: 'study-file' (one NIfTI or zip), 'study-files' (one study from
-    several files: a DICOM series, per-sequence NIfTIs, or numbered slices of one patient) or 'images'.
+    several files: a DICOM series, per-sequence NIfTIs, or numbered slices of one patient), 'studies'
+    (several NIfTI or zip files that are not one case's sequences: each is a study) or 'images'.
 
     The one rule for the CLI's folders and the page's file choices (the page asks /api/classify).
     ``dicom`` flags files known to be DICOM by content; without it, names ending .dcm or with no
@@ -94,6 +95,8 @@ def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
         and all(_is_nifti(Path(n)) for n in names)
     ):
         return "study-files"
+    if len(names) > 1 and all(_is_nifti(Path(n)) or n.lower().endswith(".zip") for n in names):
+        return "studies"
     flags = dicom if dicom is not None else [n.lower().endswith(".dcm") or "." not in n for n in names]
     imgs = [n for n in names if _is_slice_image(n)]
     if sum(flags) and sum(flags) >= len(imgs):

@@ -37,6 +37,7 @@ from .data import (
 from .io import atomic_write_bytes
 from .metrics import ThresholdSweep, dice_score
 from .model import ModelFileError, build_model, read_model_file, save_model
+from .modelinfo import ArchSpec
 
 
 @dataclass
@@ -542,8 +543,7 @@ def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, 
     imagenet = cfg.encoder_weights != "none"
     return {
         "architecture": {
-            "name": "unet-resnet50",
-            "decoder_channels": [256, 128, 64, 32, 16],
+            **ArchSpec().as_meta(),
             "upsampling": "ConvTranspose2d",
             "in_channels": 3,
             "out": "1-channel logits",

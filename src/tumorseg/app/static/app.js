@@ -80,6 +80,26 @@ async function openFiles(fileList) {
   } catch (e) {
     errors.push(e.message);
   }
+  if (kind === "studies") {
+    // several study files (e.g. two patients' NIfTIs): each is its own study, as in the CLI; a picker switches
+    const opened = [];
+    for (const f of files) {
+      busy(true, `Segmenting ${f.name} (${opened.length + 1} of ${files.length})…`);
+      const fd = new FormData();
+      fd.append("file", f, f.name);
+      try {
+        const r = await api("/api/study", { method: "POST", body: fd });
+        const its = await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)));
+        opened.push({ name: f.name, items: its, study: r.measurements });
+      } catch (e) {
+        errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
+      }
+    }
+    busy(false);
+    showError(errors);
+    showStudies(opened, threshold);
+    return;
+  }
   if (kind === "study-file" || kind === "study-files") {
     busy(true, kind === "study-file" ? `Segmenting ${files[0].name}…` : `Segmenting a study of ${files.length} files…`);
     const fd = new FormData();
@@ -115,8 +135,18 @@ async function openFiles(fileList) {
   showResults(items, study, threshold, null);
 }
 
+function showStudies(opened, threshold) {
+  const pick = $("study-pick");
+  pick.textContent = "";
+  opened.forEach((o, k) => { const opt = document.createElement("option"); opt.value = String(k); opt.textContent = o.name; pick.append(opt); });
+  pick.hidden = opened.length < 2;
+  pick.onchange = () => { const o = opened[parseInt(pick.value, 10)]; showResults(o.items, o.study, threshold, null, true); };
+  if (opened.length) showResults(opened[0].items, opened[0].study, threshold, null, true);
+}
+
 // One way to put results on screen, whatever they came from (files, a folder, the PACS).
-function showResults(items, study, threshold, pacs) {
+function showResults(items, study, threshold, pacs, keepPicker) {
+  if (!keepPicker) $("study-pick").hidden = true;
   state.pacs = pacs;
   $("pacs-store").hidden = !pacs;
   $("pacs-result").textContent = "";

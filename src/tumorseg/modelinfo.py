@@ -1,0 +1,88 @@
+"""The model contract: what a model file says about its input, architecture and post-processing.
+
+One typed reader for every storage form (safetensors header, ONNX metadata, the bundled default.json
+sidecar all carry the same dict) and the one place where defaults live: a module that needs the
+input size, the normalisation, the threshold or the decoder's channels asks ``ModelInfo``, never the
+raw dict with a default of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """uint8/255, then (x - mean) / std per channel (ImageNet numbers for an ImageNet-initialised encoder)."""
+
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def as_meta(self) -> dict:
+        return {"scale": "uint8/255", "mean": list(self.mean), "std": list(self.std)}
+
+    @property
+    def imagenet(self) -> bool:
+        return any(self.mean)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    size: int = 256  # the model's square input, px
+    channels: tuple[str, ...] = ("t1", "flair", "t1c")  # pre-contrast, FLAIR, post-contrast
+    normalisation: Normalisation = field(default_factory=Normalisation)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str = "unet-resnet50"
+    decoder_channels: tuple[int, ...] = DEFAULT_DECODER_CHANNELS
+
+    def as_meta(self) -> dict:
+        return {"name": self.name, "decoder_channels": list(self.decoder_channels)}
+
+
+@dataclass(frozen=True)
+class PostProcessSpec:
+    """Threshold, then 2D components smaller than ``min_component_pixels`` (at the model's input size)
+    removed; ``postprocess.PostProcess`` applies it."""
+
+    threshold: float = 0.5
+    min_component_pixels: int = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    input: InputSpec = field(default_factory=InputSpec)
+    post: PostProcessSpec = field(default_factory=PostProcessSpec)
+    meta: dict = field(default_factory=dict, compare=False)  # the rest (training record, metrics, ...)
+
+    @classmethod
+    def from_meta(cls, meta: dict | None) -> ModelInfo:
+        """The one reader of a model's metadata dict, whatever file it came from."""
+        meta = dict(meta or {})
+        arch = meta.get("architecture") or {}
+        norm = meta.get("normalisation") or {}
+        channels = meta.get("channels")
+        return cls(
+            arch=ArchSpec(
+                name=str(arch.get("name", ArchSpec.name)),
+                decoder_channels=tuple(int(c) for c in arch.get("decoder_channels", DEFAULT_DECODER_CHANNELS)),
+            ),
+            input=InputSpec(
+                size=int(meta.get("input_size", InputSpec.size)),
+                channels=tuple(channels) if isinstance(channels, list | tuple) and channels else InputSpec.channels,
+                normalisation=Normalisation(
+                    mean=tuple(float(x) for x in norm.get("mean", Normalisation.mean)),
+                    std=tuple(float(x) for x in norm.get("std", Normalisation.std)),
+                ),
+            ),
+            post=PostProcessSpec(
+                threshold=float(meta.get("threshold", PostProcessSpec.threshold)),
+                min_component_pixels=int(meta.get("min_component_pixels", PostProcessSpec.min_component_pixels)),
+            ),
+            meta=meta,
+        )
