@@ -509,10 +509,10 @@ def test_exif_orientation_and_extreme_aspect_ratio_are_warned(tiny_model, tmp_pa
 def test_held_results_are_bounded_in_bytes(tiny_model, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from tumorseg.app import server
+    from tumorseg.app import results, server
     from tumorseg.inference import Predictor
 
-    monkeypatch.setattr(server, "MAX_RESULT_BYTES", 200_000)  # about one 128x128 result
+    monkeypatch.setattr(results, "MAX_RESULT_BYTES", 200_000)  # about one 128x128 result
     buf = io.BytesIO()
     Image.fromarray(smooth_noise((128, 128, 3), 5, 120)).save(buf, "PNG")
     with TestClient(server.create_app(Predictor(tiny_model, engine="torch-fp32"))) as c:

@@ -861,35 +861,8 @@ def _frames_of(ds, source: str, notes: list[str]) -> list[_Frame]:
     return frames
 
 
-def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
-    """Sort the series along its normal and derive spacing and affine; every fallback becomes a note.
-
-    Order: ImagePositionPatient projected on the slice normal; when no slice has it, InstanceNumber.
-    Slice spacing: from the positions; else SpacingBetweenSlices; else SliceThickness; else 1 mm (noted).
-    Geometry that is malformed (wrong number of values, zero or non-finite spacing, some slices with
-    positions and some without) is refused, never guessed.
-    """
-    iop = _floats(dss[0], "ImageOrientationPatient", 6, source)
-    if iop is None:
-        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        notes.append("No ImageOrientationPatient: axial orientation assumed; orientation labels are unreliable.")
-    r, c = np.array(iop[:3]), np.array(iop[3:])
-    if not (0.9 < np.linalg.norm(r) < 1.1 and 0.9 < np.linalg.norm(c) < 1.1 and abs(np.dot(r, c)) < 0.1):
-        raise StudyError(source, f"ImageOrientationPatient {iop} is not two orthogonal unit vectors")
-    normal = np.cross(r, c)
-    ps = _floats(dss[0], "PixelSpacing", 2, source)
-    if ps is None:
-        ps = [1.0, 1.0]
-        notes.append("No PixelSpacing: 1 mm pixels assumed; areas and volumes are in assumed units.")
-    _valid_spacing(source, ps, "PixelSpacing", notes)
-    ps = [abs(x) for x in ps]
-    ipps = [_floats(ds, "ImagePositionPatient", 3, source) for ds in dss]
-    have = sum(p is not None for p in ipps)
-    if 0 < have < len(dss):
-        raise StudyError(
-            source,
-            f"{len(dss) - have} of {len(dss)} slices lack ImagePositionPatient; the slice order cannot be trusted",
-        )
+def _slice_axis(dss: list, ipps: list, normal: np.ndarray, have: int, source: str, notes: list[str]):
+    """Sort ``dss`` in place along the slice normal; (slice spacing, step vector, origin), every fallback noted."""
 
     def thickness() -> float | None:
         for tag in ("SpacingBetweenSlices", "SliceThickness"):
@@ -943,6 +916,40 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
         )
         step = normal * dz
         origin = np.zeros(3)
+    return dz, step, origin
+
+
+def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
+    """Sort the series along its normal and derive spacing and affine; every fallback becomes a note.
+
+    Order: ImagePositionPatient projected on the slice normal; when no slice has it, InstanceNumber.
+    Slice spacing: from the positions; else SpacingBetweenSlices; else SliceThickness; else 1 mm (noted).
+    Geometry that is malformed (wrong number of values, zero or non-finite spacing, some slices with
+    positions and some without) is refused, never guessed.
+    """
+    iop = _floats(dss[0], "ImageOrientationPatient", 6, source)
+    if iop is None:
+        iop = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        notes.append("No ImageOrientationPatient: axial orientation assumed; orientation labels are unreliable.")
+    r, c = np.array(iop[:3]), np.array(iop[3:])
+    if not (0.9 < np.linalg.norm(r) < 1.1 and 0.9 < np.linalg.norm(c) < 1.1 and abs(np.dot(r, c)) < 0.1):
+        raise StudyError(source, f"ImageOrientationPatient {iop} is not two orthogonal unit vectors")
+    normal = np.cross(r, c)
+    ps = _floats(dss[0], "PixelSpacing", 2, source)
+    if ps is None:
+        ps = [1.0, 1.0]
+        notes.append("No PixelSpacing: 1 mm pixels assumed; areas and volumes are in assumed units.")
+    _valid_spacing(source, ps, "PixelSpacing", notes)
+    ps = [abs(x) for x in ps]
+    ipps = [_floats(ds, "ImagePositionPatient", 3, source) for ds in dss]
+    have = sum(p is not None for p in ipps)
+    if 0 < have < len(dss):
+        raise StudyError(
+            source,
+            f"{len(dss) - have} of {len(dss)} slices lack ImagePositionPatient; the slice order cannot be trusted",
+        )
+
+    dz, step, origin = _slice_axis(dss, ipps, normal, have, source, notes)
     lps = np.eye(4)
     lps[:3, 0] = r * ps[1]  # along columns (x index)
     lps[:3, 1] = c * ps[0]  # along rows (y index)

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 def pacs_router(pred, dicomweb, study_response, held_result) -> APIRouter:
     """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404)."""
-    from .server import BadRequest
+    from .common import BadRequest
 
     router = APIRouter()
     client = None

@@ -1,0 +1,77 @@
+"""What every endpoint shares: its errors, reading an upload within the cap, names safe to use."""
+
+from __future__ import annotations
+
+import base64
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from fastapi import UploadFile
+
+from ..io import ImageReadError, encode_png
+
+
+class UploadTooLarge(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, msg: str):
+        self.status, self.msg = status, msg
+
+
+def _b64png(arr: np.ndarray) -> str:
+    return base64.b64encode(encode_png(arr, compress_level=1)).decode("ascii")
+
+
+async def _read_capped(upload: UploadFile, cap: int) -> bytes:
+    chunks, total = [], 0
+    while True:
+        chunk = await upload.read(1 << 20)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > cap:
+            raise UploadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_TEMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/tumorseg-[^/\s]+/(?:series/\d{5}_|slices/)?")
+
+
+def _public_message(msg: str) -> str:
+    """An error message without the server's temporary paths (the client knows its own file names)."""
+    return _TEMP_PATH.sub("", msg)
+
+
+def _stem(name: str) -> str:
+    for suf in (".nii.gz", ".nii", ".zip", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp", ".dcm"):
+        if name.lower().endswith(suf):
+            return name[: -len(suf)] or "study"
+    return name or "study"
+
+
+def _safe_name(name: str | None) -> str:
+    """A client's file name, safe as a temporary file name: never empty, '.', '..' or hidden."""
+    base = Path((name or "upload").replace("\\", "/")).name
+    return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120].lstrip(". ") or "upload"
+
+
+def _slice_index(k: int, n: int) -> int:
+    if not 0 <= k < n:
+        raise BadRequest(422, f"slice {k} is out of range: the study has slices 0 to {n - 1}")
+    return k
+
+
+async def read_upload(file: UploadFile, threshold: float | None, cap: int) -> tuple[str, bytes]:
+    """(safe name, bytes) of one uploaded file, checked: threshold in 0..1, not empty, within ``cap``."""
+    name = _safe_name(file.filename)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise BadRequest(422, f"threshold must be between 0 and 1, got {threshold}")
+    data = await _read_capped(file, cap)
+    if not data:
+        raise ImageReadError(name, "file is empty (0 bytes)")
+    return name, data

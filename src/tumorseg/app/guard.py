@@ -1,0 +1,146 @@
+"""The ASGI guard in front of the app: Host check, body size and time, model slots (first come, first served)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+
+async def _send_json(send, status: int, msg: str) -> None:
+    body = json.dumps({"error": msg, "status": status}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI guard in front of the app: Host check, body size counted as it streams, slow-client timeout,
+    and a limit on requests that run the model at once.
+
+    A body is never spooled beyond ``cap`` bytes: the 413 goes out as soon as the count passes it, with
+    or without a Content-Length. A client that stops sending for ``body_timeout`` seconds, or whose
+    whole body takes longer than ``body_deadline``, gets a 408. A request that runs the model takes a
+    model slot only once its whole body has arrived: a slow client never holds one.
+    """
+
+    def __init__(
+        self,
+        app,
+        cap: int,
+        body_timeout: float = 30.0,
+        max_concurrent: int = 2,
+        allowed_hosts: set[str] | None = None,
+        queue_timeout: float = 120.0,
+        body_deadline: float = 120.0,
+    ):
+        self.app, self.cap, self.body_timeout, self.body_deadline = app, cap, body_timeout, body_deadline
+        self.allowed_hosts = allowed_hosts
+        self.queue_timeout = queue_timeout
+        # First come, first served model slots; a lock, not an asyncio primitive, so any event loop works
+        # (tests run several). Tickets of requests that gave up are skipped.
+        self.max_concurrent = max_concurrent
+        self.lock = threading.Lock()
+        self.active = self.issued = self.serving = 0
+        self.abandoned: set[int] = set()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.allowed_hosts is not None:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            name = (
+                host[1 : host.index("]")]
+                if host.startswith("[") and "]" in host
+                else host.rsplit(":", 1)[0]
+                if host.count(":") == 1
+                else host
+            )
+            if name.lower() not in self.allowed_hosts:
+                return await _send_json(
+                    send,
+                    421,
+                    f"host {host!r} is not served here (allowed: "
+                    f"{', '.join(sorted(self.allowed_hosts))}; see --allow-host)",
+                )
+        responded = False
+        total = 0
+
+        async def guarded_send(msg):
+            if not responded:
+                await send(msg)
+
+        async def guarded_receive():
+            nonlocal responded, total
+            try:
+                msg = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                if not responded:
+                    responded = True
+                    await _send_json(send, 408, f"the request body stalled for {self.body_timeout:g} s")
+                return {"type": "http.disconnect"}
+            if msg["type"] == "http.request":
+                total += len(msg.get("body", b""))
+                if total > self.cap + 1_000_000 and not responded:
+                    responded = True
+                    await _send_json(send, 413, f"upload is larger than the {self.cap / 2**20:g} MB limit")
+                    return {"type": "http.disconnect"}
+            return msg
+
+        heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
+        if not heavy:
+            return await self.app(scope, guarded_receive, guarded_send)
+        body: list[dict] = []
+        start = time.monotonic()
+        while True:
+            try:
+                msg = await asyncio.wait_for(
+                    guarded_receive(), max(0.0, self.body_deadline - (time.monotonic() - start))
+                )
+            except TimeoutError:
+                return await _send_json(send, 408, f"the request body took longer than {self.body_deadline:g} s")
+            if msg["type"] != "http.request" or responded:
+                return  # the client left, or a 408/413 went out already
+            body.append(msg)
+            if not msg.get("more_body"):
+                break
+
+        async def replay():
+            return body.pop(0) if body else await receive()  # after the body: only a disconnect, no timeout
+
+        with self.lock:
+            ticket = self.issued
+            self.issued += 1
+        deadline = time.monotonic() + self.queue_timeout
+        while not self._enter(ticket):
+            if time.monotonic() > deadline:
+                with self.lock:
+                    self.abandoned.add(ticket)
+                return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
+            await asyncio.sleep(0.005)
+        try:
+            await self.app(scope, replay, guarded_send)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def _enter(self, ticket: int) -> bool:
+        with self.lock:
+            while self.serving in self.abandoned:
+                self.abandoned.discard(self.serving)
+                self.serving += 1
+            if ticket == self.serving and self.active < self.max_concurrent:
+                self.serving += 1
+                self.active += 1
+                return True
+            return False

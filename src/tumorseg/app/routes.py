@@ -1,0 +1,291 @@
+"""The REST API's endpoints, as routers: meta (health, model, classify), images, studies, held results.
+
+Front end only: every prediction goes through the Predictor; held results live in a ``ResultStore``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..inference import DISCLAIMER
+from ..io import encode_png
+from .common import BadRequest, UploadTooLarge, _b64png, _slice_index, _stem, read_upload
+
+MAX_CLASSIFY_NAMES = 20_000
+
+
+def meta_router(pred) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/health")
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
+
+    @router.post("/api/classify")
+    async def classify(request: Request) -> dict:
+        """How the page should send the files a user chose: one study, or separate images (file names only).
+
+        Body: a JSON list of at most 20,000 file names."""
+        from ..studies import classify_names
+
+        try:
+            names = json.loads(await request.body())
+        except ValueError:
+            raise BadRequest(422, "send a JSON list of file names") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise BadRequest(422, "send a JSON list of file names")
+        if len(names) > MAX_CLASSIFY_NAMES:
+            raise BadRequest(422, f"{len(names):,} names; at most {MAX_CLASSIFY_NAMES:,} files can be opened at once")
+        return {"kind": classify_names(names)}
+
+    @router.get("/api/model")
+    def model_info() -> dict:
+        return pred.info()
+
+    return router
+
+
+def image_router(pred, store, cap: int) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/api/segment")
+    async def segment(file: UploadFile = File(...), threshold: float | None = Form(None), tta: bool = Form(False)):
+        """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
+        name, data = await read_upload(file, threshold, cap)
+        lower = name.lower()
+        if lower.endswith((".nii", ".nii.gz", ".zip", ".dcm")):
+            raise BadRequest(400, f"{name}: this is a study; send it to /api/study")
+        r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
+        summary = {k: v for k, v in r.summary().items() if k != "source"}  # the CLI's numbers, one home
+        body = {
+            "result_id": store.remember("image", r, name),
+            "filename": name,
+            **summary,
+            "image_png": _b64png(r.image),
+            "prob_png": _b64png(r.prob_png_array()),
+            "mask_png": _b64png(r.mask_png_array()),
+            "model": {"model": pred.model_path.name, "engine": pred.engine.name},  # the rest: GET /api/model
+            "disclaimer": DISCLAIMER,
+        }
+        if r.uncertainty is not None:
+            body["uncertainty_png"] = _b64png((r.uncertainty.clip(0, 0.5) * 510).astype(np.uint8))
+        return body
+
+    return router
+
+
+def study_router(pred, store, cap: int) -> tuple[APIRouter, object]:
+    """The study endpoint, and ``study_response`` (the PACS router answers the same way)."""
+    router = APIRouter()
+
+    @router.post("/api/study")
+    async def study(
+        file: UploadFile | None = File(None),
+        files: list[UploadFile] | None = File(None),
+        threshold: float | None = Form(None),
+        series: str | None = Form(None),
+        spacing: str | None = Form(None),
+    ):
+        """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``, or
+        several files in ``files`` (a DICOM series, a patient folder's numbered slices, or one NIfTI per
+        sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry."""
+        sp_mm = None
+        if spacing:
+            try:
+                sp_mm = tuple(float(x) for x in spacing.split(","))
+                assert len(sp_mm) == 3
+            except (ValueError, AssertionError):
+                raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
+
+        if file is not None:
+            name, data = await read_upload(file, threshold, cap)
+            lower = name.lower()
+            if not lower.endswith((".nii", ".nii.gz", ".zip")):
+                raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+            members = None
+        elif files:
+            members, total = [], 0
+            for f in files:
+                n, d = await read_upload(f, threshold, cap)
+                total += len(d)
+                if total > cap:
+                    raise UploadTooLarge()
+                members.append((n, d))
+            prefix = os.path.commonprefix([n for n, _ in members]).rstrip("_-. 0123456789")
+            name, lower = (prefix or f"{len(members)} files"), ""
+        else:
+            raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
+
+        def run():
+            with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+                if members is not None:
+                    p = Path(tmp) / "series"
+                    p.mkdir()
+                    for i, (n, d) in enumerate(members):
+                        (p / f"{i:05d}_{n}").write_bytes(d)
+                else:
+                    p = Path(tmp) / name
+                    p.write_bytes(data)
+                return pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm)
+
+        sp = await run_in_threadpool(run)
+        sp.study.source = name  # the client's name, never the server's temporary path
+        return study_response(pred, store, sp, name)
+
+    return router, lambda sp, name: study_response(pred, store, sp, name)
+
+
+def study_response(pred, store, sp, name: str) -> dict:
+    """What /api/study and /api/pacs/open answer: the held result, measurements and every slice's PNGs."""
+    slices = [
+        {
+            "name": Path(sp.study.names[k]).name,
+            "image_png": _b64png(sp.images[k]),
+            "prob_png": _b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
+            "tumour_pixels": int(sp.mask[k].sum()),
+        }
+        for k in range(sp.study.n_slices)
+    ]
+    return {
+        "result_id": store.remember("study", sp, name),
+        "filename": name,
+        "threshold": sp.threshold,
+        "measurements": sp.summary(),
+        "slices": slices,
+        "spacing": sp.study.spacing,
+        "model": {"model": pred.model_path.name, "engine": pred.engine.name},
+        "disclaimer": DISCLAIMER,
+    }
+
+
+def held_router(pred, store, cap: int) -> APIRouter:
+    """A held result at another threshold, or compared with the user's reference."""
+    router = APIRouter()
+
+    @router.post("/api/mask")
+    async def mask(result_id: str = Form(...), threshold: float | None = Form(None), slice: int = Form(0)):
+        """The model's mask of a held result at another threshold: the same post-processing as the CLI.
+
+        The page re-draws instantly in the browser, then takes its counts, volume and downloads from here.
+        """
+        kind, r, name = await run_in_threadpool(store.get, result_id, threshold)  # finish_study is CPU work
+        if kind == "image":
+            return {
+                "threshold": r.threshold,
+                "tumour_pixels": r.area_pixels,
+                "area_mm2": r.area_mm2,
+                "mask_png": _b64png(r.mask_png_array()),
+            }
+        k = _slice_index(slice, r.mask.shape[0])
+        return {
+            "threshold": r.threshold,
+            "slice": k,
+            "tumour_pixels": int(r.mask[k].sum()),
+            "mask_png": _b64png(r.mask[k].astype(np.uint8) * 255),
+            "measurements": r.summary(),
+        }
+
+    @router.post("/api/compare")
+    async def compare(result_id: str = Form(...), threshold: float | None = Form(None), file: UploadFile = File(...)):
+        """Compare a held result with the user's reference mask: Dice, volumes, the slices that disagree most,
+        and the reference as PNG masks for the page's second contour."""
+        from ..metrics import compare_masks
+        from ..studies import read_reference
+
+        name, data = await read_upload(file, threshold, cap)
+        kind, r, _ = await run_in_threadpool(store.get, result_id, threshold)
+
+        notes: list[str] = []
+
+        def run():
+            with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+                f = Path(tmp) / name
+                f.write_bytes(data)
+                if kind == "study":
+                    ref = read_reference(f, r.study, name, notes)
+                    return ref, {**compare_masks(r.mask, ref, r.study.spacing), "notes": notes}
+                ref = read_reference(f, r.mask.shape, name)
+                return ref, compare_masks(r.mask, ref)
+
+        ref, res = await run_in_threadpool(run)
+        pngs = [_b64png(m.astype(np.uint8) * 255) for m in (ref if ref.ndim == 3 else [ref])]
+        return {"reference": name, "threshold": r.threshold, **res, "reference_png": pngs}
+
+    return router
+
+
+def download_router(pred, store) -> APIRouter:
+    """A held result as the CLI writes it: the mask PNG, the study folder as a zip, mask.nii.gz, DICOM-SEG."""
+    router = APIRouter()
+
+    @router.get("/api/result/{result_id}/mask.png")
+    def mask_png(result_id: str, threshold: float | None = None, slice: int = 0):
+        """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask)."""
+        kind, r, name = store.get(result_id, threshold)
+        arr = r.mask_png_array() if kind == "image" else r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255)
+        stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
+        return Response(
+            encode_png(arr),
+            media_type="image/png",
+            headers={"Content-Disposition": f'attachment; filename="{stem}_mask.png"'},
+        )
+
+    @router.get("/api/result/{result_id}/study.zip")
+    def study_zip(result_id: str, threshold: float | None = None):
+        """The CLI's study folder (mask.nii.gz, DICOM-SEG for DICOM input, study.json, overlays) as one zip."""
+        kind, r, name = store.get(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        from ..studies import write_study_outputs
+
+        stem = _stem(name)
+        buf = io.BytesIO()
+        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+            write_study_outputs(r, Path(tmp) / stem)
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for f in sorted((Path(tmp) / stem).rglob("*")):
+                    if f.is_file():
+                        zf.write(f, f.relative_to(tmp).as_posix())
+        return Response(
+            buf.getvalue(),
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
+        )
+
+    @router.get("/api/result/{result_id}/{filename}")
+    def study_file(result_id: str, filename: str, threshold: float | None = None):
+        """One of the CLI's study outputs: ``mask.nii.gz`` (input geometry) or ``mask_seg.dcm`` (DICOM input)."""
+        if filename not in ("mask.nii.gz", "mask_seg.dcm"):
+            raise BadRequest(404, f"{filename}: not a study output (mask.nii.gz, mask_seg.dcm, study.zip)")
+        kind, r, name = store.get(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        if filename == "mask_seg.dcm" and r.study.kind != "dicom":
+            raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
+        from ..studies import dicom_seg_bytes, mask_nifti_gz_bytes
+
+        stem = _stem(name)
+        if filename == "mask.nii.gz":
+            data = mask_nifti_gz_bytes(r)
+        else:
+            try:
+                data = dicom_seg_bytes(r)
+            except Exception as exc:
+                raise BadRequest(500, f"{name}: {filename} could not be written ({type(exc).__name__}: {exc})") from exc
+        media = "application/gzip" if filename.endswith(".gz") else "application/dicom"
+        return Response(
+            data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{stem}_{filename}"'}
+        )
+
+    return router
