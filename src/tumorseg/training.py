@@ -295,248 +295,302 @@ def _curve(log_path: Path, png: Path) -> None:
     atomic_write_bytes(png, buf.getvalue())
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train a model; returns the path of the best model file."""
-    d = _Dist()
-    out = Path(cfg.out)
-    ckpt_path = out / "last.ckpt.safetensors"
-    best_path = out / "best.safetensors"
-    if resume:
-        cfg_file = out / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file}: nothing to resume (no config.json in the run folder)")
-        saved = json.loads(cfg_file.read_text())
-        # Resume keeps the run's recipe; only where it runs may change.
+class RunFolder:
+    """The files of one training run; the checkpoint is the commit point, the log is rewritten from it."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.config = self.out / "config.json"
+        self.split = self.out / "split.json"
+        self.checkpoint = self.out / "last.ckpt.safetensors"
+        self.best = self.out / "best.safetensors"
+        self.log = self.out / "log.jsonl"
+        self.curve = self.out / "curve.png"
+
+    def resumed_config(self, cfg: TrainConfig) -> TrainConfig:
+        """The run's own recipe; only where it runs (device, threads) and an explicit --epochs may change."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.config}: nothing to resume (no config.json in the run folder)")
+        saved = json.loads(self.config.read_text())
         for k in ("device", "threads"):
             saved[k] = getattr(cfg, k)
-        # An explicit --epochs on resume changes the budget (a cosine schedule re-anneals to it).
-        saved["epochs"] = cfg.epochs or saved["epochs"]
+        saved["epochs"] = cfg.epochs or saved["epochs"]  # a cosine schedule re-anneals to a new budget
         saved["split_fractions"] = tuple(saved["split_fractions"])
-        cfg = TrainConfig(**saved)
-    elif d.main and ckpt_path.exists():
-        raise FileExistsError(f"{out}: already holds a run; use --resume to continue it or another --out")
+        return TrainConfig(**saved)
 
-    if d.enabled:
-        backend = "nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and d.enabled:
-        device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed + d.rank)
-    np.random.seed(cfg.seed + d.rank)
-    torch.manual_seed(cfg.seed + d.rank)
+    def write_history(self, history: list[dict], d: _Dist) -> None:
+        atomic_write_bytes(self.log, "".join(json.dumps(r) + "\n" for r in history).encode())
+        try:
+            _curve(self.log, self.curve)
+        except Exception as exc:  # a plot must never stop training
+            _log(f"warning: training curve not drawn ({exc})", d)
 
-    # ---- data and split
-    cases = discover(cfg.data, cfg.patient_pattern or None)
-    split_path = out / "split.json"
-    if resume or (cfg.split and Path(cfg.split).is_file()):
-        split = load_split(split_path if resume else cfg.split)
-    else:
-        from .data import patient_has_tumour
 
-        split = make_split(cases, cfg.split_fractions, cfg.seed, patient_has_tumour(cases))
-    check_no_leak(split)
-    by_patient = {c.patient: c for c in cases}
-    missing = [p for p in split["train"] + split["val"] if p not in by_patient]
-    if missing:
-        raise DatasetError(f"{cfg.data}: split names patients not found in the data: {missing[:5]}")
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            save_split(split, split_path, {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed})
-        atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=1) + "\n").encode())
-    _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
-    train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
-    val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
-    if cfg.aug == "v2":
-        train_set.with_head_depth()
-    elif cfg.aug != "v1":
-        raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
-    if not val_set.masks.any():
-        _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
-    _log(f"slices: {len(train_set)} train / {len(val_set)} val, in RAM", d)
+class Trainer:
+    """One training run in hooks: ``setup`` (device, data, model, state), ``train_step``, ``validate``,
+    ``on_epoch_end`` (best model, checkpoint, log, stopping), ``state``/``load_state``; ``fit`` runs them."""
 
-    # ---- model
-    model, rep = build_model(cfg.encoder_weights if not cfg.init_model else "none")
-    if rep is not None:
-        _log(rep.summary(), d)
-    imagenet = cfg.encoder_weights != "none"
-    if cfg.init_model and not resume:
-        from .model import load_model
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.d = _Dist()
+        self.run = RunFolder(cfg.out)
+        if resume:
+            cfg = self.run.resumed_config(cfg)
+        elif self.d.main and self.run.checkpoint.exists():
+            raise FileExistsError(f"{self.run.out}: already holds a run; use --resume to continue it or another --out")
+        self.cfg, self.resume = cfg, resume
+        self.start_epoch, self.best, self.bad_epochs, self.best_thr = 1, -1.0, 0, 0.5
+        self.history: list[dict] = []
 
-        init, init_meta = load_model(cfg.init_model)
-        model.load_state_dict(init.state_dict())
-        imagenet = any(init_meta.get("normalisation", {}).get("mean", [0, 0, 0]))
-        if imagenet != (cfg.encoder_weights != "none"):
-            raise ValueError(
-                f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
-                f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
-            )
-        _log(f"initialised from {cfg.init_model}", d)
-    amp_dtype, mem, why = precision_plan(device, cfg.amp)
-    _log(f"precision: {why}", d)
-    model = model.to(device).to(memory_format=mem)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = make_loss(cfg.loss)
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, d = self.cfg, self.d
+        if d.enabled:
+            dist.init_process_group("nccl" if cfg.device != "cpu" and torch.cuda.is_available() else "gloo")
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and d.enabled:
+            self.device = torch.device("cuda", d.local_rank)
+            torch.cuda.set_device(self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        random.seed(cfg.seed + d.rank)
+        np.random.seed(cfg.seed + d.rank)
+        torch.manual_seed(cfg.seed + d.rank)
+        self._setup_data()
+        self._setup_model()
+        self.sampler = PatchSampler(self.train_set, cfg.patch_size, cfg.fg_fraction, seed=cfg.seed * 1000 + d.rank)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
+        if self.resume and not self.run.checkpoint.exists():
+            _log("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
+            self.resume = False
+        if self.resume:
+            self.load_state(load_checkpoint(self.run.checkpoint, self.model, self.opt))
+        self.ddp_model = self.model
+        if d.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.steps = max(1, math.ceil((cfg.samples_per_epoch or len(self.train_set)) / (cfg.batch_size * d.world)))
 
-    sampler = PatchSampler(train_set, cfg.patch_size, cfg.fg_fraction, seed=cfg.seed * 1000 + d.rank)
-    aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
-    start_epoch, best, bad_epochs = 1, -1.0, 0
-    best_thr = 0.5
-    history: list[dict] = []
-    if resume and not ckpt_path.exists():
-        _log("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
-        resume = False
-    if resume:
-        meta = load_checkpoint(ckpt_path, model, opt)
-        history = json.loads(meta.get("history", "[]"))
-        start_epoch = meta["epoch"] + 1
-        best, bad_epochs, best_thr = meta["best"], meta["bad_epochs"], meta.get("best_threshold", 0.5)
-        st = json.loads(meta["sampler_state"])
-        sampler.set_state(st)
-        aug_gen.set_state(torch.tensor(json.loads(meta["aug_state"]), dtype=torch.uint8))
-        if d.enabled and d.rank:
+    def _setup_data(self) -> None:
+        cfg, d, run = self.cfg, self.d, self.run
+        cases = discover(cfg.data, cfg.patient_pattern or None)
+        if self.resume or (cfg.split and Path(cfg.split).is_file()):
+            split = load_split(run.split if self.resume else cfg.split)
+        else:
+            from .data import patient_has_tumour
+
+            split = make_split(cases, cfg.split_fractions, cfg.seed, patient_has_tumour(cases))
+        check_no_leak(split)
+        by_patient = {c.patient: c for c in cases}
+        missing = [p for p in split["train"] + split["val"] if p not in by_patient]
+        if missing:
+            raise DatasetError(f"{cfg.data}: split names patients not found in the data: {missing[:5]}")
+        if d.main:
+            run.out.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                save_split(split, run.split, {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed})
+            atomic_write_bytes(run.config, (json.dumps(asdict(cfg), indent=1) + "\n").encode())
+        _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
+        self.split = split
+        self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
+        self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+        if cfg.aug == "v2":
+            self.train_set.with_head_depth()
+        elif cfg.aug != "v1":
+            raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
+        if not self.val_set.masks.any():
+            _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
+        _log(f"slices: {len(self.train_set)} train / {len(self.val_set)} val, in RAM", d)
+
+    def _setup_model(self) -> None:
+        cfg, d = self.cfg, self.d
+        model, self.rep = build_model(cfg.encoder_weights if not cfg.init_model else "none")
+        if self.rep is not None:
+            _log(self.rep.summary(), d)
+        self.imagenet = cfg.encoder_weights != "none"
+        if cfg.init_model and not self.resume:
+            from .model import load_model
+            from .modelinfo import ModelInfo
+
+            init, init_meta = load_model(cfg.init_model)
+            model.load_state_dict(init.state_dict())
+            if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
+                raise ValueError(
+                    f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
+                    f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
+                )
+            _log(f"initialised from {cfg.init_model}", d)
+        self.amp_dtype, self.mem, why = precision_plan(self.device, cfg.amp)
+        _log(f"precision: {why}", d)
+        self.model = model.to(self.device).to(memory_format=self.mem)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = make_loss(cfg.loss)
+
+    # ---------------------------------------------------------------- state
+    def state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "best": self.best,
+            "bad_epochs": self.bad_epochs,
+            "best_threshold": self.best_thr,
+            "sampler_state": json.dumps(self.sampler.state()),
+            "aug_state": json.dumps(self.aug_gen.get_state().tolist()),
+            "config": asdict(self.cfg),
+            "history": json.dumps(self.history),
+        }
+
+    def load_state(self, meta: dict) -> None:
+        self.history = json.loads(meta.get("history", "[]"))
+        self.start_epoch = meta["epoch"] + 1
+        self.best, self.bad_epochs = meta["best"], meta["bad_epochs"]
+        self.best_thr = meta.get("best_threshold", 0.5)
+        self.sampler.set_state(json.loads(meta["sampler_state"]))
+        self.aug_gen.set_state(torch.tensor(json.loads(meta["aug_state"]), dtype=torch.uint8))
+        if self.d.enabled and self.d.rank:
             # Other ranks get their own random streams, offset from the restored ones.
-            sampler.rng = np.random.default_rng([cfg.seed, d.rank, start_epoch])
-        _log(f"resumed from epoch {meta['epoch']} (best val Dice {best:.4f})", d)
-        if bad_epochs >= cfg.patience or start_epoch > cfg.epochs:
-            _log("run had already finished", d)
-            return best_path
+            self.sampler.rng = np.random.default_rng([self.cfg.seed, self.d.rank, self.start_epoch])
+        _log(f"resumed from epoch {meta['epoch']} (best val Dice {self.best:.4f})", self.d)
 
-    ddp_model = model
-    if d.enabled:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    n_samples = cfg.samples_per_epoch or len(train_set)
-    steps = max(1, math.ceil(n_samples / (cfg.batch_size * d.world)))
-    total_steps = steps * cfg.epochs
-
-    def lr_at(step: int) -> float:
+    # ---------------------------------------------------------------- steps
+    def lr_at(self, step: int) -> float:
+        cfg, total = self.cfg, self.steps * self.cfg.epochs
         if cfg.schedule == "cosine":
-            return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)))
+            return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
         return cfg.lr
 
-    model.train()
-    from tqdm import tqdm
+    def train_step(self, step: int) -> tuple[float, torch.Tensor]:
+        """One optimiser step on one augmented batch: (loss, tp/fp/fn at logit 0)."""
+        cfg, device = self.cfg, self.device
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(step)
+        xb, yb, db = self.sampler.sample(cfg.batch_size)
+        # Augment on the training device (a GPU does it in microseconds); random draws stay on the CPU.
+        x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        y = yb.to(device, non_blocking=True)[:, None].float()
+        if cfg.aug == "v2":
+            x, y = augment_v2(x, y, self.aug_gen, db.to(device)[:, None] if db is not None else None)
+        else:
+            x, y = augment(x, y, self.aug_gen)
+        if self.imagenet:
+            x = _imagenet(x)
+        x = x.contiguous(memory_format=self.mem)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.ddp_model(x)
+        loss = self.loss_fn(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        with torch.no_grad():
+            pb, yt = logits.detach() > 0, y.bool()
+            counts = torch.tensor(
+                [(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()], dtype=torch.float64
+            )
+        return float(loss.detach()), counts
 
-    t_start = time.time()
-    out_of_time = False
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        t0 = time.time()
+    def train_epoch(self, epoch: int) -> tuple[float, torch.Tensor]:
+        from tqdm import tqdm
+
         loss_sum, counts = 0.0, torch.zeros(3, dtype=torch.float64)
         bar = tqdm(
-            range(steps),
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            disable=not d.main,
+            range(self.steps),
+            desc=f"epoch {epoch}/{self.cfg.epochs}",
+            disable=not self.d.main,
             leave=False,
             file=sys.stderr,
             mininterval=5,
         )
         for it in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at((epoch - 1) * steps + it)
-            xb, yb, db = sampler.sample(cfg.batch_size)
-            # Augment on the training device (a GPU does it in microseconds); random draws stay on the CPU.
-            x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-            y = yb.to(device, non_blocking=True)[:, None].float()
-            if cfg.aug == "v2":
-                x, y = augment_v2(x, y, aug_gen, db.to(device)[:, None] if db is not None else None)
-            else:
-                x, y = augment(x, y, aug_gen)
-            if imagenet:
-                x = _imagenet(x)
-            x = x.contiguous(memory_format=mem)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = ddp_model(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            with torch.no_grad():
-                pb = logits.detach() > 0
-                yt = y.bool()
-                counts += torch.tensor(
-                    [(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()], dtype=torch.float64
-                )
-            loss_sum += float(loss.detach())
+            loss, c = self.train_step((epoch - 1) * self.steps + it)
+            loss_sum += loss
+            counts += c
             bar.set_postfix(loss=f"{loss_sum / (it + 1):.4f}", dice=f"{dice_score(*map(float, counts)):.3f}")
         bar.close()
-        stats = torch.tensor([loss_sum, steps], dtype=torch.float64)
-        d.all_sum(stats)
-        d.all_sum(counts)
-        train_time = time.time() - t0
-        v = validate(model, val_set, imagenet, device, amp_dtype, cfg.val_batch_size, d, mem)
-        val_dice = v["val_dice"]
-        improved = val_dice > best
-        if improved:
-            best, bad_epochs = val_dice, 0
-            best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
-        else:
-            bad_epochs += 1
-        row = {
-            "epoch": epoch,
-            "train_loss": float(stats[0] / stats[1]),
-            "train_dice": dice_score(*map(float, counts)),
-            "val_dice": val_dice,
-            "val_dice_by_threshold": v["val_dice_by_threshold"],
-            "lr": opt.param_groups[0]["lr"],
-            "train_seconds": round(train_time, 1),
-            "epoch_seconds": round(time.time() - t0, 1),
-            "samples": steps * cfg.batch_size * d.world,
-            "best": improved,
-        }
-        if d.main:
+        stats = torch.tensor([loss_sum, self.steps], dtype=torch.float64)
+        self.d.all_sum(stats)
+        self.d.all_sum(counts)
+        return float(stats[0] / stats[1]), counts
+
+    def validate(self) -> dict:
+        return validate(
+            self.model,
+            self.val_set,
+            self.imagenet,
+            self.device,
+            self.amp_dtype,
+            self.cfg.val_batch_size,
+            self.d,
+            self.mem,
+        )
+
+    def on_epoch_end(self, epoch: int, row: dict, v: dict) -> None:
+        """Keep the best model, commit the checkpoint, rewrite the log from it."""
+        if not self.d.main:
+            return
+        if row["best"]:
+            meta = _model_meta(self.cfg, self.rep, epoch, v["val_dice"], self.best_thr, v, self.split)
+            save_model(self.model, self.run.best, meta)
+        self.history.append(row)
+        save_checkpoint(self.run.checkpoint, self.model, self.opt, {"schedule": self.cfg.schedule}, self.state(epoch))
+        self.run.write_history(self.history, self.d)
+        _log(
+            f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
+            f"val Dice {v['val_dice']:.4f}{' *best*' if row['best'] else ''} ({row['epoch_seconds']:.0f}s)",
+            self.d,
+        )
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self) -> Path:
+        cfg, d = self.cfg, self.d
+        self.setup()
+        if self.resume and (self.bad_epochs >= cfg.patience or self.start_epoch > cfg.epochs):
+            _log("run had already finished", d)
+            return self.run.best
+        self.model.train()
+        t_start, out_of_time = time.time(), False
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            t0 = time.time()
+            train_loss, counts = self.train_epoch(epoch)
+            train_time = time.time() - t0
+            v = self.validate()
+            improved = v["val_dice"] > self.best
             if improved:
-                save_model(model, best_path, _model_meta(cfg, rep, epoch, val_dice, best_thr, v, split))
-            history.append(row)
-            # The checkpoint is the commit point; the log is rewritten from it, so a kill at any
-            # moment leaves a log that matches the state --resume continues from.
-            save_checkpoint(
-                ckpt_path,
-                model,
-                opt,
-                {"schedule": cfg.schedule},
-                {
-                    "epoch": epoch,
-                    "best": best,
-                    "bad_epochs": bad_epochs,
-                    "best_threshold": best_thr,
-                    "sampler_state": json.dumps(sampler.state()),
-                    "aug_state": json.dumps(aug_gen.get_state().tolist()),
-                    "config": asdict(cfg),
-                    "history": json.dumps(history),
-                },
-            )
-            atomic_write_bytes(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in history).encode())
-            try:
-                _curve(out / "log.jsonl", out / "curve.png")
-            except Exception as exc:  # a plot must never stop training
-                _log(f"warning: training curve not drawn ({exc})", d)
-            _log(
-                f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
-                f"val Dice {val_dice:.4f}{' *best*' if improved else ''} ({row['epoch_seconds']:.0f}s)",
-                d,
-            )
+                self.best, self.bad_epochs = v["val_dice"], 0
+                self.best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
+            else:
+                self.bad_epochs += 1
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_dice": dice_score(*map(float, counts)),
+                "val_dice": v["val_dice"],
+                "val_dice_by_threshold": v["val_dice_by_threshold"],
+                "lr": self.opt.param_groups[0]["lr"],
+                "train_seconds": round(train_time, 1),
+                "epoch_seconds": round(time.time() - t0, 1),
+                "samples": self.steps * cfg.batch_size * d.world,
+                "best": improved,
+            }
+            self.on_epoch_end(epoch, row, v)
+            if d.enabled:
+                dist.barrier()
+            if self.bad_epochs >= cfg.patience:
+                _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
+                break
+            if cfg.max_minutes and (time.time() - t_start) / 60 >= cfg.max_minutes:
+                out_of_time = True
+                _log(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
+                break
         if d.enabled:
-            dist.barrier()
-        if bad_epochs >= cfg.patience:
-            _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
-            break
-        if cfg.max_minutes and (time.time() - t_start) / 60 >= cfg.max_minutes:
-            out_of_time = True
-            _log(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
-            break
-    if d.enabled:
-        dist.destroy_process_group()
-    _log(f"best val Dice {best:.4f}; model: {best_path}{' (stopped by --max-minutes)' if out_of_time else ''}", d)
-    return best_path
+            dist.destroy_process_group()
+        budget = " (stopped by --max-minutes)" if out_of_time else ""
+        _log(f"best val Dice {self.best:.4f}; model: {self.run.best}{budget}", d)
+        return self.run.best
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Train a model; returns the path of the best model file."""
+    return Trainer(cfg, resume).fit()
 
 
 def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict, split: dict) -> dict:
