@@ -66,6 +66,88 @@ def kaggle_dir(tmp_path_factory) -> Path:
     return make_kaggle(tmp_path_factory.mktemp("kaggle"))
 
 
+def png_bytes(arr, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def tif_bytes(arr, **kw) -> bytes:
+    import io
+
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, arr, **kw)
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def api_client(predictor, max_upload_mb: float = 50.0):
+    """The app in process, around a Predictor, with an upload cap."""
+    from fastapi.testclient import TestClient
+
+    from tumorseg.app.server import create_app
+
+    return TestClient(create_app(predictor, max_upload_mb=max_upload_mb))
+
+
+def write_dicom_series(
+    folder, n=6, rows=32, cols=32, spacing=(0.8, 0.7), thickness=2.5, series_uid=None, pixel=True, prefix="IM"
+):
+    """A synthetic single-frame MR series (file names shuffled, instance numbers reversed on purpose)."""
+    import datetime
+    import random
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = generate_uid()
+    frame_uid = generate_uid()
+    names = [f"{prefix}{k:04d}.dcm" for k in range(n)]
+    random.Random(0).shuffle(names)  # file names do not follow slice order
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality = "MR"
+        ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "Test^Phantom", "X1", "O", "19700101"
+        ds.StudyDate = ds.SeriesDate = datetime.date.today().strftime("%Y%m%d")
+        ds.StudyTime = ds.SeriesTime = "120000"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "1", ""
+        ds.SeriesNumber, ds.InstanceNumber = 1, n - k  # instance numbers reversed on purpose
+        ds.Manufacturer = "synthetic"
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [0, 0, 10 + k * thickness]
+        ds.PixelSpacing = list(spacing)
+        ds.SliceThickness = thickness
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, cols
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        if pixel:
+            arr = np.full((rows, cols), k * 100, np.uint16)  # intensity encodes the true slice position
+            ds.PixelData = arr.tobytes()
+        ds.save_as(folder / names[k], enforce_file_format=True)
+    return series_uid
+
+
 def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
     """A randomly initialised model in the project's format, input 64x64; ``meta`` adds or overrides keys."""
     from tumorseg.model import UNetResNet50, save_model

@@ -15,7 +15,7 @@ from PIL import Image
 from tumorseg.app.server import create_app
 from tumorseg.inference import Predictor
 
-from .conftest import cli_predict, save_tiny_model, smooth_noise
+from .conftest import cli_predict, png_bytes, save_tiny_model, smooth_noise
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,6 @@ def cc_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cc_pred(cc_model):
     return Predictor(cc_model, engine="torch-fp32")
-
-
-def _png_bytes(arr) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(arr).save(b, "PNG")
-    return b.getvalue()
 
 
 def _count(png: bytes) -> int:
@@ -54,7 +48,7 @@ def test_slice_agrees_everywhere(cc_pred, cc_model, tmp_path):
     img = smooth_noise((96, 80, 3), 5)
     t = _threshold_with_small_components(cc_pred, img)
     src = tmp_path / "slice.png"
-    src.write_bytes(_png_bytes(img))
+    src.write_bytes(png_bytes(img))
     py = cc_pred.predict(src, threshold=t)
     client = TestClient(create_app(cc_pred))
     r = client.post("/api/segment", files={"file": ("slice.png", src.read_bytes())}, data={"threshold": str(t)})
@@ -123,7 +117,7 @@ def test_unknown_result_is_404(cc_pred):
 def test_reference_comparison_for_a_slice_matches_the_cli(cc_pred, cc_model, tmp_path):
     img = smooth_noise((96, 80, 3), 7)
     src = tmp_path / "slice.png"
-    src.write_bytes(_png_bytes(img))
+    src.write_bytes(png_bytes(img))
     ref = np.zeros((96, 80), np.uint8)
     ref[20:60, 10:50] = 255
     ref_path = tmp_path / "slice_ref.png"
@@ -139,7 +133,7 @@ def test_reference_comparison_for_a_slice_matches_the_cli(cc_pred, cc_model, tmp
     cli = json.loads((out / "comparison.json").read_text())
     assert r.json()["dice"] == pytest.approx(cli["dice"]) and cli["reference_voxels"] == 1600
     wrong = np.zeros((10, 10), np.uint8)
-    r = client.post("/api/compare", data={"result_id": body["result_id"]}, files={"file": ("w.png", _png_bytes(wrong))})
+    r = client.post("/api/compare", data={"result_id": body["result_id"]}, files={"file": ("w.png", png_bytes(wrong))})
     assert r.status_code == 400 and "w.png" in r.json()["error"]
     # study-only downloads refuse a 2D result with a reason
     r = client.get(f"/api/result/{body['result_id']}/mask.nii.gz")

@@ -10,24 +10,12 @@ from PIL import Image
 
 from tumorseg.app.server import create_app
 
-from .conftest import smooth_noise
+from .conftest import api_client, png_bytes, smooth_noise, tif_bytes
 
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    return TestClient(create_app(predictor, max_upload_mb=1))
-
-
-def _png(arr) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _tif(arr) -> bytes:
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, arr)
-    return buf.getvalue()
+    return api_client(predictor, max_upload_mb=1)
 
 
 def test_health_and_model(client):
@@ -38,6 +26,7 @@ def test_health_and_model(client):
     assert m["engine_line"].startswith(f"model {m['model']}, engine {m['engine']}: ") and "\n" not in m["engine_line"]
 
 
+@pytest.mark.slow
 def test_cli_first_line_is_the_engine_line(tiny_model, tmp_path, capsys):
     from tumorseg.cli import main
     from tumorseg.inference import Predictor
@@ -55,7 +44,9 @@ def test_segment_returns_pngs_at_original_size(client):
     import base64
 
     r = client.post(
-        "/api/segment", files={"file": ("slice.tif", _tif(np.zeros((70, 90, 3), np.uint8)))}, data={"threshold": "0.4"}
+        "/api/segment",
+        files={"file": ("slice.tif", tif_bytes(np.zeros((70, 90, 3), np.uint8)))},
+        data={"threshold": "0.4"},
     )
     assert r.status_code == 200, r.text
     body = r.json()
@@ -81,9 +72,9 @@ BAD = {
 def test_bad_uploads_are_4xx_json_and_server_survives(client, kind):
     name, data = BAD[kind]
     if kind == "truncated png":
-        data = _png(np.zeros((64, 64, 3), np.uint8) + 7)[:60]
+        data = png_bytes(np.zeros((64, 64, 3), np.uint8) + 7)[:60]
     if kind == "truncated tiff":
-        data = _tif((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))[:100]
+        data = tif_bytes((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))[:100]
     r = client.post("/api/segment", files={"file": (name, data)})
     assert 400 <= r.status_code < 500, (kind, r.status_code, r.text)
     assert "error" in r.json() and r.json()["error"]
@@ -105,7 +96,7 @@ def test_upload_cap(client):
 def test_missing_file_field_and_bad_threshold(client):
     assert client.post("/api/segment").status_code == 422
     r = client.post(
-        "/api/segment", files={"file": ("a.png", _png(np.zeros((8, 8), np.uint8)))}, data={"threshold": "7"}
+        "/api/segment", files={"file": ("a.png", png_bytes(np.zeros((8, 8), np.uint8)))}, data={"threshold": "7"}
     )
     assert r.status_code == 422 and "threshold" in r.json()["error"]
 
@@ -133,11 +124,11 @@ def test_concurrent_requests_do_not_mix(client):
     imgs = {i: smooth_noise((64, 64, 3), i) for i in range(6)}
     expected = {}
     for i, im in imgs.items():
-        expected[i] = client.post("/api/segment", files={"file": (f"{i}.png", _png(im))}).json()["prob_png"]
+        expected[i] = client.post("/api/segment", files={"file": (f"{i}.png", png_bytes(im))}).json()["prob_png"]
     got = {}
 
     def worker(i):
-        got[i] = client.post("/api/segment", files={"file": (f"{i}.png", _png(imgs[i]))}).json()["prob_png"]
+        got[i] = client.post("/api/segment", files={"file": (f"{i}.png", png_bytes(imgs[i]))}).json()["prob_png"]
 
     ts = [threading.Thread(target=worker, args=(i,)) for i in imgs]
     [t.start() for t in ts]
@@ -162,14 +153,14 @@ def test_study_upload_nifti_and_zip_of_slices(client, tmp_path):
     z = tmp_path / "slices.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for n in (3, 1, 2):
-            zf.writestr(f"P_{n}.png", _png(np.full((32, 32, 3), n * 40, np.uint8)))
+            zf.writestr(f"P_{n}.png", png_bytes(np.full((32, 32, 3), n * 40, np.uint8)))
     r = client.post("/api/study", files={"file": ("slices.zip", z.read_bytes())})
     assert r.status_code == 200, r.text
     assert [s["name"] for s in r.json()["slices"]] == ["P_1.png", "P_2.png", "P_3.png"]
 
 
 def test_study_upload_as_dicom_series_files(client, tmp_path):
-    from .test_studies import write_dicom_series
+    from .conftest import write_dicom_series
 
     write_dicom_series(tmp_path / "s", n=4)
     files = [("files", (p.name, p.read_bytes())) for p in sorted((tmp_path / "s").iterdir())]

@@ -11,26 +11,11 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
-import tifffile
-from fastapi.testclient import TestClient
 from PIL import Image
 
-from tumorseg.app.server import create_app
 from tumorseg.cli import main
 
-from .conftest import smooth_noise
-
-
-def _png(arr, **kw) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(arr).save(b, "PNG", **kw)
-    return b.getvalue()
-
-
-def _tif(arr, **kw) -> bytes:
-    b = io.BytesIO()
-    tifffile.imwrite(b, arr, **kw)
-    return b.getvalue()
+from .conftest import api_client, png_bytes, smooth_noise, tif_bytes
 
 
 def _jpg(arr) -> bytes:
@@ -59,14 +44,14 @@ def _nan_tif() -> bytes:
     a[0, :5] = np.nan
     a[1, :5] = np.inf
     a[2, :5] = -np.inf
-    return _tif(a)
+    return tif_bytes(a)
 
 
 # name -> (file name, bytes); broken files must fail cleanly
 BROKEN = {
     "zero-byte": ("empty.png", lambda: b""),
-    "truncated png": ("trunc.png", lambda: _png(RGB)[:80]),
-    "truncated tiff": ("trunc.tif", lambda: _tif(RGB)[:120]),
+    "truncated png": ("trunc.png", lambda: png_bytes(RGB)[:80]),
+    "truncated tiff": ("trunc.tif", lambda: tif_bytes(RGB)[:120]),
     "truncated jpeg": ("trunc.jpg", lambda: _jpg(RGB)[:200]),
     "text as png": ("notes.png", lambda: b"patient list, do not share\n" * 10),
     "pdf as png": ("report.png", lambda: b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer<<>>\n%%EOF"),
@@ -76,29 +61,29 @@ BROKEN = {
     "tiff header only": ("hdr.tif", lambda: b"II*\x00\x08\x00\x00\x00"),
     "seven-channel tiff": (
         "seven.tif",
-        lambda: _tif(np.zeros((7, 16, 16), np.uint8), photometric="minisblack", planarconfig="separate"),
+        lambda: tif_bytes(np.zeros((7, 16, 16), np.uint8), photometric="minisblack", planarconfig="separate"),
     ),
     "zip as png": ("archive.png", lambda: b"PK\x03\x04" + b"\x00" * 40),
     # readable, but nothing the model can judge (refused with 422, never "0 px")
-    "1x1 image": ("one.png", lambda: _png(np.array([[200]], np.uint8))),
-    "tall thin": ("thin.png", lambda: _png(np.zeros((300, 3), np.uint8))),
+    "1x1 image": ("one.png", lambda: png_bytes(np.array([[200]], np.uint8))),
+    "tall thin": ("thin.png", lambda: png_bytes(np.zeros((300, 3), np.uint8))),
 }
 # odd but valid: must be processed
 VALID = {
-    "16-bit tiff": ("deep.tif", lambda: _tif((np.arange(64 * 64).reshape(64, 64) * 13).astype(np.uint16))),
-    "32-bit float tiff": ("float.tif", lambda: _tif(smooth_noise((50, 60), 3, 1.0, np.float32))),
+    "16-bit tiff": ("deep.tif", lambda: tif_bytes((np.arange(64 * 64).reshape(64, 64) * 13).astype(np.uint16))),
+    "32-bit float tiff": ("float.tif", lambda: tif_bytes(smooth_noise((50, 60), 3, 1.0, np.float32))),
     "float tiff with nan/inf": ("nan.tif", _nan_tif),
-    "rgba png": ("rgba.png", lambda: _png(np.dstack([RGB, np.full((64, 64), 128, np.uint8)]))),
+    "rgba png": ("rgba.png", lambda: png_bytes(np.dstack([RGB, np.full((64, 64), 128, np.uint8)]))),
     "palette png": ("palette.png", _palette),
-    "multi-page tiff": ("pages.tif", lambda: _tif(np.stack([RGB, RGB[::-1]]))),
+    "multi-page tiff": ("pages.tif", lambda: tif_bytes(np.stack([RGB, RGB[::-1]]))),
     "gray jpeg": ("gray.jpg", lambda: _jpg(RGB[..., 1])),
-    "unicode name": ("Müller_脑 slice (1).png", lambda: _png(RGB)),
+    "unicode name": ("Müller_脑 slice (1).png", lambda: png_bytes(RGB)),
 }
 
 
 @pytest.fixture(scope="module")
 def client(predictor):
-    return TestClient(create_app(predictor, max_upload_mb=5))
+    return api_client(predictor, max_upload_mb=5)
 
 
 def test_there_are_at_least_25_kinds():
@@ -123,10 +108,11 @@ def test_api_processes_odd_but_valid(client, kind):
 
 
 def test_api_path_traversal_name_is_harmless(client, tmp_path):
-    r = client.post("/api/segment", files={"file": ("../../../../tmp/evil.png", _png(RGB))})
+    r = client.post("/api/segment", files={"file": ("../../../../tmp/evil.png", png_bytes(RGB))})
     assert r.status_code == 200 and r.json()["filename"] == "evil.png"
 
 
+@pytest.mark.slow
 def test_cli_one_line_per_bad_file_and_the_rest_processed(tiny_model, tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()

@@ -1,6 +1,5 @@
 """Real browser end to end: Chromium (Debian's) driven by Playwright against a live server."""
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -9,14 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from .conftest import free_port
+
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (.ci/run installs it)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (.ci/run installs it)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +25,7 @@ def server(tiny_model):
     from tumorseg.inference import Predictor
 
     app = create_app(Predictor(tiny_model, engine="torch-fp32"))
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()

@@ -22,6 +22,7 @@ def test_int8_file_checksum_matches_the_record():
     assert INFO["int8"]["passed"] and INFO["default_engine"] == "onnx-int8"
 
 
+@pytest.mark.slow
 def test_default_engine_is_the_fastest_measured_here_and_says_why():
     eng = engines.load_engine(None, threads=1)
     c = eng.choice
@@ -52,6 +53,7 @@ def _slices() -> np.ndarray:
     return np.stack([smooth_noise((256, 256, 3), k, 120) for k in range(6)])
 
 
+@pytest.mark.slow
 def test_int8_agrees_with_fp32():
     x = _slices()
     q = engines.load_engine(None, "onnx-int8", threads=2)
@@ -87,6 +89,7 @@ BLOCK_TRAIN_EXTRA = (
 )
 
 
+@pytest.mark.slow
 def test_base_install_runs_without_the_train_extra(tmp_path):
     """What the base install (no PyTorch, safetensors, onnx or matplotlib) must do: the CLI, the app and
     the Predictor on the bundled int8 model; the torch commands say which extra to install."""
@@ -126,6 +129,7 @@ def test_base_dependencies_leave_out_pytorch():
     assert any(d.startswith("torch==") for d in proj["optional-dependencies"]["train"])
 
 
+@pytest.mark.slow
 def test_cached_choice_of_int8_never_imports_torch(tmp_path):
     """Once this machine's measurement is cached, starting the CLI, the app or the Predictor on the
     int8 engine imports no torch (a one-slice `tumorseg predict` is about 3x faster to finish and needs

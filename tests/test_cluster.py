@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import cli_predict, smooth_noise
+from .conftest import cli_predict, free_port, smooth_noise
 
 pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow
 
 
 def _studies(folder: Path, n: int, slices: int = 6) -> list[Path]:
@@ -107,12 +107,6 @@ def test_manifest_csv_names_spacing_and_bad_lines(tiny_model, archive, tmp_path)
     assert len(_rows(tmp_path / "t")) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _dask_bin(name: str) -> list[str]:
     return [str(Path(sys.executable).with_name("dask")), name]
 
@@ -123,7 +117,7 @@ def test_hand_started_scheduler_survives_kill_9_of_a_worker(tiny_model, tmp_path
     from distributed import Client
 
     inputs = _studies(tmp_path / "in", 10, slices=10)
-    port = _free_port()
+    port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [
@@ -182,7 +176,7 @@ def test_hand_started_scheduler_survives_kill_9_of_a_worker(tiny_model, tmp_path
 
 def test_unreachable_scheduler_is_one_line(tiny_model, archive, tmp_path, capsys):
     root, inputs = archive
-    port = _free_port()
+    port = free_port()
     rc = cli_predict(inputs[:1], tmp_path / "o", tiny_model, "--dask", f"tcp://127.0.0.1:{port}")
     err = capsys.readouterr().err
     assert rc == 2 and "cannot reach the Dask scheduler" in err and "Traceback" not in err

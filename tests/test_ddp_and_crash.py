@@ -7,17 +7,13 @@ import subprocess
 import sys
 import time
 
-from .conftest import make_kaggle
+import pytest
+
+from .conftest import free_port, make_kaggle
 
 COMMON = ["--image-size", "64", "--patch-size", "64", "--batch-size", "4", "--threads", "1"]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow
 
 
 def _env():
@@ -51,7 +47,7 @@ def test_torchrun_two_cpu_processes_and_resume(tmp_path):
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "tumorseg",
         "train",

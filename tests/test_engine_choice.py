@@ -129,6 +129,7 @@ def test_flags_classes():
     assert me.machine and me.key() == hardware.cpu_info().key()
 
 
+@pytest.mark.slow
 def test_int8_on_a_cpu_without_vnni(monkeypatch):
     """The bundled int8 file is used on any CPU: asked for, and chosen when it measures fastest."""
     import numpy as np

@@ -28,8 +28,7 @@ from tumorseg.cli import main
 from tumorseg.io import ImageReadError, read_image
 from tumorseg.studies import StudyError, read_study
 
-from .conftest import smooth_noise
-from .test_studies import write_dicom_series
+from .conftest import api_client, smooth_noise, write_dicom_series
 
 RSS_BOUND_MB = 200
 
@@ -274,7 +273,7 @@ def test_dicom_with_half_the_positions_missing_refused(tmp_path):
 
 @pytest.fixture()
 def client(predictor):
-    return TestClient(create_app(predictor, max_upload_mb=2))
+    return api_client(predictor, max_upload_mb=2)
 
 
 def test_api_answers_every_probe_with_4xx_and_no_temp_path(client, tmp_path):

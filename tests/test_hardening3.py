@@ -20,9 +20,8 @@ from PIL import Image
 from tumorseg.io import read_image
 from tumorseg.studies import StudyError, read_reference, read_study
 
-from .conftest import cli_predict, smooth_noise
+from .conftest import cli_predict, smooth_noise, write_dicom_series
 from .test_hardening import _nifti_header_only, _peak_rss_delta_mb
-from .test_studies import write_dicom_series
 
 # --------------------------------------------------------------------------- 1. working copies
 
@@ -417,6 +416,7 @@ def test_empty_token_is_refused(tmp_path):
     assert main(["app", "--token", "", "--no-browser", "--port", "1"]) == 2
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server_within_seconds(tiny_model, tmp_path):
     import os
     import signal
@@ -547,6 +547,7 @@ def test_docs_and_schema_need_the_token_when_one_is_set(tiny_model):
             assert c.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_working_set_of_a_study_stays_in_budget(tmp_path):
     import tracemalloc
 

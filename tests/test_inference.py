@@ -139,6 +139,7 @@ def test_evaluate_keeps_the_masks_it_scored(tiny_model, tmp_path):
     assert "masks" not in evaluate(data, model=str(tiny_model), split="all", engine="torch-fp32", progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_dice_is_the_dice_of_the_masks_the_predictor_delivers(tmp_path):
     """One post-processing rule (postprocess.PostProcess): evaluation scores exactly the masks users get,
     with a component rule that removes something (so the two paths are really compared)."""

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from tumorseg.app.server import create_app
 from tumorseg.checks import CannotJudge
 from tumorseg.cli import main
 
-from .conftest import LGG
-
-
-def _png(arr) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(arr).save(b, "PNG")
-    return b.getvalue()
+from .conftest import LGG, png_bytes
 
 
 def _mri_like(gray=False):
@@ -41,10 +33,10 @@ def _mri_like(gray=False):
 def test_refused_everywhere_with_the_reason(predictor, tiny_model, tmp_path, capsys, arr, reason):
     with pytest.raises(CannotJudge, match=reason):
         predictor.predict(arr)
-    r = TestClient(create_app(predictor)).post("/api/segment", files={"file": ("x.png", _png(arr))})
+    r = TestClient(create_app(predictor)).post("/api/segment", files={"file": ("x.png", png_bytes(arr))})
     assert r.status_code == 422 and reason in r.json()["error"]
     f = tmp_path / "x.png"
-    f.write_bytes(_png(arr))
+    f.write_bytes(png_bytes(arr))
     assert main(["predict", str(f), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]) == 2
     err = capsys.readouterr().err
     assert reason in err and "0 segmented, 1 failed" in err
@@ -53,16 +45,17 @@ def test_refused_everywhere_with_the_reason(predictor, tiny_model, tmp_path, cap
 def test_grey_slice_is_segmented_with_a_warning(predictor, tiny_model, tmp_path):
     r = predictor.predict(_mri_like(gray=True))
     assert any("single-channel" in w for w in r.warnings)
-    body = TestClient(create_app(predictor)).post("/api/segment", files={"file": ("g.png", _png(_mri_like(True)))})
+    body = TestClient(create_app(predictor)).post("/api/segment", files={"file": ("g.png", png_bytes(_mri_like(True)))})
     assert body.status_code == 200 and any("single-channel" in w for w in body.json()["warnings"])
     assert predictor.predict(_mri_like()).warnings == []
     f = tmp_path / "g.png"
-    f.write_bytes(_png(_mri_like(True)))
+    f.write_bytes(png_bytes(_mri_like(True)))
     assert main(["predict", str(f), "--out", str(tmp_path / "o"), "--model", str(tiny_model)]) == 0
     assert "single-channel" in (tmp_path / "o" / "summary.csv").read_text()
 
 
 @pytest.mark.skipif(not LGG.is_dir(), reason="needs ../shared/data/lgg-kaggle_3m")
+@pytest.mark.slow
 def test_no_shared_slice_is_refused():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from input_checks import run

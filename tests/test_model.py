@@ -39,6 +39,7 @@ def test_decoder_uses_transposed_convs_and_skips():
     assert m.decoder.blocks[0].conv[0][0].in_channels == 256 + 1024
 
 
+@pytest.mark.slow
 def test_export_form_is_the_same_function_in_int8_friendly_ops():
     """The ONNX export's form: transposed convs as 1x1 conv + pixel shuffle, skip concat as a sum."""
     import onnx
@@ -157,6 +158,7 @@ def test_bundled_model_sha256_is_checked(tmp_path, monkeypatch):
     assert engines.resolve_model(None) == p
 
 
+@pytest.mark.slow
 def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
     import numpy as np
 
@@ -172,6 +174,7 @@ def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
     assert np.abs(eng.run(x) - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
     import numpy as np
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,28 +19,25 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from .conftest import cli_predict, smooth_noise
+from .conftest import cli_predict, free_port, smooth_noise
 
 ORTHANC = shutil.which("Orthanc")
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-pytestmark = pytest.mark.skipif(
-    not (ORTHANC and PLUGIN.is_file()),
-    reason="Orthanc and its DICOMweb plugin are not installed (.ci/run: apt-get install orthanc orthanc-dicomweb)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (ORTHANC and PLUGIN.is_file()),
+        reason="Orthanc and its DICOMweb plugin are not installed (.ci/run: apt-get install orthanc orthanc-dicomweb)",
+    ),
+]
 USER, PASSWORD = "radiology", "s3cret-pw"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_orthanc(root: Path, user: str = USER, password: str = PASSWORD) -> tuple[subprocess.Popen, str]:
     """A private Orthanc with DICOMweb on a free loopback port, storage in ``root``; (process, base URL)."""
     import requests
 
-    port = _free_port()
+    port = free_port()
     cfg = {
         "Name": "tumorseg-test",
         "StorageDirectory": str(root / "db"),
@@ -266,7 +262,7 @@ def test_bad_cases_are_one_line_and_exit_2(orthanc, studies, tiny_model, tmp_pat
     monkeypatch.setenv("TUMORSEG_PACS_USER", USER)
     monkeypatch.setenv("TUMORSEG_PACS_PASSWORD", "wrong" if case == "password" else PASSWORD)
     if case == "dead":
-        url = f"http://127.0.0.1:{_free_port()}/dicom-web"
+        url = f"http://127.0.0.1:{free_port()}/dicom-web"
     study = {"no-mr": studies["ct"], "unknown": generate_uid()}.get(case, study)
     rc = cli_predict([], tmp_path / "o", tiny_model, "--dicomweb", url, "--study", study)
     err = capsys.readouterr().err
@@ -330,7 +326,7 @@ def test_page_lists_opens_and_sends_a_pacs_study(orthanc, studies, tiny_model, p
     from tumorseg.pacs import PacsConfig
 
     app = create_app(Predictor(tiny_model, engine="torch-fp32"), dicomweb=PacsConfig.from_env(_web(orthanc)))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()

@@ -28,6 +28,7 @@ def test_lgg_slices_load_as_rgb_with_binary_masks():
     assert ds.masks.any()
 
 
+@pytest.mark.slow
 def test_bundled_model_on_two_lgg_patients(tmp_path):
     from tumorseg.cli import main
     from tumorseg.engines import bundled_model_path

@@ -1,16 +1,13 @@
 """Whole studies: NIfTI and DICOM input, geometry kept, volume measured, DICOM-SEG written."""
 
-import datetime
-import random
-
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tumorseg.studies import StudyError, read_study, study_measurements
+
+from .conftest import write_dicom_series  # noqa: F401  (shared; other modules import it from conftest)
 
 
 def sphere(shape, centre, radius_vox):
@@ -83,45 +80,6 @@ def test_2d_and_broken_nifti_refused(tmp_path):
     bad.write_bytes(b"\x5c\x01\x00\x00" + b"\x00" * 100)
     with pytest.raises(StudyError, match="NIfTI"):
         read_study(bad)
-
-
-def write_dicom_series(
-    folder, n=6, rows=32, cols=32, spacing=(0.8, 0.7), thickness=2.5, series_uid=None, pixel=True, prefix="IM"
-):
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
-    frame_uid = generate_uid()
-    names = [f"{prefix}{k:04d}.dcm" for k in range(n)]
-    random.Random(0).shuffle(names)  # file names do not follow slice order
-    for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.Modality = "MR"
-        ds.PatientName, ds.PatientID, ds.PatientSex, ds.PatientBirthDate = "Test^Phantom", "X1", "O", "19700101"
-        ds.StudyDate = ds.SeriesDate = datetime.date.today().strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = "120000"
-        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "1", ""
-        ds.SeriesNumber, ds.InstanceNumber = 1, n - k  # instance numbers reversed on purpose
-        ds.Manufacturer = "synthetic"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [0, 0, 10 + k * thickness]
-        ds.PixelSpacing = list(spacing)
-        ds.SliceThickness = thickness
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        if pixel:
-            arr = np.full((rows, cols), k * 100, np.uint16)  # intensity encodes the true slice position
-            ds.PixelData = arr.tobytes()
-        ds.save_as(folder / names[k], enforce_file_format=True)
-    return series_uid
 
 
 def test_dicom_order_from_positions_not_names(tmp_path):

@@ -17,8 +17,7 @@ from tumorseg.cli import main
 from tumorseg.io import LGG_BRAIN_MEDIAN, standardise_brain_intensity
 from tumorseg.studies import find_sequences, read_study, sequence_of
 
-from .conftest import smooth_noise
-from .test_studies import write_dicom_series
+from .conftest import smooth_noise, write_dicom_series
 
 
 @pytest.mark.parametrize(
@@ -100,6 +99,7 @@ def test_standardisation_brings_the_brain_to_the_training_level():
     assert all(g < 0.5 for g in gains) and out[:, :4].max() == 0
 
 
+@pytest.mark.slow
 def test_cli_sequences_options_and_folder(tiny_model, tmp_path):
     case = _case(tmp_path / "case")
     out = tmp_path / "out"

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tumorseg.cli import main
 from tumorseg.evaluation import METRIC_KEYS
@@ -27,6 +28,8 @@ TRAIN = [
     "--seed",
     "1",
 ]
+
+pytestmark = pytest.mark.slow
 
 
 def test_train_then_evaluate_beats_chance(tmp_path):
