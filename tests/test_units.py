@@ -153,3 +153,18 @@ def test_orientation_labels_from_nifti_and_dicom_geometry(tmp_path):
     from tumorseg.studies import Study
 
     assert orientation_labels(Study("x", "kaggle", np.zeros((1, 8, 8, 3), np.uint8), None, ["a"])) is None
+
+
+@pytest.mark.parametrize("imagenet", [True, False])
+def test_training_input_path_is_the_engines_input_path(imagenet):
+    """Training's torch normalisation (prepare_batch) gives the numbers data.model_input gives the engines
+    for the same uint8 slices and the same recorded normalisation."""
+    import torch
+
+    from tumorseg.data import model_input, normalisation
+    from tumorseg.training import prepare_batch
+
+    batch = np.stack([smooth_noise((32, 32, 3), k, 255) for k in range(3)])
+    ours = prepare_batch(torch.from_numpy(batch), imagenet).numpy()
+    engines = model_input(batch, normalisation(imagenet))
+    assert np.allclose(ours, engines, atol=1e-6)

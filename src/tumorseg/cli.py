@@ -54,47 +54,64 @@ def _add_train(sub) -> None:
         help="train a U-Net/ResNet50 on a slice dataset",
         description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.",
     )
+    from .trainconfig import defaults
+
+    d = defaults()
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
     p.add_argument(
-        "--epochs", type=int, default=None, help="maximum epochs (default 50; with --resume: keep the run's)"
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"maximum epochs (default {d['epochs']}; with --resume: keep the run's)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--patch-size", type=int, default=160, help="training patch size (<= image size)")
-    p.add_argument("--samples-per-epoch", type=int, default=0, help="patches per epoch (0: number of training slices)")
-    p.add_argument("--fg-fraction", type=float, default=0.5, help="share of patches centred on tumour")
-    p.add_argument("--encoder-weights", default="none", help="none | imagenet | PATH to a ResNet50 state dict")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"])
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--image-size", type=int, default=d["image_size"])
+    p.add_argument("--patch-size", type=int, default=d["patch_size"], help="training patch size (<= image size)")
+    p.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=d["samples_per_epoch"],
+        help="patches per epoch (0: number of training slices)",
+    )
+    p.add_argument("--fg-fraction", type=float, default=d["fg_fraction"], help="share of patches centred on tumour")
+    p.add_argument(
+        "--encoder-weights", default=d["encoder_weights"], help="none | imagenet | PATH to a ResNet50 state dict"
+    )
     p.add_argument(
         "--loss",
-        default="dice",
+        default=d["loss"],
         choices=["dice", "dice+bce", "tversky+bce"],
         help="training loss (default: %(default)s)",
     )
     p.add_argument(
         "--aug",
-        default="v1",
+        default=d["aug"],
         choices=["v1", "v2"],
         help="augmentation: v1 geometry+intensity; v2 adds sequence dropout, skull-strip, bias field, "
         "noise, wider scale (default: %(default)s)",
     )
     p.add_argument(
-        "--init-model", default="", help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)"
+        "--init-model",
+        default=d["init_model"],
+        help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)",
     )
     p.add_argument(
         "--max-minutes",
         type=float,
-        default=0.0,
+        default=d["max_minutes"],
         help="stop after this much wall time, keeping the best model (default: no limit)",
     )
-    p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch default)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split", default="", help="reuse this split.json instead of making one")
-    p.add_argument("--patient-pattern", default="", help="regex with a 'patient' group for generic layouts")
+    p.add_argument("--schedule", default=d["schedule"], choices=["constant", "cosine"])
+    p.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience in epochs")
+    p.add_argument("--device", default=d["device"], help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=d["threads"], help="CPU threads (0: PyTorch default)")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--split", default=d["split"], help="reuse this split.json instead of making one")
+    p.add_argument(
+        "--patient-pattern", default=d["patient_pattern"], help="regex with a 'patient' group for generic layouts"
+    )
     p.add_argument(
         "--no-amp",
         action="store_true",
@@ -109,7 +126,7 @@ def _cmd_train(a) -> int:
     cfg = TrainConfig(
         data=a.data,
         out=a.out,
-        epochs=a.epochs if a.epochs is not None else (0 if a.resume else 50),
+        epochs=a.epochs if a.epochs is not None else (0 if a.resume else TrainConfig.epochs),
         batch_size=a.batch_size,
         lr=a.lr,
         image_size=a.image_size,

@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -38,35 +38,7 @@ from .io import atomic_write_bytes
 from .metrics import ThresholdSweep, dice_score
 from .model import ModelFileError, build_model, read_model_file, save_model
 from .modelinfo import ArchSpec
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    epochs: int = 50
-    batch_size: int = 16
-    lr: float = 1e-4
-    image_size: int = 256
-    patch_size: int = 160
-    samples_per_epoch: int = 0  # 0: as many patches as training slices
-    fg_fraction: float = 0.5
-    encoder_weights: str = "none"
-    loss: str = "dice"  # dice | dice+bce | tversky+bce
-    aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
-    max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
-    init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept
-    schedule: str = "constant"  # constant | cosine
-    patience: int = 10
-    device: str = "auto"
-    seed: int = 0
-    threads: int = 0  # 0: torch default
-    split: str = ""  # path of an existing split.json to reuse
-    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    amp: bool = True  # half-precision autocast where the hardware runs it natively (precision_plan)
-    val_batch_size: int = 16
-    patient_pattern: str = ""
-
+from .trainconfig import TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
 
 # --------------------------------------------------------------------------- losses
 

@@ -1,0 +1,38 @@
+"""A training run's recipe, torch-free: the CLI takes its defaults from here, training and run records use it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    image_size: int = 256
+    patch_size: int = 160
+    samples_per_epoch: int = 0  # 0: as many patches as training slices
+    fg_fraction: float = 0.5
+    encoder_weights: str = "none"
+    loss: str = "dice"  # dice | dice+bce | tversky+bce
+    aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
+    max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
+    init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept
+    schedule: str = "constant"  # constant | cosine
+    patience: int = 10
+    device: str = "auto"
+    seed: int = 0
+    threads: int = 0  # 0: torch default
+    split: str = ""  # path of an existing split.json to reuse
+    split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    amp: bool = True  # half-precision autocast where the hardware runs it natively (precision_plan)
+    val_batch_size: int = 16
+    patient_pattern: str = ""
+
+
+def defaults() -> dict:
+    """Each field's default (the CLI's --help shows these)."""
+    return {f.name: f.default for f in fields(TrainConfig) if f.default is not f.default_factory}
