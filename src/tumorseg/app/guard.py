@@ -1,8 +1,10 @@
-"""The ASGI guard in front of the app: Host check, body size and time, model slots (first come, first served)."""
+"""The one guard in front of the app: Host check, API token, body size and time, model slots (first come,
+first served). Nothing reaches an endpoint without passing it."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -25,8 +27,9 @@ async def _send_json(send, status: int, msg: str) -> None:
 
 
 class RequestGuard:
-    """ASGI guard in front of the app: Host check, body size counted as it streams, slow-client timeout,
-    and a limit on requests that run the model at once.
+    """ASGI guard in front of the app: Host check, the bearer token (every /api/ path but /api/health, and
+    the API docs), body size counted as it streams (a Content-Length over the cap is refused before any
+    byte is read), slow-client timeout, and a limit on requests that run the model at once.
 
     A body is never spooled beyond ``cap`` bytes: the 413 goes out as soon as the count passes it, with
     or without a Content-Length. A client that stops sending for ``body_timeout`` seconds, or whose
@@ -43,7 +46,9 @@ class RequestGuard:
         allowed_hosts: set[str] | None = None,
         queue_timeout: float = 120.0,
         body_deadline: float = 120.0,
+        token: str | None = None,
     ):
+        self.token = token
         self.app, self.cap, self.body_timeout, self.body_deadline = app, cap, body_timeout, body_deadline
         self.allowed_hosts = allowed_hosts
         self.queue_timeout = queue_timeout
@@ -73,6 +78,9 @@ class RequestGuard:
                     f"host {host!r} is not served here (allowed: "
                     f"{', '.join(sorted(self.allowed_hosts))}; see --allow-host)",
                 )
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            return await _send_json(send, *refusal)
         responded = False
         total = 0
 
@@ -133,6 +141,20 @@ class RequestGuard:
         finally:
             with self.lock:
                 self.active -= 1
+
+    def _refusal(self, scope) -> tuple[int, str] | None:
+        """A 401 without the token, a 413 for a declared body over the cap; None to go on."""
+        path = scope.get("path", "")
+        headers = dict(scope.get("headers") or [])
+        protected = (path.startswith("/api/") and path != "/api/health") or path in ("/docs", "/openapi.json", "/redoc")
+        if protected and self.token:
+            got = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(got, f"Bearer {self.token}".encode()):
+                return 401, "missing or wrong API token (Authorization: Bearer <token>)"
+        cl = headers.get(b"content-length", b"").decode("latin-1")
+        if cl.isdigit() and int(cl) > self.cap + 1_000_000:
+            return 413, f"upload is larger than the {self.cap / 2**20:g} MB limit"
+        return None
 
     def _enter(self, ticket: int) -> bool:
         with self.lock:

@@ -6,7 +6,6 @@ is deleted before the response), writes nothing, logs no file names, CORS closed
 
 from __future__ import annotations
 
-import hmac
 import logging
 import sys
 import threading
@@ -66,7 +65,7 @@ def create_app(
     store = ResultStore(pred)
     app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
     app.state.predictor = pred
-    _install_error_handling(app, token, cap, max_upload_mb)
+    _install_error_handling(app, max_upload_mb)
     app.include_router(meta_router(pred))
     app.include_router(image_router(pred, store, cap))
     studies, study_response = study_router(pred, store, cap)
@@ -81,13 +80,13 @@ def create_app(
     def index():
         return FileResponse(static / "index.html", headers={"Cache-Control": "no-store"})
 
-    guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts)
+    guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts, token=token)
     guard_app.state = app.state  # tests and callers reach the predictor as before
     return guard_app
 
 
-def _install_error_handling(app: FastAPI, token: str | None, cap: int, max_upload_mb: float) -> None:
-    """The token check, the Content-Length cap, and one JSON error shape for every failure (never a traceback)."""
+def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
+    """One JSON error shape for every failure, never a traceback (the token and size checks: ``RequestGuard``)."""
     from fastapi.exceptions import RequestValidationError
 
     from ..pacs import PacsError
@@ -96,15 +95,7 @@ def _install_error_handling(app: FastAPI, token: str | None, cap: int, max_uploa
         return JSONResponse(status_code=status, content={"error": _public_message(msg), "status": status})
 
     @app.middleware("http")
-    async def guard(request: Request, call_next):
-        protected = request.url.path.startswith("/api/") or request.url.path in ("/docs", "/openapi.json", "/redoc")
-        if protected and request.url.path != "/api/health" and token:
-            got = request.headers.get("authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {token}".encode()):
-                return error(401, "missing or wrong API token (Authorization: Bearer <token>)")
-        cl = request.headers.get("content-length")
-        if cl and cl.isdigit() and int(cl) > cap + 1_000_000:
-            return error(413, f"upload is larger than the {max_upload_mb:g} MB limit")
+    async def no_tracebacks(request: Request, call_next):
         try:
             return await call_next(request)
         except Exception as exc:  # never a bare 500 with a traceback to the client
