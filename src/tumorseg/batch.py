@@ -21,6 +21,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .engines import model_checksum
 from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
 
 SUMMARY_FIELDS = ["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs", "warnings", "error"]
@@ -38,6 +39,14 @@ class PredictOptions:
     series: str | None = None
     min_component_mm3: float = 0.0
     spacing: tuple[float, float, float] | None = None
+
+    def load_predictor(self, default_threads: int = 0):
+        """The Predictor these options describe (``default_threads`` where --threads was not given)."""
+        from .inference import Predictor
+
+        return Predictor(
+            self.model, engine=self.engine, threads=self.threads or default_threads, threshold=self.threshold
+        )
 
     def settings(self) -> dict:
         """The settings a finished study must match to be skipped (threads and engine choice do not change
@@ -140,7 +149,7 @@ def read_manifest(path: str) -> tuple[list[tuple[str, str | None, tuple | None]]
     """(source, name or None, spacing or None) per line of a manifest, and its bad lines.
 
     Text: one path or URL a line ('#' comments). CSV: a header with a 'path' column and optional
-    'name' and 'spacing' ("ROW,COL,SLICE" quoted, or "ROW COL SLICE") columns.
+    'name' and 'spacing' ("ROW,COL,SLICE", quoted; the CLI's --spacing rule) columns.
     """
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -159,11 +168,12 @@ def read_manifest(path: str) -> tuple[list[tuple[str, str | None, tuple | None]]
             continue
         spacing = None
         if row.get("spacing"):
+            from .studies import parse_spacing
+
             try:
-                spacing = tuple(float(v) for v in re.split(r"[,\sx]+", row["spacing"]) if v)
-                assert len(spacing) == 3 and all(0.01 <= v <= 100 for v in spacing)
-            except (ValueError, AssertionError):
-                bad.append((f"{path}:{k}", f"spacing {row['spacing']!r}: expected three values 0.01..100 mm"))
+                spacing = parse_spacing(row["spacing"])
+            except ValueError as exc:
+                bad.append((f"{path}:{k}", f"spacing {exc}"))
                 continue
         out.append((row["path"], safe_name(row["name"]) if row.get("name") else None, spacing))
     return out, bad
@@ -310,7 +320,7 @@ def _swap_in(tmp_dir: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_study_atomically(sp, out: Path, name: str, label: str, record: dict, protect: set[Path]) -> dict:
+def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -> dict:
     """The study folder written hidden, then renamed into place: complete exactly when study.json exists.
     Returns what was added to study.json beyond the prediction's own summary."""
     from .studies import write_study_outputs
@@ -319,26 +329,25 @@ def write_study_atomically(sp, out: Path, name: str, label: str, record: dict, p
     tmp = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
     extra = {"source_label": label, "max_probability": float(sp.prob.max()), "run": record}
     try:
-        write_study_outputs(sp, tmp, protect, extra=extra)
+        write_study_outputs(sp, tmp, extra=extra)
         _swap_in(tmp, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return extra
 
 
-def process_item(
-    pred, item: Item, out: Path, opts: PredictOptions, record: dict, protect: set[Path], keep=None
-) -> dict:
+def process_item(pred, item: Item, out: Path, opts: PredictOptions, record: dict, keep=None) -> dict:
     """Segment one item and write its outputs; returns its summary row (an error row on failure).
 
     A study is written into a hidden temporary folder and renamed into place with study.json in it,
-    so a study is complete exactly when ``out/<name>/study.json`` exists.
+    so a study is complete exactly when ``out/<name>/study.json`` exists. No output touches an input:
+    ``output_conflicts`` refused every item whose outputs would, before anything ran.
     """
     import tempfile
 
     try:
         if not item.study:
-            return _process_image(pred, item, out, opts, protect, keep)
+            return _process_image(pred, item, out, opts, keep)
         with tempfile.TemporaryDirectory(prefix=".tumorseg-fetch-") as fetch_dir:
             src: object = item.source
             if isinstance(src, tuple):
@@ -355,7 +364,7 @@ def process_item(
                 progress=False,
                 spacing=item.spacing or opts.spacing,
             )
-        extra = write_study_atomically(sp, out, item.name, item.label, record, protect)
+        extra = write_study_atomically(sp, out, item.name, item.label, record)
         if keep is not None:
             keep(sp)
         return study_row(item, {**sp.summary(), **extra})
@@ -365,7 +374,7 @@ def process_item(
         return error_row(item.label, f"cannot be processed ({type(exc).__name__}: {exc})")
 
 
-def _process_image(pred, item: Item, out: Path, opts: PredictOptions, protect: set[Path], keep=None) -> dict:
+def _process_image(pred, item: Item, out: Path, opts: PredictOptions, keep=None) -> dict:
     r = pred.predict(item.source, tta=opts.tta)
     targets = {
         out / f"{item.name}_mask.png": r.mask_png_array(),
@@ -374,9 +383,6 @@ def _process_image(pred, item: Item, out: Path, opts: PredictOptions, protect: s
     }
     if r.uncertainty is not None:
         targets[out / f"{item.name}_uncertainty.png"] = (r.uncertainty.clip(0, 0.5) * 510).astype("uint8")
-    for t in targets:
-        if t.resolve() in protect:
-            raise ImageReadError(item.source, f"output {t} would overwrite an input")
     for t, arr in targets.items():
         write_png(t, arr)
     if keep is not None:
@@ -418,14 +424,6 @@ class Report:
 
 class BatchError(ValueError):
     """The whole run cannot start (bad --out, nothing to do); nothing was written."""
-
-
-def model_checksum(model: str | None) -> str:
-    from .engines import bundled_info, resolve_model
-    from .io import file_sha256
-
-    path = resolve_model(model)
-    return (bundled_info().get("sha256") if model is None else None) or file_sha256(path)
 
 
 @dataclass
@@ -481,18 +479,17 @@ class BatchJob:
             else:
                 todo.append(k)
         skipped = sum(1 for k, r in enumerate(rows) if r is not None and not r["error"])
-        protect = {p.resolve() for it in items for p in it.paths()}
         rep = Report(rows=[])
         if todo and self.dask:
             from .cluster import run_on_dask
 
             results, rep.engine_lines = run_on_dask(
-                self.dask, [items[k] for k in todo], out, self.options, record, protect, self.progress
+                self.dask, [items[k] for k in todo], out, self.options, record, self.progress
             )
             for k, row in zip(todo, results):
                 rows[k] = row
         elif todo:
-            self._run_local(items, todo, rows, out, record, protect, rep)
+            self._run_local(items, todo, rows, out, record, rep)
         for it in items:  # what a killed worker left half-written (its task was redone elsewhere)
             for stale in out.glob(f".{glob.escape(it.name)}.partial-*"):
                 shutil.rmtree(stale, ignore_errors=True)
@@ -504,13 +501,11 @@ class BatchJob:
         rep.wall_s = time.perf_counter() - t0
         return rep
 
-    def _run_local(self, items, todo, rows, out, record, protect, rep: Report) -> None:
+    def _run_local(self, items, todo, rows, out, record, rep: Report) -> None:
         from tqdm import tqdm
 
-        from .inference import Predictor
-
         o = self.options
-        pred = Predictor(o.model, engine=o.engine, threads=o.threads, threshold=o.threshold)
+        pred = o.load_predictor()
         rep.engine_lines = [pred.engine_line()]
         print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
         results: list = []
@@ -519,7 +514,7 @@ class BatchJob:
             todo, desc="segmenting", unit="input", disable=not self.progress or len(todo) < 2, file=sys.stderr
         ):
             try:
-                rows[k] = process_item(pred, items[k], out, o, record, protect, keep)
+                rows[k] = process_item(pred, items[k], out, o, record, keep)
             except KeyboardInterrupt:  # what finished is still reported in summary.csv
                 rep.interrupted = True
                 return
@@ -555,7 +550,7 @@ def predict_pacs(a, opts: PredictOptions) -> int:
     the usual study folder in --out, and with --store the DICOM-SEG and the TID 1500 report sent back."""
     import tempfile
 
-    from .inference import DISCLAIMER, Predictor
+    from .inference import DISCLAIMER
     from .pacs import Pacs, PacsConfig, open_study
     from .studies import dicom_seg_dataset, dicom_sr_dataset
 
@@ -568,14 +563,14 @@ def predict_pacs(a, opts: PredictOptions) -> int:
         raise BatchError(f"{out}: exists and is not a folder")
     t0 = time.perf_counter()
     pacs = Pacs(PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca))
-    pred = Predictor(opts.model, engine=opts.engine, threads=opts.threads, threshold=opts.threshold)
+    pred = opts.load_predictor()
     print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
         study = open_study(pacs, a.study, a.series, Path(tmp))
         sp = pred.predict_study(study, tta=opts.tta, min_component_mm3=opts.min_component_mm3)
     name = safe_name(a.study)
     label = study.source
-    extra = write_study_atomically(sp, out, name, label, run_record(opts, model_checksum(opts.model)), set())
+    extra = write_study_atomically(sp, out, name, label, run_record(opts, model_checksum(opts.model)))
     row = study_row(Item(label, name, True), {**sp.summary(), **extra})
     print(f"tumorseg: {'; '.join(study.pacs['chosen'])}", file=sys.stderr)
     if a.store:

@@ -28,14 +28,13 @@ def _unit(text: str) -> float:
 
 
 def _spacing(text: str) -> tuple[float, float, float]:
-    """argparse type: ROW,COL,SLICE in mm."""
+    """argparse type: ROW,COL,SLICE in mm (the rule: ``studies.parse_spacing``)."""
+    from .studies import parse_spacing
+
     try:
-        vals = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three numbers ROW,COL,SLICE in mm") from None
-    if len(vals) != 3 or not all(0.01 <= v <= 100 for v in vals):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected three values between 0.01 and 100 mm")
-    return vals
+        return parse_spacing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _engine_arg(p) -> None:
@@ -404,7 +403,7 @@ def _cmd_engines(a) -> int:
     eng = load_engine(a.model, None, a.threads, reprobe=a.reprobe)
     c = eng.choice
     if a.json:
-        print(json.dumps(c.as_dict() | {"cached": c.cached, "cache": str(user_cache_dir() / CACHE_FILE)}, indent=1))
+        print(json.dumps(c.as_dict() | {"cache": str(user_cache_dir() / CACHE_FILE)}, indent=1))
         return EXIT_OK
     cpu = c.cpu
     print(

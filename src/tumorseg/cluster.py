@@ -42,18 +42,15 @@ class PredictorPlugin(WorkerPlugin):
     def predictor(self):
         with self._lock:
             if self._pred is None:
-                from .inference import Predictor
-
-                o = self.options
-                self._pred = Predictor(o.model, engine=o.engine, threads=o.threads or 1, threshold=o.threshold)
+                self._pred = self.options.load_predictor(default_threads=1)  # one single-threaded worker a core
             return self._pred
 
 
-def _task(item: Item, out: str, options: PredictOptions, record: dict, protect: set, plugin: str) -> tuple[dict, str]:
+def _task(item: Item, out: str, options: PredictOptions, record: dict, plugin: str) -> tuple[dict, str]:
     from distributed import get_worker
 
     pred = get_worker().plugins[plugin].predictor()
-    return process_item(pred, item, Path(out), options, record, protect), pred.engine_line()
+    return process_item(pred, item, Path(out), options, record), pred.engine_line()
 
 
 def connect(address: str):
@@ -82,7 +79,6 @@ def run_on_dask(
     out: Path,
     options: PredictOptions,
     record: dict,
-    protect: set[Path],
     progress: bool = True,
 ) -> tuple[list[dict], list[str]]:
     """Rows in ``items`` order, and each distinct worker engine line."""
@@ -102,7 +98,6 @@ def run_on_dask(
                 str(Path(out).resolve()),
                 options,
                 record,
-                protect,
                 name,
                 key=f"tumorseg-{run}-{k}",
                 pure=False,

@@ -280,13 +280,11 @@ def load_engine(
     from .hardware import cpu_info
 
     cands, excluded = candidates(model, device)
-    path = resolve_model(model)
-    sha = bundled_info().get("sha256") if model is None else None
     versions = {"tumorseg": _version(), "onnxruntime": _dist_version("onnxruntime")}
     if torch_available():
         versions["torch"] = _dist_version("torch")
     dev = "cuda" if "torch-fp32" in cands and device in ("auto", "cuda") and _cuda_available() else "cpu"
-    key = {"model_sha256": sha or file_sha256(path), "device": dev, "versions": versions}
+    key = {"model_sha256": model_checksum(model), "device": dev, "versions": versions}
     if model is None and "onnx-int8" in cands:
         key["model_sha256"] += "+" + bundled_info()["int8"]["sha256"]
     choice, eng = probe.choose(cands, excluded, loader, loader.size(), threads, key, reprobe=reprobe, cpu=cpu_info())
@@ -294,6 +292,12 @@ def load_engine(
     eng.reason = choice.line()
     eng.choice = choice
     return eng
+
+
+def model_checksum(model: str | os.PathLike | None) -> str:
+    """The sha256 that identifies a model file (the bundled one: checked against default.json's record)."""
+    path = resolve_model(model)
+    return (bundled_info().get("sha256") if model is None else None) or file_sha256(path)
 
 
 def _version() -> str:
@@ -319,10 +323,10 @@ class _Loader:
         self._net = None
 
     def size(self) -> int:
+        """The model's input size, from its file's header (the bundled default.json does not record it)."""
         from .modelinfo import ModelInfo
 
-        meta = bundled_info() if self.model is None else model_file_meta(resolve_model(self.model))
-        return ModelInfo.from_meta(meta).input.size
+        return ModelInfo.from_meta(model_file_meta(resolve_model(self.model))).input.size
 
     def _torch_net(self):
         if self._net is None:
@@ -356,7 +360,9 @@ class _Loader:
             cuda = self.device in ("auto", "cuda") and torch.cuda.is_available()
             dev = torch.device("cuda" if cuda else "cpu")
             return TorchEngine(path, meta, net, self.threads, engine == "torch-bf16", dev)
-        onnx_bytes = to_onnx_bytes(net, self.size())
+        from .modelinfo import ModelInfo
+
+        onnx_bytes = to_onnx_bytes(net, ModelInfo.from_meta(meta).input.size)
         if engine == "onnx-int8":
             from .quantize import quantize_int8
 

@@ -132,7 +132,7 @@ class Predictor:
             "engine": self.engine.name,
             "engine_reason": self.engine.reason,
             "engine_line": self.engine_line(),
-            "engine_probe": choice.as_dict() | {"cached": choice.cached} if choice is not None else None,
+            "engine_probe": choice.as_dict() if choice is not None else None,
             "input_size": self.size,
             "threshold": self.threshold,
             "architecture": m.get("architecture", {}).get("name"),

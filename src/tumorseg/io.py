@@ -376,12 +376,21 @@ class ModelFileError(ValueError):
     """A model or checkpoint file is missing, corrupt or not a tumorseg model."""
 
 
+_SHA256_SEEN: dict[tuple, str] = {}
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's sha256, computed once per process for an unchanged file (same path, size and mtime):
+    starting a Predictor checks the bundled files, and the probe and batch runs key on the same sums."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_SEEN:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA256_SEEN[key] = h.hexdigest()
+    return _SHA256_SEEN[key]
 
 
 def model_file_meta(path: str | os.PathLike) -> dict:

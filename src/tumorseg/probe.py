@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,16 +62,7 @@ class Choice:
         return "; ".join(f"{', '.join(names)}: {why}" for why, names in by_reason.items())
 
     def as_dict(self) -> dict:
-        return {
-            "engine": self.engine,
-            "timings_ms": self.timings_ms,
-            "excluded": self.excluded,
-            "cpu": self.cpu,
-            "threads": self.threads,
-            "measured_at": self.measured_at,
-            "probe_run_s": self.probe_run_s,
-            "probe_load_s": self.probe_load_s,
-        }
+        return asdict(self)
 
 
 def probe_input(size: int) -> np.ndarray:
@@ -171,7 +162,7 @@ def choose(
         return Choice(candidates[0], {}, excluded, cpu.as_dict(), threads, now), eng
     x = probe_input(size)
     timings: dict[str, float] = {}
-    loaded: dict[str, object] = {}
+    leader, leader_eng = None, None  # only the fastest so far stays loaded
     load_s = run_s = 0.0
     for name in candidates:
         t = time.perf_counter()
@@ -185,11 +176,11 @@ def choose(
         best = min(timings.values()) if timings else None
         timings[name] = round(timer(eng.run, x, best, max(0.2, RUN_BUDGET_S - run_s)), 2)
         run_s += time.perf_counter() - t
-        best_now = pick(timings)
-        loaded = {best_now: eng if best_now == name else loaded.get(best_now)}  # keep only the leader loaded
+        if pick(timings) == name:
+            leader, leader_eng = name, eng
     if not timings:
         raise ValueError("no engine could be loaded: " + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
     winner = pick(timings)
     choice = Choice(winner, timings, excluded, cpu.as_dict(), threads, now, round(run_s, 2), round(load_s, 2))
-    _write_cache(path, key, choice.as_dict())
-    return choice, loaded.get(winner)
+    _write_cache(path, key, {k: v for k, v in choice.as_dict().items() if k != "cached"})
+    return choice, leader_eng if leader == winner else None

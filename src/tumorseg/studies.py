@@ -353,6 +353,18 @@ def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.
 # --------------------------------------------------------------------------- geometry
 
 
+def parse_spacing(text: str) -> tuple[float, float, float]:
+    """ "ROW,COL,SLICE" in mm (the CLI's --spacing and a manifest's spacing column); ValueError says why."""
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"{text!r}: expected three numbers ROW,COL,SLICE in mm") from None
+    lo, hi = SPACING_RANGE_MM
+    if len(vals) != 3 or not all(lo <= v <= hi for v in vals):
+        raise ValueError(f"{text!r}: expected three values between {lo:g} and {hi:g} mm")
+    return vals
+
+
 def _valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
     """Voxel sizes that are finite and plausible; negative ones are used by magnitude, with a note."""
     out = []
@@ -1170,9 +1182,7 @@ def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
     return _gz(img.to_bytes())
 
 
-def write_study_outputs(
-    sp: StudyPrediction, out: Path, protect: set | None = None, extra: dict | None = None
-) -> list[Path]:
+def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = None) -> list[Path]:
     """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json (last;
     ``extra`` adds the batch's run record to it)."""
     from .render import heatmap_overlay
@@ -1192,8 +1202,6 @@ def write_study_outputs(
             st.notes.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
     ov = out / "overlays"
     for k in range(st.n_slices):
-        if protect and (ov / f"slice_{k + 1:04d}.png").resolve() in protect:
-            continue
         write_png(ov / f"slice_{k + 1:04d}.png", heatmap_overlay(sp.images[k], sp.prob[k]))
     atomic_write_bytes(out / "study.json", (json.dumps({**sp.summary(), **(extra or {})}, indent=1) + "\n").encode())
     written.append(out / "study.json")
