@@ -26,20 +26,22 @@ from tumorseg.model import file_sha256, load_model, read_model_file, save_model
 from tumorseg.postprocess import PostProcess
 
 THREADS = 0
+HYSTERESIS = (0.0, 0.1, 0.2, 0.3)  # low thresholds tried for stacks (0: off)
 
 
 def val_probs(model_path: Path, data: str, split: dict, engine: str):
     eng = load_engine(model_path, engine, THREADS)
     cases = [c for c in discover(data) if c.patient in set(split["val"])]
     ds = load_cases(cases, eng.size)
-    probs = np.concatenate([eng.run(ds.images[s : s + 16]) for s in range(0, len(ds), 16)])
-    return ds, probs
+    return ds, eng.run_stack(ds.images, ds.groups())  # each patient one stack (2.5D context)
 
 
-def score(ds, probs, thr: float, min_px: int, masks=None) -> dict:
-    """Metrics of the masks the Predictor would deliver at this threshold and component size."""
+def score(ds, probs, thr: float, min_px: int, masks=None, low: float = 0.0) -> dict:
+    """Metrics of the masks the Predictor would deliver at this threshold, component size and
+    hysteresis (each patient's slices a stack, as ``tumorseg predict`` reads a slice folder)."""
     m = SegmentationMetrics()
-    pred = PostProcess(thr, min_px, probs.shape[-1]).apply(probs)
+    post = PostProcess(thr, min_px, probs.shape[-1], low)
+    pred = np.concatenate([post.apply_stack(probs[a:b]) for a, b in ds.groups()])
     m.update(pred, ds.masks if masks is None else masks, ds.patients)
     return m.compute()
 
@@ -52,30 +54,34 @@ def condition_probs(model_path: Path, ds, conditions: list[str], engine: str) ->
     out = {}
     for cond in conditions:
         imgs, masks = transformed(ds, cond)
-        out[cond] = (np.concatenate([eng.run(imgs[s : s + 16]) for s in range(0, len(imgs), 16)]), masks)
+        out[cond] = (eng.run_stack(imgs, ds.groups()), masks)
     return out
 
 
-def int8_step(out: Path, data: str, split: dict, thr: float, mpx: int, threads: int, info: dict) -> None:
+def int8_step(
+    out: Path, data: str, split: dict, thr: float, mpx: int, threads: int, info: dict, low: float = 0.0
+) -> None:
     """Build the int8 ONNX file beside the model (calibrated on training patients only), check it against
     torch-fp32 on the validation patients, and record which engine is the default."""
     from tumorseg.engines import OnnxEngine, add_onnx_metadata, to_onnx_bytes
     from tumorseg.export import calibration_slices
     from tumorseg.io import atomic_write_bytes
+    from tumorseg.modelinfo import ModelInfo
     from tumorseg.quantize import quantize_int8
 
     _, meta16 = read_model_file(out)
     net16, _ = load_model(out)
-    calib = calibration_slices(data, int(meta16["input_size"]), split=meta16)  # training patients only
+    spec = ModelInfo.from_meta(meta16).input
+    calib = calibration_slices(data, spec.size, split=meta16, context=spec.context)  # training patients only
     q = add_onnx_metadata(
-        quantize_int8(to_onnx_bytes(net16, int(meta16["input_size"])), meta16, calib), meta16, "onnx-int8"
+        quantize_int8(to_onnx_bytes(net16, spec.size, spec.n_channels), meta16, calib), meta16, "onnx-int8"
     )
     qpath = out.with_name(out.stem + "-int8.onnx")
     atomic_write_bytes(qpath, q)
     qeng = OnnxEngine(out, meta16, q, threads, "onnx-int8")
     ds, pe = val_probs(out, data, split, "torch-fp32")
-    pq = np.concatenate([qeng.run(ds.images[s : s + 16]) for s in range(0, len(ds), 16)])
-    d32, dq = score(ds, pe, thr, mpx)["dice"], score(ds, pq, thr, mpx)["dice"]
+    pq = qeng.run_stack(ds.images, ds.groups())
+    d32, dq = score(ds, pe, thr, mpx, low=low)["dice"], score(ds, pq, thr, mpx, low=low)["dice"]
     agree = float(((pq >= thr) == (pe >= thr)).mean())
     passed = abs(dq - d32) <= 0.005 and agree >= 0.995
     info.setdefault("engines_val_dice", {})["torch-fp32"] = d32
@@ -122,7 +128,14 @@ def main() -> None:
         _, m = read_model_file(out)
         info = json.loads(out.with_suffix(".json").read_text())
         int8_step(
-            out, a.data, m["training"]["split"], float(m["threshold"]), int(m["min_component_pixels"]), a.threads, info
+            out,
+            a.data,
+            m["training"]["split"],
+            float(m["threshold"]),
+            int(m["min_component_pixels"]),
+            a.threads,
+            info,
+            float(m.get("hysteresis_low", 0.0)),
         )
         out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
         print(json.dumps(info, indent=1))
@@ -138,25 +151,27 @@ def main() -> None:
     conds = [c for c in a.select_on.split(",") if c]
     extra = condition_probs(best, ds, [c for c in conds if c != "original"], a.engine)
     grid = []
-    for thr in (0.3, 0.4, 0.5, 0.6, 0.7):
-        for min_px in (0, 10, 20, 40, 80):
-            r = score(ds, probs, thr, min_px)
-            row = {
-                "threshold": thr,
-                "min_component_pixels": min_px,
-                "dice": r["dice"],
-                "dice_per_patient_mean": r["dice_per_patient_mean"],
-                "empty_slice_fp_rate": r["empty_slice_fp_rate"],
-            }
-            # objective on validation: pooled and per-patient Dice equally, averaged over the conditions
-            objs = [r["dice"] + r["dice_per_patient_mean"]] if "original" in conds else []
-            for cond, (pc, mc) in extra.items():
-                rc = score(ds, pc, thr, min_px, mc)
-                row[f"{cond}_dice"] = rc["dice"]
-                row[f"{cond}_dice_per_patient_mean"] = rc["dice_per_patient_mean"]
-                objs.append(rc["dice"] + rc["dice_per_patient_mean"])
-            row["objective"] = float(np.mean(objs))
-            grid.append(row)
+    for thr, min_px, low in (
+        (t, p, lo) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for p in (0, 10, 20, 40, 80) for lo in HYSTERESIS if lo < t
+    ):
+        r = score(ds, probs, thr, min_px, low=low)
+        row = {
+            "threshold": thr,
+            "min_component_pixels": min_px,
+            "hysteresis_low": low,
+            "dice": r["dice"],
+            "dice_per_patient_mean": r["dice_per_patient_mean"],
+            "empty_slice_fp_rate": r["empty_slice_fp_rate"],
+        }
+        # objective on validation: pooled and per-patient Dice equally, averaged over the conditions
+        objs = [r["dice"] + r["dice_per_patient_mean"]] if "original" in conds else []
+        for cond, (pc, mc) in extra.items():
+            rc = score(ds, pc, thr, min_px, mc, low)
+            row[f"{cond}_dice"] = rc["dice"]
+            row[f"{cond}_dice_per_patient_mean"] = rc["dice_per_patient_mean"]
+            objs.append(rc["dice"] + rc["dice_per_patient_mean"])
+        row["objective"] = float(np.mean(objs))
+        grid.append(row)
     choice = dict(max(grid, key=lambda g: g["objective"]))
     choice["selected_on"] = conds
     print(json.dumps(choice), file=sys.stderr)
@@ -165,6 +180,7 @@ def main() -> None:
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
     meta["threshold"] = choice["threshold"]
     meta["min_component_pixels"] = choice["min_component_pixels"]
+    meta["hysteresis_low"] = choice["hysteresis_low"]
     meta["training"]["split"] = split
     meta["training"]["epochs_run"] = len(log)
     meta["training"]["wall_clock_hours"] = round(sum(r["epoch_seconds"] for r in log) / 3600, 2)
@@ -175,8 +191,9 @@ def main() -> None:
     save_model(net, out, meta, dtype=torch.float16)
     # fp16 storage must not move validation Dice by 0.002 or more
     ds2, probs16 = val_probs(out, a.data, split, a.engine)
-    d32 = score(ds, probs, choice["threshold"], choice["min_component_pixels"])["dice"]
-    d16 = score(ds2, probs16, choice["threshold"], choice["min_component_pixels"])["dice"]
+    thr, mpx, low = choice["threshold"], choice["min_component_pixels"], choice["hysteresis_low"]
+    d32 = score(ds, probs, thr, mpx, low=low)["dice"]
+    d16 = score(ds2, probs16, thr, mpx, low=low)["dice"]
     print(f"val Dice fp32 weights {d32:.5f}, fp16 weights {d16:.5f}", file=sys.stderr)
     if abs(d32 - d16) >= 0.002:
         save_model(net, out, meta)
@@ -191,12 +208,11 @@ def main() -> None:
         "engines_val_dice": {},
     }
     # Engines on the validation patients: which may serve as default (within 0.005 of torch-fp32)?
-    thr, mpx = choice["threshold"], choice["min_component_pixels"]
     info["engines_val_dice"]["torch-bf16"] = d16  # the stored model's check above used --engine (bf16)
     dse, pe = val_probs(out, a.data, split, "torch-fp32")
-    info["engines_val_dice"]["torch-fp32"] = score(dse, pe, thr, mpx)["dice"]
+    info["engines_val_dice"]["torch-fp32"] = score(dse, pe, thr, mpx, low=low)["dice"]
     if a.int8:
-        int8_step(out, a.data, split, thr, mpx, a.threads, info)
+        int8_step(out, a.data, split, thr, mpx, a.threads, info, low)
     out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
     print(json.dumps(info, indent=1))
 

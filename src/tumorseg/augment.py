@@ -15,8 +15,20 @@ from .data import DatasetError, LoadedSet
 class PatchSampler:
     """Random training patches, a share of them centred on tumour (as nnU-Net oversamples foreground)."""
 
-    def __init__(self, data: LoadedSet, patch: int, fg_fraction: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        data: LoadedSet,
+        patch: int,
+        fg_fraction: float = 0.5,
+        seed: int = 0,
+        context: int = 0,
+        p_wide_step: float = 0.3,
+    ):
         self.data = data
+        # A 2.5D model's neighbours: the adjacent slice, or (p_wide_step) the one after it, so the
+        # model sees the range of slice spacings studies come with.
+        self.context, self.p_wide_step = context, p_wide_step
+        self.groups = data.groups() if context else None
         self.patch = min(patch, data.images.shape[1])
         self.fg_fraction = fg_fraction
         self.fg_slices = np.flatnonzero(data.masks.reshape(len(data), -1).any(1))
@@ -28,7 +40,9 @@ class PatchSampler:
         """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
         s = self.data.images.shape[1]
         p = self.patch
-        imgs = np.empty((batch, p, p, 3), np.uint8)
+        from .preprocess import with_context
+
+        imgs = np.empty((batch, p, p, 3 + 2 * self.context), np.uint8)
         msks = np.empty((batch, p, p), bool)
         depth = self.data.depth
         brs = np.empty((batch, p, p), np.uint8) if depth is not None else None
@@ -44,7 +58,12 @@ class PatchSampler:
                 i = int(self.rng.integers(len(self.data)))
                 y0 = int(self.rng.integers(0, s - p + 1))
                 x0 = int(self.rng.integers(0, s - p + 1))
-            imgs[b] = self.data.images[i, y0 : y0 + p, x0 : x0 + p]
+            if self.context:
+                step = 2 if self.rng.random() < self.p_wide_step else 1
+                full = with_context(self.data.images, self.context, step, np.array([i]), self.groups)[0]
+                imgs[b] = full[y0 : y0 + p, x0 : x0 + p]
+            else:
+                imgs[b] = self.data.images[i, y0 : y0 + p, x0 : x0 + p]
             msks[b] = self.data.masks[i, y0 : y0 + p, x0 : x0 + p]
             if brs is not None:
                 brs[b] = depth[i, y0 : y0 + p, x0 : x0 + p]
@@ -113,6 +132,7 @@ def augment_v2(
     depth: torch.Tensor | None = None,
     p_strip: float = 0.25,
     p_seq: float = 0.3,
+    p_no_context: float = 0.2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The v2 recipe: v1's geometry with a wider scale range, plus what other collections look like.
 
@@ -123,6 +143,10 @@ def augment_v2(
       ``head_depth``; tumour is never removed), as BraTS ships its images;
     - per-channel gamma, contrast and brightness, a smooth multiplicative bias field, low-contrast
       (dark) slices, Gaussian noise and blur.
+    - for a 2.5D batch (C > 3: FLAIR of neighbouring slices after the three sequences): the
+      neighbours' order reversed half the time (stacks come head-first or feet-first), and replaced by
+      the centre FLAIR (``p_no_context``), which is how a single image is fed; intensity changes to
+      FLAIR apply to its neighbours alike.
     x: float NCHW in [0, 1]; y: N1HW; depth: N1HW or None. Random numbers from the CPU generator.
     """
     n, dev = x.shape[0], x.device
@@ -139,14 +163,21 @@ def augment_v2(
     fl = x[:, 1:2]
     pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
     post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])
-    x = torch.cat([pre, fl, post], 1)
+    ctx = x[:, 3:]
+    if ctx.shape[1]:
+        rev = (torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1)
+        ctx = torch.where(rev, ctx.flip(1), ctx)
+        none = (torch.rand(n, generator=gen) < p_no_context).to(dev).view(n, 1, 1, 1)
+        ctx = torch.where(none, fl.expand_as(ctx), ctx)
+    x = torch.cat([pre, fl, post, ctx], 1)
+    seq = torch.tensor([0, 1, 2] + [1] * ctx.shape[1], device=dev)
     # Bias field: a 4x4 grid of log-gains, smoothly upsampled.
     field = F.interpolate(_u(gen, (n, 1, 4, 4), -0.3, 0.3, dev), size=(h, w), mode="bicubic", align_corners=True)
     on = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3
     x = torch.where(on, x * torch.exp(field), x)
     # Per-channel gamma / contrast, per-image brightness, and dark low-contrast slices.
-    g = torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev))
-    c = _u(gen, (n, 3, 1, 1), 0.75, 1.25, dev)
+    g = torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev))[:, seq]
+    c = _u(gen, (n, 3, 1, 1), 0.75, 1.25, dev)[:, seq]
     b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
     dark = torch.where(_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15, _u(gen, (n, 1, 1, 1), 0.45, 0.8, dev), 1.0)
     x = (x.clamp(0, 1).pow(g) * c * dark + b).clamp(0, 1)

@@ -116,6 +116,19 @@ def _add_train(sub) -> None:
         action="store_true",
         help="train in fp32 (default: bf16 autocast where the CPU has native bf16, or on CUDA)",
     )
+    p.add_argument(
+        "--context",
+        type=int,
+        default=d["context"],
+        help="2.5D: FLAIR of this many neighbouring slices each side as extra input channels (0: 2D); "
+        "with --init-model of a 2D model, the new channels start at zero (training starts at its function)",
+    )
+    p.add_argument(
+        "--context-mm",
+        type=float,
+        default=d["context_mm"],
+        help="recorded in the model: at inference, neighbours about this far apart where the spacing is known",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
@@ -145,6 +158,8 @@ def _cmd_train(a) -> int:
         aug=a.aug,
         max_minutes=a.max_minutes,
         init_model=a.init_model,
+        context=a.context,
+        context_mm=a.context_mm,
     )
     path = train(cfg, resume=a.resume)
     print(path)

@@ -28,21 +28,10 @@ def normalisation(imagenet: bool) -> dict:
 
 
 def model_input(batch_u8: np.ndarray, norm: dict) -> np.ndarray:
-    """N x S x S x 3 uint8 -> N x 3 x S x S float32, scaled and normalised as the model file says.
+    """Kept for callers of the v2 API; ``preprocess.model_input`` is the rule."""
+    from .preprocess import model_input as _mi
 
-    The one numpy home of this rule: the engines and int8 calibration call it; training applies the
-    same numbers on its device from ``normalisation``.
-    """
-    mean = np.array(norm.get("mean", [0, 0, 0]), np.float32).reshape(1, 3, 1, 1)
-    std = np.array(norm.get("std", [1, 1, 1]), np.float32).reshape(1, 3, 1, 1)
-    if batch_u8.dtype != np.uint8:
-        return (batch_u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
-    # the same float32 arithmetic on the 256 possible values, then one lookup per pixel (3x faster)
-    lut = (np.arange(256, dtype=np.float32).reshape(1, 256) / 255.0 - mean.reshape(3, 1)) / std.reshape(3, 1)
-    out = np.empty((batch_u8.shape[0], 3, *batch_u8.shape[1:3]), np.float32)
-    for c in range(3):
-        np.take(lut[c], batch_u8[..., c], out=out[:, c])
-    return out
+    return _mi(batch_u8, norm)
 
 
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask$", re.IGNORECASE)
@@ -195,6 +184,18 @@ class LoadedSet:
 
     def __len__(self) -> int:
         return len(self.patients)
+
+    def groups(self) -> list[tuple[int, int]]:
+        """(start, stop) of each patient's run of slices (``load_cases`` keeps them together, in order)."""
+        from .preprocess import groups_of
+
+        return groups_of(self.patients)
+
+    def model_channels(self, sel: np.ndarray, context: int, step: int = 1) -> np.ndarray:
+        """The selected slices as the model's uint8 channels (with neighbours for a 2.5D model)."""
+        from .preprocess import with_context
+
+        return with_context(self.images, context, step, sel, self.groups() if context else None)
 
     def with_head_depth(self) -> LoadedSet:
         """Compute every slice's head depth once, for skull-strip augmentation."""

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data import model_input
 from .io import ModelFileError, file_sha256, model_file_meta
+from .preprocess import model_input
 
 if TYPE_CHECKING:  # torch is imported only by the torch engines and the ONNX export: int8 runs without it
     import torch
@@ -147,6 +147,7 @@ class Engine:
 
         spec = ModelInfo.from_meta(meta).input
         self.size = spec.size
+        self.channels, self.context = spec.n_channels, spec.context
         self.norm = spec.normalisation.as_meta()
         self._lock = threading.Lock()
 
@@ -154,12 +155,31 @@ class Engine:
         return model_input(batch_u8, self.norm)
 
     def run(self, batch_u8: np.ndarray) -> np.ndarray:
-        if batch_u8.ndim != 4 or batch_u8.shape[1:] != (self.size, self.size, 3):
-            raise ValueError(f"engine expects N x {self.size} x {self.size} x 3, got {batch_u8.shape}")
+        """N x S x S x C uint8 model channels -> N x S x S probabilities. Three-channel slices given to a
+        2.5D model stand alone (no neighbours); ``run_stack`` gives them their neighbours."""
+        if batch_u8.ndim == 4 and batch_u8.shape[-1] == 3 and self.channels != 3:
+            from .preprocess import with_context
+
+            batch_u8 = with_context(batch_u8, self.context, groups=[(i, i + 1) for i in range(len(batch_u8))])
+        if batch_u8.ndim != 4 or batch_u8.shape[1:] != (self.size, self.size, self.channels):
+            raise ValueError(f"engine expects N x {self.size} x {self.size} x {self.channels}, got {batch_u8.shape}")
         x = self.preprocess(batch_u8)
         with self._lock:
             logits = self._logits(x)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
+
+    def run_stack(
+        self, slices_u8: np.ndarray, groups: list[tuple[int, int]] | None = None, step: int = 1, batch: int = 16
+    ) -> np.ndarray:
+        """Probabilities for N x S x S x 3 slices stacked in order; ``groups`` are the (start, stop) runs
+        that are one study each (None: one study). A 2D model ignores the order."""
+        from .preprocess import with_context
+
+        out = np.empty((len(slices_u8), self.size, self.size), np.float32)
+        for s in range(0, len(slices_u8), batch):
+            sel = np.arange(s, min(s + batch, len(slices_u8)))
+            out[sel] = self.run(with_context(slices_u8, self.context, step, sel, groups))
+        return out
 
     def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -217,7 +237,7 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
+def to_onnx_bytes(model: torch.nn.Module, size: int, channels: int = 3) -> bytes:
     """Export to ONNX in memory (dynamic batch, fixed size); nothing is written to disk.
 
     A ``UNetResNet50`` is exported in its export form (``model.UNetExportForm``: the same function,
@@ -231,7 +251,7 @@ def to_onnx_bytes(model: torch.nn.Module, size: int) -> bytes:
     if isinstance(model, UNetResNet50):
         model = UNetExportForm(model, size)
     buf = _io.BytesIO()
-    dummy = torch.zeros(1, 3, size, size)
+    dummy = torch.zeros(1, channels, size, size)
     torch.onnx.export(
         model,
         (dummy,),
@@ -362,7 +382,8 @@ class _Loader:
             return TorchEngine(path, meta, net, self.threads, engine == "torch-bf16", dev)
         from .modelinfo import ModelInfo
 
-        onnx_bytes = to_onnx_bytes(net, ModelInfo.from_meta(meta).input.size)
+        spec = ModelInfo.from_meta(meta).input
+        onnx_bytes = to_onnx_bytes(net, spec.size, spec.n_channels)
         if engine == "onnx-int8":
             from .quantize import quantize_int8
 

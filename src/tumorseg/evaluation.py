@@ -124,11 +124,12 @@ def evaluate(
 
     for case in tqdm(cases, desc=f"evaluating {split}", unit="patient", disable=not progress, leave=False):
         ds = load_cases([case], eng.size)
+        probs = eng.run_stack(ds.images, batch=batch_size)  # one patient = one stack (2.5D context)
+        preds = post.apply_stack(probs)
         for s in range(0, len(ds), batch_size):
             imgs = ds.images[s : s + batch_size]
             truth = ds.masks[s : s + batch_size]
-            prob = eng.run(imgs)
-            pred = post.apply(prob)
+            prob, pred = probs[s : s + batch_size], preds[s : s + batch_size]
             acc.update(pred, truth, ds.patients[s : s + batch_size], ds.names[s : s + batch_size])
             cal.update(prob, truth)
             if keep_masks:

@@ -11,8 +11,11 @@ from .io import atomic_write_bytes
 from .model import load_model
 
 
-def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, split: dict | None = None) -> np.ndarray:
-    """Slices for int8 calibration, half with tumour, from the model's training patients when known."""
+def calibration_slices(
+    data_dir: str, size: int, n: int = 64, seed: int = 0, split: dict | None = None, context: int = 0
+) -> np.ndarray:
+    """Slices for int8 calibration (as model channels, neighbours included for a 2.5D model), half with
+    tumour, from the model's training patients when known."""
     from .data import discover, load_cases
 
     cases = discover(data_dir)
@@ -26,7 +29,7 @@ def calibration_slices(data_dir: str, size: int, n: int = 64, seed: int = 0, spl
     pick = np.concatenate(
         [rng.choice(fg, min(n // 2, len(fg)), replace=False), rng.choice(bg, min(n - n // 2, len(bg)), replace=False)]
     )
-    return ds.images[np.sort(pick)]
+    return ds.model_channels(np.sort(pick), context)
 
 
 def export_onnx(model: str | None, out: str, calibration: str | None = None) -> list[str]:
@@ -36,15 +39,16 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
     net, meta = load_model(path)
     from .modelinfo import ModelInfo
 
-    size = ModelInfo.from_meta(meta).input.size
+    spec = ModelInfo.from_meta(meta).input
+    size, ch = spec.size, spec.n_channels
     from .engines import add_onnx_metadata
 
-    data = add_onnx_metadata(to_onnx_bytes(net, size), meta, "onnx-fp32")
+    data = add_onnx_metadata(to_onnx_bytes(net, size, ch), meta, "onnx-fp32")
     atomic_write_bytes(out, data)
-    lines = [f"wrote {out} ({len(data) / 1e6:.1f} MB, opset 17, dynamic batch, input 'image' Nx3x{size}x{size})"]
+    lines = [f"wrote {out} ({len(data) / 1e6:.1f} MB, opset 17, dynamic batch, input 'image' Nx{ch}x{size}x{size})"]
     # parity: PyTorch fp32 vs onnxruntime on random-but-realistic inputs
     rng = np.random.default_rng(0)
-    x = (rng.random((4, size, size, 3)) * 255).astype(np.uint8)
+    x = (rng.random((4, size, size, ch)) * 255).astype(np.uint8)
     a = load_engine(path, "torch-fp32").run(x)
     b = load_engine(out).run(x)
     lines.append(
@@ -55,7 +59,9 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
         from .quantize import quantize_int8
 
         q = add_onnx_metadata(
-            quantize_int8(data, meta, calibration_slices(calibration, size, split=meta)), meta, "onnx-int8"
+            quantize_int8(data, meta, calibration_slices(calibration, size, split=meta, context=spec.context)),
+            meta,
+            "onnx-int8",
         )
         qout = str(Path(out).with_suffix("")) + "-int8.onnx"
         atomic_write_bytes(qout, q)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +16,7 @@ from .engines import load_engine
 from .io import ImageReadError, exif_orientation, read_image, to_uint8_rgb
 from .modelinfo import ModelInfo
 from .postprocess import PostProcess
+from .preprocess import context_step, with_context
 from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
@@ -149,29 +151,46 @@ class Predictor:
         return np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.BILINEAR))
 
     def probabilities(
-        self, images: list[np.ndarray], tta: bool = False, batch_size: int = 16
+        self,
+        images: list[np.ndarray],
+        tta: bool = False,
+        batch_size: int = 16,
+        stack: bool = False,
+        slice_spacing_mm: float | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-        """Probability maps for display-ready uint8 RGB images, each at its own resolution."""
+        """Probability maps for display-ready uint8 RGB images, each at its own resolution.
+
+        ``stack``: the images are one study's slices in order, so a 2.5D model reads each slice's
+        neighbours (``preprocess``; about ``context_mm`` apart given ``slice_spacing_mm``); otherwise
+        each image stands alone. ``on_batch(done, total)`` reports progress after each batch.
+        """
+        spec = self.model_info.input
+        resized = np.stack([self._model_input(im) for im in images]) if images else np.zeros((0, 1, 1, 3), np.uint8)
+        groups = None if stack else [(i, i + 1) for i in range(len(images))]
+        step = context_step(slice_spacing_mm, spec.context_mm) if stack else 1
         probs: list[np.ndarray] = []
         uncs: list[np.ndarray] | None = [] if tta else None
         for s in range(0, len(images), batch_size):
-            chunk = images[s : s + batch_size]
-            x = np.stack([self._model_input(im) for im in chunk])
+            sel = np.arange(s, min(s + batch_size, len(images)))
+            x = with_context(resized, spec.context, step, sel, groups)
             if tta:
                 views = [
                     self.engine.run(x),
                     self.engine.run(x[:, :, ::-1].copy())[:, :, ::-1],
                     self.engine.run(x[:, ::-1].copy())[:, ::-1],
                 ]
-                stack = np.stack(views)
-                p = stack.mean(0)
-                u = stack.std(0)
+                stack_ = np.stack(views)
+                p = stack_.mean(0)
+                u = stack_.std(0)
             else:
                 p = self.engine.run(x)
-            for i, im in enumerate(chunk):
-                probs.append(resize_prob(p[i], *im.shape[:2]))
+            for i, k in enumerate(sel):
+                probs.append(resize_prob(p[i], *images[k].shape[:2]))
                 if tta:
-                    uncs.append(resize_prob(u[i], *im.shape[:2]))
+                    uncs.append(resize_prob(u[i], *images[k].shape[:2]))
+            if on_batch is not None:
+                on_batch(len(probs), len(images))
         return probs, uncs
 
     def mask_from_prob(self, prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -251,6 +270,7 @@ class Predictor:
         min_component_mm3: float = 0.0,
         progress: bool = False,
         spacing: tuple[float, float, float] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ):
         """Segment a whole study.
 
@@ -262,6 +282,7 @@ class Predictor:
             threshold: probability threshold (default: the model's).
             min_component_mm3: drop 3D components smaller than this.
             spacing: (row, column, slice) mm for stacks of 2D slices, which carry no geometry.
+            on_progress: called with (slices done, total) after each batch (the page's progress bar).
         Returns:
             A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
         """
@@ -270,18 +291,19 @@ class Predictor:
         study = path if isinstance(path, Study) else read_study(path, series=series, spacing=spacing)
         thr = float(threshold if threshold is not None else self.threshold)
         slices = [study.slice_rgb(i) for i in range(study.n_slices)]
-        probs: list[np.ndarray] = []
-        uncs: list[np.ndarray] = []
         from tqdm import tqdm
 
         label = Path(study.source).name
         bar = tqdm(total=len(slices), desc=label, unit="slice", disable=not progress, leave=False)
-        for s in range(0, len(slices), 16):
-            p, u = self.probabilities(slices[s : s + 16], tta=tta)
-            probs += p
-            if u:
-                uncs += u
-            bar.update(len(p))
+
+        def report(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        probs, uncs = self.probabilities(
+            slices, tta=tta, stack=True, slice_spacing_mm=study.spacing[0] if study.spacing else None, on_batch=report
+        )
         bar.close()
         return self.finish_study(
             study, slices, np.stack(probs), np.stack(uncs) if uncs else None, thr, min_component_mm3
@@ -304,7 +326,7 @@ class Predictor:
         from .studies import StudyPrediction, study_measurements
 
         thr = float(self.threshold if threshold is None else threshold)
-        mask = np.stack([self.mask_from_prob(p, thr) for p in prob])
+        mask = self.post.with_threshold(thr).apply_stack(prob)
         meas, mask = study_measurements(mask, study.spacing, min_component_mm3)
         return StudyPrediction(
             study=study,

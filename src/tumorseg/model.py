@@ -324,14 +324,30 @@ def encoder_state_from(spec: str) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def build_model(
-    encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16)
+    encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16), in_channels: int = 3
 ) -> tuple[UNetResNet50, LoadReport | None]:
     model = UNetResNet50(3, decoder_channels)
     rep = None
     if encoder_weights and encoder_weights != "none":
         sd, src = encoder_state_from(encoder_weights)
         rep = load_encoder_state(model.encoder, sd, src)
+    if in_channels != 3:
+        widen_input(model, in_channels)
     return model, rep
+
+
+@torch.no_grad()
+def widen_input(model: UNetResNet50, in_channels: int) -> UNetResNet50:
+    """Give the first convolution more input channels, their weights zero: the widened model computes
+    exactly what it did before, so a 2.5D fine-tune starts at the 2D model's function."""
+    old = model.encoder.conv1
+    if in_channels < old.in_channels:
+        raise ValueError(f"cannot narrow the input from {old.in_channels} to {in_channels} channels")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    new.weight.zero_()
+    new.weight[:, : old.in_channels] = old.weight
+    model.encoder.conv1 = new.to(old.weight.device, old.weight.dtype)
+    return model
 
 
 # --------------------------------------------------------------------------- model files
@@ -404,6 +420,9 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
     if arch.name != "unet-resnet50":
         raise ModelFileError(f"{path}: unknown architecture {arch.name!r}")
     model = UNetResNet50(3, arch.decoder_channels)
+    conv1 = tensors.get("encoder.conv1.weight")
+    if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != 3:
+        widen_input(model, int(conv1.shape[1]))
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=True)

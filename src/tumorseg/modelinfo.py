@@ -33,6 +33,15 @@ class InputSpec:
     size: int = 256  # the model's square input, px
     channels: tuple[str, ...] = ("t1", "flair", "t1c")  # pre-contrast, FLAIR, post-contrast
     normalisation: Normalisation = field(default_factory=Normalisation)
+    context: int = 0  # neighbouring slices each side as extra FLAIR channels (0: a 2D model)
+    context_mm: float = 0.0  # how far apart neighbours should be where the slice spacing is known
+
+    @property
+    def n_channels(self) -> int:
+        return 3 + 2 * self.context
+
+    def context_meta(self) -> dict:
+        return {"slices_each_side": self.context, "spacing_mm": self.context_mm, "sequence": "FLAIR"}
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,11 @@ class ArchSpec:
 @dataclass(frozen=True)
 class PostProcessSpec:
     """Threshold, then 2D components smaller than ``min_component_pixels`` (at the model's input size)
-    removed; ``postprocess.PostProcess`` applies it."""
+    removed; for stacks, 3D hysteresis down to ``hysteresis_low``. ``postprocess.PostProcess`` applies it."""
 
     threshold: float = 0.5
     min_component_pixels: int = 0
+    hysteresis_low: float = 0.0  # stacks: voxels >= this connected in 3D to the mask are kept (0: off)
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class ModelInfo:
         arch = meta.get("architecture") or {}
         norm = meta.get("normalisation") or {}
         channels = meta.get("channels")
+        ctx = meta.get("context") or {}
         return cls(
             arch=ArchSpec(
                 name=str(arch.get("name", ArchSpec.name)),
@@ -79,10 +90,13 @@ class ModelInfo:
                     mean=tuple(float(x) for x in norm.get("mean", Normalisation.mean)),
                     std=tuple(float(x) for x in norm.get("std", Normalisation.std)),
                 ),
+                context=int(ctx.get("slices_each_side", 0)),
+                context_mm=float(ctx.get("spacing_mm", 0.0)),
             ),
             post=PostProcessSpec(
                 threshold=float(meta.get("threshold", PostProcessSpec.threshold)),
                 min_component_pixels=int(meta.get("min_component_pixels", PostProcessSpec.min_component_pixels)),
+                hysteresis_low=float(meta.get("hysteresis_low", PostProcessSpec.hysteresis_low)),
             ),
             meta=meta,
         )

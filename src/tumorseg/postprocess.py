@@ -1,12 +1,18 @@
-"""From probabilities to the mask: the one home of the rule (threshold, then small 2D components removed).
+"""From probabilities to the mask: the one home of the rule.
+
+A 2D image: threshold, then small 2D components removed (``apply``). A stack of slices (a study, a
+slice folder, a patient in evaluation): the same per slice, then, where the model records a low
+threshold, 3D hysteresis (``apply_stack``): voxels above the low threshold are kept when they connect
+in 3D to the 2D rule's mask, which is how the faint ends of a lesion beside its obvious slices come back
+without admitting faint blobs elsewhere.
 
 Evaluation, the robustness suite, packaging, the Predictor (so the CLI, the API and the page) all call
-``PostProcess.apply``: the Dice we report is the Dice of the masks users get.
+these: the Dice we report is the Dice of the masks users get.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,14 +37,15 @@ class PostProcess:
     threshold: float
     min_component_pixels: int  # at the model's input size; scaled to each image's own size
     model_size: int
+    hysteresis_low: float = 0.0  # stacks only: 0 = off
 
     @classmethod
     def of(cls, info: ModelInfo, threshold: float | None = None) -> PostProcess:
         thr = info.post.threshold if threshold is None else float(threshold)
-        return cls(thr, info.post.min_component_pixels, info.input.size)
+        return cls(thr, info.post.min_component_pixels, info.input.size, info.post.hysteresis_low)
 
     def with_threshold(self, threshold: float | None) -> PostProcess:
-        return self if threshold is None else PostProcess(float(threshold), self.min_component_pixels, self.model_size)
+        return self if threshold is None else replace(self, threshold=float(threshold))
 
     def min_pixels_at(self, shape: tuple[int, ...]) -> int:
         """The component size rule at an image of ``shape`` (H, W): the same area fraction as at the model size."""
@@ -56,3 +63,17 @@ class PostProcess:
         if m.ndim == 2:
             return remove_small_components(m, min_px)
         return np.stack([remove_small_components(x, min_px) for x in m])
+
+    def apply_stack(self, prob: np.ndarray) -> np.ndarray:
+        """The mask of an N x H x W stack of one study's slices, in order (3D hysteresis where recorded)."""
+        m = self.apply(prob)
+        low = self.hysteresis_low
+        if not (0 < low < self.threshold) or not m.any() or len(prob) < 2:
+            return m
+        from scipy import ndimage
+
+        lab, _ = ndimage.label(prob >= low, structure=np.ones((3, 3, 3), bool))
+        keep = np.zeros(lab.max() + 1, bool)
+        keep[np.unique(lab[m])] = True
+        keep[0] = False
+        return keep[lab] | m

@@ -47,14 +47,14 @@ def quantize_qdq(onnx_bytes: bytes, batches: Iterable[dict[str, np.ndarray]]) ->
 
 
 def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None) -> bytes:
-    """Quantise the model to int8; ``calibration`` is N x S x S x 3 uint8 slices.
+    """Quantise the model to int8; ``calibration`` is N x S x S x C uint8 model channels.
 
     Calibration slices should come from training data (never the test patients).
     """
     if calibration is None or len(calibration) == 0:
         raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
-    from .data import model_input
     from .modelinfo import ModelInfo
+    from .preprocess import model_input
 
     norm = ModelInfo.from_meta(meta).input.normalisation.as_meta()
     return quantize_qdq(

@@ -17,6 +17,7 @@ from .engines import Engine
 from .metrics import SegmentationMetrics
 from .modelinfo import ModelInfo
 from .postprocess import PostProcess
+from .preprocess import groups_of
 
 CONDITIONS = (
     "original",
@@ -76,9 +77,10 @@ def score(engine: Engine, images: np.ndarray, truth: np.ndarray, patients: list[
     """Metrics of ``engine`` on one transformed set, with the model's threshold and component rule."""
     post = PostProcess.of(ModelInfo.from_meta(engine.meta))
     acc = SegmentationMetrics()
-    for s in range(0, len(images), batch):
-        pred = post.apply(engine.run(images[s : s + batch]))
-        acc.update(pred, truth[s : s + batch], patients[s : s + batch])
+    groups = groups_of(patients)
+    prob = engine.run_stack(images, groups, batch=batch)
+    for a, b in groups:
+        acc.update(post.apply_stack(prob[a:b]), truth[a:b], patients[a:b])
     m = acc.compute()
     out = {k: m[k] for k in ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")}
     out["patient_dice"] = acc.patient_dice()

@@ -31,6 +31,8 @@ class TrainConfig:
     amp: bool = True  # half-precision autocast where the hardware runs it natively (precision_plan)
     val_batch_size: int = 16
     patient_pattern: str = ""
+    context: int = 0  # 2.5D: FLAIR of this many neighbouring slices each side as extra channels
+    context_mm: float = 4.0  # recorded for inference: neighbours about this far apart where spacing is known
 
 
 def defaults() -> dict:

@@ -36,8 +36,9 @@ from .data import (
 )
 from .io import atomic_write_bytes
 from .metrics import ThresholdSweep, dice_score
-from .model import ModelFileError, build_model, read_model_file, save_model
-from .modelinfo import ArchSpec
+from .model import ModelFileError, build_model, read_model_file, save_model, widen_input
+from .modelinfo import ArchSpec, InputSpec
+from .preprocess import context_offsets
 from .trainconfig import TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
 
 # --------------------------------------------------------------------------- losses
@@ -94,10 +95,12 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def _imagenet(x: torch.Tensor) -> torch.Tensor:
-    """``data.model_input``'s normalisation on the training device (x already in [0, 1])."""
-    norm = normalisation(True)
-    mean = torch.tensor(norm["mean"], device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], device=x.device).view(1, 3, 1, 1)
+    """``preprocess.model_input``'s normalisation on the training device (x already in [0, 1])."""
+    from .preprocess import expand_per_channel
+
+    norm, c = normalisation(True), x.shape[1]
+    mean = torch.from_numpy(expand_per_channel(norm["mean"], c)).to(x.device).view(1, c, 1, 1)
+    std = torch.from_numpy(expand_per_channel(norm["std"], c)).to(x.device).view(1, c, 1, 1)
     return (x - mean) / std
 
 
@@ -216,7 +219,15 @@ def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = N
 
 @torch.no_grad()
 def validate(
-    model, val: LoadedSet, imagenet: bool, device, amp_dtype, batch: int, d: _Dist, mem=torch.channels_last
+    model,
+    val: LoadedSet,
+    imagenet: bool,
+    device,
+    amp_dtype,
+    batch: int,
+    d: _Dist,
+    mem=torch.channels_last,
+    context: int = 0,
 ) -> dict:
     model.eval()
     sweep = ThresholdSweep()
@@ -224,7 +235,7 @@ def validate(
     idx = np.arange(d.rank, len(val), d.world)
     for s in range(0, len(idx), batch):
         sel = idx[s : s + batch]
-        x = prepare_batch(torch.from_numpy(val.images[sel]), imagenet).to(device)
+        x = prepare_batch(torch.from_numpy(val.model_channels(sel, context)), imagenet).to(device)
         x = x.contiguous(memory_format=mem)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             prob = torch.sigmoid(model(x).float())[:, 0].cpu()
@@ -329,7 +340,9 @@ class Trainer:
         torch.manual_seed(cfg.seed + d.rank)
         self._setup_data()
         self._setup_model()
-        self.sampler = PatchSampler(self.train_set, cfg.patch_size, cfg.fg_fraction, seed=cfg.seed * 1000 + d.rank)
+        self.sampler = PatchSampler(
+            self.train_set, cfg.patch_size, cfg.fg_fraction, seed=cfg.seed * 1000 + d.rank, context=cfg.context
+        )
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
         if self.resume and not self.run.checkpoint.exists():
             _log("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
@@ -375,7 +388,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         cfg, d = self.cfg, self.d
-        model, self.rep = build_model(cfg.encoder_weights if not cfg.init_model else "none")
+        in_ch = 3 + 2 * cfg.context
+        model, self.rep = build_model(cfg.encoder_weights if not cfg.init_model else "none", in_channels=in_ch)
         if self.rep is not None:
             _log(self.rep.summary(), d)
         self.imagenet = cfg.encoder_weights != "none"
@@ -384,6 +398,8 @@ class Trainer:
             from .modelinfo import ModelInfo
 
             init, init_meta = load_model(cfg.init_model)
+            if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
+                widen_input(init, in_ch)
             model.load_state_dict(init.state_dict())
             if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
                 raise ValueError(
@@ -493,6 +509,7 @@ class Trainer:
             self.cfg.val_batch_size,
             self.d,
             self.mem,
+            self.cfg.context,
         )
 
     def on_epoch_end(self, epoch: int, row: dict, v: dict) -> None:
@@ -567,16 +584,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, v: dict, split: dict) -> dict:
     imagenet = cfg.encoder_weights != "none"
+    inp = InputSpec(context=cfg.context, context_mm=cfg.context_mm if cfg.context else 0.0)
+    ctx = [f"FLAIR {o:+d}" for o in context_offsets(cfg.context)]
     return {
         "architecture": {
             **ArchSpec().as_meta(),
             "upsampling": "ConvTranspose2d",
-            "in_channels": 3,
+            "in_channels": inp.n_channels,
             "out": "1-channel logits",
         },
         "input_size": cfg.image_size,
         "normalisation": normalisation(imagenet),
-        "channels": ["pre-contrast", "FLAIR", "post-contrast"],
+        "channels": ["pre-contrast", "FLAIR", "post-contrast", *ctx],
+        **({"context": inp.context_meta()} if cfg.context else {}),
         "threshold": thr,
         "min_component_pixels": 0,
         "training": {
