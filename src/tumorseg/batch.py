@@ -13,7 +13,6 @@ import glob
 import io as _io
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -120,17 +119,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
 
 def output_name(p, used: set[str]) -> str:
     """A safe, unique output name from an input's name: never empty, '.', '..', hidden or a path."""
+    from .studies import study_name
+
     if isinstance(p, dict):  # one study from per-sequence files: named after the case
-        p = p["flair"] if "flair" in p else next(iter(p.values()))
-        name = re.sub(
-            r"[_\-.](flair|t2f|t2-?flair|0000)$", "", re.sub(r"\.nii(\.gz)?$", "", Path(p).name, flags=re.I), flags=re.I
-        )
-        p = Path(name + ".nii")
-    name = Path(str(p).rstrip("/")).name
-    for suf in (".nii.gz", *IMAGE_EXTENSIONS, ".nii", ".zip", ".dcm"):
-        if name.lower().endswith(suf):
-            name = name[: -len(suf)]
-            break
+        name = study_name(p)
+    elif Path(str(p)).is_dir():
+        name = study_name([], folder=str(p))
+    else:
+        name = study_name([str(p)])
     name = safe_name(name)
     base, k = name, 1
     while name in used:
@@ -269,7 +265,7 @@ def study_row(item: Item, summary: dict) -> dict:
         "max_probability": f"{m['max_probability']:.4f}",
         "outputs": f"{item.name}/",
         "warnings": " | ".join(m.get("notes", [])),
-        "error": "",
+        "error": "; ".join(f"{item.label}: {e}" for e in m.get("export_errors", [])),  # outputs kept, still failed
     }
 
 
@@ -330,10 +326,11 @@ def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -
     extra = {"source_label": label, "max_probability": float(sp.prob.max()), "run": record}
     try:
         write_study_outputs(sp, tmp, extra=extra)
+        errors = json.loads((tmp / "study.json").read_text()).get("export_errors")
         _swap_in(tmp, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return extra
+    return {**extra, "export_errors": errors} if errors else extra
 
 
 def process_item(pred, item: Item, out: Path, opts: PredictOptions, record: dict, keep=None) -> dict:

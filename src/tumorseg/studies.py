@@ -77,6 +77,51 @@ class Study:
         return self.volume[i]
 
 
+STUDY_EXTENSIONS = (".nii.gz", ".nii", ".zip", ".dcm", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp")
+_SEQUENCE_SUFFIX = re.compile(
+    r"[_\-.](flair|t2f|t2-?flair|t1|t1n|t1ce|t1c|t1gd|t1-?post|t2|t2w|seg|0000|0001|0002|0003)$", re.I
+)
+_NUMBERED = re.compile(r"^(?P<stem>.+?)[_\-. ]?(?P<n>\d+)$")
+
+
+def strip_extension(name: str) -> str:
+    for suf in STUDY_EXTENSIONS:
+        if name.lower().endswith(suf) and len(name) > len(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def study_name(files, folder: str | None = None) -> str:
+    """The name a study goes by in the CLI's output folder, on the page and in every download.
+
+    A folder is named after itself; one file after its stem; one case's per-sequence files after the
+    case ("Brats18_CBICA_ABM_1_flair.nii.gz" -> "Brats18_CBICA_ABM_1"); numbered slices after the
+    patient ("TCGA_CS_6669_20020102_12.tif" -> "TCGA_CS_6669_20020102"); anything else after the
+    files' common start, cut at a separator, or "N files". Not made safe for the file system here
+    (``batch.output_name`` does that).
+    """
+    if folder:
+        return strip_extension(Path(str(folder).rstrip("/")).name)
+    if isinstance(files, dict):  # per-sequence files of one case: named after the case
+        return _SEQUENCE_SUFFIX.sub("", strip_extension(Path(files.get("flair") or next(iter(files.values()))).name))
+    names = [Path(str(f).replace("\\", "/")).name for f in files]
+    stems = [strip_extension(n) for n in names]
+    if len(stems) == 1:
+        return stems[0]
+    cases = {_SEQUENCE_SUFFIX.sub("", x) for x in stems}
+    if len(cases) == 1 and all(_is_nifti(Path(n)) for n in names):
+        return cases.pop()
+    numbered = [_NUMBERED.match(re.sub(r"_mask$", "", x, flags=re.I)) for x in stems]
+    if all(numbered) and len({m.group("stem") for m in numbered}) == 1:
+        return numbered[0].group("stem")
+    import os
+
+    prefix = os.path.commonprefix(stems)
+    cut = max(prefix.rfind(c) for c in "_-. ")
+    prefix = (prefix[:cut] if cut > 0 and prefix not in stems else prefix).rstrip("_-. ")
+    return prefix if len(prefix) >= 3 else f"{len(names)} files"
+
+
 def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
     """How a set of chosen files is read: 'study-file' (one NIfTI or zip), 'study-files' (one study from
     several files: a DICOM series, per-sequence NIfTIs, or numbered slices of one patient), 'studies'
@@ -1189,6 +1234,7 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    export_errors: list[str] = []
     st = sp.study
     target = out / "mask.nii.gz"
     atomic_write_bytes(target, mask_nifti_gz_bytes(sp))
@@ -1198,12 +1244,13 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
             target = out / "mask_seg.dcm"
             atomic_write_bytes(target, dicom_seg_bytes(sp))
             written.append(target)
-        except Exception as exc:  # DICOM-SEG is a bonus; never lose the other outputs
-            st.notes.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # never lose the other outputs, but the study counts as failed
+            export_errors.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
     ov = out / "overlays"
     for k in range(st.n_slices):
         write_png(ov / f"slice_{k + 1:04d}.png", heatmap_overlay(sp.images[k], sp.prob[k]))
-    atomic_write_bytes(out / "study.json", (json.dumps({**sp.summary(), **(extra or {})}, indent=1) + "\n").encode())
+    summary = {**sp.summary(), **({"export_errors": export_errors} if export_errors else {}), **(extra or {})}
+    atomic_write_bytes(out / "study.json", (json.dumps(summary, indent=1) + "\n").encode())
     written.append(out / "study.json")
     return written
 
@@ -1221,6 +1268,27 @@ def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
     return buf.getvalue()
 
 
+# Type 2 attributes (present, may be empty) of the Patient and General Study modules that highdicom
+# copies from the source images into a SEG or SR; some archives and anonymisers drop them entirely.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
+
+
+def with_type2_attributes(ds):
+    """A shallow copy of a source image with absent type 2 attributes present and empty, as the standard
+    allows: highdicom reads them unconditionally (``AttributeError`` on a series without, e.g.,
+    PatientBirthDate), and an empty value is what the derived object should carry then."""
+    import copy
+
+    missing = [k for k in TYPE2_COPIED if k not in ds]
+    if not missing:
+        return ds
+    out = copy.copy(ds)
+    for k in missing:
+        setattr(out, k, "")
+    return out
+
+
 def dicom_seg_dataset(sp: StudyPrediction):
     """The study's mask as a binary DICOM-SEG dataset (highdicom) referencing the source series."""
     import highdicom as hd
@@ -1228,7 +1296,7 @@ def dicom_seg_dataset(sp: StudyPrediction):
 
     from . import __version__
 
-    dss = sp.study.dicom
+    dss = [with_type2_attributes(ds) for ds in sp.study.dicom]
     desc = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="tumour (FLAIR abnormality)",

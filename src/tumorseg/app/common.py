@@ -39,7 +39,7 @@ async def _read_capped(upload: UploadFile, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-_TEMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/tumorseg-[^/\s]+/(?:series/\d{5}_|slices/)?")
+_TEMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/tumorseg-[^/\s]+/(?:series/|slices/)?")
 
 
 def _public_message(msg: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -85,9 +84,58 @@ def image_router(pred, store, cap: int) -> APIRouter:
     return router
 
 
-def study_router(pred, store, cap: int) -> tuple[APIRouter, object]:
-    """The study endpoint, and ``study_response`` (the PACS router answers the same way)."""
+def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
+    """The study endpoints (at once, and as a job with progress), and ``study_response`` (the PACS
+    router answers the same way)."""
+    from .jobs import JobStore
+
     router = APIRouter()
+    jobs = jobs or JobStore()
+
+    async def read_study_request(file, files, threshold, spacing, folder) -> tuple[str, object, tuple | None]:
+        """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
+        from ..studies import study_name
+
+        sp_mm = None
+        if spacing:
+            try:
+                sp_mm = tuple(float(x) for x in spacing.split(","))
+                assert len(sp_mm) == 3
+            except (ValueError, AssertionError):
+                raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
+        if file is not None:
+            name, data = await read_upload(file, threshold, cap)
+            if not name.lower().endswith((".nii", ".nii.gz", ".zip")):
+                raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+            return name, data, sp_mm
+        if files:
+            members, total = [], 0
+            for f in files:
+                n, d = await read_upload(f, threshold, cap)
+                total += len(d)
+                if total > cap:
+                    raise UploadTooLarge()
+                members.append((n, d))
+            return study_name([n for n, _ in members], folder or None), members, sp_mm
+        raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
+
+    def run_study(name, payload, series, threshold, sp_mm, on_progress=None):
+        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+            if isinstance(payload, list):  # the files under their own names (notes and slices name them)
+                p = Path(tmp) / "series"
+                p.mkdir()
+                for n, d in payload:
+                    target, k = p / n, 1
+                    while target.exists():
+                        k += 1
+                        target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
+                    target.write_bytes(d)
+            else:
+                p = Path(tmp) / name
+                p.write_bytes(payload)
+            sp = pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm, on_progress=on_progress)
+        sp.study.source = name  # the client's name, never the server's temporary path
+        return sp
 
     @router.post("/api/study")
     async def study(
@@ -96,52 +144,45 @@ def study_router(pred, store, cap: int) -> tuple[APIRouter, object]:
         threshold: float | None = Form(None),
         series: str | None = Form(None),
         spacing: str | None = Form(None),
+        folder: str | None = Form(None),
     ):
         """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``, or
         several files in ``files`` (a DICOM series, a patient folder's numbered slices, or one NIfTI per
-        sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry."""
-        sp_mm = None
-        if spacing:
-            try:
-                sp_mm = tuple(float(x) for x in spacing.split(","))
-                assert len(sp_mm) == 3
-            except (ValueError, AssertionError):
-                raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
-
-        if file is not None:
-            name, data = await read_upload(file, threshold, cap)
-            lower = name.lower()
-            if not lower.endswith((".nii", ".nii.gz", ".zip")):
-                raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
-            members = None
-        elif files:
-            members, total = [], 0
-            for f in files:
-                n, d = await read_upload(f, threshold, cap)
-                total += len(d)
-                if total > cap:
-                    raise UploadTooLarge()
-                members.append((n, d))
-            prefix = os.path.commonprefix([n for n, _ in members]).rstrip("_-. 0123456789")
-            name, lower = (prefix or f"{len(members)} files"), ""
-        else:
-            raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
-
-        def run():
-            with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
-                if members is not None:
-                    p = Path(tmp) / "series"
-                    p.mkdir()
-                    for i, (n, d) in enumerate(members):
-                        (p / f"{i:05d}_{n}").write_bytes(d)
-                else:
-                    p = Path(tmp) / name
-                    p.write_bytes(data)
-                return pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm)
-
-        sp = await run_in_threadpool(run)
-        sp.study.source = name  # the client's name, never the server's temporary path
+        sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry; ``folder``:
+        the chosen folder's name, which names the study as the CLI names it."""
+        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder)
+        sp = await run_in_threadpool(run_study, name, payload, series, threshold, sp_mm)
         return study_response(pred, store, sp, name)
+
+    @router.post("/api/jobs/study", status_code=202)
+    async def study_job(
+        file: UploadFile | None = File(None),
+        files: list[UploadFile] | None = File(None),
+        threshold: float | None = Form(None),
+        series: str | None = Form(None),
+        spacing: str | None = Form(None),
+        folder: str | None = Form(None),
+    ):
+        """``/api/study`` as a job: answers at once with its id; ``GET /api/jobs/{id}`` gives progress
+        (slices done of total, elapsed, an estimate) and, when done, what ``/api/study`` answers."""
+        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder)
+        job = jobs.start(
+            name,
+            lambda job: run_study(name, payload, series, threshold, sp_mm, job.progress),
+            lambda sp: study_response(pred, store, sp, name),
+        )
+        return job.view()
+
+    @router.get("/api/jobs/{job_id}")
+    def job_status(job_id: str) -> dict:
+        return jobs.get(job_id).view()
+
+    @router.delete("/api/jobs/{job_id}")
+    def job_cancel(job_id: str) -> dict:
+        """Stop a study between two batches of slices; nothing of it is kept."""
+        job = jobs.get(job_id)
+        job.cancel.set()
+        return job.view()
 
     return router, lambda sp, name: study_response(pred, store, sp, name)
 
