@@ -7,9 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 import pydicom
-import pytest
 
 from .conftest import api_client, cli_predict, write_dicom_series
 
