@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pydicom
+import pytest
 
 from .conftest import api_client, cli_predict, write_dicom_series
 
@@ -125,3 +127,122 @@ def test_study_names_are_the_clis(tmp_path):
     (tmp_path / "TCGA_CS_6669_20020102").mkdir()
     assert output_name(tmp_path / "TCGA_CS_6669_20020102", set()) == "TCGA_CS_6669_20020102"
     assert output_name({"flair": Path(seqs[0]), "t1": Path(seqs[1])}, set()) == "Brats18_CBICA_ABM_1"
+
+
+def _nifti(path: Path, arr: np.ndarray, affine: np.ndarray) -> Path:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(arr, affine), path)
+    return path
+
+
+def _head(shape=(40, 48, 12)) -> np.ndarray:
+    """A synthetic head in RAS voxel order with a marker towards the patient's right-anterior."""
+    from .conftest import smooth_noise
+
+    vol = np.stack([smooth_noise(shape[:2], seed=k, hi=800).astype(np.float32) for k in range(shape[2])], axis=2)
+    vol[30:36, 36:42, :] = 3000.0  # right (+x) and anterior (+y)
+    return vol
+
+
+@pytest.mark.parametrize("storage", ["RAS", "LAS", "LPS"])
+def test_every_storage_order_shows_anterior_up_and_the_patients_right_on_the_left(tmp_path, storage):
+    from tumorseg.display import display_transform, geometry, volume_nifti_gz
+    from tumorseg.studies import read_study
+
+    vol = _head()
+    aff = np.diag([1.0, 1.0, 3.0, 1.0])
+    if "L" in storage[0]:  # stored right-to-left: same anatomy, flipped array and affine
+        vol, aff = vol[::-1], aff @ np.array([[-1, 0, 0, vol.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    if storage[1] == "P":
+        vol, aff = (
+            vol[:, ::-1],
+            aff @ np.array([[1, 0, 0, 0], [0, -1, 0, vol.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]),
+        )
+    st = read_study(_nifti(tmp_path / f"{storage}.nii.gz", np.ascontiguousarray(vol), aff))
+    t = display_transform(st)
+    assert t["plane"] == "axial" and t["known"]
+    assert t["labels"] == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
+    assert display_transform(st, "neurological")["labels"] == {"top": "A", "bottom": "P", "left": "L", "right": "R"}
+    # the displayed slice, turned as the page turns it, has the marker top-left (anterior, patient right)
+    img = st.volume[6, ..., 1]
+    if t["transpose"]:
+        img = img.T
+    if t["flip_x"]:
+        img = img[:, ::-1]
+    if t["flip_y"]:
+        img = img[::-1]
+    ys, xs = np.nonzero(img > 250)
+    assert ys.mean() < img.shape[0] / 2 and xs.mean() < img.shape[1] / 2
+    # the patient-space NIfTI puts the marker at the same world position as the input file
+    import gzip
+
+    import nibabel as nib
+
+    g = geometry(st)
+    out = nib.Nifti1Image.from_bytes(gzip.decompress(volume_nifti_gz(st, st.volume[..., 1])))
+    assert np.allclose(out.affine, g["affine"], atol=1e-4)
+    i, j, k = np.argwhere(out.get_fdata() > 250).mean(0)
+    world = out.affine @ [i, j, k, 1]
+    assert 30 <= world[0] <= 36 and 36 <= world[1] <= 42
+
+
+def test_dicom_and_nifti_of_the_same_patient_show_the_same_way(tmp_path):
+    from tumorseg.display import display_transform
+    from tumorseg.studies import read_study
+
+    write_dicom_series(tmp_path / "dcm", n=4)  # LPS: rows go posterior, columns go to the patient's left
+    assert display_transform(read_study(tmp_path / "dcm"))["labels"] == {
+        "top": "A",
+        "bottom": "P",
+        "left": "R",
+        "right": "L",
+    }
+
+
+def test_study_answer_carries_geometry_and_volumes_open_in_patient_space(predictor, tmp_path):
+    import gzip
+
+    import nibabel as nib
+
+    client = api_client(predictor)
+    p = _nifti(tmp_path / "case_flair.nii.gz", np.ascontiguousarray(_head()), np.diag([1.0, 1.0, 3.0, 1.0]))
+    body = client.post("/api/study", files={"file": (p.name, p.read_bytes())}).json()
+    assert body["geometry"]["radiological"]["labels"]["top"] == "A"
+    for what in ("flair", "prob", "mask"):
+        r = client.get(f"/api/result/{body['result_id']}/view/{what}.nii.gz")
+        assert r.status_code == 200, r.text
+        img = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
+        assert img.shape == (40, 48, 12) and np.allclose(img.affine, body["geometry"]["affine"], atol=1e-4)
+    assert client.get(f"/api/result/{body['result_id']}/view/../x.nii.gz").status_code == 404
+    assert client.get(f"/api/result/{body['result_id']}/view/etc.nii.gz").status_code == 404
+
+
+def test_a_slice_folders_own_masks_are_the_reference(predictor, tmp_path):
+    from .conftest import png_bytes
+
+    client = api_client(predictor)
+    slices = _slice_stack(tmp_path / "s", 6)
+    masks = []
+    for k, p in enumerate(slices):
+        m = np.zeros((64, 64), np.uint8)
+        m[10 + k : 30, 10:30] = 255
+        masks.append(("files", (p.name.replace(".png", "_mask.png"), png_bytes(m))))
+    body = client.post("/api/study", files=[("files", (p.name, p.read_bytes())) for p in slices]).json()
+    r = client.post("/api/compare", data={"result_id": body["result_id"], "threshold": "0.0"}, files=masks)
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert len(res["reference_png"]) == 6
+    expected = sum((30 - 10 - k) * 20 for k in range(6))
+    assert res["dice"] == pytest.approx(2 * expected / (expected + 6 * 64 * 64), rel=1e-3)  # threshold 0: all tumour
+    bad = client.post("/api/compare", data={"result_id": body["result_id"]}, files=masks[:-1])
+    assert bad.status_code == 400 and "no mask file for slice" in bad.json()["error"]
+
+
+def test_a_label_map_opened_as_a_study_is_warned_about(predictor, tmp_path):
+    seg = np.zeros((40, 48, 12), np.uint8)
+    seg[10:20, 10:20, 3:8] = 2
+    seg[12:16, 12:16, 4:6] = 4
+    p = _nifti(tmp_path / "case_seg.nii.gz", seg, np.eye(4))
+    body = api_client(predictor).post("/api/study", files={"file": (p.name, p.read_bytes())}).json()
+    assert any("label map" in n for n in body["measurements"]["notes"])

@@ -253,9 +253,9 @@ def _tidy(path, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
+def read_mask(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
     """Read a binary mask stored as 0/255, 0/1 or any 0/non-zero image; returns bool HxW."""
-    arr = read_image(path)
+    arr = read_image(path, data=data) if data is not None else read_image(path)
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
     return arr > (arr.max() / 2 if arr.max() > 1 else 0)

@@ -308,8 +308,42 @@ def _mostly_images(members: list[tuple[str, bytes]]) -> bool:
     return bool(imgs) and len(imgs) >= len(members) // 2
 
 
+def looks_like_label_map(volume: np.ndarray) -> bool:
+    """Few distinct values, mostly zero: a segmentation (BraTS ``_seg``: 0, 1, 2, 4), not an image."""
+    counts = np.bincount(volume[..., 1].ravel(), minlength=256)
+    return int((counts > 0).sum()) <= 6 and counts[0] > 0.5 * volume[..., 1].size
+
+
+def reference_from_slice_masks(like: Study, members: list[tuple[str, bytes]]) -> np.ndarray:
+    """A slice stack's reference from its own ``<slice>_mask`` images (as the LGG folders ship them):
+    Z x H x W bool in the study's slice order; a slice without a mask file is refused by name."""
+    from .io import read_mask
+
+    by_stem = {}
+    for n, data in members:
+        stem = strip_extension(Path(n).name)
+        if stem.lower().endswith("_mask"):
+            by_stem[stem[:-5]] = (n, data)
+    out = np.zeros(like.volume.shape[:3], bool)
+    for k, sname in enumerate(like.names):
+        stem = strip_extension(Path(sname).name)
+        if stem not in by_stem:
+            raise StudyError(f"{stem}_mask", f"no mask file for slice {Path(sname).name}; send one per slice")
+        n, data = by_stem[stem]
+        m = read_mask(n, data=data)
+        if m.shape[:2] != out.shape[1:]:
+            raise StudyError(n, f"mask is {m.shape[1]}x{m.shape[0]} but its slice is {out.shape[2]}x{out.shape[1]}")
+        out[k] = m
+    return out
+
+
 def _with_spacing(st: Study, spacing) -> Study:
     """The last step of every read: scanner-independent intensities, then the user's --spacing."""
+    if looks_like_label_map(st.volume):
+        st.notes.append(
+            "This looks like a label map (a segmentation with a few integer values), not an MRI: the model's "
+            "answer on it means nothing. Open it as the reference to compare with instead."
+        )
     if st.kind in ("nifti", "dicom") and st.intensity_gains is None:
         st.volume, gains = standardise_brain_intensity(st.volume)
         st.intensity_gains = gains

@@ -188,6 +188,8 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
 
 
 def study_response(pred, store, sp, name: str) -> dict:
+    from ..display import geometry
+
     """What /api/study and /api/pacs/open answer: the held result, measurements and every slice's PNGs."""
     slices = [
         {
@@ -205,6 +207,7 @@ def study_response(pred, store, sp, name: str) -> dict:
         "measurements": sp.summary(),
         "slices": slices,
         "spacing": sp.study.spacing,
+        "geometry": geometry(sp.study),
         "model": {"model": pred.model_path.name, "engine": pred.engine.name},
         "disclaimer": DISCLAIMER,
     }
@@ -238,18 +241,32 @@ def held_router(pred, store, cap: int) -> APIRouter:
         }
 
     @router.post("/api/compare")
-    async def compare(result_id: str = Form(...), threshold: float | None = Form(None), file: UploadFile = File(...)):
+    async def compare(
+        result_id: str = Form(...),
+        threshold: float | None = Form(None),
+        file: UploadFile | None = File(None),
+        files: list[UploadFile] | None = File(None),
+    ):
         """Compare a held result with the user's reference mask: Dice, volumes, the slices that disagree most,
-        and the reference as PNG masks for the page's second contour."""
+        and the reference as PNG masks for the page's second contour. ``file``: a NIfTI mask (a study) or an
+        image mask (an image); ``files``: a slice stack's own ``<slice>_mask`` images."""
         from ..metrics import compare_masks
-        from ..studies import read_reference
+        from ..studies import read_reference, reference_from_slice_masks
 
-        name, data = await read_upload(file, threshold, cap)
+        if file is None and not files:
+            raise BadRequest(422, "send the reference as 'file', or a slice stack's masks as 'files'")
+        members = [await read_upload(f, threshold, cap) for f in (files or [])]
+        name, data = await read_upload(file, threshold, cap) if file is not None else ("slice masks", b"")
         kind, r, _ = await run_in_threadpool(store.get, result_id, threshold)
 
         notes: list[str] = []
 
         def run():
+            if members:
+                if kind != "study":
+                    raise BadRequest(400, "masks per slice are a slice stack's reference; this result is an image")
+                ref = reference_from_slice_masks(r.study, members)
+                return ref, {**compare_masks(r.mask, ref, r.study.spacing), "notes": notes}
             with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
                 f = Path(tmp) / name
                 f.write_bytes(data)
@@ -303,6 +320,27 @@ def download_router(pred, store) -> APIRouter:
             media_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
         )
+
+    @router.get("/api/result/{result_id}/view/{what}.nii.gz")
+    def view_volume(result_id: str, what: str, threshold: float | None = None):
+        """A held study's volume in patient space for the three-plane viewer: ``t1``, ``flair``, ``t1c``
+        (the display volume as the model saw it, uint8), ``prob`` (probability x 255) or ``mask``."""
+        from ..display import volume_nifti_gz
+
+        kind, r, name = store.get(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        channels = {"t1": 0, "flair": 1, "t1c": 2}
+        if what in channels:
+            vol, scale = r.study.volume[..., channels[what]], None
+        elif what == "prob":
+            vol, scale = (r.prob * 255 + 0.5).astype(np.uint8), (1 / 255, 0.0)
+        elif what == "mask":
+            vol, scale = r.mask.astype(np.uint8), None
+        else:
+            raise BadRequest(404, f"{what}: not a study volume (t1, flair, t1c, prob, mask)")
+        data = volume_nifti_gz(r.study, vol, scale)
+        return Response(data, media_type="application/gzip", headers={"Cache-Control": "no-store"})
 
     @router.get("/api/result/{result_id}/{filename}")
     def study_file(result_id: str, filename: str, threshold: float | None = None):

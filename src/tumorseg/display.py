@@ -1,0 +1,114 @@
+"""Display in patient space: where each displayed voxel is (RAS mm), how a slice is turned to the
+radiological convention, and the study's volumes as NIfTI files a field viewer (NiiVue) opens.
+
+Every study is held as slices (k) of images (row r, column c) as the model saw them. ``display_affine``
+maps (c, r, k) to RAS+ mm for every kind of input (NIfTI, DICOM, slice stacks with a spacing); the page's
+canvas view and the three-plane view both take their geometry from it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+
+import numpy as np
+
+CONVENTIONS = ("radiological", "neurological")
+
+
+def display_affine(st) -> tuple[np.ndarray, bool]:
+    """(4x4 affine from (column, row, slice) of the study's slices to RAS+ mm, known?).
+
+    Unknown geometry (slice images without a spacing) is taken as stored with 1 mm voxels, axial and
+    radiological (the patient's right on the image's left, anterior up), which is how TCGA slices and
+    most exported slice images are written; ``known`` is then False and the page says so.
+    """
+    if st.affine is not None and st.kind == "nifti":
+        # slice image = flipud(array[:, :, k].T): (c, r, k) -> array index (i=c, j=ny-1-r, k)
+        ny = st.volume.shape[1]
+        flip = np.array([[1, 0, 0, 0], [0, -1, 0, ny - 1], [0, 0, 1, 0], [0, 0, 0, 1]], float)
+        return np.asarray(st.affine, float) @ flip, True
+    if st.affine is not None and st.kind == "dicom":
+        return np.asarray(st.affine, float), True
+    sp = st.spacing or (1.0, 1.0, 1.0)
+    # as stored, radiological axial: column -> patient left (-R), row -> posterior (-A), slice -> superior
+    known = st.spacing is not None and st.affine is not None
+    return np.diag([-sp[2], -sp[1], sp[0], 1.0]), known
+
+
+def _label(v: np.ndarray) -> str:
+    k = int(np.argmax(np.abs(v)))
+    return ("L", "P", "I")[k] if v[k] < 0 else ("R", "A", "S")[k]
+
+
+def plane_of(affine: np.ndarray) -> str:
+    """axial, coronal or sagittal: which world axis the slice normal points along most."""
+    normal = affine[:3, 2]
+    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+
+# screen right / screen down for each plane, radiological (neurological mirrors left-right)
+_TARGET = {"axial": ("L", "P"), "coronal": ("L", "I"), "sagittal": ("P", "I")}
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+
+
+def display_transform(st, convention: str = "radiological") -> dict:
+    """How the page turns a stored slice so it shows in ``convention``: transpose, then flip x/y.
+
+    Returns the flags, the plane, the edge labels after turning and ``known`` (False: geometry assumed).
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    a, known = display_affine(st)
+    plane = plane_of(a)
+    want_right, want_down = _TARGET[plane]
+    if convention == "neurological" and plane != "sagittal":
+        want_right = _OPPOSITE[want_right]
+    col, row = a[:3, 0], a[:3, 1]
+    best = None
+    for transpose, fx, fy in itertools.product((False, True), repeat=3):
+        right, down = (row, col) if transpose else (col, row)
+        right, down = (-right if fx else right), (-down if fy else down)
+        score = (_label(right) == want_right) + (_label(down) == want_down)
+        if best is None or score > best[0]:
+            best = (score, transpose, fx, fy, _label(right), _label(down))
+    _, transpose, fx, fy, right, down = best
+    return {
+        "plane": plane,
+        "convention": convention,
+        "transpose": transpose,
+        "flip_x": fx,
+        "flip_y": fy,
+        "labels": {"right": right, "left": _OPPOSITE[right], "bottom": down, "top": _OPPOSITE[down]},
+        "known": known,
+    }
+
+
+def geometry(st) -> dict:
+    """What the page needs to show a study in patient space (JSON-ready)."""
+    a, known = display_affine(st)
+    return {
+        "affine": [[round(float(x), 6) for x in row] for row in a],
+        "known": known,
+        "coordinates": "RAS+ mm (x: towards the patient's right, y: anterior, z: superior)",
+        "radiological": display_transform(st, "radiological"),
+        "neurological": display_transform(st, "neurological"),
+    }
+
+
+def volume_nifti_gz(st, vol: np.ndarray, scale: tuple[float, float] | None = None) -> bytes:
+    """One of the study's volumes (slices x rows x columns, as held) as a gzipped NIfTI-1 file in patient
+    space (array (column, row, slice), ``display_affine``), for a viewer that displays from the affine.
+
+    ``scale`` = (slope, intercept) recorded so a viewer shows the stored integers in their own units."""
+    import nibabel as nib
+
+    a, _ = display_affine(st)
+    arr = np.ascontiguousarray(np.transpose(vol, (2, 1, 0)))
+    img = nib.Nifti1Image(arr, a)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(a, code=1)
+    img.header.set_sform(a, code=1)
+    if scale is not None:
+        img.header.set_slope_inter(*scale)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
