@@ -199,7 +199,15 @@ def test_viewer_controls(server, tmp_path):
             page.locator("#frame-orig").hover()
             page.mouse.wheel(0, 120)
             page.wait_for_function(f"document.getElementById('slice-val').textContent !== {s0!r}")
-            assert page.inner_text("#readout").startswith("x ")
+            # the readout is in patient coordinates (RAS mm from the affine) and follows the wheel
+            r1 = page.inner_text("#readout")
+            assert r1.startswith("RAS ") and "voxel" in r1, r1
+            z1 = float(page.get_attribute("#readout", "data-ras").split(",")[2])
+            page.mouse.wheel(0, 120)
+            page.wait_for_function(f"document.getElementById('readout').dataset.ras.split(',')[2] !== '{z1:.2f}'")
+            z2 = float(page.get_attribute("#readout", "data-ras").split(",")[2])
+            assert abs(abs(z2 - z1) - 2.5) < 1e-6  # one slice = the affine's 2.5 mm
+            assert page.get_attribute("#progress", "data-done") == "6"  # the study ran as a job with progress
             s1 = page.inner_text("#slice-val")
             t0 = float(page.input_value("#threshold"))
             page.focus("#threshold")
@@ -286,3 +294,62 @@ def test_two_plain_niftis_chosen_together_are_two_studies(server, tmp_path):
         page.wait_for_function("document.getElementById('slice').max === '5'")
         assert not page.is_visible("#error")
         browser.close()
+
+
+def test_three_planes_radiological_in_patient_space(server, tmp_path):
+    """NiiVue (vendored) draws the study in three planes in headless Chromium (WebGL via SwiftShader),
+    radiological by default; the convention toggle and the layout keys reach it; the readout is RAS mm."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    vol = np.zeros((48, 40, 12), np.int16)
+    vol[8:40, 6:34, :] = 300
+    vol[30:38, 24:32, 3:9] = 900  # towards the patient's right (+x) and anterior (+y)
+    nii = tmp_path / "case_flair.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.5, 1.0])), str(nii))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--enable-unsafe-swiftshader",
+                "--use-angle=swiftshader",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(server)
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+        try:
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            assert page.get_attribute("#orientation", "data-convention") == "radiological"
+            assert page.inner_text(".o-left") == "R" and page.inner_text(".o-top") == "A"
+            page.select_option("[data-testid=layout]", "multi")
+            page.wait_for_selector("#nv[data-loaded]", timeout=60000)
+            assert page.is_hidden("#viewer") and page.is_visible("#planes")
+            box = page.locator("#nv").bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.6)
+            page.wait_for_function("document.getElementById('readout').textContent.startsWith('RAS ')", timeout=10000)
+            assert "probability" in page.inner_text("#readout")
+            import io
+
+            from PIL import Image
+
+            shot = np.asarray(Image.open(io.BytesIO(page.locator("#nv").screenshot())).convert("L"))
+            drawn = (shot > 100).mean() > 0.02  # the head (grey) and the crosshair on the dark background
+            assert drawn, "the planes must be drawn (WebGL)"
+            page.keyboard.press("r")
+            assert page.get_attribute("#orientation", "data-convention") == "neurological"
+            assert page.is_checked("[data-testid=neurological]")
+            page.keyboard.press("?")
+            assert page.is_visible("#shortcuts")
+            page.keyboard.press("Escape")
+            assert page.is_hidden("#shortcuts")
+            assert not errors, errors
+        finally:
+            browser.close()

@@ -6,7 +6,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { items: [], index: 0, study: null, official: null, syncTimer: 0,
+const state = { items: [], index: 0, study: null, official: null, syncTimer: 0, convention: "radiological", layout: "side",
   seq: -1, win: 255, lev: 128, wlAuto: true, zoom: 1, panX: 0, panY: 0, drag: null,
   token: sessionStorage.getItem("tumorseg-token") || "" };
 
@@ -26,9 +26,9 @@ async function api(path, opts = {}) {
 
 function showError(msgs) {
   const el = $("error");
-  if (!msgs || !msgs.length) { el.hidden = true; el.textContent = ""; return; }
+  if (!msgs || !msgs.length) { el.hidden = true; $("error-text").textContent = ""; return; }
   el.hidden = false;
-  el.textContent = msgs.join("\n");
+  $("error-text").textContent = msgs.join("\n");
 }
 
 function busy(on, text) { $("busy").hidden = !on; if (text) $("busy-text").textContent = text; }
@@ -63,9 +63,54 @@ function naturalKey(name) {
   return m ? [name.replace(/_(\d+)\.[^.]+$/, ""), parseInt(m[1], 10)] : [name, 0];
 }
 
+// A folder's reference masks: LGG slices' <slice>_mask images, a BraTS case's _seg file.
+const REF_NAME = /(_mask\.[^.]+|_seg\.nii(\.gz)?)$/i;
+
+function formatSeconds(s) { return s < 90 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`; }
+
+// A study runs as a server job: a progress bar with an estimate and a cancel button, never a frozen page.
+async function runStudy(fd, label) {
+  const job = await api("/api/jobs/study", { method: "POST", body: fd });
+  const cancel = $("progress-cancel");
+  $("busy").hidden = true;
+  $("progress").hidden = false;
+  cancel.disabled = false;
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    $("progress-text").textContent = `Cancelling ${label}…`;
+    try { await api(`/api/jobs/${job.job_id}`, { method: "DELETE" }); } catch (e) { /* it finished meanwhile */ }
+  };
+  try {
+    for (;;) {
+      const v = await api(`/api/jobs/${job.job_id}`);
+      $("progress-bar").max = Math.max(1, v.total);
+      $("progress-bar").value = v.done;
+      $("progress").dataset.done = String(v.done);
+      const eta = v.eta_s !== null && v.eta_s !== undefined ? ` · about ${formatSeconds(v.eta_s)} left` : "";
+      if (v.state !== "cancelling") {
+        $("progress-text").textContent = v.total ? `Segmenting ${label}: ${v.done} of ${v.total} slices${eta}` : `Reading ${label}…`;
+      }
+      if (v.state === "done") return v.result;
+      if (v.state === "failed") throw new Error(v.error);
+      if (v.state === "cancelled") throw new Error(`${label}: cancelled; nothing was kept`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    $("progress").hidden = true;
+  }
+}
+
+function studyOf(r) { return { ...r.measurements, source: r.filename, geometry: r.geometry }; }
+
 async function openFiles(fileList) {
-  const files = Array.from(fileList).filter((f) => !/_mask\.[^.]+$/i.test(f.name));
-  if (!files.length) return;
+  const all = Array.from(fileList);
+  const refs = all.filter((f) => REF_NAME.test(f.name));
+  const files = all.filter((f) => !REF_NAME.test(f.name));
+  const folder = all.length && all[0].webkitRelativePath ? all[0].webkitRelativePath.split("/")[0] : "";
+  if (!files.length) {
+    if (refs.length && state.study) { state.refFiles = refs; runCompare(); }
+    return;
+  }
   showError([]);
   const errors = [];
   const items = [];
@@ -76,7 +121,7 @@ async function openFiles(fileList) {
   let kind = "images";
   try {
     kind = (await api("/api/classify", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(Array.from(fileList).map((f) => f.name)) })).kind;
+      body: JSON.stringify(files.map((f) => f.name)) })).kind;
   } catch (e) {
     errors.push(e.message);
   }
@@ -88,9 +133,9 @@ async function openFiles(fileList) {
       const fd = new FormData();
       fd.append("file", f, f.name);
       try {
-        const r = await api("/api/study", { method: "POST", body: fd });
+        const r = await runStudy(fd, f.name);
         const its = await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)));
-        opened.push({ name: f.name, items: its, study: r.measurements });
+        opened.push({ name: r.filename, items: its, study: studyOf(r) });
       } catch (e) {
         errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
       }
@@ -107,9 +152,10 @@ async function openFiles(fileList) {
     else for (const f of files) fd.append("files", f, f.name);
     const sp = $("spacing") ? $("spacing").value.trim() : "";
     if (sp) fd.append("spacing", sp);
+    if (folder && kind === "study-files") fd.append("folder", folder);
     try {
-      const r = await api("/api/study", { method: "POST", body: fd });
-      study = r.measurements;
+      const r = await runStudy(fd, folder || (kind === "study-file" ? files[0].name : `a study of ${files.length} files`));
+      study = studyOf(r);
       // decode every slice's PNGs at once (the browser decodes in parallel), not one after another
       items.push(...(await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)))));
     } catch (e) {
@@ -133,6 +179,15 @@ async function openFiles(fileList) {
   busy(false);
   showError(errors);
   showResults(items, study, threshold, null);
+  offerReference(study ? refs : []);
+}
+
+// The study's own reference files (a slice folder's masks, a case folder's _seg), offered, never silent.
+function offerReference(refs) {
+  state.refOffer = refs;
+  const b = $("ref-offer");
+  b.hidden = !refs.length;
+  if (refs.length) b.textContent = refs.length === 1 ? `Compare with ${refs[0].name}` : `Compare with the folder's ${refs.length} masks`;
 }
 
 function showStudies(opened, threshold) {
@@ -155,6 +210,9 @@ function showResults(items, study, threshold, pacs, keepPicker) {
   state.items = items;
   state.study = study;
   state.official = null;
+  state.refFiles = null;
+  $("ref-offer").hidden = true;
+  if (window.tumorsegPlanes) window.tumorsegPlanes.forget();
   $("dl-study").hidden = $("dl-nifti").hidden = !study;
   $("dl-seg").hidden = !(study && study.kind === "dicom");
   state.wlAuto = true;
@@ -170,6 +228,7 @@ function showResults(items, study, threshold, pacs, keepPicker) {
   $("dl-mask").disabled = $("dl-overlay").disabled = false;
   $("ph-left").hidden = $("ph-right").hidden = true;
   render();
+  setLayout(study ? state.layout : "side");
 }
 
 function bestSlice(items, thr) {
@@ -373,57 +432,92 @@ function drawColorbar(thr) {
   c.title = `probability 0 (blue) to 1 (red); threshold ${thr.toFixed(2)} marked`;
 }
 
+// How the current study's slice is turned on screen (display.py decides; identity for 2D images).
+function turn() {
+  const g = state.study && state.study.geometry;
+  return g ? g[state.convention] : { transpose: false, flip_x: false, flip_y: false, labels: null, known: false };
+}
+
 function showOrientation() {
-  const o = state.study && state.study.orientation ? state.study.orientation : null;
+  const t = turn();
+  const o = t.known ? t.labels : null;
   const el = $("orientation");
   for (const side of ["top", "left", "right", "bottom"]) el.querySelector(`.o-${side}`).textContent = o ? o[side] : "";
-  el.querySelector(".o-unknown").hidden = !!o;
+  el.querySelector(".o-unknown").hidden = !!o || !state.items.length;
+  el.querySelector(".o-unknown").textContent = state.study ? "orientation unknown (slice images carry none): shown as stored" : "orientation unknown";
   el.dataset.known = o ? "1" : "0";
+  el.dataset.convention = state.convention;
 }
 
 function applyZoom() {
-  const t = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom})`;
+  const d = turn();
+  const turnCss = `${d.flip_x || d.flip_y ? `scale(${d.flip_x ? -1 : 1}, ${d.flip_y ? -1 : 1}) ` : ""}${d.transpose ? "matrix(0, 1, 1, 0, 0, 0)" : ""}`;
+  const t = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom}) ${turnCss}`;
   $("orig").style.transform = t; $("ai").style.transform = t;
   $("zoom").value = String(state.zoom);
   $("zoom-val").textContent = `${state.zoom.toFixed(1)}×`;
   $("orig").dataset.zoom = $("ai").dataset.zoom = state.zoom.toFixed(2);
 }
 
-function setZoom(z) {
+function setZoom(z, about) {
+  const old = state.zoom;
   state.zoom = Math.max(1, Math.min(6, z));
+  if (about && old !== state.zoom) {
+    // keep the point under the pointer where it is: pan relative to the frame's centre
+    const fr = $("frame-orig").getBoundingClientRect();
+    const cx = about.clientX - (fr.left + fr.width / 2), cy = about.clientY - (fr.top + fr.height / 2);
+    const k = state.zoom / old;
+    state.panX = cx - (cx - state.panX) * k;
+    state.panY = cy - (cy - state.panY) * k;
+  }
   if (state.zoom === 1) { state.panX = 0; state.panY = 0; }
   applyZoom();
 }
 
 // Pointer -> image pixel, through the canvas's on-screen box (zoom and pan included).
+// Pointer -> image pixel, through the canvas's on-screen box (zoom, pan and the study's turn included):
+// (dx, dy) on screen, (x, y) in the stored slice.
 function pixelAt(canvas, e) {
   const r = canvas.getBoundingClientRect(), it = state.items[state.index];
   if (!it) return null;
-  const s = Math.min(r.width / it.width, r.height / it.height); // object-fit: contain
-  const ox = r.left + (r.width - it.width * s) / 2, oy = r.top + (r.height - it.height * s) / 2;
-  const x = Math.floor((e.clientX - ox) / s), y = Math.floor((e.clientY - oy) / s);
-  return x >= 0 && y >= 0 && x < it.width && y < it.height ? { x, y, s, ox, oy } : null;
+  const t = turn();
+  const W = t.transpose ? it.height : it.width, H = t.transpose ? it.width : it.height;
+  const s = Math.min(r.width / W, r.height / H); // object-fit: contain
+  const ox = r.left + (r.width - W * s) / 2, oy = r.top + (r.height - H * s) / 2;
+  const dx = Math.floor((e.clientX - ox) / s), dy = Math.floor((e.clientY - oy) / s);
+  if (dx < 0 || dy < 0 || dx >= W || dy >= H) return null;
+  const ux = t.flip_x ? W - 1 - dx : dx, uy = t.flip_y ? H - 1 - dy : dy;
+  const [x, y] = t.transpose ? [uy, ux] : [ux, uy];
+  return { x, y, dx, dy, s, ox, oy };
 }
 
 function onPointer(e) {
   const it = state.items[state.index];
   if (!it) return;
+  state.lastPointer = { clientX: e.clientX, clientY: e.clientY, currentTarget: e.currentTarget };
   const pt = pixelAt(e.currentTarget.querySelector("canvas"), e);
   for (const id of ["frame-orig", "frame-ai"]) {
     const fr = $(id), mark = fr.querySelector(".cross");
     if (!pt) { mark.hidden = true; continue; }
-    const cv = fr.querySelector("canvas"), cr = cv.getBoundingClientRect(), fb = fr.getBoundingClientRect();
-    const s = Math.min(cr.width / it.width, cr.height / it.height);
-    const ox = cr.left + (cr.width - it.width * s) / 2, oy = cr.top + (cr.height - it.height * s) / 2;
+    const fb = fr.getBoundingClientRect();
     mark.hidden = false;
-    mark.style.left = `${ox - fb.left + (pt.x + 0.5) * s}px`;
-    mark.style.top = `${oy - fb.top + (pt.y + 0.5) * s}px`;
+    mark.style.left = `${pt.ox - fb.left + (pt.dx + 0.5) * pt.s}px`;
+    mark.style.top = `${pt.oy - fb.top + (pt.dy + 0.5) * pt.s}px`;
   }
   if (!pt) return;
   const prob = it.prob[pt.y * it.width + pt.x] / 255;
-  const sp = it.spacing;
-  let pos = `x ${pt.x}, y ${pt.y} px`;
-  if (sp) pos += ` · ${(pt.x * sp[2]).toFixed(1)}, ${(pt.y * sp[1]).toFixed(1)} mm` + (state.study ? `, slice ${(state.index * sp[0]).toFixed(1)} mm` : "");
+  const g = state.study && state.study.geometry;
+  let pos;
+  if (g) {
+    // patient coordinates from the study's affine (display.py): RAS+ mm, and the voxel (column, row, slice)
+    const a = g.affine, v = [pt.x, pt.y, state.index, 1];
+    const mm = [0, 1, 2].map((i) => a[i][0] * v[0] + a[i][1] * v[1] + a[i][2] * v[2] + a[i][3]);
+    pos = `RAS ${mm.map((x) => x.toFixed(1)).join(", ")} mm${g.known ? "" : " (geometry assumed)"} · voxel ${pt.x}, ${pt.y}, ${state.index}`;
+    $("readout").dataset.ras = mm.map((x) => x.toFixed(2)).join(",");
+  } else {
+    const sp = it.spacing;
+    pos = `x ${pt.x}, y ${pt.y} px` + (sp ? ` · ${(pt.x * sp[2]).toFixed(1)}, ${(pt.y * sp[1]).toFixed(1)} mm` : "");
+  }
   $("readout").textContent = `${pos} · probability ${prob.toFixed(2)}`;
   $("readout").dataset.prob = prob.toFixed(3);
 }
@@ -431,11 +525,14 @@ function onPointer(e) {
 // ---- compare with the user's reference mask (the server computes Dice as the CLI's --reference does)
 async function runCompare() {
   const it = state.items[state.index];
-  if (!it || !state.refFile) return;
+  const refs = state.refFiles && state.refFiles.length ? state.refFiles : state.refFile ? [state.refFile] : [];
+  if (!it || !refs.length) return;
   const fd = new FormData();
   fd.append("result_id", it.resultId);
   fd.append("threshold", String(parseFloat($("threshold").value)));
-  fd.append("file", state.refFile, state.refFile.name);
+  const perSlice = refs.length > 1 || /_mask\.[^.]+$/i.test(refs[0].name);
+  if (perSlice && state.study) for (const f of refs) fd.append("files", f, f.name);
+  else fd.append("file", refs[0], refs[0].name);
   try {
     const r = await api("/api/compare", { method: "POST", body: fd });
     const masks = [];
@@ -461,10 +558,16 @@ async function runCompare() {
 
 function initViewer() {
   $("reference-input").addEventListener("change", (e) => {
-    if (e.target.files.length) { state.refFile = e.target.files[0]; runCompare(); }
+    if (e.target.files.length) {
+      const fs = Array.from(e.target.files);
+      state.refFile = fs[0]; state.refFiles = fs.length > 1 ? fs : null; runCompare();
+    }
     e.target.value = "";
   });
-  $("sequence").addEventListener("change", (e) => { state.seq = parseInt(e.target.value, 10); render(); });
+  $("sequence").addEventListener("change", (e) => {
+    state.seq = parseInt(e.target.value, 10); render();
+    if (state.layout !== "side") setLayout(state.layout);
+  });
   for (const id of ["window", "level"]) $(id).addEventListener("input", () => {
     state.wlAuto = false; state.win = parseFloat($("window").value); state.lev = parseFloat($("level").value); render();
   });
@@ -493,7 +596,7 @@ function initViewer() {
     fr.addEventListener("wheel", (e) => {
       if (!state.items.length) return;
       e.preventDefault();
-      if (e.ctrlKey) setZoom(state.zoom * (e.deltaY < 0 ? 1.15 : 1 / 1.15));
+      if (e.ctrlKey) setZoom(state.zoom * (e.deltaY < 0 ? 1.15 : 1 / 1.15), e);
       else step(e.deltaY > 0 ? 1 : -1);
     }, { passive: false });
   }
@@ -532,18 +635,68 @@ function downloadStudy() {
   downloadUrl(`/api/result/${it.resultId}/study.zip?threshold=${thr}`, `${stem(state.study.source || "study")}_tumorseg.zip`);
 }
 
+// ---- layouts: original | AI side by side (the paper's view), or the study in patient space (NiiVue)
+const LAYOUTS = ["side", "multi", "axial", "coronal", "sagittal"];
+
+async function setLayout(layout) {
+  const it = state.items[state.index];
+  if (layout !== "side" && !state.study) {
+    showError(["Three planes need a study (a NIfTI, a DICOM series or a folder of slices); a single image has one plane."]);
+    layout = "side";
+  }
+  state.layout = layout;
+  $("layout").value = layout;
+  $("viewer").hidden = layout !== "side";
+  $("planes").hidden = layout === "side";
+  if (layout === "side" || !it) return;
+  const seq = { 0: "t1", 1: "flair", 2: "t1c" }[state.seq] || "flair";
+  try {
+    await window.tumorsegPlanes.open($("nv"), {
+      resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+      radiological: state.convention === "radiological", layout, headers: authHeaders(), ruler: $("ruler").checked,
+      onLocation: (text, d) => { $("readout").textContent = text; $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(","); },
+    });
+  } catch (e) {
+    showError([`Three planes: ${e.message}`]);
+  }
+}
+
+function updatePlanes() {
+  if (state.layout === "side" || !window.tumorsegPlanes || !window.tumorsegPlanes.isOpen()) return;
+  window.tumorsegPlanes.update({ threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+    radiological: state.convention === "radiological", layout: state.layout, ruler: $("ruler").checked });
+}
+
+function setConvention(conv) {
+  state.convention = conv;
+  $("neuro").checked = conv === "neurological";
+  applyZoom();
+  showOrientation();
+  updatePlanes();
+}
+
+function toggleHelp(on) { $("shortcuts").hidden = !on; if (on) $("shortcuts-close").focus(); }
+
 function step(delta) {
   if (state.items.length < 2) return;
   state.index = Math.max(0, Math.min(state.items.length - 1, state.index + delta));
   $("slice").value = String(state.index);
   render();
+  if (state.lastPointer) onPointer(state.lastPointer); // the readout follows the slice under the pointer
 }
 
 async function init() {
   for (const id of ["file-input", "folder-input"]) {
     $(id).addEventListener("change", (e) => { openFiles(e.target.files); e.target.value = ""; });
   }
-  for (const id of ["threshold", "opacity"]) $(id).addEventListener("input", render);
+  for (const id of ["threshold", "opacity"]) $(id).addEventListener("input", () => { render(); updatePlanes(); });
+  $("layout").addEventListener("change", (e) => setLayout(e.target.value));
+  $("neuro").addEventListener("change", (e) => setConvention(e.target.checked ? "neurological" : "radiological"));
+  $("help").addEventListener("click", () => toggleHelp(true));
+  $("ruler").addEventListener("change", updatePlanes);
+  $("shortcuts-close").addEventListener("click", () => toggleHelp(false));
+  $("error-close").addEventListener("click", () => showError([]));
+  $("ref-offer").addEventListener("click", () => { state.refFiles = state.refOffer; runCompare(); });
   $("slice").addEventListener("input", (e) => { state.index = parseInt(e.target.value, 10); render(); });
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", render));
   $("dl-mask").addEventListener("click", downloadMask);
@@ -554,7 +707,13 @@ async function init() {
   $("dl-overlay").addEventListener("click", () => download($("ai"), `${stem(state.items[state.index].name)}_overlay.png`));
   document.addEventListener("keydown", (e) => {
     // Controls keep their own keys (a focused slider moves itself); elsewhere arrows and PageUp/Down scroll slices.
+    if (e.key === "Escape") { toggleHelp(false); return; }
     if (["INPUT", "SELECT", "BUTTON", "TEXTAREA"].includes(e.target.tagName)) return;
+    if (e.key === "?") { toggleHelp($("shortcuts").hidden); return; }
+    const mode = { h: "heatmap", c: "contour", m: "mask" }[e.key.toLowerCase()];
+    if (mode) { document.querySelector(`input[name=mode][value=${mode}]`).checked = true; render(); return; }
+    if (e.key.toLowerCase() === "r") { setConvention(state.convention === "radiological" ? "neurological" : "radiological"); return; }
+    if (e.key.toLowerCase() === "l" && state.study) { setLayout(LAYOUTS[(LAYOUTS.indexOf(state.layout) + 1) % LAYOUTS.length]); return; }
     if (e.key === "ArrowRight" || e.key === "ArrowDown" || e.key === "PageDown") { e.preventDefault(); step(1); }
     if (e.key === "ArrowLeft" || e.key === "ArrowUp" || e.key === "PageUp") { e.preventDefault(); step(-1); }
   });
@@ -626,7 +785,7 @@ async function openPacs(uid, label) {
     const r = await api("/api/pacs/open", { method: "POST", body: fd });
     const items = await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)));
     busy(false);
-    showResults(items, r.measurements, threshold, r.pacs);
+    showResults(items, studyOf(r), threshold, r.pacs);
   } catch (e) {
     busy(false);
     showError([e.message]);
