@@ -18,7 +18,8 @@ from tumorseg.robustness import CONDITIONS, run_suite
 
 
 def paired(models: dict) -> dict:
-    """Second model minus first, per patient 3D Dice: per condition and averaged over the suite."""
+    """Second model minus first, per patient 3D Dice: per condition and averaged over the suite, with a
+    95 % bootstrap interval over patients."""
     import numpy as np
 
     (_, a), (_, b) = models.items()
@@ -30,8 +31,11 @@ def paired(models: dict) -> dict:
             d = np.array([np.mean([b[k]["patient_dice"][p] - a[k]["patient_dice"][p] for k in conds]) for p in pats])
         else:
             d = np.array([b[c]["patient_dice"][p] - a[c]["patient_dice"][p] for p in pats])
+        rng = np.random.default_rng(0)
+        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
         out[c] = {
             "mean_difference": float(d.mean()),
+            "ci95": (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
             "better": int((d > 0.001).sum()),
             "worse": int((d < -0.001).sum()),
         }

@@ -2,7 +2,10 @@
 
 python scripts/screenshot.py IMAGE [IMAGE ...] --out docs/screenshots/app.png [--model M]
     [--mode heatmap|contour|mask] [--sequence -1|0|1|2] [--window W --level L] [--zoom Z]
-    [--viewport 1280x720] [--threshold T]
+    [--viewport 1280x720] [--threshold T] [--layout side|multi|axial|coronal|sagittal] [--reference]
+
+--layout multi shows the study in three planes (NiiVue, WebGL via SwiftShader); --reference compares
+with the study's own _seg/_mask files when they are among IMAGE (offered by the page).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ def main() -> None:
     ap.add_argument("--level", type=float, default=None)
     ap.add_argument("--zoom", type=float, default=1.0)
     ap.add_argument("--viewport", default="1280x720")
+    ap.add_argument("--layout", default="side")
+    ap.add_argument("--reference", action="store_true")
     a = ap.parse_args()
     vw, vh = (int(x) for x in a.viewport.split("x"))
     import uvicorn
@@ -42,7 +47,12 @@ def main() -> None:
         b = p.chromium.launch(
             executable_path="/usr/bin/chromium",
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--enable-unsafe-swiftshader",
+                "--use-angle=swiftshader",
+            ],
         )
         page = b.new_page(viewport={"width": vw, "height": vh})
         page.goto(f"http://127.0.0.1:{port}/")
@@ -64,7 +74,17 @@ def main() -> None:
             slide("level", a.level)
         if a.zoom != 1.0:
             slide("zoom", a.zoom)
-        page.locator("#frame-orig").hover()
+        if a.reference:
+            page.click("#ref-offer")
+            page.wait_for_selector("#s-ref-row:not([hidden])", timeout=60000)
+        if a.layout != "side":
+            page.select_option("#layout", a.layout)
+            page.wait_for_selector("#nv[data-loaded]", timeout=60000)
+            box = page.locator("#nv").bounding_box()
+            time.sleep(1.0)
+            page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)
+        else:
+            page.locator("#frame-orig").hover()
         time.sleep(0.8)
         page.screenshot(path=a.out)
         b.close()

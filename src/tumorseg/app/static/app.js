@@ -187,7 +187,10 @@ function offerReference(refs) {
   state.refOffer = refs;
   const b = $("ref-offer");
   b.hidden = !refs.length;
-  if (refs.length) b.textContent = refs.length === 1 ? `Compare with ${refs[0].name}` : `Compare with the folder's ${refs.length} masks`;
+  if (refs.length) {
+    b.textContent = refs.length === 1 ? `Compare with ${refs[0].name}` : `Compare with the folder's ${refs.length} masks`;
+    b.title = `${b.textContent}: the reference found beside the study (Dice, volumes, a cyan contour)`;
+  }
 }
 
 function showStudies(opened, threshold) {
