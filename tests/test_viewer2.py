@@ -246,3 +246,19 @@ def test_a_label_map_opened_as_a_study_is_warned_about(predictor, tmp_path):
     p = _nifti(tmp_path / "case_seg.nii.gz", seg, np.eye(4))
     body = api_client(predictor).post("/api/study", files={"file": (p.name, p.read_bytes())}).json()
     assert any("label map" in n for n in body["measurements"]["notes"])
+
+
+def test_window_level_units_map_back_to_the_inputs_values(tmp_path):
+    from tumorseg.display import geometry
+    from tumorseg.studies import read_study
+
+    vol = _head()
+    st = read_study(_nifti(tmp_path / "u_flair.nii.gz", np.ascontiguousarray(vol), np.diag([1.0, 1.0, 3.0, 1.0])))
+    units = geometry(st)["units"]
+    m, b = units[1]
+    # a displayed value below saturation maps back to the voxel's own value (up to the uint8 step)
+    k, r, c = 6, 20, 20
+    shown = float(st.volume[k, r, c, 1])
+    assert 0 < shown < 255
+    raw = vol[c, vol.shape[1] - 1 - r, k]  # displayed (r, c) of slice k = array (i=c, j=ny-1-r, k)
+    assert abs(shown * m + b - raw) <= abs(m) * 1.01

@@ -84,10 +84,22 @@ def display_transform(st, convention: str = "radiological") -> dict:
     }
 
 
+def raw_units(st) -> list | None:
+    """Per channel (slope, intercept): the displayed 0..255 value back to the input's own units (NIfTI
+    values, DICOM after its rescale), so window/level can be read as the scanner wrote them; None where
+    the input has no such units (slice images are already 0..255)."""
+    if not st.raw_scale or len(st.raw_scale) != 3:
+        return None
+    gains = st.intensity_gains or [1.0, 1.0, 1.0]
+    return [[(hi - lo) / (255.0 * g), lo] for (lo, hi), g in zip(st.raw_scale, gains)]
+
+
 def geometry(st) -> dict:
     """What the page needs to show a study in patient space (JSON-ready)."""
     a, known = display_affine(st)
+    units = raw_units(st)
     return {
+        "units": [[round(x, 6) for x in u] for u in units] if units else None,
         "affine": [[round(float(x), 6) for x in row] for row in a],
         "known": known,
         "coordinates": "RAS+ mm (x: towards the patient's right, y: anterior, z: superior)",

@@ -68,6 +68,7 @@ class Study:
     sequences: dict | None = None  # model channel -> the file or sequence that filled it
     intensity_gains: list[float] | None = None  # per channel, from standardise_brain_intensity
     pacs: dict | None = None  # where a DICOMweb study came from (url, study and series UIDs, the choice)
+    raw_scale: list | None = None  # per channel (lo, hi): the input's units mapped to 0..255 before the gains
 
     @property
     def n_slices(self) -> int:
@@ -413,8 +414,9 @@ def read_slices(items: list[tuple[str, object]], source: str) -> Study:
 # --------------------------------------------------------------------------- intensity
 
 
-def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """One scaling for the whole volume (per channel), from robust percentiles of the non-zero voxels."""
+def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5, scales: list | None = None) -> np.ndarray:
+    """One scaling for the whole volume (per channel), from robust percentiles of the non-zero voxels;
+    ``scales`` receives each channel's (lo, hi) in the input's own units (the page's W/L in those units)."""
     vol = np.nan_to_num(vol.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     out = np.empty(vol.shape, np.uint8)
     chans = vol.shape[-1]
@@ -426,6 +428,8 @@ def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.
         if hi <= lo:
             hi = lo + 1.0
         out[..., c] = np.round(np.clip((v - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+        if scales is not None:
+            scales.append((float(lo), float(hi)))
     return out
 
 
@@ -576,7 +580,8 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
             nifti_shape=tuple(data.shape[:3]),
             notes=notes,
         )
-    vol8 = study_to_uint8(data)  # X Y Z C
+    scales: list = []
+    vol8 = study_to_uint8(data, scales=scales)  # X Y Z C
     slices = []
     for k in range(vol8.shape[2]):
         s = np.stack([_nifti_slice_to_image(vol8[:, :, k, c]) for c in range(chans)], -1)
@@ -591,6 +596,7 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
         affine=img.affine.copy(),
         nifti_shape=tuple(data.shape[:3]),
         notes=notes,
+        raw_scale=scales * 3 if chans == 1 else scales,
     )
     if chans == 1:
         st.notes.append(SINGLE_SEQUENCE_NOTE)
@@ -652,7 +658,8 @@ def read_sequences(paths: dict, source: str | None = None) -> Study:
     if not np.allclose(vols["flair"].affine, ref.affine, atol=1e-3):
         notes.append("The sequences' affines differ slightly; they were taken as co-registered.")
     raw = np.stack(chans, -1)  # Z H W C, each channel in its own units
-    vol8 = study_to_uint8(raw)
+    scales: list = []
+    vol8 = study_to_uint8(raw, scales=scales)
     single = len(vols) == 1
     notes.append(
         "Sequences mapped to the model's channels: " + "; ".join(f"{k} <- {v}" for k, v in mapping.items()) + "."
@@ -672,6 +679,7 @@ def read_sequences(paths: dict, source: str | None = None) -> Study:
         notes=notes,
         sequences=mapping,
         frame_order=flair.frame_order,
+        raw_scale=scales,
     )
 
 
@@ -874,15 +882,17 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
     notes: list[str] = []
     vol, geom, frame_order, names = _series_slices(dss, source, notes)
     chans = 3 if vol.ndim == 4 and vol.shape[-1] == 3 else 1
+    raw_scale: list = []
     if not scale:
         if chans != 1:
             raise StudyError(source, "expected one grey-level sequence per series, found colour (RGB) images")
     else:
         if chans == 1:
             vol = vol[..., None] if vol.ndim == 3 else vol[..., :1]
-        vol = study_to_uint8(vol)
+        vol = study_to_uint8(vol, scales=raw_scale)
         if chans == 1:
             vol = np.repeat(vol, 3, -1)
+            raw_scale *= 3
             notes.append(SINGLE_SEQUENCE_NOTE)
     return Study(
         source,
@@ -895,6 +905,7 @@ def read_dicom(members: list[tuple[str, bytes]], source: str, series: str | None
         affine=geom["affine"],
         notes=notes,
         frame_order=frame_order,
+        raw_scale=raw_scale if scale else None,
     )
 
 

@@ -272,7 +272,16 @@ function render() {
   }
   $("orig").getContext("2d").putImageData(base, 0, 0);
   $("window").value = String(Math.round(state.win)); $("level").value = String(Math.round(state.lev));
-  $("window-val").textContent = String(Math.round(state.win)); $("level-val").textContent = String(Math.round(state.lev));
+  // W/L in the input's own units (NIfTI values, DICOM after rescale) for one sequence; display units otherwise
+  const units = state.study && state.study.geometry && state.study.geometry.units;
+  if (units && seq >= 0) {
+    const [m, b] = units[seq], f = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3));
+    $("window-val").textContent = f(state.win * m); $("level-val").textContent = f(state.lev * m + b);
+    $("window-val").title = $("level-val").title = "in the input's own units";
+  } else {
+    $("window-val").textContent = String(Math.round(state.win)); $("level-val").textContent = String(Math.round(state.lev));
+    $("window-val").title = $("level-val").title = "display units (0-255)";
+  }
   drawColorbar(thr);
   showOrientation();
 
