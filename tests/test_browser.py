@@ -346,6 +346,19 @@ def test_three_planes_radiological_in_patient_space(server, tmp_path):
             page.keyboard.press("r")
             assert page.get_attribute("#orientation", "data-convention") == "neurological"
             assert page.is_checked("[data-testid=neurological]")
+            # sequences side by side, on the page's canvases, through the same turn
+            page.select_option("[data-testid=layout]", "sequences")
+            assert page.is_visible("[data-testid=seq-flair]") and page.is_visible("[data-testid=seq-post]")
+            assert page.is_hidden("#planes")
+            shots = [page.evaluate(f"document.getElementById('{c}').toDataURL()") for c in ("orig", "seq1", "seq2")]
+            blank = page.evaluate(
+                "() => { const c = document.createElement('canvas'); const o = document.getElementById('orig');"
+                " c.width = o.width; c.height = o.height; return c.toDataURL(); }"
+            )
+            assert len(set(shots)) == 1 and shots[0] != blank  # drawn; a FLAIR-only volume fills every sequence
+            assert page.eval_on_selector("#seq1", "c => c.style.transform") == page.eval_on_selector(
+                "#orig", "c => c.style.transform"
+            )
             page.keyboard.press("?")
             assert page.is_visible("#shortcuts")
             page.keyboard.press("Escape")

@@ -231,7 +231,7 @@ function showResults(items, study, threshold, pacs, keepPicker) {
   $("dl-mask").disabled = $("dl-overlay").disabled = false;
   $("ph-left").hidden = $("ph-right").hidden = true;
   render();
-  setLayout(study ? state.layout : "side");
+  setLayout(study || SIDE_LAYOUTS.includes(state.layout) ? state.layout : "side");
 }
 
 function bestSlice(items, thr) {
@@ -245,6 +245,7 @@ function jet(p) {
   const c = (x) => Math.max(0, Math.min(1, x));
   return [c(1.5 - Math.abs(4 * p - 3)) * 255, c(1.5 - Math.abs(4 * p - 2)) * 255, c(1.5 - Math.abs(4 * p - 1)) * 255];
 }
+const CANVASES = ["orig", "seq1", "seq2", "ai"]; // the canvas views' panels (seq1/seq2: the sequences layout)
 const FLOOR = 13; // probability 0.05 in 8-bit: below it the heatmap stays transparent
 const JET = Array.from({ length: 256 }, (_, v) => jet(v / 255));
 
@@ -260,7 +261,7 @@ function render() {
   $("opacity-val").textContent = alpha.toFixed(2);
   $("slice-val").textContent = `${state.index + 1} / ${state.items.length}`;
   const { width: w, height: h } = it;
-  for (const id of ["orig", "ai"]) { const c = $(id); if (c.width !== w || c.height !== h) { c.width = w; c.height = h; } }
+  for (const id of CANVASES) { const c = $(id); if (c.width !== w || c.height !== h) { c.width = w; c.height = h; } }
   if (state.wlAuto) autoWindow(it);
   const lut = wlLut();
   const base = new ImageData(w, h);
@@ -270,7 +271,18 @@ function render() {
     else { bd[o] = bd[o + 1] = bd[o + 2] = lut[bsrc[o + seq]]; }
     bd[o + 3] = 255;
   }
-  $("orig").getContext("2d").putImageData(base, 0, 0);
+  const bySequence = state.layout === "sequences";
+  $("left-caption").textContent = bySequence ? "Pre-contrast" : "Original";
+  if (bySequence) {
+    // one canvas per sequence, each through the same window; the AI panel keeps the chosen sequence
+    ["orig", "seq1", "seq2"].forEach((id, ch) => {
+      const im = new ImageData(w, h), dd = im.data;
+      for (let o = 0; o < bsrc.length; o += 4) { dd[o] = dd[o + 1] = dd[o + 2] = lut[bsrc[o + ch]]; dd[o + 3] = 255; }
+      $(id).getContext("2d").putImageData(im, 0, 0);
+    });
+  } else {
+    $("orig").getContext("2d").putImageData(base, 0, 0);
+  }
   $("window").value = String(Math.round(state.win)); $("level").value = String(Math.round(state.lev));
   // W/L in the input's own units (NIfTI values, DICOM after rescale) for one sequence; display units otherwise
   const units = state.study && state.study.geometry && state.study.geometry.units;
@@ -465,7 +477,7 @@ function applyZoom() {
   const d = turn();
   const turnCss = `${d.flip_x || d.flip_y ? `scale(${d.flip_x ? -1 : 1}, ${d.flip_y ? -1 : 1}) ` : ""}${d.transpose ? "matrix(0, 1, 1, 0, 0, 0)" : ""}`;
   const t = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom}) ${turnCss}`;
-  $("orig").style.transform = t; $("ai").style.transform = t;
+  for (const id of CANVASES) $(id).style.transform = t;
   $("zoom").value = String(state.zoom);
   $("zoom-val").textContent = `${state.zoom.toFixed(1)}×`;
   $("orig").dataset.zoom = $("ai").dataset.zoom = state.zoom.toFixed(2);
@@ -508,7 +520,7 @@ function onPointer(e) {
   if (!it) return;
   state.lastPointer = { clientX: e.clientX, clientY: e.clientY, currentTarget: e.currentTarget };
   const pt = pixelAt(e.currentTarget.querySelector("canvas"), e);
-  for (const id of ["frame-orig", "frame-ai"]) {
+  for (const id of CANVASES.map((c) => `frame-${c}`)) {
     const fr = $(id), mark = fr.querySelector(".cross");
     if (!pt) { mark.hidden = true; continue; }
     const fb = fr.getBoundingClientRect();
@@ -578,7 +590,7 @@ function initViewer() {
   });
   $("sequence").addEventListener("change", (e) => {
     state.seq = parseInt(e.target.value, 10); render();
-    if (state.layout !== "side") setLayout(state.layout);
+    if (!SIDE_LAYOUTS.includes(state.layout)) setLayout(state.layout);
   });
   for (const id of ["window", "level"]) $(id).addEventListener("input", () => {
     state.wlAuto = false; state.win = parseFloat($("window").value); state.lev = parseFloat($("level").value); render();
@@ -586,7 +598,7 @@ function initViewer() {
   $("wl-auto").addEventListener("click", () => { state.wlAuto = true; render(); });
   $("wl-full").addEventListener("click", () => { state.wlAuto = false; state.win = 255; state.lev = 127.5; render(); });
   $("zoom").addEventListener("input", (e) => setZoom(parseFloat(e.target.value)));
-  for (const id of ["frame-orig", "frame-ai"]) {
+  for (const id of CANVASES.map((c) => `frame-${c}`)) {
     const fr = $(id);
     fr.addEventListener("mousemove", (e) => {
       const d = state.drag;
@@ -648,19 +660,24 @@ function downloadStudy() {
 }
 
 // ---- layouts: original | AI side by side (the paper's view), or the study in patient space (NiiVue)
-const LAYOUTS = ["side", "multi", "axial", "coronal", "sagittal"];
+const LAYOUTS = ["side", "sequences", "multi", "axial", "coronal", "sagittal"];
+const SIDE_LAYOUTS = ["side", "sequences"]; // drawn on the page's canvases (the rest: NiiVue)
 
 async function setLayout(layout) {
   const it = state.items[state.index];
-  if (layout !== "side" && !state.study) {
+  if (!SIDE_LAYOUTS.includes(layout) && !state.study) {
     showError(["Three planes need a study (a NIfTI, a DICOM series or a folder of slices); a single image has one plane."]);
     layout = "side";
   }
   state.layout = layout;
   $("layout").value = layout;
-  $("viewer").hidden = layout !== "side";
-  $("planes").hidden = layout === "side";
-  if (layout === "side" || !it) return;
+  const onCanvas = SIDE_LAYOUTS.includes(layout);
+  $("viewer").hidden = !onCanvas;
+  $("planes").hidden = onCanvas;
+  $("viewer").classList.toggle("four", layout === "sequences");
+  document.querySelectorAll(".seq-fig").forEach((f) => { f.hidden = layout !== "sequences"; });
+  if (onCanvas) { render(); return; }
+  if (!it) return;
   const seq = { 0: "t1", 1: "flair", 2: "t1c" }[state.seq] || "flair";
   try {
     await window.tumorsegPlanes.open($("nv"), {
@@ -674,7 +691,7 @@ async function setLayout(layout) {
 }
 
 function updatePlanes() {
-  if (state.layout === "side" || !window.tumorsegPlanes || !window.tumorsegPlanes.isOpen()) return;
+  if (SIDE_LAYOUTS.includes(state.layout) || !window.tumorsegPlanes || !window.tumorsegPlanes.isOpen()) return;
   window.tumorsegPlanes.update({ threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
     radiological: state.convention === "radiological", layout: state.layout, ruler: $("ruler").checked });
 }
