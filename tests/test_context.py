@@ -129,13 +129,25 @@ def test_hysteresis_keeps_faint_voxels_that_touch_the_lesion_in_3d_only():
 @pytest.mark.slow
 def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
     from tumorseg.cli import main
-    from tumorseg.modelinfo import ModelInfo
     from tumorseg.model import read_model_file
+    from tumorseg.modelinfo import ModelInfo
 
     data = make_kaggle(tmp_path / "data", patients=6, slices=6, size=64, seed=3)
     base = save_tiny_model(tmp_path / "base.safetensors")
     run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--image-size", "64", "--patch-size", "64"]
+    args = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--patch-size",
+        "64",
+    ]
     args += ["--batch-size", "4", "--samples-per-epoch", "16", "--threads", "1", "--init-model", str(base)]
     assert main([*args, "--context", "1", "--aug", "v2"]) == 0
     _, meta = read_model_file(run / "best.safetensors")
