@@ -156,15 +156,17 @@ def test_orientation_labels_from_nifti_and_dicom_geometry(tmp_path):
 
 
 @pytest.mark.parametrize("imagenet", [True, False])
-def test_training_input_path_is_the_engines_input_path(imagenet):
-    """Training's torch normalisation (prepare_batch) gives the numbers data.model_input gives the engines
-    for the same uint8 slices and the same recorded normalisation."""
+@pytest.mark.parametrize("channels", [3, 5])
+def test_training_input_path_is_the_engines_input_path(imagenet, channels):
+    """Training's torch normalisation (prepare_batch) gives the numbers preprocess.model_input gives the
+    engines for the same uint8 slices (2D, and 2.5D with neighbour channels) and the same normalisation."""
     import torch
 
-    from tumorseg.data import model_input, normalisation
+    from tumorseg.data import normalisation
+    from tumorseg.preprocess import model_input
     from tumorseg.training import prepare_batch
 
-    batch = np.stack([smooth_noise((32, 32, 3), k, 255) for k in range(3)])
+    batch = np.stack([smooth_noise((32, 32, channels), k, 255) for k in range(3)])
     ours = prepare_batch(torch.from_numpy(batch), imagenet).numpy()
     engines = model_input(batch, normalisation(imagenet))
     assert np.allclose(ours, engines, atol=1e-6)
