@@ -1257,6 +1257,11 @@ def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
     return np.stack([_image_to_nifti_slice(m[k]) for k in range(m.shape[0])], axis=2)
 
 
+def study_exports(st: Study) -> list[str]:
+    """The mask files a study can be exported as (the CLI writes them, the page offers them)."""
+    return ["mask.nii.gz"] + (["mask_seg.dcm"] if st.kind == "dicom" and st.dicom else [])
+
+
 def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
     """The study's ``mask.nii.gz``: the mask in the input's geometry (NIfTI layout and affine as read)."""
     import nibabel as nib
@@ -1284,7 +1289,7 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
     target = out / "mask.nii.gz"
     atomic_write_bytes(target, mask_nifti_gz_bytes(sp))
     written.append(target)
-    if st.kind == "dicom":
+    if "mask_seg.dcm" in study_exports(st):
         try:
             target = out / "mask_seg.dcm"
             atomic_write_bytes(target, dicom_seg_bytes(sp))

@@ -189,6 +189,7 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
 
 def study_response(pred, store, sp, name: str) -> dict:
     from ..display import geometry
+    from ..studies import study_exports
 
     """What /api/study and /api/pacs/open answer: the held result, measurements and every slice's PNGs."""
     slices = [
@@ -208,6 +209,7 @@ def study_response(pred, store, sp, name: str) -> dict:
         "slices": slices,
         "spacing": sp.study.spacing,
         "geometry": geometry(sp.study),
+        "exports": study_exports(sp.study),
         "model": {"model": pred.model_path.name, "engine": pred.engine.name},
         "disclaimer": DISCLAIMER,
     }
@@ -350,7 +352,9 @@ def download_router(pred, store) -> APIRouter:
         kind, r, name = store.get(result_id, threshold)
         if kind != "study":
             raise BadRequest(400, f"{name}: not a study")
-        if filename == "mask_seg.dcm" and r.study.kind != "dicom":
+        from ..studies import study_exports
+
+        if filename not in study_exports(r.study):
             raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
         from ..studies import dicom_seg_bytes, mask_nifti_gz_bytes
 

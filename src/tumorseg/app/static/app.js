@@ -100,7 +100,7 @@ async function runStudy(fd, label) {
   }
 }
 
-function studyOf(r) { return { ...r.measurements, source: r.filename, geometry: r.geometry }; }
+function studyOf(r) { return { ...r.measurements, source: r.filename, geometry: r.geometry, exports: r.exports }; }
 
 async function openFiles(fileList) {
   const all = Array.from(fileList);
@@ -217,7 +217,7 @@ function showResults(items, study, threshold, pacs, keepPicker) {
   $("ref-offer").hidden = true;
   if (window.tumorsegPlanes) window.tumorsegPlanes.forget();
   $("dl-study").hidden = $("dl-nifti").hidden = !study;
-  $("dl-seg").hidden = !(study && study.kind === "dicom");
+  $("dl-seg").hidden = !(study && (study.exports || []).includes("mask_seg.dcm"));
   state.wlAuto = true;
   setZoom(1);
   state.ref = null; state.refFile = null;
