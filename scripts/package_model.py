@@ -29,11 +29,11 @@ THREADS = 0
 HYSTERESIS = (0.0, 0.1, 0.2, 0.3)  # low thresholds tried for stacks (0: off)
 
 
-def val_probs(model_path: Path, data: str, split: dict, engine: str):
+def val_probs(model_path: Path, data: str, split: dict, engine: str, tta: str | None = None):
     eng = load_engine(model_path, engine, THREADS)
     cases = [c for c in discover(data) if c.patient in set(split["val"])]
     ds = load_cases(cases, eng.size)
-    return ds, eng.run_stack(ds.images, ds.groups())  # each patient one stack (2.5D context)
+    return ds, eng.run_stack(ds.images, ds.groups(), tta=tta)  # each patient one stack (2.5D context)
 
 
 def score(ds, probs, thr: float, min_px: int, masks=None, low: float = 0.0) -> dict:
@@ -46,7 +46,7 @@ def score(ds, probs, thr: float, min_px: int, masks=None, low: float = 0.0) -> d
     return m.compute()
 
 
-def condition_probs(model_path: Path, ds, conditions: list[str], engine: str) -> dict:
+def condition_probs(model_path: Path, ds, conditions: list[str], engine: str, tta: str = "none") -> dict:
     """Validation probabilities under each robustness condition (original included), with their masks."""
     from tumorseg.robustness import transformed
 
@@ -54,7 +54,7 @@ def condition_probs(model_path: Path, ds, conditions: list[str], engine: str) ->
     out = {}
     for cond in conditions:
         imgs, masks = transformed(ds, cond)
-        out[cond] = (eng.run_stack(imgs, ds.groups()), masks)
+        out[cond] = (eng.run_stack(imgs, ds.groups(), tta=tta), masks)
     return out
 
 
@@ -114,6 +114,11 @@ def main() -> None:
         help="only (re)build and check the int8 file for the already packaged --out model",
     )
     ap.add_argument(
+        "--tta",
+        default="none,hflip",
+        help="test-time views tried on validation (modelinfo.TTA_VIEWS), the best goes into the model (default: %(default)s)",
+    )
+    ap.add_argument(
         "--select-on",
         default="original",
         help="validation conditions (robustness suite) whose mean objective picks the threshold and "
@@ -147,15 +152,24 @@ def main() -> None:
     _, meta = read_model_file(best)
     split = json.loads((run / "split.json").read_text())
     split = {k: split[k] for k in ("train", "val", "test")}
-    ds, probs = val_probs(best, a.data, split, a.engine)
     conds = [c for c in a.select_on.split(",") if c]
-    extra = condition_probs(best, ds, [c for c in conds if c != "original"], a.engine)
+    by_tta = {}
+    for tta in a.tta.split(","):
+        ds, p_orig = val_probs(best, a.data, split, a.engine, tta)
+        by_tta[tta] = (p_orig, condition_probs(best, ds, [c for c in conds if c != "original"], a.engine, tta))
     grid = []
-    for thr, min_px, low in (
-        (t, p, lo) for t in (0.3, 0.4, 0.5, 0.6, 0.7) for p in (0, 10, 20, 40, 80) for lo in HYSTERESIS if lo < t
+    for tta, thr, min_px, low in (
+        (v, t, p, lo)
+        for v in by_tta
+        for t in (0.3, 0.4, 0.5, 0.6, 0.7)
+        for p in (0, 10, 20, 40, 80)
+        for lo in HYSTERESIS
+        if lo < t
     ):
+        probs, extra = by_tta[tta]
         r = score(ds, probs, thr, min_px, low=low)
         row = {
+            "tta": tta,
             "threshold": thr,
             "min_component_pixels": min_px,
             "hysteresis_low": low,
@@ -181,6 +195,8 @@ def main() -> None:
     meta["threshold"] = choice["threshold"]
     meta["min_component_pixels"] = choice["min_component_pixels"]
     meta["hysteresis_low"] = choice["hysteresis_low"]
+    meta["tta"] = choice["tta"]
+    probs = by_tta[choice["tta"]][0]
     meta["training"]["split"] = split
     meta["training"]["epochs_run"] = len(log)
     meta["training"]["wall_clock_hours"] = round(sum(r["epoch_seconds"] for r in log) / 3600, 2)

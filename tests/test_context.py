@@ -157,3 +157,25 @@ def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
     out = tmp_path / "m.json"
     assert main(["evaluate", "--data", str(data), "--model", str(run / "best.safetensors"), "--json", str(out)]) == 0
     assert 0.0 <= json.loads(out.read_text())["dice"] <= 1.0
+
+
+def test_the_models_recorded_tta_is_what_every_path_runs(tmp_path):
+    """A model that records TTA (chosen on validation) gets it in the Predictor, evaluation's stacks and
+    --tta alike; a model without it runs one view unless --tta asks for the spread."""
+    from tumorseg.engines import load_engine
+    from tumorseg.inference import Predictor
+
+    plain = save_tiny_model(tmp_path / "plain.safetensors")
+    flipped = save_tiny_model(tmp_path / "flip.safetensors", tta="hflip")
+    from .conftest import smooth_noise
+
+    x = np.stack([smooth_noise((64, 64, 3), seed=k) for k in range(3)])
+    eng = load_engine(flipped, "torch-fp32")
+    one = eng.run(x)
+    both = (one + eng.run(x[:, :, ::-1].copy())[:, :, ::-1]) / 2
+    assert np.allclose(eng.run_stack(x), both, atol=1e-6)
+    assert np.allclose(Predictor(flipped, engine="torch-fp32").predict(x[1]).prob, both[1], atol=1e-5)
+    r = Predictor(flipped, engine="torch-fp32").predict(x[1], tta=True)
+    assert np.allclose(r.prob, both[1], atol=1e-5) and r.uncertainty is not None
+    p = Predictor(plain, engine="torch-fp32")
+    assert np.allclose(p.predict(x[1]).prob, load_engine(plain, "torch-fp32").run(x[1:2])[0], atol=1e-5)

@@ -215,7 +215,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--threshold", type=_unit, default=None, help="probability threshold 0..1 (default: the model's)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (adds an uncertainty map)")
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="left-right flip test-time augmentation and its spread as an uncertainty map "
+        "(a model that records TTA, chosen on validation, uses it anyway)",
+    )
     _engine_arg(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")

@@ -168,17 +168,43 @@ class Engine:
             logits = self._logits(x)
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
 
+    def run_views(self, x: np.ndarray, tta: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
+        """(mean probability, spread or None) over the test-time views ``tta`` names (``modelinfo.TTA_VIEWS``:
+        the identity, left-right and up-down flips of the slices and their context alike)."""
+        from .modelinfo import TTA_VIEWS
+
+        views = []
+        for v in TTA_VIEWS[tta]:
+            if v == "id":
+                views.append(self.run(x))
+            elif v == "hflip":
+                views.append(self.run(x[:, :, ::-1].copy())[:, :, ::-1])
+            else:
+                views.append(self.run(x[:, ::-1].copy())[:, ::-1])
+        if len(views) == 1:
+            return views[0], None
+        stack = np.stack(views)
+        return stack.mean(0), stack.std(0)
+
     def run_stack(
-        self, slices_u8: np.ndarray, groups: list[tuple[int, int]] | None = None, step: int = 1, batch: int = 16
+        self,
+        slices_u8: np.ndarray,
+        groups: list[tuple[int, int]] | None = None,
+        step: int = 1,
+        batch: int = 16,
+        tta: str | None = None,
     ) -> np.ndarray:
         """Probabilities for N x S x S x 3 slices stacked in order; ``groups`` are the (start, stop) runs
-        that are one study each (None: one study). A 2D model ignores the order."""
+        that are one study each (None: one study). A 2D model ignores the order. ``tta``: the views to
+        average (default: the model's own, as the Predictor does)."""
+        from .modelinfo import ModelInfo
         from .preprocess import with_context
 
+        tta = ModelInfo.from_meta(self.meta).tta if tta is None else tta
         out = np.empty((len(slices_u8), self.size, self.size), np.float32)
         for s in range(0, len(slices_u8), batch):
             sel = np.arange(s, min(s + batch, len(slices_u8)))
-            out[sel] = self.run(with_context(slices_u8, self.context, step, sel, groups))
+            out[sel] = self.run_views(with_context(slices_u8, self.context, step, sel, groups), tta)[0]
         return out
 
     def _logits(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract

@@ -174,17 +174,10 @@ class Predictor:
         for s in range(0, len(images), batch_size):
             sel = np.arange(s, min(s + batch_size, len(images)))
             x = with_context(resized, spec.context, step, sel, groups)
-            if tta:
-                views = [
-                    self.engine.run(x),
-                    self.engine.run(x[:, :, ::-1].copy())[:, :, ::-1],
-                    self.engine.run(x[:, ::-1].copy())[:, ::-1],
-                ]
-                stack_ = np.stack(views)
-                p = stack_.mean(0)
-                u = stack_.std(0)
-            else:
-                p = self.engine.run(x)
+            # the model's own test-time views (chosen on validation); --tta asks for their spread too,
+            # over the left-right flip at least
+            views = self.model_info.tta if not tta or self.model_info.tta != "none" else "hflip"
+            p, u = self.engine.run_views(x, views)
             for i, k in enumerate(sel):
                 probs.append(resize_prob(p[i], *images[k].shape[:2]))
                 if tta:

@@ -63,11 +63,15 @@ class PostProcessSpec:
     hysteresis_low: float = 0.0  # stacks: voxels >= this connected in 3D to the mask are kept (0: off)
 
 
+TTA_VIEWS = {"none": ("id",), "hflip": ("id", "hflip"), "flips": ("id", "hflip", "vflip")}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     arch: ArchSpec = field(default_factory=ArchSpec)
     input: InputSpec = field(default_factory=InputSpec)
     post: PostProcessSpec = field(default_factory=PostProcessSpec)
+    tta: str = "none"  # test-time views averaged by default (chosen on validation): none | hflip | flips
     meta: dict = field(default_factory=dict, compare=False)  # the rest (training record, metrics, ...)
 
     @classmethod
@@ -98,5 +102,6 @@ class ModelInfo:
                 min_component_pixels=int(meta.get("min_component_pixels", PostProcessSpec.min_component_pixels)),
                 hysteresis_low=float(meta.get("hysteresis_low", PostProcessSpec.hysteresis_low)),
             ),
+            tta=str(meta.get("tta", "none")) if str(meta.get("tta", "none")) in TTA_VIEWS else "none",
             meta=meta,
         )
