@@ -304,6 +304,23 @@ def test_app_lists_opens_and_stores_without_showing_credentials(orthanc, studies
         assert [s.split()[0] for s in st.json()["stored"]] == ["DICOM-SEG", "SR"]
         bad = c.post("/api/pacs/open", data={"study_uid": studies["ct"]})
         assert bad.status_code == 502 and "no MR series" in bad.json()["error"]
+        # the same as a job with progress, as the page opens PACS studies
+        import time
+
+        job = c.post("/api/jobs/pacs", data={"study_uid": studies["flair_only"]}).json()
+        for _ in range(600):
+            v = c.get(f"/api/jobs/{job['job_id']}").json()
+            if v["state"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        assert v["state"] == "done" and v["done"] == v["total"] == 6 and v["result"]["pacs"], v
+        job = c.post("/api/jobs/pacs", data={"study_uid": studies["ct"]}).json()
+        for _ in range(600):
+            v = c.get(f"/api/jobs/{job['job_id']}").json()
+            if v["state"] in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        assert v["state"] == "failed" and v["status"] == 502 and "no MR series" in v["error"]
     # without --dicomweb the page has no PACS
     with TestClient(create_app(Predictor(tiny_model, engine="torch-fp32"))) as c:
         assert c.get("/api/pacs").json()["enabled"] is False

@@ -97,7 +97,7 @@ class JobStore:
             except BadRequest as exc:
                 job.state, job.error, job.status = "failed", _public_message(exc.msg), exc.status
             except Exception as exc:  # the message the synchronous endpoint would give, never a traceback
-                job.state, job.error, job.status = "failed", _public_message(_message(exc)), 400
+                job.state, job.error, job.status = "failed", _public_message(_message(exc)), _status(exc)
 
         threading.Thread(target=run, name=f"tumorseg-job-{job.id[:6]}", daemon=True).start()
         return job
@@ -108,6 +108,14 @@ class JobStore:
         if job is None:
             raise BadRequest(404, "no such job (finished jobs are kept for a while only)")
         return job
+
+
+def _status(exc: Exception) -> int:
+    """The status the synchronous endpoint answers for this failure."""
+    from ..checks import CannotJudge
+    from ..pacs import PacsError
+
+    return 502 if isinstance(exc, PacsError) else 422 if isinstance(exc, CannotJudge) else 400
 
 
 def _message(exc: Exception) -> str:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form
 from starlette.concurrency import run_in_threadpool
 
 
-def pacs_router(pred, dicomweb, study_response, held_result) -> APIRouter:
+def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRouter:
     """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404)."""
     from .common import BadRequest
 
@@ -50,6 +50,25 @@ def pacs_router(pred, dicomweb, study_response, held_result) -> APIRouter:
 
         sp = await run_in_threadpool(run)
         return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
+
+    @router.post("/api/jobs/pacs", status_code=202)
+    def pacs_open_job(study_uid: str = Form(...), series_uid: str | None = Form(None)) -> dict:
+        """``/api/pacs/open`` as a job (``GET /api/jobs/{id}`` for progress; cancel with ``DELETE``)."""
+        from ..pacs import open_study
+
+        p = need_pacs()
+        if jobs is None:
+            raise BadRequest(404, "jobs are not enabled")
+
+        def work(job):
+            with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
+                study = open_study(p, study_uid, series_uid or None, Path(tmp))
+                return pred.predict_study(study, on_progress=job.progress)
+
+        def respond(sp):
+            return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
+
+        return jobs.start(f"study {study_uid}", work, respond).view()
 
     @router.post("/api/pacs/store")
     async def pacs_store(result_id: str = Form(...), threshold: float | None = Form(None)):

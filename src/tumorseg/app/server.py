@@ -68,9 +68,12 @@ def create_app(
     _install_error_handling(app, max_upload_mb)
     app.include_router(meta_router(pred))
     app.include_router(image_router(pred, store, cap))
-    studies, study_response = study_router(pred, store, cap)
+    from .jobs import JobStore
+
+    jobs = JobStore()  # long studies (files or the PACS) with progress and cancel
+    studies, study_response = study_router(pred, store, cap, jobs)
     app.include_router(studies)
-    app.include_router(pacs_router(pred, dicomweb, study_response, store.get))
+    app.include_router(pacs_router(pred, dicomweb, study_response, store.get, jobs))
     app.include_router(held_router(pred, store, cap))
     app.include_router(download_router(pred, store))
     static = Path(str(resources.files("tumorseg") / "app" / "static"))

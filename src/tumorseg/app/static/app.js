@@ -69,8 +69,8 @@ const REF_NAME = /(_mask\.[^.]+|_seg\.nii(\.gz)?)$/i;
 function formatSeconds(s) { return s < 90 ? `${Math.round(s)} s` : `${Math.round(s / 60)} min`; }
 
 // A study runs as a server job: a progress bar with an estimate and a cancel button, never a frozen page.
-async function runStudy(fd, label) {
-  const job = await api("/api/jobs/study", { method: "POST", body: fd });
+async function runStudy(fd, label, endpoint = "/api/jobs/study") {
+  const job = await api(endpoint, { method: "POST", body: fd });
   const cancel = $("progress-cancel");
   $("busy").hidden = true;
   $("progress").hidden = false;
@@ -811,7 +811,7 @@ async function openPacs(uid, label) {
   const fd = new FormData();
   fd.append("study_uid", uid);
   try {
-    const r = await api("/api/pacs/open", { method: "POST", body: fd });
+    const r = await runStudy(fd, label, "/api/jobs/pacs");
     const items = await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)));
     busy(false);
     showResults(items, studyOf(r), threshold, r.pacs);
