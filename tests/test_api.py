@@ -116,7 +116,7 @@ def test_no_cors_by_default(client):
 def test_page_and_docs_served_offline(client):
     page = client.get("/").text
     assert "not a medical device" in page and "http://" not in page.replace("http://www.w3.org", "")
-    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/main.js").status_code == 200
     assert client.get("/openapi.json").json()["paths"]["/api/segment"]
 
 

@@ -1,0 +1,297 @@
+// Opening files and studies (jobs with progress), results on screen, references, downloads, layouts.
+import { $, api, authHeaders, busy, decodePng, downloadUrl, formatSeconds, showError, state, stem } from "./state.js";
+import { applyZoom, render, setZoom, showOrientation } from "./viewer.js";
+import * as planes from "./planes.js";
+
+export async function makeItem(name, imageB64, probB64, spacing, resultId, slice) {
+  const image = await decodePng(imageB64);
+  const probRgba = await decodePng(probB64);
+  const n = probRgba.width * probRgba.height;
+  const prob = new Uint8Array(n);
+  let max = 0;
+  for (let i = 0; i < n; i++) { const v = probRgba.data[4 * i]; prob[i] = v; if (v > max) max = v; }
+  return { name, image, prob, width: image.width, height: image.height, max: max / 255, spacing, resultId, slice };
+}
+
+export function naturalKey(name) {
+  const m = name.match(/_(\d+)\.[^.]+$/);
+  return m ? [name.replace(/_(\d+)\.[^.]+$/, ""), parseInt(m[1], 10)] : [name, 0];
+}
+
+// A folder's reference masks: LGG slices' <slice>_mask images, a BraTS case's _seg file.
+export const REF_NAME = /(_mask\.[^.]+|_seg\.nii(\.gz)?)$/i;
+
+// A study runs as a server job: a progress bar with an estimate and a cancel button, never a frozen page.
+export async function runStudy(fd, label, endpoint = "/api/jobs/study") {
+  const job = await api(endpoint, { method: "POST", body: fd });
+  const cancel = $("progress-cancel");
+  $("busy").hidden = true;
+  $("progress").hidden = false;
+  cancel.disabled = false;
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    $("progress-text").textContent = `Cancelling ${label}…`;
+    try { await api(`/api/jobs/${job.job_id}`, { method: "DELETE" }); } catch (e) { /* it finished meanwhile */ }
+  };
+  try {
+    for (;;) {
+      const v = await api(`/api/jobs/${job.job_id}`);
+      $("progress-bar").max = Math.max(1, v.total);
+      $("progress-bar").value = v.done;
+      $("progress").dataset.done = String(v.done);
+      const eta = v.eta_s !== null && v.eta_s !== undefined ? ` · about ${formatSeconds(v.eta_s)} left` : "";
+      if (v.state !== "cancelling") {
+        $("progress-text").textContent = v.total ? `Segmenting ${label}: ${v.done} of ${v.total} slices${eta}` : `Reading ${label}…`;
+      }
+      if (v.state === "done") return v.result;
+      if (v.state === "failed") throw new Error(v.error);
+      if (v.state === "cancelled") throw new Error(`${label}: cancelled; nothing was kept`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  } finally {
+    $("progress").hidden = true;
+  }
+}
+
+export function studyOf(r) { return { ...r.measurements, source: r.filename, geometry: r.geometry, exports: r.exports }; }
+
+export async function openFiles(fileList) {
+  const all = Array.from(fileList);
+  const refs = all.filter((f) => REF_NAME.test(f.name));
+  const files = all.filter((f) => !REF_NAME.test(f.name));
+  const folder = all.length && all[0].webkitRelativePath ? all[0].webkitRelativePath.split("/")[0] : "";
+  if (!files.length) {
+    if (refs.length && state.study) { state.refFiles = refs; runCompare(); }
+    return;
+  }
+  showError([]);
+  const errors = [];
+  const items = [];
+  let study = null;
+  const threshold = parseFloat($("threshold").value);
+  let done = 0;
+  // What is a study is the server's rule (studies.classify_names): ask it with the names only.
+  let kind = "images";
+  try {
+    kind = (await api("/api/classify", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(files.map((f) => f.name)) })).kind;
+  } catch (e) {
+    errors.push(e.message);
+  }
+  if (kind === "studies") {
+    // several study files (e.g. two patients' NIfTIs): each is its own study, as in the CLI; a picker switches
+    const opened = [];
+    for (const f of files) {
+      busy(true, `Segmenting ${f.name} (${opened.length + 1} of ${files.length})…`);
+      const fd = new FormData();
+      fd.append("file", f, f.name);
+      try {
+        const r = await runStudy(fd, f.name);
+        const its = await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)));
+        opened.push({ name: r.filename, items: its, study: studyOf(r) });
+      } catch (e) {
+        errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
+      }
+    }
+    busy(false);
+    showError(errors);
+    showStudies(opened, threshold);
+    return;
+  }
+  if (kind === "study-file" || kind === "study-files") {
+    busy(true, kind === "study-file" ? `Segmenting ${files[0].name}…` : `Segmenting a study of ${files.length} files…`);
+    const fd = new FormData();
+    if (kind === "study-file") fd.append("file", files[0], files[0].name);
+    else for (const f of files) fd.append("files", f, f.name);
+    const sp = $("spacing") ? $("spacing").value.trim() : "";
+    if (sp) fd.append("spacing", sp);
+    if (folder && kind === "study-files") fd.append("folder", folder);
+    try {
+      const r = await runStudy(fd, folder || (kind === "study-file" ? files[0].name : `a study of ${files.length} files`));
+      study = studyOf(r);
+      // decode every slice's PNGs at once (the browser decodes in parallel), not one after another
+      items.push(...(await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)))));
+    } catch (e) {
+      errors.push(kind === "study-file" && !e.message.startsWith(files[0].name) ? `${files[0].name}: ${e.message}` : e.message);
+    }
+  } else {
+    for (const f of files) {
+      busy(true, files.length > 1 ? `Segmenting ${++done} of ${files.length}…` : `Segmenting ${f.name}…`);
+      const fd = new FormData();
+      fd.append("file", f, f.name);
+      try {
+        const r = await api("/api/segment", { method: "POST", body: fd });
+        const item = await makeItem(r.filename, r.image_png, r.prob_png, null, r.result_id, 0);
+        item.warnings = r.warnings || [];
+        items.push(item);
+      } catch (e) {
+        errors.push(e.message.startsWith(f.name) ? e.message : `${f.name}: ${e.message}`);
+      }
+    }
+  }
+  busy(false);
+  showError(errors);
+  showResults(items, study, threshold, null);
+  offerReference(study ? refs : []);
+}
+
+// The study's own reference files (a slice folder's masks, a case folder's _seg), offered, never silent.
+export function offerReference(refs) {
+  state.refOffer = refs;
+  const b = $("ref-offer");
+  b.hidden = !refs.length;
+  if (refs.length) {
+    b.textContent = refs.length === 1 ? `Compare with ${refs[0].name}` : `Compare with the folder's ${refs.length} masks`;
+    b.title = `${b.textContent}: the reference found beside the study (Dice, volumes, a cyan contour)`;
+  }
+}
+
+export function showStudies(opened, threshold) {
+  const pick = $("study-pick");
+  pick.textContent = "";
+  opened.forEach((o, k) => { const opt = document.createElement("option"); opt.value = String(k); opt.textContent = o.name; pick.append(opt); });
+  pick.hidden = opened.length < 2;
+  pick.onchange = () => { const o = opened[parseInt(pick.value, 10)]; showResults(o.items, o.study, threshold, null, true); };
+  if (opened.length) showResults(opened[0].items, opened[0].study, threshold, null, true);
+}
+
+// One way to put results on screen, whatever they came from (files, a folder, the PACS).
+export function showResults(items, study, threshold, pacs, keepPicker) {
+  if (!keepPicker) $("study-pick").hidden = true;
+  state.pacs = pacs;
+  $("pacs-store").hidden = !pacs;
+  $("pacs-result").textContent = "";
+  if (!items.length) return;
+  if (!study) items.sort((a, b) => { const ka = naturalKey(a.name), kb = naturalKey(b.name); return ka[0] < kb[0] ? -1 : ka[0] > kb[0] ? 1 : ka[1] - kb[1]; });
+  state.items = items;
+  state.study = study;
+  state.official = null;
+  state.refFiles = null;
+  $("ref-offer").hidden = true;
+  planes.forget();
+  $("dl-study").hidden = $("dl-nifti").hidden = !study;
+  $("dl-seg").hidden = !(study && (study.exports || []).includes("mask_seg.dcm"));
+  state.wlAuto = true;
+  setZoom(1);
+  state.ref = null; state.refFile = null;
+  $("s-ref-row").hidden = true;
+  $("ref-label").hidden = false;
+  state.index = study ? bestSlice(items, threshold) : 0;
+  const s = $("slice");
+  s.max = String(items.length - 1);
+  s.value = String(state.index);
+  $("slice-group").hidden = items.length < 2;
+  $("dl-mask").disabled = $("dl-overlay").disabled = false;
+  $("ph-left").hidden = $("ph-right").hidden = true;
+  render();
+  setLayout(study || SIDE_LAYOUTS.includes(state.layout) ? state.layout : "side");
+}
+
+export function bestSlice(items, thr) {
+  let best = 0, bestCount = -1;
+  const t = Math.round(thr * 255);
+  items.forEach((it, i) => { let c = 0; for (const v of it.prob) if (v >= t) c++; if (c > bestCount) { bestCount = c; best = i; } });
+  return best;
+}
+
+// ---- compare with the user's reference mask (the server computes Dice as the CLI's --reference does)
+export async function runCompare() {
+  const it = state.items[state.index];
+  const refs = state.refFiles && state.refFiles.length ? state.refFiles : state.refFile ? [state.refFile] : [];
+  if (!it || !refs.length) return;
+  const fd = new FormData();
+  fd.append("result_id", it.resultId);
+  fd.append("threshold", String(parseFloat($("threshold").value)));
+  const perSlice = refs.length > 1 || /_mask\.[^.]+$/i.test(refs[0].name);
+  if (perSlice && state.study) for (const f of refs) fd.append("files", f, f.name);
+  else fd.append("file", refs[0], refs[0].name);
+  try {
+    const r = await api("/api/compare", { method: "POST", body: fd });
+    const masks = [];
+    for (const b64 of r.reference_png) {
+      const rgba = await decodePng(b64);
+      const m = new Uint8Array(rgba.width * rgba.height);
+      for (let i = 0; i < m.length; i++) m[i] = rgba.data[4 * i];
+      masks.push(m);
+    }
+    state.ref = { masks, result: r, threshold: r.threshold };
+    let txt = `Dice ${r.dice.toFixed(4)} vs ${r.reference}`;
+    if (r.volume_difference_ml !== undefined && r.volume_difference_ml !== null) txt += ` · volume difference ${r.volume_difference_ml >= 0 ? "+" : ""}${r.volume_difference_ml.toFixed(2)} mL (model ${r.model_ml.toFixed(2)}, reference ${r.reference_ml.toFixed(2)})`;
+    else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
+    if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice + 1).join(", ")}`;
+    $("s-ref").textContent = txt;
+    $("s-ref").dataset.dice = r.dice.toFixed(6);
+    $("s-ref-row").hidden = false;
+    render();
+  } catch (e) {
+    showError([e.message]);
+  }
+}
+
+// The CLI's <name>_mask.png, made by the server (never re-thresholded here).
+export function downloadMask() {
+  const it = state.items[state.index];
+  const thr = parseFloat($("threshold").value);
+  const q = `threshold=${thr}&slice=${it.slice}`;
+  downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, state.study ? `${stem(state.study.source || "study")}_slice${String(it.slice + 1).padStart(4, "0")}_mask.png` : `${stem(it.name)}_mask.png`);
+}
+
+export function downloadStudyFile(file) {
+  const it = state.items[state.index];
+  const thr = parseFloat($("threshold").value);
+  downloadUrl(`/api/result/${it.resultId}/${file}?threshold=${thr}`, `${stem(state.study.source || "study")}_${file}`);
+}
+
+export function downloadStudy() {
+  const it = state.items[state.index];
+  const thr = parseFloat($("threshold").value);
+  downloadUrl(`/api/result/${it.resultId}/study.zip?threshold=${thr}`, `${stem(state.study.source || "study")}_tumorseg.zip`);
+}
+
+// ---- layouts: original | AI side by side (the paper's view), or the study in patient space (NiiVue)
+export const LAYOUTS = ["side", "sequences", "multi", "axial", "coronal", "sagittal"];
+
+export const SIDE_LAYOUTS = ["side", "sequences"]; // drawn on the page's canvases (the rest: NiiVue)
+
+export async function setLayout(layout) {
+  const it = state.items[state.index];
+  if (!SIDE_LAYOUTS.includes(layout) && !state.study) {
+    showError(["Three planes need a study (a NIfTI, a DICOM series or a folder of slices); a single image has one plane."]);
+    layout = "side";
+  }
+  state.layout = layout;
+  $("layout").value = layout;
+  const onCanvas = SIDE_LAYOUTS.includes(layout);
+  $("viewer").hidden = !onCanvas;
+  $("planes").hidden = onCanvas;
+  $("viewer").classList.toggle("four", layout === "sequences");
+  document.querySelectorAll(".seq-fig").forEach((f) => { f.hidden = layout !== "sequences"; });
+  if (onCanvas) { render(); return; }
+  if (!it) return;
+  const seq = { 0: "t1", 1: "flair", 2: "t1c" }[state.seq] || "flair";
+  try {
+    await planes.open($("nv"), {
+      resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+      radiological: state.convention === "radiological", layout, headers: authHeaders(), ruler: $("ruler").checked,
+      onLocation: (text, d) => { $("readout").textContent = text; $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(","); },
+    });
+  } catch (e) {
+    showError([`Three planes: ${e.message}`]);
+  }
+}
+
+export function updatePlanes() {
+  if (SIDE_LAYOUTS.includes(state.layout) || !planes.isOpen()) return;
+  planes.update({ threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+    radiological: state.convention === "radiological", layout: state.layout, ruler: $("ruler").checked });
+}
+
+export function setConvention(conv) {
+  state.convention = conv;
+  $("neuro").checked = conv === "neurological";
+  applyZoom();
+  showOrientation();
+  updatePlanes();
+}
+
+export function toggleHelp(on) { $("shortcuts").hidden = !on; if (on) $("shortcuts-close").focus(); }
