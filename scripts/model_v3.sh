@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
+# 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | package | val | test | external | pictures).
+#
+#   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
+#
+# Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
+# patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
+# robustness suite's FLAIR-only conditions (flair_only, flair_only_stripped); the test patients and
+# brats-dev are looked at only after that decision, for the model card.
+set -eu
+PY=${PYTHON:-.venv/bin/python}
+DATA=${DATA:-../shared/data/lgg-kaggle_3m}
+RUN=${RUN:-runs/v3_ctx1}
+OUT=${OUT:-runs/v3}
+SPLIT=docs/results/split.json
+V2=src/tumorseg/models/default.safetensors
+V3=$OUT/default.safetensors
+mkdir -p "$OUT"
+case "${1:?STEP}" in
+  train)  # one background run of ~95 min on 1 thread (AVX-512 bf16 CPU: ~4.6 images/s at 192 px)
+    $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
+      --context 1 --aug v2 --loss dice+bce --lr 1e-4 --schedule cosine --epochs 14 --samples-per-epoch 1600 \
+      --batch-size 8 --patch-size 192 --patience 1000 --max-minutes 95 --threads 1 --out "$RUN" ;;
+  package)
+    $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
+      --select-on original,skull_stripped,flair_only --tta none,hflip ;;
+  val)
+    $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine torch-fp32 \
+      --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_val
+    $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine torch-fp32 \
+      --model $V2 --model $V3 --conditions original,skull_stripped,flair_only,flair_only_stripped \
+      --json docs/results/robustness_v2_v3_val.json ;;
+  test)
+    $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine torch-fp32 \
+      --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_test ;;
+  external)
+    $PY scripts/external_eval.py --data ../shared/data/brats-dev --model $V3 --engine torch-fp32 \
+      --json docs/results/external_brats_dev_v3.json ;;
+  pictures)
+    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --a v2=$V2 --b v3=$V3 \
+      --out docs/results/faint_ends_test.png ;;
+  *) echo "unknown step $1" >&2; exit 2 ;;
+esac
