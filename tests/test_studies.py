@@ -143,3 +143,27 @@ def test_zip_with_traversal_or_bomb_refused(tmp_path):
         zf.writestr("a.dcm", b"\0" * (20 * 1024 * 1024))
     with pytest.raises(StudyError, match="bomb"):
         read_study(bomb)
+
+
+def test_a_new_study_format_is_one_entry_in_the_registry(tmp_path, monkeypatch):
+    """The worked extension of docs/architecture.md: one FileFormat entry (and its reader) makes a new
+    suffix a study for classification (the page), the CLI's input expansion, reading and output naming."""
+    import tumorseg.studies as studies
+    from tumorseg.batch import output_name
+
+    def read_npy(p, series):
+        vol = np.load(p)
+        st = studies.Study(str(p), "nifti", vol, (1.0, 1.0, 1.0), [f"slice {k + 1}" for k in range(len(vol))])
+        st.affine = np.eye(4)
+        return st
+
+    monkeypatch.setattr(
+        studies, "FILE_FORMATS", (*studies.FILE_FORMATS, studies.FileFormat("npy", (".npyvol",), read_npy))
+    )
+    f = tmp_path / "case7.npyvol"
+    with open(f, "wb") as fh:
+        np.save(fh, np.full((3, 16, 16, 3), 90, np.uint8))
+    assert studies.classify_names([f.name]) == "study-file"
+    assert studies.is_study_source(f)
+    assert studies.read_study(f).n_slices == 3
+    assert output_name(f, set()) == "case7"

@@ -12,6 +12,7 @@ import math
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,6 @@ class Study:
         return self.volume[i]
 
 
-STUDY_EXTENSIONS = (".nii.gz", ".nii", ".zip", ".dcm", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp")
 _SEQUENCE_SUFFIX = re.compile(
     r"[_\-.](flair|t2f|t2-?flair|t1|t1n|t1ce|t1c|t1gd|t1-?post|t2|t2w|seg|0000|0001|0002|0003)$", re.I
 )
@@ -86,7 +86,9 @@ _NUMBERED = re.compile(r"^(?P<stem>.+?)[_\-. ]?(?P<n>\d+)$")
 
 
 def strip_extension(name: str) -> str:
-    for suf in STUDY_EXTENSIONS:
+    """A file name without its study or image suffix (the formats' suffixes, ``.dcm``, image suffixes)."""
+    known = [x for f in FILE_FORMATS for x in f.suffixes] + [".dcm", *IMAGE_EXTENSIONS]
+    for suf in sorted(known, key=len, reverse=True):
         if name.lower().endswith(suf) and len(name) > len(suf):
             return name[: -len(suf)]
     return name
@@ -124,35 +126,28 @@ def study_name(files, folder: str | None = None) -> str:
 
 
 def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
-    """How a set of chosen files is read: 'study-file' (one NIfTI or zip), 'study-files' (one study from
-    several files: a DICOM series, per-sequence NIfTIs, or numbered slices of one patient), 'studies'
-    (several NIfTI or zip files that are not one case's sequences: each is a study) or 'images'.
+    """How a set of chosen files is read: 'study-file' (one file a ``FILE_FORMATS`` entry claims: NIfTI,
+    zip), 'study-files' (one study from several files, claimed by a ``FOLDER_FORMATS`` entry: per-sequence
+    NIfTIs, a DICOM series, numbered slices of one patient), 'studies' (several study files that are not
+    one case's sequences: each is a study) or 'images'.
 
     The one rule for the CLI's folders and the page's file choices (the page asks /api/classify).
     ``dicom`` flags files known to be DICOM by content; without it, names ending .dcm or with no
     extension count.
     """
-    names = [Path(n).name for n in names if not Path(n).name.startswith(".")]
-    if len(names) == 1 and (_is_nifti(Path(names[0])) or names[0].lower().endswith(".zip")):
+    keep = [i for i, n in enumerate(names) if not Path(n).name.startswith(".")]
+    names = [Path(names[i]).name for i in keep]
+    flags = (
+        [dicom[i] for i in keep] if dicom is not None else [n.lower().endswith(".dcm") or "." not in n for n in names]
+    )
+    if len(names) == 1 and file_format_of(names[0]) is not None:
         return "study-file"
-    if (
-        len(names) > 1
-        and find_sequences([Path(n) for n in names if _is_nifti(Path(n))])
-        and all(_is_nifti(Path(n)) for n in names)
-    ):
+    folder = folder_format_of(names, flags)
+    if folder is not None and folder.name == "sequences":
         return "study-files"
-    if len(names) > 1 and all(_is_nifti(Path(n)) or n.lower().endswith(".zip") for n in names):
+    if len(names) > 1 and all(file_format_of(n) is not None for n in names):
         return "studies"
-    flags = dicom if dicom is not None else [n.lower().endswith(".dcm") or "." not in n for n in names]
-    imgs = [n for n in names if _is_slice_image(n)]
-    if sum(flags) and sum(flags) >= len(imgs):
-        return "study-files"
-    stems = [re.match(r"^(.*)_(\d+)$", Path(n).stem) for n in imgs]
-    numbered = len(imgs) >= 2 and all(stems) and len({m.group(1) for m in stems}) == 1
-    has_masks = any(Path(n).stem.lower().endswith("_mask") for n in names)
-    if numbered and (has_masks or len(imgs) >= 3):
-        return "study-files"
-    return "images"
+    return "study-files" if folder is not None else "images"
 
 
 def looks_like_study_folder(p: Path) -> bool:
@@ -252,8 +247,97 @@ def find_sequences(files) -> dict[str, Path]:
     return found if "flair" in found or len([k for k in found if k != "label"]) > 1 else {}
 
 
+# --------------------------------------------------------------------------- the formats
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """A study held in one file, known by its suffix."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    read: Callable[[Path, str | None], Study]  # (path, DICOM series UID or None)
+
+
+@dataclass(frozen=True)
+class FolderFormat:
+    """A study spread over several files (a folder, or files chosen together), known by their names
+    (and, for DICOM, by content flags)."""
+
+    name: str
+    claims: Callable[[list[str], list[bool]], bool]
+    read: Callable[[list[Path], str, str | None], Study]  # (files, source name, series UID or None)
+
+
+def _read_zip(p: Path, series: str | None) -> Study:
+    members = _zip_members(p)
+    if _mostly_images(members):
+        return read_slices(members, str(p))
+    return read_dicom(members, str(p), series)
+
+
+def _claims_sequences(names: list[str], flags: list[bool]) -> bool:
+    """One case's per-sequence NIfTIs (other files that are neither images nor DICOM, e.g. a README, are
+    let be)."""
+    niftis = [Path(n) for n in names if _is_nifti(Path(n))]
+    others = [n for n, f in zip(names, flags) if not _is_nifti(Path(n)) and (f or _is_slice_image(n))]
+    return len(niftis) > 1 and not others and bool(find_sequences(niftis))
+
+
+def _claims_dicom(names: list[str], flags: list[bool]) -> bool:
+    imgs = [n for n in names if _is_slice_image(n)]
+    return bool(sum(flags)) and sum(flags) >= len(imgs)
+
+
+def _claims_slices(names: list[str], flags: list[bool]) -> bool:
+    imgs = [n for n in names if _is_slice_image(n)]
+    stems = [re.match(r"^(.*)_(\d+)$", Path(n).stem) for n in imgs]
+    numbered = len(imgs) >= 2 and all(stems) and len({m.group(1) for m in stems}) == 1
+    has_masks = any(Path(n).stem.lower().endswith("_mask") for n in names)
+    return numbered and (has_masks or len(imgs) >= 3)
+
+
+def _read_sequence_files(files: list[Path], source: str, series: str | None) -> Study:
+    return read_sequences(find_sequences(files), source)
+
+
+def _read_dicom_files(files: list[Path], source: str, series: str | None) -> Study:
+    return read_dicom([(q.name, q.read_bytes()) for q in files if _is_dicom_file(q)], source, series)
+
+
+def _read_slice_files(files: list[Path], source: str, series: str | None) -> Study:
+    imgs = [q for q in files if _is_slice_image(q.name)]
+    st = read_slices([(q.name, q) for q in imgs], source)
+    others = len(files) - len(imgs) - sum(q.stem.lower().endswith("_mask") for q in files)
+    if others:
+        st.notes.append(f"{others} other file(s) in the folder were not slices and were ignored.")
+    return st
+
+
+# The one list of study formats: the CLI's input expansion, /api/classify (the page), read_study and
+# output naming all ask these. A new format is an entry here and its reader.
+FILE_FORMATS: tuple[FileFormat, ...] = (
+    FileFormat("nifti", (".nii", ".nii.gz"), lambda p, series: read_nifti(p)),
+    FileFormat("zip", (".zip",), _read_zip),
+)
+FOLDER_FORMATS: tuple[FolderFormat, ...] = (  # first claim wins
+    FolderFormat("sequences", _claims_sequences, _read_sequence_files),
+    FolderFormat("dicom", _claims_dicom, _read_dicom_files),
+    FolderFormat("slices", _claims_slices, _read_slice_files),
+)
+
+
+def file_format_of(name: str) -> FileFormat | None:
+    n = str(name).lower()
+    return next((f for f in FILE_FORMATS if n.endswith(f.suffixes)), None)
+
+
+def folder_format_of(names: list[str], flags: list[bool]) -> FolderFormat | None:
+    return next((f for f in FOLDER_FORMATS if f.claims(names, flags)), None)
+
+
 def read_study(path, series: str | None = None, spacing: tuple[float, float, float] | None = None) -> Study:
-    """Read any study source the project knows; each front end asks here (one registry).
+    """Read any study source the project knows; each front end asks here (``FILE_FORMATS``, ``FOLDER_FORMATS``).
 
     ``path``: a NIfTI file; a folder of per-sequence NIfTIs (BraTS / nnU-Net naming) or a dict
     {'t1'|'flair'|'t1c': path}; a DICOM folder or zip; a patient folder or zip of numbered slices.
@@ -264,35 +348,23 @@ def read_study(path, series: str | None = None, spacing: tuple[float, float, flo
     p = Path(path)
     if not p.exists():
         raise StudyError(p, "not found")
-    if p.is_file() and _is_nifti(p):
-        return _with_spacing(read_nifti(p), spacing)
-    if p.is_file() and p.name.lower().endswith(".zip"):
-        members = _zip_members(p)
-        if _mostly_images(members):
-            return _with_spacing(read_slices(members, str(p)), spacing)
-        return _with_spacing(read_dicom(members, str(p), series), spacing)
+    fmt = file_format_of(p.name) if p.is_file() else None
+    if fmt is not None:
+        return _with_spacing(fmt.read(p, series), spacing)
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
-        seqs = find_sequences(files)
-        if seqs:
-            return _with_spacing(read_sequences(seqs, str(p)), spacing)
-        dcm = [q for q in files if _is_dicom_file(q)]
-        imgs = [q for q in files if _is_slice_image(q.name)]
-        if dcm and len(imgs) <= len(dcm):
-            return _with_spacing(read_dicom([(q.name, q.read_bytes()) for q in dcm], str(p), series), spacing)
-        st = read_slices([(q.name, q) for q in imgs], str(p))
-        others = len(files) - len(imgs) - sum(q.stem.lower().endswith("_mask") for q in files)
-        if others:
-            st.notes.append(f"{others} other file(s) in the folder were not slices and were ignored.")
-        return _with_spacing(st, spacing)
+        flags = [_is_dicom_file(q) for q in files]
+        folder = folder_format_of([q.name for q in files], flags)
+        if folder is None or folder.name == "slices":  # a folder read as a study at all is read as slices
+            folder = FOLDER_FORMATS[-1]
+        return _with_spacing(folder.read(files, str(p), series), spacing)
     raise StudyError(p, "not a study (expected a NIfTI file, a DICOM folder or .zip, or a patient folder)")
 
 
 def is_study_source(p: Path) -> bool:
     """Whether ``p`` is read as one study (rather than as separate 2D images)."""
     if p.is_file():
-        n = p.name.lower()
-        return _is_nifti(p) or n.endswith(".zip")
+        return file_format_of(p.name) is not None
     if p.is_dir():
         return looks_like_study_folder(p)
     return False
