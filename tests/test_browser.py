@@ -208,6 +208,24 @@ def test_viewer_controls(server, tmp_path):
             z2 = float(page.get_attribute("#readout", "data-ras").split(",")[2])
             assert abs(abs(z2 - z1) - 2.5) < 1e-6  # one slice = the affine's 2.5 mm
             assert page.get_attribute("#progress", "data-done") == "6"  # the study ran as a job with progress
+            # Shift+drag measures in mm (0.9 mm voxels in-plane)
+            box = page.locator("#frame-orig").bounding_box()
+            p1 = (box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+            p2 = (box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6)
+            ends = []
+            for x, y in (p1, p2):
+                page.mouse.move(x, y)
+                vox = page.inner_text("#readout").split("voxel ")[1].split(" ·")[0]
+                ends.append([int(v) for v in vox.split(", ")[:2]])
+            page.mouse.move(*p1)
+            page.keyboard.down("Shift")
+            page.mouse.down()
+            page.mouse.move(*p2, steps=4)
+            page.mouse.up()
+            page.keyboard.up("Shift")
+            want = 0.9 * float(np.hypot(ends[1][0] - ends[0][0], ends[1][1] - ends[0][1]))
+            assert abs(float(page.get_attribute("#readout", "data-distance")) - want) < 0.01, (ends, want)
+            assert page.locator("#frame-ai svg.ruler").count() == 1
             s1 = page.inner_text("#slice-val")
             t0 = float(page.input_value("#threshold"))
             page.focus("#threshold")

@@ -222,6 +222,7 @@ export function showOrientation() {
 }
 
 export function applyZoom() {
+  if (!(state.drag && state.drag.mode === "ruler")) clearRuler();
   const d = turn();
   const turnCss = `${d.flip_x || d.flip_y ? `scale(${d.flip_x ? -1 : 1}, ${d.flip_y ? -1 : 1}) ` : ""}${d.transpose ? "matrix(0, 1, 1, 0, 0, 0)" : ""}`;
   const t = `translate(${state.panX}px, ${state.panY}px) scale(${state.zoom}) ${turnCss}`;
@@ -317,6 +318,7 @@ export function initViewer() {
     fr.addEventListener("mousemove", (e) => {
       const d = state.drag;
       if (d && d.mode === "pan") { state.panX = d.px + e.clientX - d.x; state.panY = d.py + e.clientY - d.y; applyZoom(); }
+      if (d && d.mode === "ruler") measure(d, e);
       if (d && d.mode === "wl") {
         state.wlAuto = false;
         state.win = Math.max(1, Math.min(255, d.win + (e.clientX - d.x)));
@@ -327,6 +329,8 @@ export function initViewer() {
     });
     fr.addEventListener("mouseleave", () => { state.drag = null; document.querySelectorAll(".cross").forEach((m) => { m.hidden = true; }); });
     fr.addEventListener("mousedown", (e) => {
+      const a = e.button === 0 && ($("ruler").checked || e.shiftKey) ? pixelAt(fr.querySelector("canvas"), e) : null;
+      if (a) { state.drag = { mode: "ruler", a, x: e.clientX, y: e.clientY, frame: fr }; measure(state.drag, e); return; }
       if (e.button === 2) state.drag = { mode: "wl", x: e.clientX, y: e.clientY, win: state.win, lev: state.lev };
       else if (e.button === 0 && state.zoom > 1) state.drag = { mode: "pan", x: e.clientX, y: e.clientY, px: state.panX, py: state.panY };
     });
@@ -341,10 +345,50 @@ export function initViewer() {
   document.addEventListener("mouseup", () => { state.drag = null; });
 }
 
+// A ruler on the canvas views (Ruler ticked, or Shift+drag): the distance in mm from the voxel size (in
+// px where an image has none), drawn on every panel; cleared by the next slice, zoom or pan.
+export function measure(d, e) {
+  const it = state.items[state.index];
+  const b = pixelAt(d.frame.querySelector("canvas"), e);
+  if (!it || !b) return;
+  const g = state.study && state.study.geometry;
+  let mm = null;
+  if (g) {
+    const col = Math.hypot(g.affine[0][0], g.affine[1][0], g.affine[2][0]), row = Math.hypot(g.affine[0][1], g.affine[1][1], g.affine[2][1]);
+    mm = Math.hypot((b.x - d.a.x) * col, (b.y - d.a.y) * row);
+  } else if (it.spacing) {
+    mm = Math.hypot((b.x - d.a.x) * it.spacing[2], (b.y - d.a.y) * it.spacing[1]);
+  }
+  const px = Math.hypot(b.x - d.a.x, b.y - d.a.y);
+  const text = mm !== null ? `${mm.toFixed(1)} mm` : `${px.toFixed(1)} px (no voxel size)`;
+  for (const id of CANVASES) {
+    const fr = $(`frame-${id}`), box = fr.getBoundingClientRect();
+    let svg = fr.querySelector("svg.ruler");
+    if (!svg) {
+      svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      svg.setAttribute("class", "ruler");
+      svg.innerHTML = '<line stroke="#ffd400" stroke-width="2"/><text fill="#ffd400" font-size="13" paint-order="stroke" stroke="#000" stroke-width="3"></text>';
+      fr.append(svg);
+    }
+    const src = d.frame.getBoundingClientRect();
+    const [x1, y1, x2, y2] = [d.x - src.left, d.y - src.top, e.clientX - src.left, e.clientY - src.top];
+    const line = svg.querySelector("line"), label = svg.querySelector("text");
+    Object.entries({ x1, y1, x2, y2 }).forEach(([k, v]) => line.setAttribute(k, String(v)));
+    label.setAttribute("x", String(x2 + 6)); label.setAttribute("y", String(y2 - 6));
+    label.textContent = text;
+    svg.hidden = box.width === 0;
+  }
+  $("readout").dataset.distance = mm !== null ? mm.toFixed(2) : "";
+  $("readout").textContent = `distance ${text}`;
+}
+
+export function clearRuler() { document.querySelectorAll("svg.ruler").forEach((r) => r.remove()); }
+
 export function step(delta) {
   if (state.items.length < 2) return;
   state.index = Math.max(0, Math.min(state.items.length - 1, state.index + delta));
   $("slice").value = String(state.index);
+  clearRuler();
   render();
   if (state.lastPointer) onPointer(state.lastPointer); // the readout follows the slice under the pointer
 }
