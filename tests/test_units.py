@@ -170,3 +170,16 @@ def test_training_input_path_is_the_engines_input_path(imagenet, channels):
     ours = prepare_batch(torch.from_numpy(batch), imagenet).numpy()
     engines = model_input(batch, normalisation(imagenet))
     assert np.allclose(ours, engines, atol=1e-6)
+
+
+def test_no_function_in_src_is_over_80_lines():
+    """The project's readability rule (docs/architecture.md): split a function before it passes 80 lines."""
+    import ast
+    from pathlib import Path
+
+    long = []
+    for f in (Path(__file__).resolve().parents[1] / "src" / "tumorseg").rglob("*.py"):
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 80:
+                long.append(f"{f.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)")
+    assert not long, long

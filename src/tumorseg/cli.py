@@ -116,6 +116,11 @@ def _add_train(sub) -> None:
         action="store_true",
         help="train in fp32 (default: bf16 autocast where the CPU has native bf16, or on CUDA)",
     )
+    _add_context_args(p, d)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_context_args(p, d: dict) -> None:
     p.add_argument(
         "--context",
         type=int,
@@ -129,7 +134,6 @@ def _add_train(sub) -> None:
         default=d["context_mm"],
         help="recorded in the model: at inference, neighbours about this far apart where the spacing is known",
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
 def _cmd_train(a) -> int:

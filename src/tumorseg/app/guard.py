@@ -59,26 +59,29 @@ class RequestGuard:
         self.active = self.issued = self.serving = 0
         self.abandoned: set[int] = set()
 
+    def _host_refusal(self, scope) -> tuple[int, str] | None:
+        """421 for a Host header this server does not answer to (DNS-rebinding defence)."""
+        if self.allowed_hosts is None:
+            return None
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        name = (
+            host[1 : host.index("]")]
+            if host.startswith("[") and "]" in host
+            else host.rsplit(":", 1)[0]
+            if host.count(":") == 1
+            else host
+        )
+        if name.lower() in self.allowed_hosts:
+            return None
+        return (
+            421,
+            f"host {host!r} is not served here (allowed: {', '.join(sorted(self.allowed_hosts))}; see --allow-host)",
+        )
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.allowed_hosts is not None:
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            name = (
-                host[1 : host.index("]")]
-                if host.startswith("[") and "]" in host
-                else host.rsplit(":", 1)[0]
-                if host.count(":") == 1
-                else host
-            )
-            if name.lower() not in self.allowed_hosts:
-                return await _send_json(
-                    send,
-                    421,
-                    f"host {host!r} is not served here (allowed: "
-                    f"{', '.join(sorted(self.allowed_hosts))}; see --allow-host)",
-                )
-        refusal = self._refusal(scope)
+        refusal = self._host_refusal(scope) or self._refusal(scope)
         if refusal is not None:
             return await _send_json(send, *refusal)
         responded = False

@@ -92,51 +92,6 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
     router = APIRouter()
     jobs = jobs or JobStore()
 
-    async def read_study_request(file, files, threshold, spacing, folder) -> tuple[str, object, tuple | None]:
-        """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
-        from ..studies import study_name
-
-        sp_mm = None
-        if spacing:
-            try:
-                sp_mm = tuple(float(x) for x in spacing.split(","))
-                assert len(sp_mm) == 3
-            except (ValueError, AssertionError):
-                raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
-        if file is not None:
-            name, data = await read_upload(file, threshold, cap)
-            if not name.lower().endswith((".nii", ".nii.gz", ".zip")):
-                raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
-            return name, data, sp_mm
-        if files:
-            members, total = [], 0
-            for f in files:
-                n, d = await read_upload(f, threshold, cap)
-                total += len(d)
-                if total > cap:
-                    raise UploadTooLarge()
-                members.append((n, d))
-            return study_name([n for n, _ in members], folder or None), members, sp_mm
-        raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
-
-    def run_study(name, payload, series, threshold, sp_mm, on_progress=None):
-        with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
-            if isinstance(payload, list):  # the files under their own names (notes and slices name them)
-                p = Path(tmp) / "series"
-                p.mkdir()
-                for n, d in payload:
-                    target, k = p / n, 1
-                    while target.exists():
-                        k += 1
-                        target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
-                    target.write_bytes(d)
-            else:
-                p = Path(tmp) / name
-                p.write_bytes(payload)
-            sp = pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm, on_progress=on_progress)
-        sp.study.source = name  # the client's name, never the server's temporary path
-        return sp
-
     @router.post("/api/study")
     async def study(
         file: UploadFile | None = File(None),
@@ -150,8 +105,8 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
         several files in ``files`` (a DICOM series, a patient folder's numbered slices, or one NIfTI per
         sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry; ``folder``:
         the chosen folder's name, which names the study as the CLI names it."""
-        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder)
-        sp = await run_in_threadpool(run_study, name, payload, series, threshold, sp_mm)
+        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder, cap)
+        sp = await run_in_threadpool(run_study, pred, name, payload, series, threshold, sp_mm)
         return study_response(pred, store, sp, name)
 
     @router.post("/api/jobs/study", status_code=202)
@@ -165,10 +120,10 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
     ):
         """``/api/study`` as a job: answers at once with its id; ``GET /api/jobs/{id}`` gives progress
         (slices done of total, elapsed, an estimate) and, when done, what ``/api/study`` answers."""
-        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder)
+        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder, cap)
         job = jobs.start(
             name,
-            lambda job: run_study(name, payload, series, threshold, sp_mm, job.progress),
+            lambda job: run_study(pred, name, payload, series, threshold, sp_mm, job.progress),
             lambda sp: study_response(pred, store, sp, name),
         )
         return job.view()
@@ -185,6 +140,54 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
         return job.view()
 
     return router, lambda sp, name: study_response(pred, store, sp, name)
+
+
+async def read_study_request(file, files, threshold, spacing, folder, cap: int) -> tuple[str, object, tuple | None]:
+    """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
+    from ..studies import study_name
+
+    sp_mm = None
+    if spacing:
+        try:
+            sp_mm = tuple(float(x) for x in spacing.split(","))
+            assert len(sp_mm) == 3
+        except (ValueError, AssertionError):
+            raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
+    if file is not None:
+        name, data = await read_upload(file, threshold, cap)
+        if not name.lower().endswith((".nii", ".nii.gz", ".zip")):
+            raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+        return name, data, sp_mm
+    if files:
+        members, total = [], 0
+        for f in files:
+            n, d = await read_upload(f, threshold, cap)
+            total += len(d)
+            if total > cap:
+                raise UploadTooLarge()
+            members.append((n, d))
+        return study_name([n for n, _ in members], folder or None), members, sp_mm
+    raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
+
+
+def run_study(pred, name, payload, series, threshold, sp_mm, on_progress=None):
+    """Write the upload to a temporary folder under its own names and segment it as a study."""
+    with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
+        if isinstance(payload, list):  # the files under their own names (notes and slices name them)
+            p = Path(tmp) / "series"
+            p.mkdir()
+            for n, d in payload:
+                target, k = p / n, 1
+                while target.exists():
+                    k += 1
+                    target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
+                target.write_bytes(d)
+        else:
+            p = Path(tmp) / name
+            p.write_bytes(payload)
+        sp = pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm, on_progress=on_progress)
+    sp.study.source = name  # the client's name, never the server's temporary path
+    return sp
 
 
 def study_response(pred, store, sp, name: str) -> dict:
@@ -323,27 +326,6 @@ def download_router(pred, store) -> APIRouter:
             headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
         )
 
-    @router.get("/api/result/{result_id}/view/{what}.nii.gz")
-    def view_volume(result_id: str, what: str, threshold: float | None = None):
-        """A held study's volume in patient space for the three-plane viewer: ``t1``, ``flair``, ``t1c``
-        (the display volume as the model saw it, uint8), ``prob`` (probability x 255) or ``mask``."""
-        from ..display import volume_nifti_gz
-
-        kind, r, name = store.get(result_id, threshold)
-        if kind != "study":
-            raise BadRequest(400, f"{name}: not a study")
-        channels = {"t1": 0, "flair": 1, "t1c": 2}
-        if what in channels:
-            vol, scale = r.study.volume[..., channels[what]], None
-        elif what == "prob":
-            vol, scale = (r.prob * 255 + 0.5).astype(np.uint8), (1 / 255, 0.0)
-        elif what == "mask":
-            vol, scale = r.mask.astype(np.uint8), None
-        else:
-            raise BadRequest(404, f"{what}: not a study volume (t1, flair, t1c, prob, mask)")
-        data = volume_nifti_gz(r.study, vol, scale)
-        return Response(data, media_type="application/gzip", headers={"Cache-Control": "no-store"})
-
     @router.get("/api/result/{result_id}/{filename}")
     def study_file(result_id: str, filename: str, threshold: float | None = None):
         """One of the CLI's study outputs: ``mask.nii.gz`` (input geometry) or ``mask_seg.dcm`` (DICOM input)."""
@@ -370,5 +352,33 @@ def download_router(pred, store) -> APIRouter:
         return Response(
             data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{stem}_{filename}"'}
         )
+
+    return router
+
+
+def view_router(store) -> APIRouter:
+    """A held study's volumes in patient space, for the three-plane viewer (NiiVue)."""
+    router = APIRouter()
+
+    @router.get("/api/result/{result_id}/view/{what}.nii.gz")
+    def view_volume(result_id: str, what: str, threshold: float | None = None):
+        """A held study's volume in patient space for the three-plane viewer: ``t1``, ``flair``, ``t1c``
+        (the display volume as the model saw it, uint8), ``prob`` (probability x 255) or ``mask``."""
+        from ..display import volume_nifti_gz
+
+        kind, r, name = store.get(result_id, threshold)
+        if kind != "study":
+            raise BadRequest(400, f"{name}: not a study")
+        channels = {"t1": 0, "flair": 1, "t1c": 2}
+        if what in channels:
+            vol, scale = r.study.volume[..., channels[what]], None
+        elif what == "prob":
+            vol, scale = (r.prob * 255 + 0.5).astype(np.uint8), (1 / 255, 0.0)
+        elif what == "mask":
+            vol, scale = r.mask.astype(np.uint8), None
+        else:
+            raise BadRequest(404, f"{what}: not a study volume (t1, flair, t1c, prob, mask)")
+        data = volume_nifti_gz(r.study, vol, scale)
+        return Response(data, media_type="application/gzip", headers={"Cache-Control": "no-store"})
 
     return router

@@ -58,7 +58,7 @@ def create_app(
         The ASGI app (the FastAPI app behind a :class:`RequestGuard`; the FastAPI app is ``.app``).
     """
     from .pacs_routes import pacs_router
-    from .routes import download_router, held_router, image_router, meta_router, study_router
+    from .routes import download_router, held_router, image_router, meta_router, study_router, view_router
 
     pred = predictor or Predictor(model, engine=engine)
     cap = int(max_upload_mb * 1024 * 1024)
@@ -75,6 +75,7 @@ def create_app(
     app.include_router(studies)
     app.include_router(pacs_router(pred, dicomweb, study_response, store.get, jobs))
     app.include_router(held_router(pred, store, cap))
+    app.include_router(view_router(store))
     app.include_router(download_router(pred, store))
     static = Path(str(resources.files("tumorseg") / "app" / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")
