@@ -31,7 +31,9 @@ case "${1:?STEP}" in
       --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_val
     $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine torch-fp32 \
       --model $V2 --model $V3 --conditions original,skull_stripped,flair_only,flair_only_stripped \
-      --json docs/results/robustness_v2_v3_val.json ;;
+      --json docs/results/robustness_v2_v3_val.json
+    $PY scripts/context_ablation.py --data "$DATA" --split-file $SPLIT --model v2=$V2 --model v3=$V3 \
+      --out docs/results/v3_ablation_val ;;
   test)
     $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine torch-fp32 \
       --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_test ;;
