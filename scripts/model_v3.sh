@@ -17,6 +17,9 @@ OUT=${OUT:-runs/v3}
 SPLIT=docs/results/split.json
 V2=src/tumorseg/models/default.safetensors
 V3=$OUT/default.safetensors
+# the comparisons run the engine each model ships with and runs by default: its int8 twin
+V2Q=src/tumorseg/models/default-int8.onnx
+V3Q=$OUT/default-int8.onnx
 mkdir -p "$OUT"
 case "${1:?STEP}" in
   train)  # one background run of ~95 min on 1 thread (AVX-512 bf16 CPU: ~4.6 images/s at 192 px)
@@ -27,21 +30,21 @@ case "${1:?STEP}" in
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;
   val)
-    $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine torch-fp32 \
-      --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_val
-    $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine torch-fp32 \
-      --model $V2 --model $V3 --conditions original,skull_stripped,flair_only,flair_only_stripped \
+    $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine onnx-int8 \
+      --a v2=$V2Q --b v3=$V3Q --out docs/results/v2_vs_v3_val
+    $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
+      --model $V2Q --model $V3Q --conditions original,skull_stripped,flair_only,flair_only_stripped \
       --json docs/results/robustness_v2_v3_val.json
-    $PY scripts/context_ablation.py --data "$DATA" --split-file $SPLIT --model v2=$V2 --model v3=$V3 \
-      --out docs/results/v3_ablation_val ;;
+    $PY scripts/context_ablation.py --data "$DATA" --split-file $SPLIT --engine onnx-int8 \
+      --model v2=$V2Q --model v3=$V3Q --out docs/results/v3_ablation_val ;;
   test)
-    $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine torch-fp32 \
-      --a v2=$V2 --b v3=$V3 --out docs/results/v2_vs_v3_test ;;
+    $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine onnx-int8 \
+      --a v2=$V2Q --b v3=$V3Q --out docs/results/v2_vs_v3_test ;;
   external)
-    $PY scripts/external_eval.py --data ../shared/data/brats-dev --model $V3 --engine torch-fp32 \
+    $PY scripts/external_eval.py --data ../shared/data/brats-dev --model $V3Q --engine onnx-int8 \
       --json docs/results/external_brats_dev_v3.json ;;
   pictures)
-    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --a v2=$V2 --b v3=$V3 \
+    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --engine onnx-int8 --a v2=$V2Q --b v3=$V3Q \
       --out docs/results/faint_ends_test.png ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac
