@@ -80,6 +80,7 @@ def _context_model(tmp_path, seed=0):
     return path
 
 
+@pytest.mark.slow
 def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
     """Predictor on a slice folder = evaluation's stack = Engine.run_stack; a lone image = its own context."""
     from tumorseg.engines import load_engine
@@ -102,6 +103,7 @@ def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
     assert np.allclose(single.prob, alone[2], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_25d_model_exports_to_onnx_with_its_context(tmp_path):
     from tumorseg.engines import load_engine
     from tumorseg.export import export_onnx
@@ -159,6 +161,7 @@ def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
     assert 0.0 <= json.loads(out.read_text())["dice"] <= 1.0
 
 
+@pytest.mark.slow
 def test_the_models_recorded_tta_is_what_every_path_runs(tmp_path):
     """A model that records TTA (chosen on validation) gets it in the Predictor, evaluation's stacks and
     --tta alike; a model without it runs one view unless --tta asks for the spread."""
