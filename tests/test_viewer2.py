@@ -46,7 +46,7 @@ def test_a_failed_export_is_a_failure_in_the_exit_code_and_summary(tiny_model, t
     def broken(sp):
         raise AttributeError("synthetic export failure")
 
-    monkeypatch.setattr(studies, "dicom_seg_bytes", broken)
+    monkeypatch.setattr(studies.outputs, "dicom_seg_bytes", broken)
     write_dicom_series(tmp_path / "s", n=4)
     out = tmp_path / "out"
     assert cli_predict(tmp_path / "s", out, tiny_model) != 0

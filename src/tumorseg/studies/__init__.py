@@ -7,7 +7,6 @@ mapped with one study-level intensity scaling to the 8-bit RGB the model was tra
 from __future__ import annotations
 
 import io as _io
-import json
 import math
 import re
 import zipfile
@@ -18,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import (
+from ..io import (
     IMAGE_EXTENSIONS,
     MAX_DECODED_BYTES,
     MAX_STUDY_SLICES,
     ImageReadError,
-    atomic_write_bytes,
     check_decoded_size,
     check_model_time,
     check_working_set,
     read_image,
     standardise_brain_intensity,
     to_uint8_rgb,
-    write_png,
 )
 
 MAX_ZIP_BYTES = MAX_DECODED_BYTES // 2  # refuse zips that would expand beyond this (zip bombs)
@@ -390,7 +387,7 @@ def looks_like_label_map(volume: np.ndarray) -> bool:
 def reference_from_slice_masks(like: Study, members: list[tuple[str, bytes]]) -> np.ndarray:
     """A slice stack's reference from its own ``<slice>_mask`` images (as the LGG folders ship them):
     Z x H x W bool in the study's slice order; a slice without a mask file is refused by name."""
-    from .io import read_mask
+    from ..io import read_mask
 
     by_stem = {}
     for n, data in members:
@@ -1173,7 +1170,7 @@ def read_reference(path: Path, like, source_name: str | None = None, notes: list
         if like.kind == "nifti":
             return np.stack([_nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
         return np.transpose(arr, (2, 1, 0))
-    from .io import read_mask
+    from ..io import read_mask
 
     m = read_mask(path)
     if m.shape != tuple(like):
@@ -1241,60 +1238,6 @@ def orientation_labels(st: Study) -> dict | None:
     }
 
 
-# --------------------------------------------------------------------------- measurements
-
-
-def _max_diameter(mask2d: np.ndarray, row_mm: float, col_mm: float) -> float:
-    ys, xs = np.nonzero(mask2d)
-    if len(ys) == 0:
-        return 0.0
-    pts = np.stack([ys * row_mm, xs * col_mm], 1).astype(float)
-    # pixel corners matter for tiny objects: use the pixel extent as a floor
-    if len(pts) > 3:
-        try:
-            from scipy.spatial import ConvexHull
-
-            pts = pts[ConvexHull(pts).vertices]
-        except Exception:
-            pass
-    if len(pts) > 2000:
-        pts = pts[np.linspace(0, len(pts) - 1, 2000).astype(int)]
-    d = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max()
-    return float(d + min(row_mm, col_mm))
-
-
-def study_measurements(mask: np.ndarray, spacing, min_component_mm3: float = 0.0) -> tuple[dict, np.ndarray]:
-    """Volume (mL), slices with tumour, largest in-plane diameter (mm); optional 3D component filter."""
-    from scipy import ndimage
-
-    removed = 0
-    if min_component_mm3 > 0 and mask.any():
-        vox_mm3 = float(np.prod(spacing)) if spacing else 1.0
-        lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-        sizes = np.bincount(lab.ravel()) * vox_mm3
-        keep = sizes >= min_component_mm3
-        keep[0] = False
-        removed = int(n - keep[1:].sum())
-        mask = keep[lab]
-    voxels = int(mask.sum())
-    dz, dy, dx = spacing if spacing else (None, 1.0, 1.0)
-    diam = max((_max_diameter(m, dy, dx) for m in mask if m.any()), default=0.0)
-    lab, ncomp = ndimage.label(mask, structure=np.ones((3, 3, 3), bool)) if voxels else (None, 0)
-    meas = {
-        "tumour_voxels": voxels,
-        "volume_ml": voxels * dz * dy * dx / 1000.0 if spacing else None,
-        "slices_with_tumour": int(mask.reshape(mask.shape[0], -1).any(1).sum()),
-        "n_slices": int(mask.shape[0]),
-        "largest_diameter_mm": diam if spacing else None,
-        "largest_diameter_pixels": None if spacing else diam,
-        "components": int(ncomp),
-        "components_removed": removed,
-        "min_component_mm3": min_component_mm3,
-        "voxel_spacing_mm": list(spacing) if spacing else None,
-    }
-    return meas, mask
-
-
 @dataclass
 class StudyPrediction:
     study: Study
@@ -1323,196 +1266,17 @@ class StudyPrediction:
         }
 
 
-def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
-    """Mask in the input NIfTI's own array layout (X, Y, Z)."""
-    m = sp.mask.astype(np.uint8)
-    return np.stack([_image_to_nifti_slice(m[k]) for k in range(m.shape[0])], axis=2)
-
-
-def study_exports(st: Study) -> list[str]:
-    """The mask files a study can be exported as (the CLI writes them, the page offers them)."""
-    return ["mask.nii.gz"] + (["mask_seg.dcm"] if st.kind == "dicom" and st.dicom else [])
-
-
-def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
-    """The study's ``mask.nii.gz``: the mask in the input's geometry (NIfTI layout and affine as read)."""
-    import nibabel as nib
-
-    st = sp.study
-    if st.kind == "nifti":
-        arr, affine = mask_to_nifti_array(sp), st.affine
-    else:
-        arr = np.transpose(sp.mask.astype(np.uint8), (2, 1, 0))  # (col, row, slice)
-        affine = st.affine if st.affine is not None else np.eye(4)
-    img = nib.Nifti1Image(arr, affine)
-    img.header.set_xyzt_units("mm")
-    return _gz(img.to_bytes())
-
-
-def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = None) -> list[Path]:
-    """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json (last;
-    ``extra`` adds the batch's run record to it)."""
-    from .render import heatmap_overlay
-
-    out.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    export_errors: list[str] = []
-    st = sp.study
-    target = out / "mask.nii.gz"
-    atomic_write_bytes(target, mask_nifti_gz_bytes(sp))
-    written.append(target)
-    if "mask_seg.dcm" in study_exports(st):
-        try:
-            target = out / "mask_seg.dcm"
-            atomic_write_bytes(target, dicom_seg_bytes(sp))
-            written.append(target)
-        except Exception as exc:  # never lose the other outputs, but the study counts as failed
-            export_errors.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
-    ov = out / "overlays"
-    for k in range(st.n_slices):
-        write_png(ov / f"slice_{k + 1:04d}.png", heatmap_overlay(sp.images[k], sp.prob[k]))
-    summary = {**sp.summary(), **({"export_errors": export_errors} if export_errors else {}), **(extra or {})}
-    atomic_write_bytes(out / "study.json", (json.dumps(summary, indent=1) + "\n").encode())
-    written.append(out / "study.json")
-    return written
-
-
-def _gz(b: bytes) -> bytes:
-    import gzip
-
-    return gzip.compress(b, compresslevel=6, mtime=0)
-
-
-def dicom_seg_bytes(sp: StudyPrediction) -> bytes:
-    """A binary DICOM-SEG (highdicom) referencing the source series."""
-    buf = _io.BytesIO()
-    dicom_seg_dataset(sp).save_as(buf)
-    return buf.getvalue()
-
-
-# Type 2 attributes (present, may be empty) of the Patient and General Study modules that highdicom
-# copies from the source images into a SEG or SR; some archives and anonymisers drop them entirely.
-TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
-
-
-def with_type2_attributes(ds):
-    """A shallow copy of a source image with absent type 2 attributes present and empty, as the standard
-    allows: highdicom reads them unconditionally (``AttributeError`` on a series without, e.g.,
-    PatientBirthDate), and an empty value is what the derived object should carry then."""
-    import copy
-
-    missing = [k for k in TYPE2_COPIED if k not in ds]
-    if not missing:
-        return ds
-    out = copy.copy(ds)
-    for k in missing:
-        setattr(out, k, "")
-    return out
-
-
-def dicom_seg_dataset(sp: StudyPrediction):
-    """The study's mask as a binary DICOM-SEG dataset (highdicom) referencing the source series."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from . import __version__
-
-    dss = [with_type2_attributes(ds) for ds in sp.study.dicom]
-    desc = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="tumour (FLAIR abnormality)",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Neoplasm,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name="tumorseg", version=__version__, family=codes.DCM.ArtificialIntelligence
-        ),
-    )
-    mask = sp.mask.astype(np.uint8)
-    if sp.study.frame_order is not None:  # a multi-frame source: the SEG's frames follow the source's frames
-        stored = np.zeros_like(mask)
-        stored[sp.study.frame_order] = mask
-        mask = stored
-    seg = hd.seg.Segmentation(
-        source_images=dss,
-        pixel_array=mask,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[desc],
-        series_instance_uid=hd.UID(),
-        series_number=900,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="tumorseg",
-        manufacturer_model_name="tumorseg U-Net ResNet50",
-        software_versions=__version__,
-        device_serial_number="0",
-        series_description="tumorseg AI mask (research)",
-    )
-    return seg
-
-
-LOCAL_CODES = "99TUMORSEG"  # a private coding scheme for what DICOM has no code for
-
-
-def dicom_sr_dataset(sp: StudyPrediction, seg):
-    """A TID 1500 measurement report (highdicom Comprehensive 3D SR) on the DICOM-SEG ``seg``: the
-    tumour volume, the largest in-plane diameter and the number of slices with tumour, as study.json."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from . import __version__
-
-    m = sp.measurements
-    device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="tumorseg", manufacturer_name="tumorseg", model_name=f"tumorseg {__version__}"
-        ),
-    )
-    measurements = []
-    if m.get("volume_ml") is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=codes.SCT.Volume, value=float(m["volume_ml"]), unit=hd.sr.CodedConcept("ml", "UCUM", "milliliter")
-            )
-        )
-    if m.get("largest_diameter_mm") is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=codes.SCT.Diameter, value=float(m["largest_diameter_mm"]), unit=codes.UCUM.Millimeter
-            )
-        )
-    measurements.append(
-        hd.sr.Measurement(
-            name=hd.sr.CodedConcept("slices-with-tumour", LOCAL_CODES, "Slices with tumour"),
-            value=float(m["slices_with_tumour"]),
-            unit=hd.sr.CodedConcept("{slices}", "UCUM", "slices"),
-        )
-    )
-    group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="tumour (FLAIR abnormality)"),
-        referenced_segment=hd.sr.ReferencedSegment(  # the source series, which holds even for an empty mask
-            sop_class_uid=seg.SOPClassUID,
-            sop_instance_uid=seg.SOPInstanceUID,
-            segment_number=1,
-            source_series=hd.sr.SourceSeriesForSegmentation(str(sp.study.dicom[0].SeriesInstanceUID)),
-        ),
-        finding_type=codes.SCT.Neoplasm,
-        measurements=measurements,
-    )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=hd.sr.CodedConcept("24590-2", "LN", "MR Brain"),
-        imaging_measurements=[group],
-    )
-    return hd.sr.Comprehensive3DSR(
-        evidence=[seg],
-        content=report,
-        series_instance_uid=hd.UID(),
-        series_number=901,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="tumorseg",
-        series_description="tumorseg AI measurements (research)",
-    )
+# measurement and output writing live in their own modules; their names stay importable from here
+from .measure import _max_diameter, study_measurements  # noqa: E402,F401
+from .outputs import (  # noqa: E402,F401
+    LOCAL_CODES,
+    TYPE2_COPIED,
+    dicom_seg_bytes,
+    dicom_seg_dataset,
+    dicom_sr_dataset,
+    mask_nifti_gz_bytes,
+    mask_to_nifti_array,
+    study_exports,
+    with_type2_attributes,
+    write_study_outputs,
+)
