@@ -199,3 +199,13 @@ def test_serve_defaults_to_localhost_and_warns_when_exposed(tiny_model, monkeypa
     server.serve(host="0.0.0.0", port=1, model=str(tiny_model), open_browser=False)
     err = capsys.readouterr().err
     assert seen["host"] == "0.0.0.0" and "WARNING" in err and "--token" in err
+
+
+def test_the_page_takes_its_colours_from_the_clis_colormap(client):
+    """One home for the JET colours: the page's instant re-rendering uses render.jet's values."""
+    import numpy as np
+
+    from tumorseg.render import jet
+
+    lut = client.get("/api/colormap").json()["jet"]
+    assert np.array_equal(np.array(lut, np.uint8), jet(np.arange(256) / 255.0))

@@ -52,6 +52,14 @@ def meta_router(pred) -> APIRouter:
     def model_info() -> dict:
         return pred.info()
 
+    @router.get("/api/colormap")
+    def colormap() -> dict:
+        """The JET colours the CLI's overlays use (``render.jet``), for the page's instant re-rendering:
+        one home for the colormap."""
+        from ..render import jet
+
+        return {"jet": jet(np.arange(256) / 255.0).tolist()}
+
     return router
 
 

@@ -8,7 +8,7 @@
 import { initPacs } from "./pacs.js";
 import { $, api, download, showError, state, stem } from "./state.js";
 import { LAYOUTS, downloadMask, downloadStudy, downloadStudyFile, openFiles, runCompare, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
-import { initViewer, render, step } from "./viewer.js";
+import { initViewer, render, setColormap, step } from "./viewer.js";
 
 async function init() {
   for (const id of ["file-input", "folder-input"]) {
@@ -47,6 +47,7 @@ async function init() {
   document.addEventListener("drop", (e) => { if (e.dataTransfer && e.dataTransfer.files.length) openFiles(e.dataTransfer.files); });
   initPacs();
   try {
+    setColormap((await api("/api/colormap")).jet);
     const m = await api("/api/model");
     $("model-info").textContent = m.engine_line;
     $("model-info").title = m.engine_line;

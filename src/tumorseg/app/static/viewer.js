@@ -2,14 +2,12 @@
 import { $, api, decodePng, showError, state } from "./state.js";
 import { SIDE_LAYOUTS, runCompare, setLayout } from "./study.js";
 
-export function jet(p) {
-  const c = (x) => Math.max(0, Math.min(1, x));
-  return [c(1.5 - Math.abs(4 * p - 3)) * 255, c(1.5 - Math.abs(4 * p - 2)) * 255, c(1.5 - Math.abs(4 * p - 1)) * 255];
-}
 
 export const CANVASES = ["orig", "seq1", "seq2", "ai"]; // the canvas views' panels (seq1/seq2: the sequences layout)
 export const FLOOR = 13; // probability 0.05 in 8-bit: below it the heatmap stays transparent
-export const JET = Array.from({ length: 256 }, (_, v) => jet(v / 255));
+// The server's JET colours (render.jet, GET /api/colormap): the page re-renders instantly with the CLI's colours.
+export const JET = [];
+export function setColormap(lut) { JET.splice(0, JET.length, ...lut); }
 
 export function currentMode() { return document.querySelector("input[name=mode]:checked").value; }
 
