@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
 
 from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
@@ -29,11 +30,6 @@ from tumorseg.postprocess import PostProcess
 from tumorseg.robustness import transformed
 
 KEYS = ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")
-
-
-def _named(spec: str) -> tuple[str, str]:
-    name, _, path = spec.partition("=")
-    return (name, path) if path else (Path(spec).stem, spec)
 
 
 def main() -> None:

@@ -13,20 +13,15 @@ model runs as the Predictor runs it (its own context, views and post-processing,
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
+from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
 from PIL import Image, ImageDraw
 
 from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
 from tumorseg.modelinfo import ModelInfo
 from tumorseg.postprocess import PostProcess
-
-
-def _named(spec: str) -> tuple[str, str]:
-    name, _, path = spec.partition("=")
-    return (name, path) if path else (Path(spec).stem, spec)
 
 
 def _edge(m: np.ndarray) -> np.ndarray:

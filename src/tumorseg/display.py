@@ -36,7 +36,8 @@ def display_affine(st) -> tuple[np.ndarray, bool]:
     return np.diag([-sp[2], -sp[1], sp[0], 1.0]), known
 
 
-def _label(v: np.ndarray) -> str:
+def axis_label(v: np.ndarray) -> str:
+    """The anatomical direction (RAS+ world) a vector points to most."""
     k = int(np.argmax(np.abs(v)))
     return ("L", "P", "I")[k] if v[k] < 0 else ("R", "A", "S")[k]
 
@@ -69,9 +70,9 @@ def display_transform(st, convention: str = "radiological") -> dict:
     for transpose, fx, fy in itertools.product((False, True), repeat=3):
         right, down = (row, col) if transpose else (col, row)
         right, down = (-right if fx else right), (-down if fy else down)
-        score = (_label(right) == want_right) + (_label(down) == want_down)
+        score = (axis_label(right) == want_right) + (axis_label(down) == want_down)
         if best is None or score > best[0]:
-            best = (score, transpose, fx, fy, _label(right), _label(down))
+            best = (score, transpose, fx, fy, axis_label(right), axis_label(down))
     _, transpose, fx, fy, right, down = best
     return {
         "plane": plane,

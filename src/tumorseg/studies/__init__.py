@@ -1214,27 +1214,21 @@ def _reference_on_grid(
 # --------------------------------------------------------------------------- orientation
 
 
-def _axis_label(v: np.ndarray) -> str:
-    """The anatomical direction (RAS+ world) a vector points to most."""
-    k = int(np.argmax(np.abs(v)))
-    return ("L", "P", "I")[k] if v[k] < 0 else ("R", "A", "S")[k]
-
-
 def orientation_labels(st: Study) -> dict | None:
-    """Labels for the displayed slice's edges {left, right, top, bottom}, from the NIfTI or DICOM
-    geometry; None where the input has none (2D images, slice stacks)."""
+    """Labels for the held slice's edges {left, right, top, bottom} (before the viewer turns it), from
+    ``display.display_affine``, the one geometry rule; None where the input has none (2D images, slice
+    stacks)."""
     if st.affine is None or st.kind not in ("nifti", "dicom"):
         return None
-    a = np.asarray(st.affine, float)[:3, :3]
-    if st.kind == "nifti":  # displayed image = flipud(array[:, :, k].T): right = +i, down = -j
-        right, down = a[:, 0], -a[:, 1]
-    else:  # DICOM pixel array as stored: right = +column, down = +row
-        right, down = a[:, 0], a[:, 1]
+    from ..display import axis_label, display_affine
+
+    a = display_affine(st)[0][:3, :3]
+    right, down = a[:, 0], a[:, 1]  # + column, + row of the held slice
     return {
-        "right": _axis_label(right),
-        "left": _axis_label(-right),
-        "bottom": _axis_label(down),
-        "top": _axis_label(-down),
+        "right": axis_label(right),
+        "left": axis_label(-right),
+        "bottom": axis_label(down),
+        "top": axis_label(-down),
     }
 
 
