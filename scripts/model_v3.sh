@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | package | val | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | package | val | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #
@@ -26,6 +26,14 @@ case "${1:?STEP}" in
     $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
       --context 1 --aug v2 --loss dice+bce --lr 1e-4 --schedule cosine --epochs 14 --samples-per-epoch 1600 \
       --batch-size 8 --patch-size 192 --patience 1000 --max-minutes 95 --threads 1 --out "$RUN" ;;
+  train-b)  # attempt 2 (v3b): the context must be used. Neighbour weights start as 0.15 of FLAIR's each (a lone
+    # image still gets v2's answer) and learn 50x faster (conv1's weights are ~4 in size: at 1e-4 Adam barely
+    # moves them); best epoch by the per-patient mean on the original AND FLAIR-only validation slices.
+    # ~88 min on 1 thread (AVX-512 bf16 CPU).
+    $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
+      --context 1 --context-share 0.15 --context-lr-mult 50 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
+      --schedule cosine --epochs 11 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
+      --max-minutes 88 --threads 1 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;

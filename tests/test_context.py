@@ -66,6 +66,25 @@ def test_a_widened_model_computes_exactly_what_the_2d_model_did(tmp_path):
     assert (spec.context, spec.n_channels, spec.context_mm) == (1, 5, 4.0)
 
 
+def test_widening_with_a_share_of_flair_keeps_a_lone_images_answer_but_uses_neighbours(tmp_path):
+    from tumorseg.model import load_model, widen_input
+
+    m2d, meta = load_model(save_tiny_model(tmp_path / "m.safetensors"))
+    x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        a = m2d(torch.from_numpy(model_input(x, meta["normalisation"])))
+        w_flair = m2d.encoder.conv1.weight[:, 1].clone()
+        widen_input(m2d, 5, share=0.2)
+        w = m2d.encoder.conv1.weight
+        assert torch.allclose(w[:, 1], 0.6 * w_flair) and torch.allclose(w[:, 3], 0.2 * w_flair)
+        alone = m2d(torch.from_numpy(model_input(with_context(x[:1], 1), meta["normalisation"])))
+        stack = m2d(torch.from_numpy(model_input(with_context(x, 1), meta["normalisation"])))
+    assert torch.allclose(alone[0], a[0], atol=1e-4)  # neighbours = copies: the 2D answer
+    assert (stack[1] - a[1]).abs().max() > 10 * (alone[0] - a[0]).abs().max() + 1e-5  # real neighbours change it
+    with pytest.raises(ValueError, match="leaves the centre"):
+        widen_input(load_model(save_tiny_model(tmp_path / "n.safetensors"))[0], 5, share=0.5)
+
+
 def _context_model(tmp_path, seed=0):
     """A tiny 2.5D model whose neighbour weights are not zero, so context changes its answer."""
     from tumorseg.model import load_model, save_model, widen_input
@@ -156,9 +175,54 @@ def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
     spec = ModelInfo.from_meta(meta).input
     assert spec.context == 1 and spec.context_mm == 4.0 and meta["architecture"]["in_channels"] == 5
     assert meta["channels"][3:] == ["FLAIR -1", "FLAIR +1"]
+    # the context recipe of the second attempt: weights from a share of FLAIR, a faster learning rate
+    # for them, the best epoch chosen by the per-patient mean on the original and FLAIR-only slices
+    run2 = tmp_path / "run2"
+    args2 = [*args[:4], str(run2), *args[5:], "--context", "1", "--context-share", "0.2"]
+    assert main([*args2, "--context-lr-mult", "30", "--select", "patients", "--epochs", "2"]) == 0
+    rows = [json.loads(line) for line in (run2 / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(len(r["conv1_mean_abs"]) == 5 for r in rows)
+    for r in rows:
+        both = (r["val_dice_per_patient"] + r["val_flair_only"]["val_dice_per_patient"]) / 2
+        assert r["select"] == pytest.approx(both)
+    best = max(rows, key=lambda r: r["select"])
+    assert best["best"] and ModelInfo.from_meta(read_model_file(run2 / "best.safetensors")[1]).input.context == 1
     out = tmp_path / "m.json"
     assert main(["evaluate", "--data", str(data), "--model", str(run / "best.safetensors"), "--json", str(out)]) == 0
     assert 0.0 <= json.loads(out.read_text())["dice"] <= 1.0
+
+
+def test_context_boost_is_a_larger_learning_rate_for_the_neighbour_weights_only():
+    """Adam's step is independent of the learning rate's split: boosting k-fold after the step equals
+    running those weights alone at k times the rate."""
+    from types import SimpleNamespace
+
+    from tumorseg.training import Trainer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(5, 4, 3, bias=False)
+    ref = torch.nn.Conv2d(5, 4, 3, bias=False)
+    ref.load_state_dict(conv.state_dict())
+    opt = torch.optim.Adam(conv.parameters(), lr=1e-2)
+    ref_opt = torch.optim.Adam([ref.weight], lr=1e-2)
+    ref_fast = torch.optim.Adam([torch.nn.Parameter(ref.weight.detach()[:, 3:].clone())], lr=1e-1)
+    t = SimpleNamespace(
+        cfg=SimpleNamespace(context_lr_mult=10.0, context=1), model=SimpleNamespace(encoder=SimpleNamespace(conv1=conv))
+    )
+    x = torch.randn(2, 5, 8, 8)
+    for _ in range(3):
+        for m, o in ((conv, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+        ref_fast.param_groups[0]["params"][0].grad = ref.weight.grad[:, 3:].clone()
+        with Trainer.context_boost(t):
+            opt.step()
+        ref_opt.step()
+        ref_fast.step()
+        with torch.no_grad():
+            ref.weight[:, 3:] = ref_fast.param_groups[0]["params"][0]
+    assert torch.allclose(conv.weight[:, :3], ref.weight[:, :3], atol=1e-6)
+    assert torch.allclose(conv.weight[:, 3:], ref.weight[:, 3:], atol=1e-6)
 
 
 @pytest.mark.slow

@@ -107,6 +107,12 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=d["threads"], help="CPU threads (0: PyTorch default)")
     p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument(
+        "--select",
+        default=d["select"],
+        choices=["dice", "patients"],
+        help="best epoch by pooled validation Dice, or by the per-patient mean on the original and FLAIR-only slices",
+    )
     p.add_argument("--split", default=d["split"], help="reuse this split.json instead of making one")
     p.add_argument(
         "--patient-pattern", default=d["patient_pattern"], help="regex with a 'patient' group for generic layouts"
@@ -127,6 +133,19 @@ def _add_context_args(p, d: dict) -> None:
         default=d["context"],
         help="2.5D: FLAIR of this many neighbouring slices each side as extra input channels (0: 2D); "
         "with --init-model of a 2D model, the new channels start at zero (training starts at its function)",
+    )
+    p.add_argument(
+        "--context-share",
+        type=float,
+        default=d["context_share"],
+        help="widening a 2D --init-model: each neighbour channel starts with this share of FLAIR's weights "
+        "(a lone image still gets the 2D answer; 0: zero weights)",
+    )
+    p.add_argument(
+        "--context-lr-mult",
+        type=float,
+        default=d["context_lr_mult"],
+        help="the neighbour channels' input weights learn this many times faster than the rest",
     )
     p.add_argument(
         "--context-mm",
@@ -164,6 +183,9 @@ def _cmd_train(a) -> int:
         init_model=a.init_model,
         context=a.context,
         context_mm=a.context_mm,
+        context_share=a.context_share,
+        context_lr_mult=a.context_lr_mult,
+        select=a.select,
     )
     path = train(cfg, resume=a.resume)
     print(path)

@@ -8,7 +8,7 @@ import os
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +171,12 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im) >= 128
 
 
+def flair_only(images: np.ndarray) -> np.ndarray:
+    """... x 3 uint8 slices with FLAIR copied into all three channels: how the LGG set stores a
+    missing sequence, and what a FLAIR-only collection gives the model."""
+    return np.repeat(images[..., 1:2], 3, axis=-1)
+
+
 @dataclass
 class LoadedSet:
     """Slices of several patients held in RAM as uint8, resized to the model input."""
@@ -196,6 +202,10 @@ class LoadedSet:
         from .preprocess import with_context
 
         return with_context(self.images, context, step, sel, self.groups() if context else None)
+
+    def flair_only(self) -> LoadedSet:
+        """The same slices as a FLAIR-only collection delivers them (see ``flair_only``)."""
+        return replace(self, images=flair_only(self.images), depth=None)
 
     def with_head_depth(self) -> LoadedSet:
         """Compute every slice's head depth once, for skull-strip augmentation."""

@@ -337,15 +337,28 @@ def build_model(
 
 
 @torch.no_grad()
-def widen_input(model: UNetResNet50, in_channels: int) -> UNetResNet50:
-    """Give the first convolution more input channels, their weights zero: the widened model computes
-    exactly what it did before, so a 2.5D fine-tune starts at the 2D model's function."""
+def widen_input(model: UNetResNet50, in_channels: int, share: float = 0.0, centre: int = 1) -> UNetResNet50:
+    """Give the first convolution more input channels for the neighbours of channel ``centre`` (FLAIR).
+
+    ``share`` 0: the new weights are zero, so the widened model computes exactly what it did before.
+    ``share`` s > 0: each new channel takes s of the centre channel's weights and the centre keeps the
+    rest, so a lone image (neighbours = copies of itself) still gets exactly the old answer while a
+    stack starts out using its neighbours; from zero, Adam's small steps barely move these weights
+    (they are ~4 in size here, so v3's stayed at ~0.003 and the model ignored its context)."""
     old = model.encoder.conv1
-    if in_channels < old.in_channels:
+    added = in_channels - old.in_channels
+    if added < 0:
         raise ValueError(f"cannot narrow the input from {old.in_channels} to {in_channels} channels")
+    if not 0.0 <= share * added < 1.0:
+        raise ValueError(f"share {share} for {added} new channels leaves the centre channel nothing")
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    new.weight.zero_()
-    new.weight[:, : old.in_channels] = old.weight
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if added and share:
+            w = old.weight[:, centre]
+            new.weight[:, centre] = w * (1.0 - share * added)
+            new.weight[:, old.in_channels :] = (w * share)[:, None]
     model.encoder.conv1 = new.to(old.weight.device, old.weight.dtype)
     return model
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .data import LoadedSet, brain_mask
+from .data import LoadedSet, brain_mask, flair_only
 from .engines import Engine
 from .metrics import SegmentationMetrics
 from .modelinfo import ModelInfo
@@ -55,7 +55,7 @@ def transform(condition: str, img: np.ndarray, mask: np.ndarray) -> tuple[np.nda
     if condition in ("skull_stripped", "flair_only_stripped"):
         img = img * brain_mask(img)[..., None].astype(np.uint8)
     if condition in ("flair_only", "flair_only_stripped"):
-        img = np.repeat(img[..., 1:2], 3, axis=2)
+        img = flair_only(img)
     if condition.startswith("zoom_"):
         img, mask = _zoom(img, mask, float(condition.split("_")[1]))
     if condition.startswith("gamma_"):

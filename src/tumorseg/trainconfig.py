@@ -33,6 +33,9 @@ class TrainConfig:
     patient_pattern: str = ""
     context: int = 0  # 2.5D: FLAIR of this many neighbouring slices each side as extra channels
     context_mm: float = 4.0  # recorded for inference: neighbours about this far apart where spacing is known
+    context_share: float = 0.0  # widening a 2D start model: each neighbour takes this share of FLAIR's weights
+    context_lr_mult: float = 1.0  # the neighbour channels' input weights learn this many times faster
+    select: str = "dice"  # best epoch by: dice (pooled, original) | patients (per-patient mean, original + FLAIR-only)
 
 
 def defaults() -> dict:

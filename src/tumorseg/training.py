@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -229,9 +230,11 @@ def validate(
     mem=torch.channels_last,
     context: int = 0,
 ) -> dict:
+    """Pooled Dice at 0.5 and a threshold sweep, and per-patient Dice (3D, at 0.5): the mean over
+    patients is what the model comparisons rank by, so training can select on it too."""
     model.eval()
     sweep = ThresholdSweep()
-    counts = torch.zeros(3, dtype=torch.float64)  # tp fp fn at 0.5
+    per_slice = torch.zeros(len(val), 3, dtype=torch.float64)  # tp fp fn at 0.5
     idx = np.arange(d.rank, len(val), d.world)
     for s in range(0, len(idx), batch):
         sel = idx[s : s + batch]
@@ -242,11 +245,16 @@ def validate(
         y = torch.from_numpy(val.masks[sel])
         sweep.update(prob, y)
         pb = prob >= 0.5
-        counts += torch.tensor([(pb & y).sum(), (pb & ~y).sum(), (~pb & y).sum()], dtype=torch.float64)
-    d.all_sum(counts)
+        per_slice[sel] = torch.stack([(pb & y), (pb & ~y), (~pb & y)], 1).flatten(2).sum(2).double()
+    d.all_sum(per_slice)
     d.all_sum(sweep.counts)
     model.train()
-    return {"val_dice": dice_score(*map(float, counts)), "val_dice_by_threshold": sweep.dice()}
+    patients = [dice_score(*map(float, per_slice[a:b].sum(0))) for a, b in val.groups()]
+    return {
+        "val_dice": dice_score(*map(float, per_slice.sum(0))),
+        "val_dice_by_threshold": sweep.dice(),
+        "val_dice_per_patient": float(np.mean(patients)) if patients else 0.0,
+    }
 
 
 # --------------------------------------------------------------------------- main loop
@@ -378,6 +386,7 @@ class Trainer:
         self.split = split
         self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
         self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+        self.val_flair = self.val_set.flair_only() if cfg.select == "patients" else None
         if cfg.aug == "v2":
             self.train_set.with_head_depth()
         elif cfg.aug != "v1":
@@ -399,7 +408,7 @@ class Trainer:
 
             init, init_meta = load_model(cfg.init_model)
             if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
-                widen_input(init, in_ch)
+                widen_input(init, in_ch, share=cfg.context_share)
             model.load_state_dict(init.state_dict())
             if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
                 raise ValueError(
@@ -467,7 +476,8 @@ class Trainer:
         loss = self.loss_fn(logits.float(), y)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
+        with self.context_boost():
+            self.scaler.step(self.opt)
         self.scaler.update()
         with torch.no_grad():
             pb, yt = logits.detach() > 0, y.bool()
@@ -475,6 +485,27 @@ class Trainer:
                 [(pb & yt).sum().item(), (pb & ~yt).sum().item(), (~pb & yt).sum().item()], dtype=torch.float64
             )
         return float(loss.detach()), counts
+
+    @contextmanager
+    def context_boost(self):
+        """Around an optimiser step: the neighbour channels' input weights move ``context_lr_mult`` times
+        as far as Adam moved them. Adam's step does not depend on the learning rate otherwise, so this is
+        exactly a larger learning rate for those weights alone (they share one tensor with the rest)."""
+        k, w = self.cfg.context_lr_mult, self.model.encoder.conv1.weight
+        if k == 1.0 or not self.cfg.context:
+            yield
+            return
+        before = w.detach()[:, 3:].clone()
+        yield
+        with torch.no_grad():
+            w[:, 3:] += (k - 1.0) * (w[:, 3:] - before)
+
+    def context_weights(self) -> dict:
+        """Mean |weight| of the first convolution per input channel: whether the model uses its context."""
+        if not self.cfg.context:
+            return {}
+        w = self.model.encoder.conv1.weight.detach().float().abs().mean(dim=(0, 2, 3))
+        return {"conv1_mean_abs": [round(float(x), 4) for x in w]}
 
     def train_epoch(self, epoch: int) -> tuple[float, torch.Tensor]:
         from tqdm import tqdm
@@ -500,17 +531,18 @@ class Trainer:
         return float(stats[0] / stats[1]), counts
 
     def validate(self) -> dict:
-        return validate(
-            self.model,
-            self.val_set,
-            self.imagenet,
-            self.device,
-            self.amp_dtype,
-            self.cfg.val_batch_size,
-            self.d,
-            self.mem,
-            self.cfg.context,
-        )
+        """Validation on the original slices; with ``select=patients`` also FLAIR-only, and the score
+        the best epoch is chosen by (``select``): pooled Dice, or the per-patient mean of both."""
+        args = (self.imagenet, self.device, self.amp_dtype, self.cfg.val_batch_size, self.d, self.mem, self.cfg.context)
+        v = validate(self.model, self.val_set, *args)
+        v["select"] = v["val_dice"]
+        if self.cfg.select == "patients":
+            flair = validate(self.model, self.val_flair, *args)
+            v["val_flair_only"] = {k: flair[k] for k in ("val_dice", "val_dice_per_patient")}
+            v["select"] = (v["val_dice_per_patient"] + flair["val_dice_per_patient"]) / 2
+        elif self.cfg.select != "dice":
+            raise ValueError(f"unknown selection {self.cfg.select!r}; use dice or patients")
+        return v
 
     def on_epoch_end(self, epoch: int, row: dict, v: dict) -> None:
         """Keep the best model, commit the checkpoint, rewrite the log from it."""
@@ -542,9 +574,9 @@ class Trainer:
             train_loss, counts = self.train_epoch(epoch)
             train_time = time.time() - t0
             v = self.validate()
-            improved = v["val_dice"] > self.best
+            improved = v["select"] > self.best
             if improved:
-                self.best, self.bad_epochs = v["val_dice"], 0
+                self.best, self.bad_epochs = v["select"], 0
                 self.best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
             else:
                 self.bad_epochs += 1
@@ -554,6 +586,8 @@ class Trainer:
                 "train_dice": dice_score(*map(float, counts)),
                 "val_dice": v["val_dice"],
                 "val_dice_by_threshold": v["val_dice_by_threshold"],
+                **{k: v[k] for k in ("val_dice_per_patient", "val_flair_only", "select") if k in v},
+                **self.context_weights(),
                 "lr": self.opt.param_groups[0]["lr"],
                 "train_seconds": round(train_time, 1),
                 "epoch_seconds": round(time.time() - t0, 1),
@@ -573,7 +607,7 @@ class Trainer:
         if d.enabled:
             dist.destroy_process_group()
         budget = " (stopped by --max-minutes)" if out_of_time else ""
-        _log(f"best val Dice {self.best:.4f}; model: {self.run.best}{budget}", d)
+        _log(f"best {self.cfg.select} score {self.best:.4f}; model: {self.run.best}{budget}", d)
         return self.run.best
 
 
