@@ -14,6 +14,7 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/lgg-kaggle_3m}
 RUN=${RUN:-runs/v3_ctx1}
 OUT=${OUT:-runs/v3}
+TAG=${TAG:-v3}  # the candidate's name in the result files: v3 (attempt 1), v3b (attempt 2)
 SPLIT=docs/results/split.json
 V2=src/tumorseg/models/default.safetensors
 V3=$OUT/default.safetensors
@@ -29,30 +30,30 @@ case "${1:?STEP}" in
   train-b)  # attempt 2 (v3b): the context must be used. Neighbour weights start as 0.15 of FLAIR's each (a lone
     # image still gets v2's answer) and learn 50x faster (conv1's weights are ~4 in size: at 1e-4 Adam barely
     # moves them); best epoch by the per-patient mean on the original AND FLAIR-only validation slices.
-    # ~88 min on 1 thread (AVX-512 bf16 CPU).
+    # ~105 min on 1 thread (AVX-512 bf16 CPU).
     $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
       --context 1 --context-share 0.15 --context-lr-mult 50 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
-      --schedule cosine --epochs 11 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
-      --max-minutes 88 --threads 1 --out "$RUN" ;;
+      --schedule cosine --epochs 14 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
+      --max-minutes 110 --threads 1 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;
   val)
     $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine onnx-int8 \
-      --a v2=$V2Q --b v3=$V3Q --out docs/results/v2_vs_v3_val
+      --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_val
     $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
       --model $V2Q --model $V3Q --conditions original,skull_stripped,flair_only,flair_only_stripped \
-      --json docs/results/robustness_v2_v3_val.json
+      --json docs/results/robustness_v2_${TAG}_val.json
     $PY scripts/context_ablation.py --data "$DATA" --split-file $SPLIT --engine onnx-int8 \
-      --model v2=$V2Q --model v3=$V3Q --out docs/results/v3_ablation_val ;;
+      --model v2=$V2Q --model $TAG=$V3Q --out docs/results/${TAG}_ablation_val ;;
   test)
     $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine onnx-int8 \
-      --a v2=$V2Q --b v3=$V3Q --out docs/results/v2_vs_v3_test ;;
+      --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_test ;;
   external)
     $PY scripts/external_eval.py --data ../shared/data/brats-dev --model $V3Q --engine onnx-int8 \
-      --json docs/results/external_brats_dev_v3.json ;;
+      --json docs/results/external_brats_dev_${TAG}.json ;;
   pictures)
-    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --engine onnx-int8 --a v2=$V2Q --b v3=$V3Q \
-      --out docs/results/faint_ends_test.png ;;
+    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --engine onnx-int8 --a v2=$V2Q --b $TAG=$V3Q \
+      --out docs/results/faint_ends_test_${TAG}.png ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac

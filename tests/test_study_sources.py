@@ -234,3 +234,30 @@ def test_a_folder_of_two_plain_niftis_is_two_studies(tiny_model, tmp_path):
     assert cli_predict(folder, tmp_path / "o", tiny_model) == 0
     rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").read_text().splitlines()))
     assert [r["outputs"] for r in rows] == ["patient_a/", "patient_b/"]
+
+
+def test_a_folder_or_a_series_upload_of_one_nifti_is_that_study(tiny_model, predictor, tmp_path):
+    """One NIfTI in a folder (CLI) or sent as the one member of 'files' (API) is read as that file;
+    it used to be "folder holds no images or studies" / "series: holds no image slices"."""
+    import csv
+
+    import nibabel as nib
+
+    from .conftest import api_client, cli_predict, smooth_noise
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    vol = np.stack([smooth_noise((40, 40), z, 300, np.int16) for z in range(4)], 2)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / "patient_a.nii.gz"))
+    assert cli_predict(folder, tmp_path / "o", tiny_model) == 0
+    rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").read_text().splitlines()))
+    assert [r["outputs"] for r in rows] == ["patient_a/"]
+    client = api_client(predictor)
+    data = (folder / "patient_a.nii.gz").read_bytes()
+    as_files = client.post("/api/study", files=[("files", ("patient_a.nii.gz", data))])
+    as_file = client.post("/api/study", files={"file": ("patient_a.nii.gz", data)})
+    assert as_files.status_code == as_file.status_code == 200, as_files.text
+    a, b = as_files.json(), as_file.json()
+    assert a["measurements"] == b["measurements"] and len(a["slices"]) == 4
+    bad = client.post("/api/study", files=[("files", ("scan.nii.gz", b"\x1f\x8b not gzip"))])
+    assert bad.status_code == 400 and "scan.nii.gz" in bad.json()["error"], bad.text

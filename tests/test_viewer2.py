@@ -98,6 +98,29 @@ def test_a_study_job_reports_progress_and_ends_with_the_study_answer(predictor, 
     assert client.get("/api/jobs/nope").status_code == 404
 
 
+def test_a_failed_job_answers_what_the_synchronous_endpoint_answers(predictor, tmp_path, monkeypatch):
+    """One mapping from failure to status and message (app.common.failure) for both."""
+    client = api_client(predictor)
+
+    def answers(files) -> list[tuple[int, str]]:
+        r = client.post("/api/study", files=files)
+        j = client.post("/api/jobs/study", files=files)
+        job = _poll(client, j.json()["job_id"]) if j.status_code == 202 else {"status": j.status_code, **j.json()}
+        return [(r.status_code, r.json()["error"]), (job["status"], job["error"])]
+
+    bad = [("file", ("scan.nii.gz", b"\x1f\x8b not really gzip"))]
+    (sync, job) = answers(bad)
+    assert sync == job and sync[0] == 400 and "scan.nii.gz" in sync[1], (sync, job)
+
+    def boom(*a, **k):
+        raise RuntimeError("/secret/path exploded")
+
+    monkeypatch.setattr(predictor, "predict_study", boom)
+    files = [("files", (p.name, p.read_bytes())) for p in _slice_stack(tmp_path / "s", 3)]
+    (sync, job) = answers(files)
+    assert sync == job == (500, "internal error (RuntimeError); the server is still running"), (sync, job)
+
+
 def test_a_study_job_can_be_cancelled_between_batches(predictor, tmp_path, monkeypatch):
     import time
 

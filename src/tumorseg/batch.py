@@ -103,13 +103,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
 
                 files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
                 studies = [q for q in files if q.name.lower().endswith((".nii", ".nii.gz", ".zip"))]
-                if len(studies) > 1 and classify_names([q.name for q in studies]) == "studies":
-                    found += studies  # e.g. two NIfTI files of two patients: two studies, as the page does
-                    continue
+                # one study file, or several that are not one case's sequences (two patients' NIfTIs): each
+                # is a study, as the page does
+                if classify_names([q.name for q in studies]) in ("study-file", "studies"):
+                    found += studies
                 imgs = [
                     q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")
                 ]
-                if not imgs:
+                if not imgs and not (found and found[-1] in studies):
                     errors.append((str(p), "folder holds no images or studies"))
                 found += imgs
             else:

@@ -47,6 +47,21 @@ def _public_message(msg: str) -> str:
     return _TEMP_PATH.sub("", msg)
 
 
+def failure(exc: BaseException) -> tuple[int, str]:
+    """(status, message) a client gets for a failure: the one mapping shared by the server's exception
+    handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
+    from ..checks import CannotJudge
+    from ..pacs import PacsError
+
+    if isinstance(exc, BadRequest):
+        return exc.status, _public_message(exc.msg)
+    if isinstance(exc, PacsError):
+        return 502, _public_message(str(exc))
+    if isinstance(exc, ImageReadError):
+        return (422 if isinstance(exc, CannotJudge) else 400), _public_message(str(exc))
+    return 500, f"internal error ({type(exc).__name__}); the server is still running"
+
+
 def _stem(name: str) -> str:
     for suf in (".nii.gz", ".nii", ".zip", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp", ".dcm"):
         if name.lower().endswith(suf):

@@ -7,13 +7,16 @@ The page starts a study with ``POST /api/jobs/study`` (the fields of ``POST /api
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .common import BadRequest, _public_message
+from .common import BadRequest, failure
+
+log = logging.getLogger("tumorseg.app")
 
 MAX_JOBS_KEPT = 8  # finished jobs are forgotten oldest first
 MAX_RUNNING = 2  # a laptop has few cores; more studies at once only make each slower
@@ -94,10 +97,11 @@ class JobStore:
                 job.state = "done"
             except Cancelled:
                 job.state = "cancelled"
-            except BadRequest as exc:
-                job.state, job.error, job.status = "failed", _public_message(exc.msg), exc.status
-            except Exception as exc:  # the message the synchronous endpoint would give, never a traceback
-                job.state, job.error, job.status = "failed", _public_message(_message(exc)), _status(exc)
+            except Exception as exc:  # what the synchronous endpoint would answer, never a traceback
+                job.status, job.error = failure(exc)
+                if job.status == 500:
+                    log.error("job %s: unexpected error: %s", job.id[:6], type(exc).__name__)
+                job.state = "failed"
 
         threading.Thread(target=run, name=f"tumorseg-job-{job.id[:6]}", daemon=True).start()
         return job
@@ -108,19 +112,3 @@ class JobStore:
         if job is None:
             raise BadRequest(404, "no such job (finished jobs are kept for a while only)")
         return job
-
-
-def _status(exc: Exception) -> int:
-    """The status the synchronous endpoint answers for this failure."""
-    from ..checks import CannotJudge
-    from ..pacs import PacsError
-
-    return 502 if isinstance(exc, PacsError) else 422 if isinstance(exc, CannotJudge) else 400
-
-
-def _message(exc: Exception) -> str:
-    from ..io import ImageReadError
-
-    if isinstance(exc, (ImageReadError, ValueError, OSError)):
-        return str(exc)
-    return f"cannot be processed ({type(exc).__name__}: {exc})"

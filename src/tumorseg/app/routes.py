@@ -152,7 +152,7 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
 
 async def read_study_request(file, files, threshold, spacing, folder, cap: int) -> tuple[str, object, tuple | None]:
     """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
-    from ..studies import study_name
+    from ..studies import classify_names, study_name
 
     sp_mm = None
     if spacing:
@@ -174,6 +174,8 @@ async def read_study_request(file, files, threshold, spacing, folder, cap: int) 
             if total > cap:
                 raise UploadTooLarge()
             members.append((n, d))
+        if classify_names([n for n, _ in members]) == "study-file":
+            return members[0][0], members[0][1], sp_mm  # one NIfTI or zip sent as 'files': as 'file' sends it
         return study_name([n for n, _ in members], folder or None), members, sp_mm
     raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
 

@@ -28,6 +28,7 @@ from .common import (  # noqa: F401  (re-exported: tests and older callers impor
     _safe_name,
     _slice_index,
     _stem,
+    failure,
 )
 from .guard import RequestGuard  # noqa: F401
 from .results import MAX_RESULT_BYTES, MAX_RESULTS, ResultStore  # noqa: F401
@@ -104,30 +105,22 @@ def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
             return await call_next(request)
         except Exception as exc:  # never a bare 500 with a traceback to the client
             log.error("unexpected error: %s", type(exc).__name__)
-            return error(500, f"internal error ({type(exc).__name__}); the server is still running")
+            return error(*failure(exc))
 
     @app.exception_handler(UploadTooLarge)
     async def _too_large(request, exc):
         return error(413, f"upload is larger than the {max_upload_mb:g} MB limit")
-
-    @app.exception_handler(ImageReadError)
-    async def _bad_image(request, exc: ImageReadError):
-        from ..checks import CannotJudge
-
-        return error(422 if isinstance(exc, CannotJudge) else 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request, exc):
         parts = [f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors()]
         return error(422, "invalid request: " + "; ".join(parts))
 
-    @app.exception_handler(BadRequest)
-    async def _bad_req(request, exc: BadRequest):
-        return error(exc.status, exc.msg)
+    async def _known(request, exc):
+        return error(*failure(exc))
 
-    @app.exception_handler(PacsError)
-    async def _pacs_error(request, exc):
-        return error(502, str(exc))
+    for kind in (ImageReadError, BadRequest, PacsError):
+        app.add_exception_handler(kind, _known)
 
 
 def allowed_host_names(host: str, extra: list[str] | None = None) -> set[str] | None:
