@@ -175,6 +175,11 @@ def test_api_study_from_several_files(predictor, tmp_path):
     assert r.status_code == 200, r.text[:300]
     body = r.json()
     assert len(body["slices"]) == 5 and body["spacing"] == [3.0, 0.9, 0.9]
+    # the CLI's --spacing rule (studies.parse_spacing), the same answer from the job endpoint
+    for bad in ("0.9,0.9", "0.9,0.9,300", "a,b,c"):
+        answers = [client.post(u, files=files, data={"spacing": bad}) for u in ("/api/study", "/api/jobs/study")]
+        assert [a.status_code for a in answers] == [422, 422], bad
+        assert answers[0].json()["error"] == answers[1].json()["error"] and bad in answers[0].json()["error"]
     case = _case(tmp_path / "case")
     files = [("files", (f.name, f.read_bytes())) for f in sorted(case.iterdir())]
     r = client.post("/api/study", files=files)

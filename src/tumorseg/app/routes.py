@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
@@ -101,37 +101,23 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
     jobs = jobs or JobStore()
 
     @router.post("/api/study")
-    async def study(
-        file: UploadFile | None = File(None),
-        files: list[UploadFile] | None = File(None),
-        threshold: float | None = Form(None),
-        series: str | None = Form(None),
-        spacing: str | None = Form(None),
-        folder: str | None = Form(None),
-    ):
+    async def study(form: StudyForm = Depends()):
         """Segment a whole study: one .zip (DICOM series or slice images) or NIfTI file in ``file``, or
         several files in ``files`` (a DICOM series, a patient folder's numbered slices, or one NIfTI per
         sequence). ``spacing`` = "ROW,COL,SLICE" mm for slice stacks, which carry no geometry; ``folder``:
         the chosen folder's name, which names the study as the CLI names it."""
-        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder, cap)
-        sp = await run_in_threadpool(run_study, pred, name, payload, series, threshold, sp_mm)
+        name, payload, sp_mm = await read_study_request(form, cap)
+        sp = await run_in_threadpool(run_study, pred, name, payload, form.series, form.threshold, sp_mm)
         return study_response(pred, store, sp, name)
 
     @router.post("/api/jobs/study", status_code=202)
-    async def study_job(
-        file: UploadFile | None = File(None),
-        files: list[UploadFile] | None = File(None),
-        threshold: float | None = Form(None),
-        series: str | None = Form(None),
-        spacing: str | None = Form(None),
-        folder: str | None = Form(None),
-    ):
+    async def study_job(form: StudyForm = Depends()):
         """``/api/study`` as a job: answers at once with its id; ``GET /api/jobs/{id}`` gives progress
         (slices done of total, elapsed, an estimate) and, when done, what ``/api/study`` answers."""
-        name, payload, sp_mm = await read_study_request(file, files, threshold, spacing, folder, cap)
+        name, payload, sp_mm = await read_study_request(form, cap)
         job = jobs.start(
             name,
-            lambda job: run_study(pred, name, payload, series, threshold, sp_mm, job.progress),
+            lambda job: run_study(pred, name, payload, form.series, form.threshold, sp_mm, job.progress),
             lambda sp: study_response(pred, store, sp, name),
         )
         return job.view()
@@ -150,33 +136,48 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
     return router, lambda sp, name: study_response(pred, store, sp, name)
 
 
-async def read_study_request(file, files, threshold, spacing, folder, cap: int) -> tuple[str, object, tuple | None]:
+class StudyForm:
+    """The form of ``/api/study`` and ``/api/jobs/study``, declared once for both."""
+
+    def __init__(
+        self,
+        file: UploadFile | None = File(None),
+        files: list[UploadFile] | None = File(None),
+        threshold: float | None = Form(None),
+        series: str | None = Form(None),
+        spacing: str | None = Form(None),
+        folder: str | None = Form(None),
+    ):
+        self.file, self.files, self.threshold = file, files, threshold
+        self.series, self.spacing, self.folder = series, spacing, folder
+
+
+async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tuple | None]:
     """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
-    from ..studies import classify_names, study_name
+    from ..studies import classify_names, parse_spacing, study_name
 
     sp_mm = None
-    if spacing:
+    if form.spacing:
         try:
-            sp_mm = tuple(float(x) for x in spacing.split(","))
-            assert len(sp_mm) == 3
-        except (ValueError, AssertionError):
-            raise BadRequest(422, f"spacing must be ROW,COL,SLICE in mm, got {spacing!r}") from None
-    if file is not None:
-        name, data = await read_upload(file, threshold, cap)
+            sp_mm = parse_spacing(form.spacing)  # the CLI's --spacing rule
+        except ValueError as exc:
+            raise BadRequest(422, f"spacing: {exc}") from None
+    if form.file is not None:
+        name, data = await read_upload(form.file, form.threshold, cap)
         if not name.lower().endswith((".nii", ".nii.gz", ".zip")):
             raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
         return name, data, sp_mm
-    if files:
+    if form.files:
         members, total = [], 0
-        for f in files:
-            n, d = await read_upload(f, threshold, cap)
+        for f in form.files:
+            n, d = await read_upload(f, form.threshold, cap)
             total += len(d)
             if total > cap:
                 raise UploadTooLarge()
             members.append((n, d))
         if classify_names([n for n, _ in members]) == "study-file":
             return members[0][0], members[0][1], sp_mm  # one NIfTI or zip sent as 'files': as 'file' sends it
-        return study_name([n for n, _ in members], folder or None), members, sp_mm
+        return study_name([n for n, _ in members], form.folder or None), members, sp_mm
     raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
 
 
