@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
 
 
 def main() -> None:
@@ -34,6 +38,7 @@ def main() -> None:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
+    from tests.chromium import launch
     from tumorseg.app.server import create_app
 
     with socket.socket() as s:
@@ -44,16 +49,7 @@ def main() -> None:
     while not srv.started:
         time.sleep(0.1)
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--enable-unsafe-swiftshader",
-                "--use-angle=swiftshader",
-            ],
-        )
+        b = launch(p, webgl=True)
         page = b.new_page(viewport={"width": vw, "height": vh})
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
+from tests.chromium import launch  # noqa: E402
 from tests.test_pacs import start_orthanc, upload  # noqa: E402
 
 CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats-dev" / "BraTS-GLI-00000-000"
@@ -118,10 +119,7 @@ def _shoot(dicomweb: str, out: Path) -> None:
     while not srv.started:
         time.sleep(0.1)
     with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
-        )
+        b = launch(p)
         page = b.new_page(viewport={"width": 1280, "height": 720})
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("[data-testid=pacs-open]", timeout=30000)

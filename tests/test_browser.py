@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from .chromium import CHROMIUM, launch
 from .conftest import free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed (.ci/run installs it)"),
@@ -47,18 +47,7 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
     tif = tmp_path / "TCGA_XX_0001_20000101_12.tif"
     tifffile.imwrite(tif, img)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(server)
@@ -111,11 +100,7 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
 
 def _open(p, server, viewport=(1280, 720), **kw):
     """Chromium on the app's page, with the model loaded; returns (browser, page)."""
-    browser = p.chromium.launch(
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-    )
+    browser = launch(p)
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **kw)
     page.goto(server)
     page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
@@ -326,16 +311,7 @@ def test_three_planes_radiological_in_patient_space(server, tmp_path):
     nii = tmp_path / "case_flair.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.5, 1.0])), str(nii))
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--enable-unsafe-swiftshader",
-                "--use-angle=swiftshader",
-            ],
-        )
+        browser = launch(p, webgl=True)
         page = browser.new_page(viewport={"width": 1280, "height": 720})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
