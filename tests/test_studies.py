@@ -27,6 +27,19 @@ def test_sphere_volume_matches_analytic():
     assert meas["slices_with_tumour"] == 11 - 0 or meas["slices_with_tumour"] in (9, 10, 11)
 
 
+def test_largest_diameter_is_one_lesions_not_the_span_to_a_distant_false_alarm():
+    """Seen on BraTS-GLI-00000-000: a 6 mL lesion reported as 124 mm wide because a speck across the
+    brain was in the same slice."""
+    m = np.zeros((3, 200, 200), bool)
+    zz, yy, xx = np.indices(m.shape)
+    m |= (zz == 1) & ((yy - 60) ** 2 + (xx - 60) ** 2 <= 15**2)  # a lesion 31 px across
+    m[1, 180:182, 180:182] = True  # a false alarm far away, same slice
+    meas, _ = study_measurements(m, (1.0, 0.5, 0.5))
+    assert meas["largest_diameter_mm"] == pytest.approx(31 * 0.5, abs=0.6)
+    m[2, 20:30, 20:200] = True  # a longer lesion elsewhere: it is the largest
+    assert study_measurements(m, (1.0, 0.5, 0.5))[0]["largest_diameter_mm"] == pytest.approx(180 * 0.5, abs=2)
+
+
 def test_small_components_removed_in_3d():
     m = np.zeros((5, 20, 20), bool)
     m[1:4, 2:10, 2:10] = True

@@ -24,8 +24,17 @@ def _max_diameter(mask2d: np.ndarray, row_mm: float, col_mm: float) -> float:
     return float(d + min(row_mm, col_mm))
 
 
+def _largest_lesion_diameter(mask2d: np.ndarray, row_mm: float, col_mm: float) -> float:
+    """The longest in-plane diameter of one lesion (8-connected component) in this slice: the span
+    between two separate findings (a lesion and a false alarm across the brain) is no diameter."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask2d, structure=np.ones((3, 3), bool))
+    return max((_max_diameter(lab == k, row_mm, col_mm) for k in range(1, n + 1)), default=0.0)
+
+
 def study_measurements(mask: np.ndarray, spacing, min_component_mm3: float = 0.0) -> tuple[dict, np.ndarray]:
-    """Volume (mL), slices with tumour, largest in-plane diameter (mm); optional 3D component filter."""
+    """Volume (mL), slices with tumour, largest in-plane lesion diameter (mm); optional 3D component filter."""
     from scipy import ndimage
 
     removed = 0
@@ -39,7 +48,7 @@ def study_measurements(mask: np.ndarray, spacing, min_component_mm3: float = 0.0
         mask = keep[lab]
     voxels = int(mask.sum())
     dz, dy, dx = spacing if spacing else (None, 1.0, 1.0)
-    diam = max((_max_diameter(m, dy, dx) for m in mask if m.any()), default=0.0)
+    diam = max((_largest_lesion_diameter(m, dy, dx) for m in mask if m.any()), default=0.0)
     lab, ncomp = ndimage.label(mask, structure=np.ones((3, 3, 3), bool)) if voxels else (None, 0)
     meas = {
         "tumour_voxels": voxels,
