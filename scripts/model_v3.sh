@@ -4,6 +4,8 @@
 # reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | package | val | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
+#   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
+#   package, val, test, external with the same RUN/OUT/TAG
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
