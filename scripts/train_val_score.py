@@ -16,7 +16,7 @@ import torch
 from tumorseg.data import discover, load_cases, load_split
 from tumorseg.model import load_model
 from tumorseg.modelinfo import ModelInfo
-from tumorseg.training import _Dist, precision_plan, validate
+from tumorseg.training import _Dist, patients_score, precision_plan, validate
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         "original": validate(model, val, *args),
         "flair_only": validate(model, val.flair_only(), *args),
     }
-    out["select"] = (out["original"]["val_dice_per_patient"] + out["flair_only"]["val_dice_per_patient"]) / 2
+    out["select"] = patients_score(out["original"], out["flair_only"])
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:

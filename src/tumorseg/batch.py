@@ -105,14 +105,14 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
                 studies = [q for q in files if q.name.lower().endswith((".nii", ".nii.gz", ".zip"))]
                 # one study file, or several that are not one case's sequences (two patients' NIfTIs): each
                 # is a study, as the page does
-                if classify_names([q.name for q in studies]) in ("study-file", "studies"):
-                    found += studies
+                if classify_names([q.name for q in studies]) not in ("study-file", "studies"):
+                    studies = []
                 imgs = [
                     q for q in files if q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask")
                 ]
-                if not imgs and not (found and found[-1] in studies):
+                if not imgs and not studies:
                     errors.append((str(p), "folder holds no images or studies"))
-                found += imgs
+                found += studies + imgs
             else:
                 found.append(p)
     return found, errors

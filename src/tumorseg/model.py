@@ -352,13 +352,12 @@ def widen_input(model: UNetResNet50, in_channels: int, share: float = 0.0, centr
     if not 0.0 <= share * added < 1.0:
         raise ValueError(f"share {share} for {added} new channels leaves the centre channel nothing")
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
-    with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:, : old.in_channels] = old.weight
-        if added and share:
-            w = old.weight[:, centre]
-            new.weight[:, centre] = w * (1.0 - share * added)
-            new.weight[:, old.in_channels :] = (w * share)[:, None]
+    new.weight.zero_()
+    new.weight[:, : old.in_channels] = old.weight
+    if added and share:
+        w = old.weight[:, centre]
+        new.weight[:, centre] = w * (1.0 - share * added)
+        new.weight[:, old.in_channels :] = (w * share)[:, None]
     model.encoder.conv1 = new.to(old.weight.device, old.weight.dtype)
     return model
 

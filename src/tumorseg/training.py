@@ -257,6 +257,12 @@ def validate(
     }
 
 
+def patients_score(original: dict, flair_only: dict) -> float:
+    """``--select patients``: the per-patient mean over the original and the FLAIR-only slices, the two
+    conditions the model comparisons decide on."""
+    return (original["val_dice_per_patient"] + flair_only["val_dice_per_patient"]) / 2
+
+
 # --------------------------------------------------------------------------- main loop
 
 
@@ -386,6 +392,8 @@ class Trainer:
         self.split = split
         self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
         self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+        if cfg.select not in ("dice", "patients"):
+            raise ValueError(f"unknown selection {cfg.select!r}; use dice or patients")
         self.val_flair = self.val_set.flair_only() if cfg.select == "patients" else None
         if cfg.aug == "v2":
             self.train_set.with_head_depth()
@@ -539,9 +547,7 @@ class Trainer:
         if self.cfg.select == "patients":
             flair = validate(self.model, self.val_flair, *args)
             v["val_flair_only"] = {k: flair[k] for k in ("val_dice", "val_dice_per_patient")}
-            v["select"] = (v["val_dice_per_patient"] + flair["val_dice_per_patient"]) / 2
-        elif self.cfg.select != "dice":
-            raise ValueError(f"unknown selection {self.cfg.select!r}; use dice or patients")
+            v["select"] = patients_score(v, flair)
         return v
 
     def on_epoch_end(self, epoch: int, row: dict, v: dict) -> None:
