@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | package | val | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | package | val | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
 #   package, val, test, external with the same RUN/OUT/TAG
+#   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -35,6 +36,12 @@ case "${1:?STEP}" in
     # ~105 min on 1 thread (AVX-512 bf16 CPU).
     $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
       --context 1 --context-share 0.15 --context-lr-mult 50 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
+      --schedule cosine --epochs 14 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
+      --max-minutes 110 --threads 1 --out "$RUN" ;;
+  train-c)  # attempt 3 (v3c), the ablation's other arm: v3b's recipe without the context (3 channels, 2D), so
+    # 2D vs 2.5D differ in nothing else. ~105 min on 1 thread (AVX-512 bf16 CPU).
+    $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
+      --context 0 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
       --schedule cosine --epochs 14 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
       --max-minutes 110 --threads 1 --out "$RUN" ;;
   package)

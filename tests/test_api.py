@@ -209,3 +209,16 @@ def test_the_page_takes_its_colours_from_the_clis_colormap(client):
 
     lut = client.get("/api/colormap").json()["jet"]
     assert np.array_equal(np.array(lut, np.uint8), jet(np.arange(256) / 255.0))
+
+
+@pytest.mark.parametrize("name", ["case.nii.gz", "case.NII", "series.zip", "slice1.dcm"])
+def test_a_study_sent_as_an_image_is_sent_on(client, name):
+    """Which names are studies has one home (``studies.FILE_FORMATS``); /api/segment asks it."""
+    r = client.post("/api/segment", files={"file": (name, b"\x00" * 64)})
+    assert r.status_code == 400 and r.json()["error"] == f"{name}: this is a study; send it to /api/study"
+
+
+def test_an_image_sent_as_a_study_names_the_study_files(client):
+    r = client.post("/api/study", files={"file": ("slice.png", png_bytes(np.zeros((8, 8), np.uint8)))})
+    assert r.status_code == 400
+    assert r.json()["error"] == "slice.png: a study must be one of these files: .nii, .nii.gz, .zip"

@@ -63,10 +63,10 @@ def failure(exc: BaseException) -> tuple[int, str]:
 
 
 def _stem(name: str) -> str:
-    for suf in (".nii.gz", ".nii", ".zip", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".webp", ".bmp", ".dcm"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)] or "study"
-    return name or "study"
+    """A download's name stem: the study's name as the CLI names it (``studies.strip_extension``)."""
+    from ..studies import strip_extension
+
+    return strip_extension(name or "") or "study"
 
 
 def _safe_name(name: str | None) -> str:

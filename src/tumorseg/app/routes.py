@@ -69,9 +69,10 @@ def image_router(pred, store, cap: int) -> APIRouter:
     @router.post("/api/segment")
     async def segment(file: UploadFile = File(...), threshold: float | None = Form(None), tta: bool = Form(False)):
         """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
+        from ..studies import file_format_of, is_single_dicom
+
         name, data = await read_upload(file, threshold, cap)
-        lower = name.lower()
-        if lower.endswith((".nii", ".nii.gz", ".zip", ".dcm")):
+        if file_format_of(name) is not None or is_single_dicom(name):
             raise BadRequest(400, f"{name}: this is a study; send it to /api/study")
         r = await run_in_threadpool(pred.predict, data, tta, threshold, None, name)
         summary = {k: v for k, v in r.summary().items() if k != "source"}  # the CLI's numbers, one home
@@ -154,7 +155,7 @@ class StudyForm:
 
 async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tuple | None]:
     """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
-    from ..studies import classify_names, parse_spacing, study_name
+    from ..studies import classify_names, file_format_of, parse_spacing, study_file_suffixes, study_name
 
     sp_mm = None
     if form.spacing:
@@ -164,8 +165,8 @@ async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tu
             raise BadRequest(422, f"spacing: {exc}") from None
     if form.file is not None:
         name, data = await read_upload(form.file, form.threshold, cap)
-        if not name.lower().endswith((".nii", ".nii.gz", ".zip")):
-            raise BadRequest(400, f"{name}: a study must be a .zip, .nii or .nii.gz file")
+        if file_format_of(name) is None:
+            raise BadRequest(400, f"{name}: a study must be one of these files: {study_file_suffixes()}")
         return name, data, sp_mm
     if form.files:
         members, total = [], 0
@@ -178,7 +179,7 @@ async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tu
         if classify_names([n for n, _ in members]) == "study-file":
             return members[0][0], members[0][1], sp_mm  # one NIfTI or zip sent as 'files': as 'file' sends it
         return study_name([n for n, _ in members], form.folder or None), members, sp_mm
-    raise BadRequest(422, "send a study as 'file' (.zip, .nii, .nii.gz) or a series as 'files'")
+    raise BadRequest(422, f"send a study as 'file' ({study_file_suffixes()}) or a series as 'files'")
 
 
 def run_study(pred, name, payload, series, threshold, sp_mm, on_progress=None):

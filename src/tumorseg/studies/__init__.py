@@ -329,6 +329,16 @@ def file_format_of(name: str) -> FileFormat | None:
     return next((f for f in FILE_FORMATS if n.endswith(f.suffixes)), None)
 
 
+def study_file_suffixes() -> str:
+    """The suffixes of a study held in one file, for messages: ".nii, .nii.gz, .zip"."""
+    return ", ".join(x for f in FILE_FORMATS for x in f.suffixes)
+
+
+def is_single_dicom(name: str) -> bool:
+    """A lone ``.dcm``: one slice of a DICOM series, a study only together with the rest of it."""
+    return str(name).lower().endswith(".dcm")
+
+
 def folder_format_of(names: list[str], flags: list[bool]) -> FolderFormat | None:
     return next((f for f in FOLDER_FORMATS if f.claims(names, flags)), None)
 
