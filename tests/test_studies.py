@@ -170,8 +170,9 @@ def test_a_new_study_format_is_one_entry_in_the_registry(tmp_path, monkeypatch):
         st.affine = np.eye(4)
         return st
 
+    registry = studies.formats  # the registry's one home: every front end and output naming asks it
     monkeypatch.setattr(
-        studies, "FILE_FORMATS", (*studies.FILE_FORMATS, studies.FileFormat("npy", (".npyvol",), read_npy))
+        registry, "FILE_FORMATS", (*registry.FILE_FORMATS, studies.FileFormat("npy", (".npyvol",), read_npy))
     )
     f = tmp_path / "case7.npyvol"
     with open(f, "wb") as fh:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes, write_png
-from . import Study, StudyPrediction, _image_to_nifti_slice
+from .core import Study, StudyPrediction
+from .nifti import _image_to_nifti_slice
 
 
 def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
