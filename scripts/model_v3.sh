@@ -12,6 +12,10 @@
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
 # robustness suite's FLAIR-only conditions (flair_only, flair_only_stripped); the test patients and
 # brats-dev are looked at only after that decision, for the model card.
+# Reading of "positive", written down before v3c's results (2026-11-30): the mean paired difference on the
+# original slices must be at least +0.005 (v3b's +0.000002 was read as a tie: it rounds to zero and more
+# patients were worse than better), and above zero on both FLAIR-only conditions. Intervals are reported,
+# not required to exclude zero: 14 patients cannot resolve differences of this size.
 set -eu
 PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/lgg-kaggle_3m}
