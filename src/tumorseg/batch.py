@@ -99,10 +99,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not p.exists():
                 errors.append((str(p), "file not found"))
             elif p.is_dir() and not is_study(p):
-                from .studies import classify_names
+                from .studies import classify_names, file_format_of
 
                 files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
-                studies = [q for q in files if q.name.lower().endswith((".nii", ".nii.gz", ".zip"))]
+                studies = [q for q in files if file_format_of(q.name) is not None]
                 # one study file, or several that are not one case's sequences (two patients' NIfTIs): each
                 # is a study, as the page does
                 if classify_names([q.name for q in studies]) not in ("study-file", "studies"):

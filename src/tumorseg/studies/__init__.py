@@ -30,7 +30,6 @@ from .formats import (  # noqa: F401
     classify_names,
     file_format_of,
     folder_format_of,
-    is_single_dicom,
     is_study_source,
     looks_like_study_folder,
     read_study,
@@ -39,7 +38,7 @@ from .formats import (  # noqa: F401
     study_name,
 )
 from .measure import study_measurements  # noqa: F401
-from .names import MODEL_CHANNELS, find_sequences, sequence_of, sequence_of_series  # noqa: F401
+from .names import MODEL_CHANNELS, find_sequences, is_single_dicom, sequence_of, sequence_of_series  # noqa: F401
 from .nifti import _image_to_nifti_slice, _nifti_slice_to_image, read_nifti, read_sequences  # noqa: F401
 from .outputs import (  # noqa: F401
     LOCAL_CODES,

@@ -12,7 +12,15 @@ import numpy as np
 from ..io import IMAGE_EXTENSIONS, standardise_brain_intensity
 from .core import Study, StudyError, _valid_spacing, looks_like_label_map
 from .dicom import _zip_members, read_dicom
-from .names import _is_dicom_file, _is_nifti, _is_slice_image, _mostly_images, find_sequences
+from .names import (
+    DICOM_SUFFIX,
+    _is_dicom_file,
+    _is_nifti,
+    _is_slice_image,
+    _mostly_images,
+    find_sequences,
+    is_single_dicom,
+)
 from .nifti import read_nifti, read_sequences
 from .slices import read_slices
 
@@ -26,7 +34,7 @@ _NUMBERED = re.compile(r"^(?P<stem>.+?)[_\-. ]?(?P<n>\d+)$")
 
 def strip_extension(name: str) -> str:
     """A file name without its study or image suffix (the formats' suffixes, ``.dcm``, image suffixes)."""
-    known = [x for f in FILE_FORMATS for x in f.suffixes] + [".dcm", *IMAGE_EXTENSIONS]
+    known = [x for f in FILE_FORMATS for x in f.suffixes] + [DICOM_SUFFIX, *IMAGE_EXTENSIONS]
     for suf in sorted(known, key=len, reverse=True):
         if name.lower().endswith(suf) and len(name) > len(suf):
             return name[: -len(suf)]
@@ -76,9 +84,7 @@ def classify_names(names: list[str], dicom: list[bool] | None = None) -> str:
     """
     keep = [i for i, n in enumerate(names) if not Path(n).name.startswith(".")]
     names = [Path(names[i]).name for i in keep]
-    flags = (
-        [dicom[i] for i in keep] if dicom is not None else [n.lower().endswith(".dcm") or "." not in n for n in names]
-    )
+    flags = [dicom[i] for i in keep] if dicom is not None else [is_single_dicom(n) or "." not in n for n in names]
     if len(names) == 1 and file_format_of(names[0]) is not None:
         return "study-file"
     folder = folder_format_of(names, flags)
@@ -95,7 +101,7 @@ def looks_like_study_folder(p: Path) -> bool:
     files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
     if len(files) == 1 and _is_nifti(files[0]):
         return False
-    flags = [_is_dicom_file(q) if i < 400 else q.suffix.lower() == ".dcm" for i, q in enumerate(files)]
+    flags = [_is_dicom_file(q) if i < 400 else is_single_dicom(q.name) for i, q in enumerate(files)]
     return classify_names([q.name for q in files], flags) == "study-files"
 
 
@@ -186,11 +192,6 @@ def file_format_of(name: str) -> FileFormat | None:
 def study_file_suffixes() -> str:
     """The suffixes of a study held in one file, for messages: ".nii, .nii.gz, .zip"."""
     return ", ".join(x for f in FILE_FORMATS for x in f.suffixes)
-
-
-def is_single_dicom(name: str) -> bool:
-    """A lone ``.dcm``: one slice of a DICOM series, a study only together with the rest of it."""
-    return str(name).lower().endswith(".dcm")
 
 
 def folder_format_of(names: list[str], flags: list[bool]) -> FolderFormat | None:

@@ -8,9 +8,17 @@ from pathlib import Path
 from ..io import IMAGE_EXTENSIONS
 from .core import StudyError
 
+DICOM_SUFFIX = ".dcm"
+
+
+def is_single_dicom(name: str) -> bool:
+    """A ``.dcm`` name: one slice of a DICOM series, a study only together with the rest of it."""
+    return str(name).lower().endswith(DICOM_SUFFIX)
+
 
 def _is_dicom_file(p: Path) -> bool:
-    if p.suffix.lower() == ".dcm":
+    """By name, else by the DICM magic after the 128-byte preamble."""
+    if is_single_dicom(p.name):
         return True
     try:
         with open(p, "rb") as fh:
