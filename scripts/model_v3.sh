@@ -21,7 +21,7 @@ PY=${PYTHON:-.venv/bin/python}
 DATA=${DATA:-../shared/data/lgg-kaggle_3m}
 RUN=${RUN:-runs/v3_ctx1}
 OUT=${OUT:-runs/v3}
-TAG=${TAG:-v3}  # the candidate's name in the result files: v3 (attempt 1), v3b (attempt 2)
+TAG=${TAG:-v3}  # the candidate's name in the result files: v3 (attempt 1), v3b (2), v3c (3)
 SPLIT=docs/results/split.json
 V2=src/tumorseg/models/default.safetensors
 V3=$OUT/default.safetensors
@@ -29,6 +29,10 @@ V3=$OUT/default.safetensors
 V2Q=src/tumorseg/models/default-int8.onnx
 V3Q=$OUT/default-int8.onnx
 mkdir -p "$OUT"
+# v3b's recipe apart from the input: train-b (2.5D) and train-c (2D) share it, so the two arms differ in the context only
+RECIPE_B=(--data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth
+  --select patients --aug v2 --loss dice+bce --lr 1e-4 --schedule cosine --epochs 14 --samples-per-epoch 1600
+  --batch-size 8 --patch-size 192 --patience 1000 --max-minutes 110 --threads 1)
 case "${1:?STEP}" in
   train)  # one background run of ~95 min on 1 thread (AVX-512 bf16 CPU: ~4.6 images/s at 192 px)
     $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
@@ -38,16 +42,10 @@ case "${1:?STEP}" in
     # image still gets v2's answer) and learn 50x faster (conv1's weights are ~4 in size: at 1e-4 Adam barely
     # moves them); best epoch by the per-patient mean on the original AND FLAIR-only validation slices.
     # ~105 min on 1 thread (AVX-512 bf16 CPU).
-    $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
-      --context 1 --context-share 0.15 --context-lr-mult 50 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
-      --schedule cosine --epochs 14 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
-      --max-minutes 110 --threads 1 --out "$RUN" ;;
+    $PY -m tumorseg train "${RECIPE_B[@]}" --context 1 --context-share 0.15 --context-lr-mult 50 --out "$RUN" ;;
   train-c)  # attempt 3 (v3c), the ablation's other arm: v3b's recipe without the context (3 channels, 2D), so
     # 2D vs 2.5D differ in nothing else. ~105 min on 1 thread (AVX-512 bf16 CPU).
-    $PY -m tumorseg train --data "$DATA" --split $SPLIT --init-model $V2 --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth \
-      --context 0 --select patients --aug v2 --loss dice+bce --lr 1e-4 \
-      --schedule cosine --epochs 14 --samples-per-epoch 1600 --batch-size 8 --patch-size 192 --patience 1000 \
-      --max-minutes 110 --threads 1 --out "$RUN" ;;
+    $PY -m tumorseg train "${RECIPE_B[@]}" --context 0 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;
