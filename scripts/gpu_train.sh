@@ -22,34 +22,7 @@ SPLIT=${SPLIT:-docs/results/split.json}
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-if [ ! -d "$DATA/kaggle_3m" ]; then
-  $PY - "$PACK/PACK.zip" "$DATA" <<'PY'
-# unpack.py's decoding, over 16 processes
-import io, sys, zipfile
-from multiprocessing import Pool
-from pathlib import Path
-import numpy as np
-from PIL import Image
-zp, dest = sys.argv[1], Path(sys.argv[2])
-def work(names):
-    with zipfile.ZipFile(zp) as z:
-        for name in names:
-            t = dest / name
-            t.parent.mkdir(parents=True, exist_ok=True)
-            data = z.read(name)
-            if name.endswith(".webp"):
-                band = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
-                w = band.shape[1] // 3
-                rgb = np.stack([band[:, :w], band[:, w:2 * w], band[:, 2 * w:]], axis=-1)
-                Image.fromarray(rgb).save(t.with_suffix(".png"), compress_level=1)
-            else:
-                t.write_bytes(data)
-    return len(names)
-names = [n for n in zipfile.ZipFile(zp).namelist() if not n.endswith("/")]
-with Pool(16) as p:
-    print(sum(p.map(work, [names[i::16] for i in range(16)])), "files unpacked")
-PY
-fi
+[ -d "$DATA/kaggle_3m" ] || $PY scripts/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
 stamp unpacked
 COMMON="--data $DATA --split $SPLIT --encoder-weights $PACK/enc_fp16.safetensors --device ${DEVICE:-cuda}
   --batch-size ${BATCH:-32} --lr 3e-4 --schedule cosine --epochs $EPOCHS --samples-per-epoch ${SAMPLES:-2400}

@@ -16,17 +16,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tumorseg.data import discover, load_cases
 from tumorseg.engines import load_engine
-from tumorseg.metrics import SegmentationMetrics
+from tumorseg.evaluation import choose_postprocess, stack_metrics
 from tumorseg.model import file_sha256, load_model, read_model_file, save_model
 from tumorseg.postprocess import PostProcess
 
 THREADS = 0
-HYSTERESIS = (0.0, 0.1, 0.2, 0.3)  # low thresholds tried for stacks (0: off)
 
 
 def val_probs(model_path: Path, data: str, split: dict, engine: str, tta: str | None = None):
@@ -37,13 +35,9 @@ def val_probs(model_path: Path, data: str, split: dict, engine: str, tta: str | 
 
 
 def score(ds, probs, thr: float, min_px: int, masks=None, low: float = 0.0) -> dict:
-    """Metrics of the masks the Predictor would deliver at this threshold, component size and
-    hysteresis (each patient's slices a stack, as ``tumorseg predict`` reads a slice folder)."""
-    m = SegmentationMetrics()
+    """Metrics of the masks the Predictor would deliver at this threshold, component size and hysteresis."""
     post = PostProcess(thr, min_px, probs.shape[-1], low)
-    pred = np.concatenate([post.apply_stack(probs[a:b]) for a, b in ds.groups()])
-    m.update(pred, ds.masks if masks is None else masks, ds.patients)
-    return m.compute()
+    return stack_metrics(probs, ds.masks if masks is None else masks, ds.patients, post)
 
 
 def condition_probs(model_path: Path, ds, conditions: list[str], engine: str, tta: str = "none") -> dict:
@@ -157,37 +151,8 @@ def main() -> None:
     for tta in a.tta.split(","):
         ds, p_orig = val_probs(best, a.data, split, a.engine, tta)
         by_tta[tta] = (p_orig, condition_probs(best, ds, [c for c in conds if c != "original"], a.engine, tta))
-    grid = []
-    for tta, thr, min_px, low in (
-        (v, t, p, lo)
-        for v in by_tta
-        for t in (0.3, 0.4, 0.5, 0.6, 0.7)
-        for p in (0, 10, 20, 40, 80)
-        for lo in HYSTERESIS
-        if lo < t
-    ):
-        probs, extra = by_tta[tta]
-        r = score(ds, probs, thr, min_px, low=low)
-        row = {
-            "tta": tta,
-            "threshold": thr,
-            "min_component_pixels": min_px,
-            "hysteresis_low": low,
-            "dice": r["dice"],
-            "dice_per_patient_mean": r["dice_per_patient_mean"],
-            "empty_slice_fp_rate": r["empty_slice_fp_rate"],
-        }
-        # objective on validation: pooled and per-patient Dice equally, averaged over the conditions
-        objs = [r["dice"] + r["dice_per_patient_mean"]] if "original" in conds else []
-        for cond, (pc, mc) in extra.items():
-            rc = score(ds, pc, thr, min_px, mc, low)
-            row[f"{cond}_dice"] = rc["dice"]
-            row[f"{cond}_dice_per_patient_mean"] = rc["dice_per_patient_mean"]
-            objs.append(rc["dice"] + rc["dice_per_patient_mean"])
-        row["objective"] = float(np.mean(objs))
-        grid.append(row)
-    choice = dict(max(grid, key=lambda g: g["objective"]))
-    choice["selected_on"] = conds
+    views = {tta: {"original": (p, ds.masks), **extra} for tta, (p, extra) in by_tta.items()}
+    choice, grid = choose_postprocess(views, ds.patients, conds)
     print(json.dumps(choice), file=sys.stderr)
 
     net, _ = load_model(best)

@@ -14,32 +14,8 @@ from pathlib import Path
 from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
 from tumorseg.io import atomic_write_bytes
+from tumorseg.metrics import paired_difference
 from tumorseg.robustness import CONDITIONS, run_suite
-
-
-def paired(models: dict) -> dict:
-    """Second model minus first, per patient 3D Dice: per condition and averaged over the suite, with a
-    95 % bootstrap interval over patients."""
-    import numpy as np
-
-    (_, a), (_, b) = models.items()
-    conds = [c for c in a if c in b]
-    pats = sorted(a[conds[0]]["patient_dice"])
-    out = {}
-    for c in conds + ["suite_average"]:
-        if c == "suite_average":
-            d = np.array([np.mean([b[k]["patient_dice"][p] - a[k]["patient_dice"][p] for k in conds]) for p in pats])
-        else:
-            d = np.array([b[c]["patient_dice"][p] - a[c]["patient_dice"][p] for p in pats])
-        rng = np.random.default_rng(0)
-        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(2000)]
-        out[c] = {
-            "mean_difference": float(d.mean()),
-            "ci95": (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
-            "better": int((d > 0.001).sum()),
-            "worse": int((d < -0.001).sum()),
-        }
-    return out
 
 
 def main() -> None:
@@ -72,7 +48,7 @@ def main() -> None:
                 file=sys.stderr,
             )
     if len(result["models"]) == 2:
-        result["paired"] = paired(result["models"])
+        result["paired"] = paired_difference(*result["models"].values())
         print(json.dumps(result["paired"], indent=1), file=sys.stderr)
     if a.json:
         atomic_write_bytes(Path(a.json), (json.dumps(result, indent=1) + "\n").encode())

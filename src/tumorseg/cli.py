@@ -107,13 +107,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=d["threads"], help="CPU threads (0: PyTorch default)")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument(
-        "--select",
-        default=d["select"],
-        choices=["dice", "patients"],
-        help="best epoch by pooled validation Dice, or by the per-patient mean on the original and FLAIR-only slices",
-    )
-    p.add_argument("--split", default=d["split"], help="reuse this split.json instead of making one")
+    _add_selection_args(p, d)
     p.add_argument(
         "--patient-pattern", default=d["patient_pattern"], help="regex with a 'patient' group for generic layouts"
     )
@@ -124,6 +118,24 @@ def _add_train(sub) -> None:
     )
     _add_context_args(p, d)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_selection_args(p, d: dict) -> None:
+    """Which patients train, which validate, and which epoch is kept."""
+    p.add_argument(
+        "--select",
+        default=d["select"],
+        choices=["dice", "patients", "last"],
+        help="keep the best epoch by pooled validation Dice, or by the per-patient mean on the original and "
+        "FLAIR-only slices, or the last epoch (cross-validation: the held-out fold only measures)",
+    )
+    p.add_argument("--split", default=d["split"], help="reuse this split.json instead of making one")
+    p.add_argument(
+        "--fold",
+        default=d["fold"],
+        help="cross-validation over the split's train + val patients (test untouched): i/k trains fold i "
+        "of k (from 0) and validates on it; all trains on every one of them with no validation (--select last)",
+    )
 
 
 def _add_context_args(p, d: dict) -> None:
@@ -138,8 +150,8 @@ def _add_context_args(p, d: dict) -> None:
         "--context-share",
         type=float,
         default=d["context_share"],
-        help="widening a 2D --init-model: each neighbour channel starts with this share of FLAIR's weights "
-        "(a lone image still gets the 2D answer; 0: zero weights)",
+        help="widening a 2D --init-model (or the ImageNet encoder): each neighbour channel starts with this "
+        "share of FLAIR's weights (a lone image still gets the 2D answer; 0: zero weights)",
     )
     p.add_argument(
         "--context-lr-mult",
@@ -186,6 +198,7 @@ def _cmd_train(a) -> int:
         context_share=a.context_share,
         context_lr_mult=a.context_lr_mult,
         select=a.select,
+        fold=a.fold,
     )
     path = train(cfg, resume=a.resume)
     print(path)

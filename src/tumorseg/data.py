@@ -295,6 +295,55 @@ def make_split(
     return parts
 
 
+def cv_folds(
+    split: dict[str, list[str]], k: int, has_tumour: dict[str, bool] | None = None, seed: int = 0
+) -> list[dict[str, list[str]]]:
+    """``k`` cross-validation splits over the split's train + val patients; its test patients stay test.
+
+    Each pool patient is validation in exactly one fold. Patients with and without tumour are dealt
+    round-robin separately, after a seeded shuffle, so every fold gets its share of each. The folds
+    depend on the split file and ``seed`` alone (not on a run's training seed), so the runs of one
+    cross-validation, started in any order or on any machine, agree on them.
+    """
+    pool = sorted(split["train"] + split["val"])
+    if k < 2 or k > len(pool):
+        raise DatasetError(f"cannot make {k} folds from {len(pool)} train + val patients (2 <= folds <= patients)")
+    ht = has_tumour or {p: True for p in pool}
+    rng = random.Random(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    dealt = 0
+    for group in (True, False):
+        members = [p for p in pool if bool(ht.get(p, False)) == group]
+        rng.shuffle(members)
+        for p in members:  # continue the deal where the last group stopped: fold sizes differ by <= 1
+            folds[dealt % k].append(p)
+            dealt += 1
+    return [
+        {
+            "train": sorted(p for j, f in enumerate(folds) if j != i for p in f),
+            "val": sorted(fold),
+            "test": sorted(split["test"]),
+        }
+        for i, fold in enumerate(folds)
+    ]
+
+
+def fold_split(
+    split: dict[str, list[str]], fold: str, has_tumour: dict[str, bool] | None = None
+) -> dict[str, list[str]]:
+    """The split one run of a cross-validation trains on: ``fold`` is ``i/k`` (fold i of k, from 0) or
+    ``all`` (every train + val patient, no validation: the model trained once the recipe is fixed)."""
+    if fold == "all":
+        return {"train": sorted(split["train"] + split["val"]), "val": [], "test": sorted(split["test"])}
+    try:
+        i, k = (int(x) for x in fold.split("/"))
+    except ValueError:
+        raise DatasetError(f"--fold {fold!r}: expected i/k (e.g. 0/5) or all") from None
+    if not 0 <= i < k:
+        raise DatasetError(f"--fold {fold!r}: fold index must be 0..{k - 1}")
+    return cv_folds(split, k, has_tumour)[i]
+
+
 def save_split(split: dict[str, list[str]], path: str | os.PathLike, meta: dict | None = None) -> None:
     from .io import atomic_write_bytes
 

@@ -162,6 +162,30 @@ def bootstrap_ci(
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in samples.items()}
 
 
+def paired_difference(a: dict[str, dict], b: dict[str, dict], n: int = 2000, seed: int = 0) -> dict[str, dict]:
+    """``b`` minus ``a``, per patient 3D Dice: per condition and averaged over the conditions both
+    have, with a 95 % percentile bootstrap over patients. ``a``/``b``: {condition: {"patient_dice":
+    {patient: Dice}}}, as the robustness suite and the cross-validation report them."""
+    conds = [c for c in a if c in b]
+    pats = sorted(a[conds[0]]["patient_dice"])
+    out = {}
+    for c in conds + ["suite_average"]:
+        if c == "suite_average":
+            d = np.array([np.mean([b[k]["patient_dice"][p] - a[k]["patient_dice"][p] for k in conds]) for p in pats])
+        else:
+            d = np.array([b[c]["patient_dice"][p] - a[c]["patient_dice"][p] for p in pats])
+        rng = np.random.default_rng(seed)
+        boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(n)]
+        out[c] = {
+            "mean_difference": float(d.mean()),
+            "ci95": (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
+            "better": int((d > 0.001).sum()),
+            "worse": int((d < -0.001).sum()),
+            "n_patients": len(d),
+        }
+    return out
+
+
 def _np_bool(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is imported only where training needs it)
         x = x.detach().cpu().numpy()

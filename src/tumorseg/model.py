@@ -324,15 +324,20 @@ def encoder_state_from(spec: str) -> tuple[dict[str, torch.Tensor], str]:
 
 
 def build_model(
-    encoder_weights: str = "none", decoder_channels=(256, 128, 64, 32, 16), in_channels: int = 3
+    encoder_weights: str = "none",
+    decoder_channels=(256, 128, 64, 32, 16),
+    in_channels: int = 3,
+    context_share: float = 0.0,
 ) -> tuple[UNetResNet50, LoadReport | None]:
+    """A U-Net with its encoder from ``encoder_weights``; more than 3 input channels widen the first
+    convolution after loading (``widen_input``: the neighbours start with ``context_share`` of FLAIR's weights)."""
     model = UNetResNet50(3, decoder_channels)
     rep = None
     if encoder_weights and encoder_weights != "none":
         sd, src = encoder_state_from(encoder_weights)
         rep = load_encoder_state(model.encoder, sd, src)
     if in_channels != 3:
-        widen_input(model, in_channels)
+        widen_input(model, in_channels, share=context_share)
     return model, rep
 
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from .data import LoadedSet, brain_mask, flair_only
 from .engines import Engine
-from .metrics import SegmentationMetrics
 from .modelinfo import ModelInfo
 from .postprocess import PostProcess
 from .preprocess import groups_of
@@ -75,16 +74,13 @@ def transformed(data: LoadedSet, condition: str) -> tuple[np.ndarray, np.ndarray
 
 def score(engine: Engine, images: np.ndarray, truth: np.ndarray, patients: list[str], batch: int = 16) -> dict:
     """Metrics of ``engine`` on one transformed set, with the model's threshold and component rule."""
+    from .evaluation import stack_metrics
+
     post = PostProcess.of(ModelInfo.from_meta(engine.meta))
-    acc = SegmentationMetrics()
-    groups = groups_of(patients)
-    prob = engine.run_stack(images, groups, batch=batch)
-    for a, b in groups:
-        acc.update(post.apply_stack(prob[a:b]), truth[a:b], patients[a:b])
-    m = acc.compute()
-    out = {k: m[k] for k in ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")}
-    out["patient_dice"] = acc.patient_dice()
-    return out
+    m = stack_metrics(engine.run_stack(images, groups_of(patients), batch=batch), truth, patients, post)
+    return {
+        k: m[k] for k in ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate", "patient_dice")
+    }
 
 
 def run_suite(engines: dict[str, Engine], data: LoadedSet, conditions=CONDITIONS) -> dict[str, dict[str, dict]]:

@@ -35,7 +35,11 @@ class TrainConfig:
     context_mm: float = 4.0  # recorded for inference: neighbours about this far apart where spacing is known
     context_share: float = 0.0  # widening a 2D start model: each neighbour takes this share of FLAIR's weights
     context_lr_mult: float = 1.0  # the neighbour channels' input weights learn this many times faster
-    select: str = "dice"  # best epoch by: dice (pooled, original) | patients (per-patient mean, original + FLAIR-only)
+    select: str = "dice"  # kept epoch: dice (best pooled, original) | patients (best per-patient mean, original +
+    # FLAIR-only) | last (no selection: cross-validation folds and a model trained on all patients)
+    fold: str = (
+        ""  # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
+    )
 
 
 def defaults() -> dict:

@@ -280,7 +280,8 @@ def _curve(log_path: Path, png: Path) -> None:
     ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o")
     ax[0].set(title="training loss", xlabel="epoch")
     ax[1].plot(ep, [r["train_dice"] for r in rows], marker="o", label="train (patches)")
-    ax[1].plot(ep, [r["val_dice"] for r in rows], marker="o", label="validation (full slices)")
+    if any(r["val_dice"] is not None for r in rows):
+        ax[1].plot(ep, [r["val_dice"] for r in rows], marker="o", label="validation (full slices)")
     ax[1].set(title="Dice (pooled)", xlabel="epoch", ylim=(0, 1))
     ax[1].legend()
     fig.tight_layout()
@@ -378,6 +379,14 @@ class Trainer:
             from .data import patient_has_tumour
 
             split = make_split(cases, cfg.split_fractions, cfg.seed, patient_has_tumour(cases))
+        if cfg.fold and not (cfg.split and Path(cfg.split).is_file()):
+            raise DatasetError(
+                f"--fold {cfg.fold}: needs --split FILE, so that every run of the cross-validation folds the same patients"
+            )
+        if cfg.fold and not self.resume:  # a resumed run's split.json already is its fold
+            from .data import fold_split, patient_has_tumour
+
+            split = fold_split(split, cfg.fold, patient_has_tumour(cases))
         check_no_leak(split)
         by_patient = {c.patient: c for c in cases}
         missing = [p for p in split["train"] + split["val"] if p not in by_patient]
@@ -392,21 +401,29 @@ class Trainer:
         self.split = split
         self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
         self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
-        if cfg.select not in ("dice", "patients"):
-            raise ValueError(f"unknown selection {cfg.select!r}; use dice or patients")
+        if cfg.select not in ("dice", "patients", "last"):
+            raise ValueError(f"unknown selection {cfg.select!r}; use dice, patients or last")
+        if not len(self.val_set) and cfg.select != "last":
+            raise DatasetError(
+                f"no validation patients to select an epoch on (--select {cfg.select}); use --select last"
+            )
         self.val_flair = self.val_set.flair_only() if cfg.select == "patients" else None
         if cfg.aug == "v2":
             self.train_set.with_head_depth()
         elif cfg.aug != "v1":
             raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
-        if not self.val_set.masks.any():
+        if not len(self.val_set):
+            _log("no validation patients: every epoch is trained blind and the last one is kept", d)
+        elif not self.val_set.masks.any():
             _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
         _log(f"slices: {len(self.train_set)} train / {len(self.val_set)} val, in RAM", d)
 
     def _setup_model(self) -> None:
         cfg, d = self.cfg, self.d
         in_ch = 3 + 2 * cfg.context
-        model, self.rep = build_model(cfg.encoder_weights if not cfg.init_model else "none", in_channels=in_ch)
+        model, self.rep = build_model(
+            cfg.encoder_weights if not cfg.init_model else "none", in_channels=in_ch, context_share=cfg.context_share
+        )
         if self.rep is not None:
             _log(self.rep.summary(), d)
         self.imagenet = cfg.encoder_weights != "none"
@@ -541,8 +558,19 @@ class Trainer:
     def validate(self) -> dict:
         """Validation on the original slices; with ``select=patients`` also FLAIR-only, and the score
         the best epoch is chosen by (``select``): pooled Dice, or the per-patient mean of both."""
-        args = (self.imagenet, self.device, self.amp_dtype, self.cfg.val_batch_size, self.d, self.mem, self.cfg.context)
-        v = validate(self.model, self.val_set, *args)
+        if not len(self.val_set):  # --fold all: nothing to measure
+            v = {"val_dice": None, "val_dice_by_threshold": {}}
+        else:
+            args = (
+                self.imagenet,
+                self.device,
+                self.amp_dtype,
+                self.cfg.val_batch_size,
+                self.d,
+                self.mem,
+                self.cfg.context,
+            )
+            v = validate(self.model, self.val_set, *args)
         v["select"] = v["val_dice"]
         if self.cfg.select == "patients":
             flair = validate(self.model, self.val_flair, *args)
@@ -562,7 +590,8 @@ class Trainer:
         self.run.write_history(self.history, self.d)
         _log(
             f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
-            f"val Dice {v['val_dice']:.4f}{' *best*' if row['best'] else ''} ({row['epoch_seconds']:.0f}s)",
+            f"val Dice {'-' if v['val_dice'] is None else format(v['val_dice'], '.4f')}"
+            f"{' *best*' if row['best'] and self.cfg.select != 'last' else ''} ({row['epoch_seconds']:.0f}s)",
             self.d,
         )
 
@@ -580,10 +609,13 @@ class Trainer:
             train_loss, counts = self.train_epoch(epoch)
             train_time = time.time() - t0
             v = self.validate()
+            if cfg.select == "last":  # no selection: the newest epoch always counts as the best
+                v["select"] = float(epoch)
             improved = v["select"] > self.best
             if improved:
                 self.best, self.bad_epochs = v["select"], 0
-                self.best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
+                if v["val_dice_by_threshold"]:
+                    self.best_thr = max(v["val_dice_by_threshold"].items(), key=lambda kv: kv[1])[0]
             else:
                 self.bad_epochs += 1
             row = {

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Cross-validation of the 2D and the 2.5D recipe on one GPU (issue 21's tie-breaker): 5 folds of the 76
+# train + val patients per arm, and each arm trained once on all 76, twelve runs side by side; then the
+# out-of-fold report (each arm's post-processing chosen out of fold, every patient scored under the
+# robustness conditions, 2.5D paired against 2D with the decision rule) and the all-76 model of the arm
+# the rule picks, packed for the trip back. Test patients are never touched.
+#
+#   bash scripts/gpu_prepare.sh gpujob          # here: the data pack and the encoder weights (35 + 17 MB)
+#   OUT=$OUT bash scripts/gpu_cv.sh gpujob [EPOCHS] [MAX_MINUTES]   # there, from the repository root
+#
+# Sizing (v2's H100 run: two runs side by side at ~400 images/s each): twelve runs of EPOCHS x 2,400
+# patches at PATCH px fit MAX_MINUTES only if the GPU gives each ~1/12 of ~1,000 images/s; the runs stop at
+# MAX_MINUTES whatever their epoch (the log says so, and the report records each run's epochs). Dry run on
+# a CPU: DEVICE=cpu FOLDS=2 EPOCHS=1 SAMPLES=16 PATCH=64 IMAGE=64 DATA=small-set SPLIT=its-split.json.
+set -u
+PY=${PYTHON:-python3}
+PACK=${1:?PACK_DIR}
+EPOCHS=${2:-20}
+MAXMIN=${3:-6}
+OUT=${OUT:-out}
+FOLDS=${FOLDS:-5}
+DATA=${DATA:-/tmp/lgg}
+RUNS=${RUNS:-/tmp/cv}
+SPLIT=${SPLIT:-docs/results/split.json}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT" "$RUNS"
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+T0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+$PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+[ -d "$DATA/kaggle_3m" ] || [ -n "$(ls "$DATA" 2>/dev/null)" ] || $PY scripts/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
+stamp unpacked
+ENC=$PACK/enc_fp16.safetensors
+[ -f "$ENC" ] || ENC=none
+# v2's recipe (gpu_train.sh, recipe B) with no epoch selection: a fold's held-out patients only measure
+RECIPE=(--data "$DATA" --split "$SPLIT" --encoder-weights "$ENC" --device "$DEVICE" --batch-size "${BATCH:-32}"
+  --lr 3e-4 --schedule cosine --epochs "$EPOCHS" --samples-per-epoch "${SAMPLES:-2400}" --image-size "${IMAGE:-256}"
+  --patch-size "${PATCH:-192}" --fg-fraction 0.5 --aug v2 --loss dice+bce --select last --patience 1000
+  --max-minutes "$MAXMIN" --threads "${THREADS:-1}")
+declare -A ARM=([2d]="--context 0" [25d]="--context 1 --context-share 0.15")
+folds=()
+for ((i = 0; i < FOLDS; i++)); do folds+=("$i/$FOLDS"); done
+for arm in 2d 25d; do
+  for f in "${folds[@]}" all; do
+    name=${arm}_${f/\//of}  # 2d_0of5 ... 2d_all
+    # shellcheck disable=SC2086
+    $PY -m tumorseg train "${RECIPE[@]}" ${ARM[$arm]} --fold "$f" --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1 &
+  done
+done
+wait
+stamp trained
+for f in "$RUNS"/*.log; do echo "$(basename "$f"): $(grep -c '^epoch\|epoch [0-9]*:' "$f") epochs; $(tail -n 1 "$f")"; done
+arm_runs() { local a=$1 r=""; for ((i = 0; i < FOLDS; i++)); do r+="$RUNS/${a}_${i}of$FOLDS,"; done; echo "${r%,}"; }
+$PY scripts/cv_eval.py --data "$DATA" --arm "2d=$(arm_runs 2d)" --arm "25d=$(arm_runs 25d)" --device "$DEVICE" \
+  --engine torch-fp32 --batch 64 --workers 16 --json "$OUT/cv_2d_vs_25d.json" 2> "$OUT/cv_eval.log"
+rc=$?
+tail -n 40 "$OUT/cv_eval.log"
+[ $rc = 0 ] || { ( cd "$RUNS" && tar czf "$OUT/cv_runs.tgz" ./*.log ./*/log.jsonl 2>/dev/null ); stamp "cv_eval failed"; exit 1; }
+stamp evaluated
+# the all-76 model of the recipe the rule picks, fp16, in parts under the 16 MiB return limit
+$PY - "$OUT/cv_2d_vs_25d.json" "$RUNS" "$OUT" <<'PY'
+import json, sys
+from pathlib import Path
+import torch
+from tumorseg.model import load_model, save_model
+report, runs, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+r = json.loads(report.read_text())
+arm = "25d" if r["comparison"]["decision"]["b_beats_a"] else "2d"
+net, meta = load_model(runs / f"{arm}_all" / "best.safetensors")
+meta.setdefault("training", {})["cross_validation"] = {"report": report.name, "arm": arm, "postprocess": r["arms"][arm]["postprocess"]}
+save_model(net, out / "all76_fp16.safetensors", meta, dtype=torch.float16)
+print("chosen arm", arm)
+PY
+( cd "$RUNS" && tar czf "$OUT/cv_runs.tgz" ./*.log ./*/log.jsonl ./*/config.json ./*/split.json 2>/dev/null )
+( cd "$OUT" && split -b 15M all76_fp16.safetensors all76_fp16.part_ && rm all76_fp16.safetensors )
+ls -la "$OUT"
+stamp done
