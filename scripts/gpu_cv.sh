@@ -8,14 +8,14 @@
 #   bash scripts/gpu_prepare.sh gpujob          # here: the data pack and the encoder weights (35 + 17 MB)
 #   OUT=$OUT bash scripts/gpu_cv.sh gpujob [EPOCHS] [MAX_MINUTES]   # there, from the repository root
 #
-# Sizing (v2's H100 run: two runs side by side at ~400 images/s each): twelve runs of EPOCHS x 2,400
-# patches at PATCH px fit MAX_MINUTES only if the GPU gives each ~1/12 of ~1,000 images/s; the runs stop at
-# MAX_MINUTES whatever their epoch (the log says so, and the report records each run's epochs). Dry run on
-# a CPU: DEVICE=cpu FOLDS=2 EPOCHS=1 SAMPLES=16 PATCH=64 IMAGE=64 DATA=small-set SPLIT=its-split.json.
+# Sizing: each run's learning rate follows a cosine over MAX_MINUTES of wall time (--schedule cosine-time),
+# so all twelve end annealed at the limit however fast the GPU shares out; each log says how many epochs of
+# 2,400 patches that was (v2's H100 run: ~400 patches/s per run with two side by side). Dry run on a CPU:
+# DEVICE=cpu FOLDS=2 SAMPLES=16 PATCH=64 IMAGE=64 BATCH=8 DATA=small-set SPLIT=its-split.json ... gpujob 3 0.3
 set -u
 PY=${PYTHON:-python3}
 PACK=${1:?PACK_DIR}
-EPOCHS=${2:-20}
+EPOCHS=${2:-1000}  # an upper bound: the schedule anneals over MAX_MINUTES of wall time (cosine-time)
 MAXMIN=${3:-6}
 OUT=${OUT:-out}
 FOLDS=${FOLDS:-5}
@@ -34,7 +34,7 @@ ENC=$PACK/enc_fp16.safetensors
 [ -f "$ENC" ] || ENC=none
 # v2's recipe (gpu_train.sh, recipe B) with no epoch selection: a fold's held-out patients only measure
 RECIPE=(--data "$DATA" --split "$SPLIT" --encoder-weights "$ENC" --device "$DEVICE" --batch-size "${BATCH:-32}"
-  --lr 3e-4 --schedule cosine --epochs "$EPOCHS" --samples-per-epoch "${SAMPLES:-2400}" --image-size "${IMAGE:-256}"
+  --lr 3e-4 --schedule cosine-time --epochs "$EPOCHS" --samples-per-epoch "${SAMPLES:-2400}" --image-size "${IMAGE:-256}"
   --patch-size "${PATCH:-192}" --fg-fraction 0.5 --aug v2 --loss dice+bce --select last --patience 1000
   --max-minutes "$MAXMIN" --threads "${THREADS:-1}")
 declare -A ARM=([2d]="--context 0" [25d]="--context 1 --context-share 0.15")

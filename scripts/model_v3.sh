@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | package | val | arms | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | package | val | arms | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
 #   package, val, test, external with the same RUN/OUT/TAG
 #   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
+#   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash scripts/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -46,6 +47,11 @@ case "${1:?STEP}" in
   train-c)  # attempt 3 (v3c), the ablation's other arm: v3b's recipe without the context (3 channels, 2D), so
     # 2D vs 2.5D differ in nothing else. ~105 min on 1 thread (AVX-512 bf16 CPU).
     $PY -m tumorseg train "${RECIPE_B[@]}" --context 0 --out "$RUN" ;;
+  train-d)  # v3d, the speed question (issue 21's optional half): v3c's recipe with a four-stage decoder (no convolution
+    # at full resolution; the logits upsampled). Decoder blocks 1-4 start from v2, the head fresh. Read against v3c
+    # (the same recipe with five stages) for what the speed costs, and against v2 by the rule above; written
+    # 2026-12-01 before any v3d result. ~90 min on 1 thread (AVX-512 bf16 CPU).
+    $PY -m tumorseg train "${RECIPE_B[@]}" --context 0 --decoder-channels 256,128,64,32 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;

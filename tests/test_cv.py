@@ -127,3 +127,16 @@ def test_grid_sweep_gives_the_postprocess_masks():
     assert len(one[1]) == 2 * sum(len([lo for lo in GRID_HYSTERESIS if lo < t]) for t in GRID_THRESHOLDS) * len(
         GRID_MIN_PIXELS
     )
+
+
+@pytest.mark.slow
+def test_cosine_over_wall_time_ends_annealed_at_the_limit(tmp_path, capsys):
+    data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=2)
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1000", *TRAIN]
+    assert main([*args, "--schedule", "cosine-time"]) == 2  # needs a time budget
+    assert "--max-minutes" in capsys.readouterr().err
+    assert main([*args, "--schedule", "cosine-time", "--max-minutes", "0.2", "--samples-per-epoch", "16"]) == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert 1 < len(log) < 1000  # stopped by the clock, not by the epochs
+    lrs = [r["lr"] for r in log]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.35 * 1e-3  # annealing with time (lr 1e-3)

@@ -192,3 +192,34 @@ def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
     assert p.shape == (2, 64, 64) and np.isfinite(p).all()
     with pytest.raises(ValueError, match="calibration"):
         load_engine(tiny_model, "onnx-int8")
+
+
+def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
+    """Four decoder stages end at half resolution on the stem's skip; the logits are upsampled. Round trip
+    through a model file and the export form (ONNX) give the same function."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tumorseg.engines import to_onnx_bytes
+    from tumorseg.model import UNetExportForm
+
+    torch.manual_seed(0)
+    m = UNetResNet50(3, (64, 32, 16, 8)).eval()
+    seen = []
+    m.head.register_forward_hook(lambda mod, i, o: seen.append(tuple(o.shape[-2:])))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == (2, 1, 64, 64) and seen == [(32, 32)]  # the head runs at half resolution
+    with torch.no_grad():
+        assert torch.allclose(UNetExportForm(m, 64)(x), y, atol=1e-5)
+    p = tmp_path / "m.safetensors"
+    save_model(m, p, {**META, "architecture": {"name": "unet-resnet50", "decoder_channels": [64, 32, 16, 8]}})
+    back, _ = load_model(p)
+    with torch.no_grad():
+        assert torch.allclose(back(x), y, atol=1e-6)
+    sess = ort.InferenceSession(to_onnx_bytes(m, 64), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - y.numpy()).max() < 1e-4
+    with pytest.raises(ValueError, match="4 or 5"):
+        UNetResNet50(3, (64, 32, 16))

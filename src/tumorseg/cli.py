@@ -37,6 +37,17 @@ def _spacing(text: str) -> tuple[float, float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _channels(text: str) -> tuple[int, ...]:
+    """argparse type: decoder channels per stage, four or five positive integers."""
+    try:
+        ch = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+    if len(ch) not in (4, 5) or min(ch) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: four or five positive channel counts")
+    return ch
+
+
 def _engine_arg(p) -> None:
     p.add_argument(
         "--engine",
@@ -76,9 +87,6 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--fg-fraction", type=float, default=d["fg_fraction"], help="share of patches centred on tumour")
     p.add_argument(
-        "--encoder-weights", default=d["encoder_weights"], help="none | imagenet | PATH to a ResNet50 state dict"
-    )
-    p.add_argument(
         "--loss",
         default=d["loss"],
         choices=["dice", "dice+bce", "tversky+bce"],
@@ -92,22 +100,24 @@ def _add_train(sub) -> None:
         "noise, wider scale (default: %(default)s)",
     )
     p.add_argument(
-        "--init-model",
-        default=d["init_model"],
-        help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)",
-    )
-    p.add_argument(
         "--max-minutes",
         type=float,
         default=d["max_minutes"],
         help="stop after this much wall time, keeping the best model (default: no limit)",
     )
-    p.add_argument("--schedule", default=d["schedule"], choices=["constant", "cosine"])
+    p.add_argument(
+        "--schedule",
+        default=d["schedule"],
+        choices=["constant", "cosine", "cosine-time"],
+        help="learning rate: constant, cosine over the epochs, or cosine over --max-minutes of wall time "
+        "(ends annealed at the time limit on any hardware)",
+    )
     p.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience in epochs")
     p.add_argument("--device", default=d["device"], help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=d["threads"], help="CPU threads (0: PyTorch default)")
     p.add_argument("--seed", type=int, default=d["seed"])
     _add_selection_args(p, d)
+    _add_architecture_args(p, d)
     p.add_argument(
         "--patient-pattern", default=d["patient_pattern"], help="regex with a 'patient' group for generic layouts"
     )
@@ -118,6 +128,25 @@ def _add_train(sub) -> None:
     )
     _add_context_args(p, d)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_architecture_args(p, d: dict) -> None:
+    """What the network is and where its weights start."""
+    p.add_argument(
+        "--encoder-weights", default=d["encoder_weights"], help="none | imagenet | PATH to a ResNet50 state dict"
+    )
+    p.add_argument(
+        "--init-model",
+        default=d["init_model"],
+        help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)",
+    )
+    p.add_argument(
+        "--decoder-channels",
+        type=_channels,
+        default=d["decoder_channels"],
+        help="channels per decoder stage, e.g. 256,128,64,32,16 (the paper's five, ending at full resolution); "
+        "four end at half resolution with the logits upsampled: no convolution at full resolution, faster int8",
+    )
 
 
 def _add_selection_args(p, d: dict) -> None:
@@ -199,6 +228,7 @@ def _cmd_train(a) -> int:
         context_lr_mult=a.context_lr_mult,
         select=a.select,
         fold=a.fold,
+        decoder_channels=a.decoder_channels,
     )
     path = train(cfg, resume=a.resume)
     print(path)

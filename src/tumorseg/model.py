@@ -136,10 +136,16 @@ class UNetDecoder(nn.Module):
 
 
 class UNetResNet50(nn.Module):
-    """The paper's model: ResNet50 encoder, transposed-conv U-Net decoder, one-channel logits."""
+    """The paper's model: ResNet50 encoder, transposed-conv U-Net decoder, one-channel logits.
+
+    Five decoder stages end at full resolution (the paper's). Four end at half resolution, on the stem's
+    skip, and the logits are upsampled bilinearly: no convolution runs at full resolution, where int8
+    convolutions of few channels are slowest (README, Speed)."""
 
     def __init__(self, in_channels: int = 3, decoder_channels=(256, 128, 64, 32, 16)):
         super().__init__()
+        if len(decoder_channels) not in (4, 5):
+            raise ValueError(f"decoder_channels: 4 or 5 stages, got {len(decoder_channels)}")
         self.encoder = ResNet50Encoder(in_channels)
         self.decoder = UNetDecoder(ResNet50Encoder.out_channels, decoder_channels)
         self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
@@ -148,7 +154,14 @@ class UNetResNet50(nn.Module):
         h, w = x.shape[-2:]
         if h % 32 or w % 32:
             raise ValueError(f"input size {h}x{w} must be a multiple of 32")
-        return self.head(self.decoder(self.encoder(x)))
+        return _to_size(self.head(self.decoder(self.encoder(x))), h, w)
+
+
+def _to_size(logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Half-resolution logits (a four-stage decoder) upsampled to the input; full-resolution ones as they are."""
+    if tuple(logits.shape[-2:]) == (h, w):
+        return logits
+    return nn.functional.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------- export form
@@ -234,8 +247,9 @@ class UNetExportForm(nn.Module):
         self.size = size
         self.encoder = net.encoder
         blocks, hw = [], size // 32
+        n_skips = len(ResNet50Encoder.out_channels) - 1  # the fifth stage, at full resolution, has none
         for k, blk in enumerate(net.decoder.blocks):
-            blocks.append(ExportBlock(blk, (hw, hw), has_skip=k < len(net.decoder.blocks) - 1))
+            blocks.append(ExportBlock(blk, (hw, hw), has_skip=k < n_skips))
             hw *= 2
         self.blocks = nn.ModuleList(blocks)
         self.head = net.head
@@ -245,7 +259,7 @@ class UNetExportForm(nn.Module):
         x, skips = feats[-1], feats[:-1][::-1] + [None]
         for blk, s in zip(self.blocks, skips):
             x = blk(x, s)
-        return self.head(x)
+        return _to_size(self.head(x), self.size, self.size)
 
 
 # --------------------------------------------------------------------------- encoder weights

@@ -21,7 +21,7 @@ class TrainConfig:
     aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
     init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept
-    schedule: str = "constant"  # constant | cosine
+    schedule: str = "constant"  # constant | cosine | cosine-time (over max_minutes of wall time)
     patience: int = 10
     device: str = "auto"
     seed: int = 0
@@ -37,9 +37,9 @@ class TrainConfig:
     context_lr_mult: float = 1.0  # the neighbour channels' input weights learn this many times faster
     select: str = "dice"  # kept epoch: dice (best pooled, original) | patients (best per-patient mean, original +
     # FLAIR-only) | last (no selection: cross-validation folds and a model trained on all patients)
-    fold: str = (
-        ""  # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
-    )
+    # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
+    fold: str = ""
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # 5 stages end at full resolution, 4 at half
 
 
 def defaults() -> dict:

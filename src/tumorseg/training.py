@@ -338,6 +338,7 @@ class Trainer:
         self.cfg, self.resume = cfg, resume
         self.start_epoch, self.best, self.bad_epochs, self.best_thr = 1, -1.0, 0, 0.5
         self.history: list[dict] = []
+        self.seconds_before, self.t_fit = 0.0, time.time()  # wall time of earlier sessions; this one's start
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -422,7 +423,10 @@ class Trainer:
         cfg, d = self.cfg, self.d
         in_ch = 3 + 2 * cfg.context
         model, self.rep = build_model(
-            cfg.encoder_weights if not cfg.init_model else "none", in_channels=in_ch, context_share=cfg.context_share
+            cfg.encoder_weights if not cfg.init_model else "none",
+            tuple(cfg.decoder_channels),
+            in_channels=in_ch,
+            context_share=cfg.context_share,
         )
         if self.rep is not None:
             _log(self.rep.summary(), d)
@@ -434,7 +438,15 @@ class Trainer:
             init, init_meta = load_model(cfg.init_model)
             if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
                 widen_input(init, in_ch, share=cfg.context_share)
-            model.load_state_dict(init.state_dict())
+            own, kept = model.state_dict(), set()
+            for k, v in init.state_dict().items():  # another decoder: what fits is kept, the rest starts fresh
+                if k in own and own[k].shape == v.shape:
+                    own[k] = v
+                    kept.add(k)
+            fresh = sorted({".".join(k.split(".")[:3]) for k in own if k not in kept})
+            model.load_state_dict(own)
+            if fresh:
+                _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(fresh)}", d)
             if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
                 raise ValueError(
                     f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
@@ -459,6 +471,7 @@ class Trainer:
             "aug_state": json.dumps(self.aug_gen.get_state().tolist()),
             "config": asdict(self.cfg),
             "history": json.dumps(self.history),
+            "seconds_spent": self.minutes_spent() * 60,
         }
 
     def load_state(self, meta: dict) -> None:
@@ -466,6 +479,7 @@ class Trainer:
         self.start_epoch = meta["epoch"] + 1
         self.best, self.bad_epochs = meta["best"], meta["bad_epochs"]
         self.best_thr = meta.get("best_threshold", 0.5)
+        self.seconds_before = float(meta.get("seconds_spent", 0.0))
         self.sampler.set_state(json.loads(meta["sampler_state"]))
         self.aug_gen.set_state(torch.tensor(json.loads(meta["aug_state"]), dtype=torch.uint8))
         if self.d.enabled and self.d.rank:
@@ -474,11 +488,21 @@ class Trainer:
         _log(f"resumed from epoch {meta['epoch']} (best val Dice {self.best:.4f})", self.d)
 
     # ---------------------------------------------------------------- steps
+    def minutes_spent(self) -> float:
+        """Wall time of this run so far, earlier sessions of a resumed run included."""
+        return self.seconds_before / 60 + (time.time() - self.t_fit) / 60
+
     def lr_at(self, step: int) -> float:
+        """``cosine`` anneals over the epochs; ``cosine-time`` over ``max_minutes`` of wall time, so a run
+        ends annealed at its time limit whatever the hardware's speed (runs sharing one GPU)."""
         cfg, total = self.cfg, self.steps * self.cfg.epochs
         if cfg.schedule == "cosine":
-            return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
-        return cfg.lr
+            frac = min(step, total) / total
+        elif cfg.schedule == "cosine-time":
+            frac = min(1.0, self.minutes_spent() / cfg.max_minutes)
+        else:
+            return cfg.lr
+        return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
 
     def train_step(self, step: int) -> tuple[float, torch.Tensor]:
         """One optimiser step on one augmented batch: (loss, tp/fp/fn at logit 0)."""
@@ -578,6 +602,14 @@ class Trainer:
             v["select"] = patients_score(v, flair)
         return v
 
+    def _all_agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (each rank reads its own clock)."""
+        if not self.d.enabled:
+            return flag
+        t = torch.tensor([float(flag)], dtype=torch.float64)
+        self.d.all_sum(t)
+        return bool(t.item() > 0)
+
     def on_epoch_end(self, epoch: int, row: dict, v: dict) -> None:
         """Keep the best model, commit the checkpoint, rewrite the log from it."""
         if not self.d.main:
@@ -598,12 +630,16 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> Path:
         cfg, d = self.cfg, self.d
+        if cfg.schedule == "cosine-time" and not cfg.max_minutes:
+            raise ValueError("--schedule cosine-time anneals over --max-minutes: give it one")
         self.setup()
         if self.resume and (self.bad_epochs >= cfg.patience or self.start_epoch > cfg.epochs):
             _log("run had already finished", d)
             return self.run.best
         self.model.train()
-        t_start, out_of_time = time.time(), False
+        self.t_fit, out_of_time = time.time(), False
+        # cosine-time spans the run's whole budget, earlier sessions included; otherwise each session's own
+        spent = self.minutes_spent if cfg.schedule == "cosine-time" else lambda: (time.time() - self.t_fit) / 60
         for epoch in range(self.start_epoch, cfg.epochs + 1):
             t0 = time.time()
             train_loss, counts = self.train_epoch(epoch)
@@ -638,7 +674,7 @@ class Trainer:
             if self.bad_epochs >= cfg.patience:
                 _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
                 break
-            if cfg.max_minutes and (time.time() - t_start) / 60 >= cfg.max_minutes:
+            if cfg.max_minutes and self._all_agree(spent() >= cfg.max_minutes):
                 out_of_time = True
                 _log(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
                 break
@@ -660,7 +696,7 @@ def _model_meta(cfg: TrainConfig, rep, epoch: int, val_dice: float, thr: float, 
     ctx = [f"FLAIR {o:+d}" for o in context_offsets(cfg.context)]
     return {
         "architecture": {
-            **ArchSpec().as_meta(),
+            **ArchSpec(decoder_channels=tuple(cfg.decoder_channels)).as_meta(),
             "upsampling": "ConvTranspose2d",
             "in_channels": inp.n_channels,
             "out": "1-channel logits",
