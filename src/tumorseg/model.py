@@ -253,13 +253,17 @@ class UNetExportForm(nn.Module):
             hw *= 2
         self.blocks = nn.ModuleList(blocks)
         self.head = net.head
+        self.upsample = len(blocks) == n_skips  # four stages: half-resolution logits (fixed here, not traced)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)
         x, skips = feats[-1], feats[:-1][::-1] + [None]
         for blk, s in zip(self.blocks, skips):
             x = blk(x, s)
-        return _to_size(self.head(x), self.size, self.size)
+        y = self.head(x)
+        if self.upsample:
+            y = nn.functional.interpolate(y, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return y
 
 
 # --------------------------------------------------------------------------- encoder weights
