@@ -140,3 +140,25 @@ def test_cosine_over_wall_time_ends_annealed_at_the_limit(tmp_path, capsys):
     assert 1 < len(log) < 1000  # stopped by the clock, not by the epochs
     lrs = [r["lr"] for r in log]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.35 * 1e-3  # annealing with time (lr 1e-3)
+
+
+@pytest.mark.slow
+def test_fine_tune_into_a_four_stage_decoder_keeps_what_fits_and_resumes(tmp_path, capsys):
+    from tumorseg.model import load_model
+
+    from .conftest import save_tiny_model
+
+    data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=4)
+    start = save_tiny_model(tmp_path / "start.safetensors")
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--init-model", str(start), *TRAIN]
+    args += ["--decoder-channels", "256,128,64,32", "--fresh-lr-mult", "10"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert "initialised fresh: head.weight" in capsys.readouterr().err  # the head's bias has the old shape
+    assert main([*args, "--epochs", "2", "--resume"]) == 0  # the optimiser's two groups come back
+    net, meta = load_model(run / "best.safetensors")
+    assert meta["architecture"]["decoder_channels"] == [256, 128, 64, 32] and len(net.decoder.blocks) == 4
+    init, _ = load_model(start)
+    assert not (net.encoder.conv1.weight - init.encoder.conv1.weight).abs().max() > 0.5  # fine-tuned, not replaced
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]

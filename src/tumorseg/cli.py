@@ -147,6 +147,12 @@ def _add_architecture_args(p, d: dict) -> None:
         help="channels per decoder stage, e.g. 256,128,64,32,16 (the paper's five, ending at full resolution); "
         "four end at half resolution with the logits upsampled: no convolution at full resolution, faster int8",
     )
+    p.add_argument(
+        "--fresh-lr-mult",
+        type=float,
+        default=d["fresh_lr_mult"],
+        help="parameters that --init-model lacks (e.g. the head of another decoder) learn this many times faster",
+    )
 
 
 def _add_selection_args(p, d: dict) -> None:
@@ -229,6 +235,7 @@ def _cmd_train(a) -> int:
         select=a.select,
         fold=a.fold,
         decoder_channels=a.decoder_channels,
+        fresh_lr_mult=a.fresh_lr_mult,
     )
     path = train(cfg, resume=a.resume)
     print(path)

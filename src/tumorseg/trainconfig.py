@@ -40,6 +40,7 @@ class TrainConfig:
     # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
     fold: str = ""
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # 5 stages end at full resolution, 4 at half
+    fresh_lr_mult: float = 1.0  # parameters the --init-model lacks (another decoder's head) learn this much faster
 
 
 def defaults() -> dict:

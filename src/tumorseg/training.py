@@ -431,32 +431,39 @@ class Trainer:
         if self.rep is not None:
             _log(self.rep.summary(), d)
         self.imagenet = cfg.encoder_weights != "none"
-        if cfg.init_model and not self.resume:
+        fresh: set[str] = set()
+        if cfg.init_model:  # also on resume: which parameters were fresh decides the optimiser's groups
             from .model import load_model
             from .modelinfo import ModelInfo
 
             init, init_meta = load_model(cfg.init_model)
             if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
                 widen_input(init, in_ch, share=cfg.context_share)
-            own, kept = model.state_dict(), set()
-            for k, v in init.state_dict().items():  # another decoder: what fits is kept, the rest starts fresh
-                if k in own and own[k].shape == v.shape:
-                    own[k] = v
-                    kept.add(k)
-            fresh = sorted({".".join(k.split(".")[:3]) for k in own if k not in kept})
-            model.load_state_dict(own)
-            if fresh:
-                _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(fresh)}", d)
-            if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
-                raise ValueError(
-                    f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
-                    f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
-                )
-            _log(f"initialised from {cfg.init_model}", d)
+            own, start = model.state_dict(), init.state_dict()
+            # another decoder: what fits is kept, the rest starts fresh
+            kept = {k for k, v in start.items() if k in own and own[k].shape == v.shape}
+            fresh = {n for n, _ in model.named_parameters() if n not in kept}
+            if not self.resume:
+                model.load_state_dict({**own, **{k: start[k] for k in kept}})
+                if fresh:
+                    _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(sorted(fresh))}", d)
+                if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
+                    raise ValueError(
+                        f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
+                        f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
+                    )
+                _log(f"initialised from {cfg.init_model}", d)
         self.amp_dtype, self.mem, why = precision_plan(self.device, cfg.amp)
         _log(f"precision: {why}", d)
         self.model = model.to(self.device).to(memory_format=self.mem)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        groups = [{"params": [p for n, p in self.model.named_parameters() if n not in fresh], "mult": 1.0}]
+        if fresh and cfg.fresh_lr_mult != 1.0:  # a fresh head on a trained network: let it catch up
+            groups.append(
+                {"params": [p for n, p in self.model.named_parameters() if n in fresh], "mult": cfg.fresh_lr_mult}
+            )
+        else:
+            groups[0]["params"] = list(self.model.parameters())
+        self.opt = torch.optim.Adam(groups, lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(cfg.loss)
 
@@ -508,7 +515,7 @@ class Trainer:
         """One optimiser step on one augmented batch: (loss, tp/fp/fn at logit 0)."""
         cfg, device = self.cfg, self.device
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(step)
+            g["lr"] = self.lr_at(step) * g.get("mult", 1.0)
         xb, yb, db = self.sampler.sample(cfg.batch_size)
         # Augment on the training device (a GPU does it in microseconds); random draws stay on the CPU.
         x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
