@@ -431,41 +431,44 @@ class Trainer:
         if self.rep is not None:
             _log(self.rep.summary(), d)
         self.imagenet = cfg.encoder_weights != "none"
-        fresh: set[str] = set()
-        if cfg.init_model:  # also on resume: which parameters were fresh decides the optimiser's groups
-            from .model import load_model
-            from .modelinfo import ModelInfo
-
-            init, init_meta = load_model(cfg.init_model)
-            if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
-                widen_input(init, in_ch, share=cfg.context_share)
-            own, start = model.state_dict(), init.state_dict()
-            # another decoder: what fits is kept, the rest starts fresh
-            kept = {k for k, v in start.items() if k in own and own[k].shape == v.shape}
-            fresh = {n for n, _ in model.named_parameters() if n not in kept}
-            if not self.resume:
-                model.load_state_dict({**own, **{k: start[k] for k in kept}})
-                if fresh:
-                    _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(sorted(fresh))}", d)
-                if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
-                    raise ValueError(
-                        f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
-                        f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
-                    )
-                _log(f"initialised from {cfg.init_model}", d)
+        fresh = self._start_from_init_model(model, in_ch) if cfg.init_model else set()
         self.amp_dtype, self.mem, why = precision_plan(self.device, cfg.amp)
         _log(f"precision: {why}", d)
         self.model = model.to(self.device).to(memory_format=self.mem)
-        groups = [{"params": [p for n, p in self.model.named_parameters() if n not in fresh], "mult": 1.0}]
-        if fresh and cfg.fresh_lr_mult != 1.0:  # a fresh head on a trained network: let it catch up
-            groups.append(
-                {"params": [p for n, p in self.model.named_parameters() if n in fresh], "mult": cfg.fresh_lr_mult}
-            )
-        else:
-            groups[0]["params"] = list(self.model.parameters())
+        if cfg.fresh_lr_mult == 1.0:
+            fresh = set()
+        named = list(self.model.named_parameters())  # a fresh head on a trained network learns faster to catch up
+        groups = [{"params": [p for n, p in named if n not in fresh], "mult": 1.0}]
+        groups += [{"params": [p for n, p in named if n in fresh], "mult": cfg.fresh_lr_mult}] if fresh else []
         self.opt = torch.optim.Adam(groups, lr=cfg.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.loss_fn = make_loss(cfg.loss)
+
+    def _start_from_init_model(self, model, in_ch: int) -> set[str]:
+        """Load what fits from ``--init-model`` (another decoder: the rest starts fresh) and return the names
+        of the fresh parameters. On resume only the names: they decide the optimiser's groups."""
+        cfg, d = self.cfg, self.d
+        from .model import load_model
+        from .modelinfo import ModelInfo
+
+        init, init_meta = load_model(cfg.init_model)
+        if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
+            widen_input(init, in_ch, share=cfg.context_share)
+        own, start = model.state_dict(), init.state_dict()
+        kept = {k for k, v in start.items() if k in own and own[k].shape == v.shape}
+        fresh = {n for n, _ in model.named_parameters() if n not in kept}
+        if self.resume:
+            return fresh
+        model.load_state_dict({**own, **{k: start[k] for k in kept}})
+        if fresh:
+            _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(sorted(fresh))}", d)
+        if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
+            raise ValueError(
+                f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
+                f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
+            )
+        _log(f"initialised from {cfg.init_model}", d)
+        return fresh
 
     # ---------------------------------------------------------------- state
     def state(self, epoch: int) -> dict:
