@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tumorseg.crossval import SUMMARY_KEYS, arm_report, compare_arms, out_of_fold
+from tumorseg.crossval import SUMMARY_KEYS, arm_report, compare_arms, markdown, out_of_fold
 from tumorseg.data import DatasetError
 from tumorseg.io import atomic_write_bytes
 
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1, help="processes sharing the post-processing grid")
     ap.add_argument("--json", default="")
+    ap.add_argument("--md", default="", help="also write the report as Markdown")
     a = ap.parse_args()
     conds = [c for c in a.conditions.split(",") if c and c != "original"]
     arms = {}
@@ -61,6 +62,8 @@ def main() -> None:
         print(json.dumps(result["comparison"], indent=1), file=sys.stderr)
     if a.json:
         atomic_write_bytes(Path(a.json), (json.dumps(result, indent=1) + "\n").encode())
+    if a.md:
+        atomic_write_bytes(Path(a.md), markdown(arms, result.get("comparison")).encode())
 
 
 if __name__ == "__main__":

@@ -52,9 +52,10 @@ stamp trained
 for f in "$RUNS"/*.log; do echo "$(basename "$f"): $(grep -c '^epoch\|epoch [0-9]*:' "$f") epochs; $(tail -n 1 "$f")"; done
 arm_runs() { local a=$1 r=""; for ((i = 0; i < FOLDS; i++)); do r+="$RUNS/${a}_${i}of$FOLDS,"; done; echo "${r%,}"; }
 $PY scripts/cv_eval.py --data "$DATA" --arm "2d=$(arm_runs 2d)" --arm "25d=$(arm_runs 25d)" --device "$DEVICE" \
-  --engine torch-fp32 --batch 64 --workers 16 --json "$OUT/cv_2d_vs_25d.json" 2> "$OUT/cv_eval.log"
+  --engine torch-fp32 --batch 64 --workers 16 --json "$OUT/cv_2d_vs_25d.json" \
+  --md "$OUT/cv_2d_vs_25d.md" 2> "$RUNS/cv_eval.log"
 rc=$?
-tail -n 40 "$OUT/cv_eval.log"
+tail -n 40 "$RUNS/cv_eval.log"
 [ $rc = 0 ] || { ( cd "$RUNS" && tar czf "$OUT/cv_runs.tgz" ./*.log ./*/log.jsonl 2>/dev/null ); stamp "cv_eval failed"; exit 1; }
 stamp evaluated
 # the all-76 model of the recipe the rule picks, fp16, in parts under the 16 MiB return limit

@@ -78,6 +78,10 @@ def test_fold_runs_then_out_of_fold_report(tmp_path, capsys):
     cmp = compare_arms(arms)
     assert cmp["paired"]["original"]["n_patients"] == 6
     assert isinstance(cmp["decision"]["b_beats_a"], bool)
+    from tumorseg.crossval import markdown
+
+    md = markdown(arms, cmp)
+    assert "| original |" in md and "6 patients out of fold" in md and "b − a, per patient" in md
     with pytest.raises(DatasetError, match="overlap"):  # the same fold twice
         out_of_fold([tmp_path / "a0", tmp_path / "a0"], data, [])
     # the model trained on all train + val patients, blind

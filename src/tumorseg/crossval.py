@@ -125,3 +125,46 @@ def compare_arms(arms: dict[str, dict]) -> dict:
         raise DatasetError(f"arms {na} and {nb} were not measured on the same patients")
     paired = paired_difference(a["conditions"], b["conditions"])
     return {"a": na, "b": nb, "paired": paired, "decision": decide(paired)}
+
+
+def markdown(arms: dict[str, dict], comparison: dict | None = None) -> str:
+    """The report as Markdown: each arm's out-of-fold table, then the pairing and the decision."""
+    lines = []
+    for name, r in arms.items():
+        pp = r["postprocess"]
+        lines += [
+            f"### {name}: {r['n_patients']} patients out of fold ({len(r['folds'])} folds, {r['n_slices']} slices)",
+            "",
+            f"Post-processing chosen out of fold: views {pp['tta']}, threshold {pp['threshold']}, components "
+            f"< {pp['min_component_pixels']} px, hysteresis {pp['hysteresis_low'] or 'off'}.",
+            "",
+            "| condition | Dice | recall | precision | per-patient mean | tumour-free slices with a false alarm |",
+            "|---|---|---|---|---|---|",
+        ]
+        for cond, v in r["conditions"].items():
+            lines.append(
+                f"| {cond} | {v['dice']:.4f} | {v['recall']:.4f} | {v['precision']:.4f} | "
+                f"{v['dice_per_patient_mean']:.4f} | {100 * v['empty_slice_fp_rate']:.1f} % |"
+            )
+        lines.append("")
+    if comparison:
+        a, b = comparison["a"], comparison["b"]
+        lines += [
+            f"### {b} − {a}, per patient (3D Dice), 95 % bootstrap intervals",
+            "",
+            "| condition | mean difference | 95 % CI | better / worse |",
+            "|---|---|---|---|",
+        ]
+        for cond, v in comparison["paired"].items():
+            lo, hi = v["ci95"]
+            lines.append(
+                f"| {cond} | {v['mean_difference']:+.4f} | {lo:+.4f} to {hi:+.4f} | {v['better']} / {v['worse']} |"
+            )
+        dec = comparison["decision"]
+        lines += [
+            "",
+            f"Decision ({b} beats {a}: original ≥ +{dec['original_margin']}, both FLAIR-only conditions > 0): "
+            f"**{'yes' if dec['b_beats_a'] else 'no'}** ({', '.join(f'{k} {v}' for k, v in dec['checks'].items())}).",
+            "",
+        ]
+    return "\n".join(lines)
