@@ -12,7 +12,7 @@ from .data import DatasetError, check_no_leak, discover, load_cases, load_split
 from .engines import load_engine
 from .metrics import SegmentationMetrics
 from .modelinfo import ModelInfo
-from .postprocess import PostProcess
+from .postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
 
 METRIC_KEYS = (
     "dice",
@@ -85,10 +85,10 @@ def stack_metrics(probs: np.ndarray, masks: np.ndarray, patients: list[str], pos
 
 
 class _Sweep:
-    """``PostProcess.apply_stack`` over a whole grid for one set of probabilities, with the expensive
-    parts done once: the in-plane components per threshold, the 3D components per low threshold.
-    Gives the masks ``PostProcess`` gives (tested equal); a cross-validation's 3,000 slices take
-    minutes instead of an hour."""
+    """``PostProcess.apply_stack`` over a whole grid for one set of probabilities, from the same pieces
+    (``postprocess``'s components and hysteresis), with the expensive ones done once: the in-plane
+    components per threshold, the 3D components per low threshold. Tested equal to ``PostProcess``
+    row for row; a cross-validation's ~2,700 slices take minutes instead of an hour."""
 
     def __init__(self, probs: np.ndarray, masks: np.ndarray, patients: list[str]):
         from .preprocess import groups_of
@@ -99,40 +99,21 @@ class _Sweep:
 
     def _planar_labels(self, thr: float) -> tuple[np.ndarray, np.ndarray]:
         if thr not in self._planar:
-            from scipy import ndimage
-
             self._planar.clear()  # the grid sweeps thresholds in order: one at a time in memory
-            planar = np.zeros((3, 3, 3), bool)
-            planar[1] = True  # 8-connected within a slice, never across slices
-            lab, _ = ndimage.label(self.probs >= thr, structure=planar)
-            self._planar[thr] = (lab, np.bincount(lab.ravel()))
+            self._planar[thr] = planar_components(self.probs >= thr)
         return self._planar[thr]
 
     def _volume_labels(self, low: float) -> list[np.ndarray]:
         if low not in self._volumes:
-            from scipy import ndimage
-
-            cube = np.ones((3, 3, 3), bool)
-            self._volumes[low] = [ndimage.label(self.probs[a:b] >= low, structure=cube)[0] for a, b in self.groups]
+            self._volumes[low] = [volume_components(self.probs[a:b], low) for a, b in self.groups]
         return self._volumes[low]
 
     def metrics(self, thr: float, min_px: int, low: float) -> dict:
-        if min_px:
-            lab, sizes = self._planar_labels(thr)
-            keep = sizes >= min_px
-            keep[0] = False
-            pred = keep[lab]
-        else:
-            pred = self.probs >= thr
+        pred = drop_small(*self._planar_labels(thr), min_px) if min_px else self.probs >= thr
         if 0 < low < thr:
             for (a, b), lab3 in zip(self.groups, self._volume_labels(low)):
-                m = pred[a:b]
-                if b - a < 2 or not m.any():
-                    continue
-                keep3 = np.zeros(lab3.max() + 1, bool)
-                keep3[np.unique(lab3[m])] = True
-                keep3[0] = False
-                pred[a:b] = keep3[lab3] | m
+                if b - a >= 2 and pred[a:b].any():  # apply_stack's rule: stacks of two or more slices
+                    pred[a:b] = grow_into(pred[a:b], lab3)
         acc = SegmentationMetrics()
         acc.update(pred, self.masks, self.patients)
         return acc.compute()

@@ -19,17 +19,46 @@ import numpy as np
 from .modelinfo import ModelInfo
 
 
-def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Drop 2D connected components (8-connectivity) smaller than ``min_pixels``."""
-    if min_pixels <= 0 or not mask.any():
-        return mask
+def planar_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8-connected components of an H x W mask, or of each slice of an N x H x W stack (never across
+    slices): (labels, size of each label; label 0 is the background)."""
     from scipy import ndimage
 
-    lab, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    sizes = np.bincount(lab.ravel())
+    structure = np.ones((3, 3), bool)
+    if mask.ndim == 3:
+        structure = np.zeros((3, 3, 3), bool)
+        structure[1] = True
+    lab, _ = ndimage.label(mask, structure=structure)
+    return lab, np.bincount(lab.ravel())
+
+
+def drop_small(labels: np.ndarray, sizes: np.ndarray, min_pixels: int) -> np.ndarray:
+    """The mask of the components of at least ``min_pixels`` pixels."""
     keep = sizes >= min_pixels
     keep[0] = False
-    return keep[lab]
+    return keep[labels]
+
+
+def remove_small_components(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Drop 2D connected components (8-connectivity) smaller than ``min_pixels``, slice by slice."""
+    if min_pixels <= 0 or not mask.any():
+        return mask
+    return drop_small(*planar_components(mask), min_pixels)
+
+
+def volume_components(prob: np.ndarray, low: float) -> np.ndarray:
+    """26-connected 3D components of ``prob >= low`` over one study's N x H x W stack."""
+    from scipy import ndimage
+
+    return ndimage.label(prob >= low, structure=np.ones((3, 3, 3), bool))[0]
+
+
+def grow_into(mask: np.ndarray, volume_labels: np.ndarray) -> np.ndarray:
+    """Hysteresis: the mask plus every low-threshold 3D component that touches it."""
+    keep = np.zeros(volume_labels.max() + 1, bool)
+    keep[np.unique(volume_labels[mask])] = True
+    keep[0] = False
+    return keep[volume_labels] | mask
 
 
 @dataclass(frozen=True)
@@ -56,13 +85,7 @@ class PostProcess:
 
     def apply(self, prob: np.ndarray) -> np.ndarray:
         """The mask of one H x W probability map, or of each map of an N x H x W batch."""
-        m = prob >= self.threshold
-        min_px = self.min_pixels_at(prob.shape[-2:])
-        if not min_px:
-            return m
-        if m.ndim == 2:
-            return remove_small_components(m, min_px)
-        return np.stack([remove_small_components(x, min_px) for x in m])
+        return remove_small_components(prob >= self.threshold, self.min_pixels_at(prob.shape[-2:]))
 
     def apply_stack(self, prob: np.ndarray) -> np.ndarray:
         """The mask of an N x H x W stack of one study's slices, in order (3D hysteresis where recorded)."""
@@ -70,10 +93,4 @@ class PostProcess:
         low = self.hysteresis_low
         if not (0 < low < self.threshold) or not m.any() or len(prob) < 2:
             return m
-        from scipy import ndimage
-
-        lab, _ = ndimage.label(prob >= low, structure=np.ones((3, 3, 3), bool))
-        keep = np.zeros(lab.max() + 1, bool)
-        keep[np.unique(lab[m])] = True
-        keep[0] = False
-        return keep[lab] | m
+        return grow_into(m, volume_components(prob, low))
