@@ -68,7 +68,10 @@ report, runs, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 r = json.loads(report.read_text())
 arm = "25d" if r["comparison"]["decision"]["b_beats_a"] else "2d"
 net, meta = load_model(runs / f"{arm}_all" / "best.safetensors")
-meta.setdefault("training", {})["cross_validation"] = {"report": report.name, "arm": arm, "postprocess": r["arms"][arm]["postprocess"]}
+post = r["arms"][arm]["postprocess"]  # chosen out of fold: the all-76 model has no validation of its own
+meta.update(threshold=post["threshold"], min_component_pixels=post["min_component_pixels"],
+            hysteresis_low=post["hysteresis_low"], tta=post["tta"])
+meta.setdefault("training", {})["cross_validation"] = {"report": report.name, "arm": arm, "postprocess": post}
 save_model(net, out / "all76_fp16.safetensors", meta, dtype=torch.float16)
 print("chosen arm", arm)
 PY
