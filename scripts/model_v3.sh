@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | package | val | arms | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | package | val | arms | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
@@ -68,6 +68,13 @@ case "${1:?STEP}" in
     $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
       --model ${V3B:-runs/v3b}/default-int8.onnx --model ${V3C:-runs/v3c}/default-int8.onnx \
       --conditions original,skull_stripped,flair_only,flair_only_stripped --json docs/results/robustness_v3b_v3c_val.json ;;
+  decoder)  # v3d against v3c (one recipe, five vs four decoder stages), paired on the validation patients, and the
+    # speed of v2, v3c and v3d side by side (eager fp32 and int8 per slice, 2 threads)
+    $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
+      --model ${V3C:-runs/v3c}/default-int8.onnx --model $V3Q \
+      --conditions original,skull_stripped,flair_only,flair_only_stripped --json docs/results/robustness_v3c_${TAG}_val.json
+    $PY benchmarks/decoder_speed.py --model v2=src/tumorseg/models --model v3c=${V3C:-runs/v3c} --model $TAG=$OUT \
+      --threads 2 --json benchmarks/results/decoder_speed.json ;;
   test)
     $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine onnx-int8 \
       --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_test ;;
