@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | package | val | arms | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | package | val | arms | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
 #   package, val, test, external with the same RUN/OUT/TAG
 #   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
 #   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash scripts/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
+#   RUN=runs/v3e_run OUT=runs/v3e TAG=v3e bash scripts/model_v3.sh train-e   # the fifth: v3d with the per-image Dice loss
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -53,6 +54,14 @@ case "${1:?STEP}" in
     # (the same recipe with five stages) for what the speed costs, and against v2 by the rule above; written
     # 2026-12-01 before any v3d result. ~90 min on 1 thread (AVX-512 bf16 CPU).
     $PY -m tumorseg train "${RECIPE_B[@]}" --context 0 --decoder-channels 256,128,64,32 --fresh-lr-mult 30 --out "$RUN" ;;
+  train-e)  # v3e, aimed at the faint ends themselves: v3d's recipe with one change, the loss. Batch Dice weighs a
+    # patch by its tumour area, so the faint end of a lesion (a few hundred pixels) hardly counts beside a full
+    # cross-section; image-dice+bce averages Dice over the patches that hold tumour (each counts the same) and
+    # leaves tumour-free patches to BCE. Read against v2 by the rule above (unchanged) and against v3d (the loss
+    # alone differs). Written 2026-12-01 before any v3e result. This is the fifth candidate read on the same 14
+    # validation patients: a pass would be a fifth look, and the card says so. Capped at 100 min (1 thread).
+    $PY -m tumorseg train "${RECIPE_B[@]}" --context 0 --decoder-channels 256,128,64,32 --fresh-lr-mult 30 \
+      --loss image-dice+bce --max-minutes 100 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;
@@ -68,6 +77,10 @@ case "${1:?STEP}" in
     $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
       --model ${V3B:-runs/v3b}/default-int8.onnx --model ${V3C:-runs/v3c}/default-int8.onnx \
       --conditions original,skull_stripped,flair_only,flair_only_stripped --json docs/results/robustness_v3b_v3c_val.json ;;
+  loss)  # v3e against v3d (one recipe; batch Dice vs per-image Dice), paired on the validation patients
+    $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \
+      --model ${V3D:-runs/v3d}/default-int8.onnx --model $V3Q \
+      --conditions original,skull_stripped,flair_only,flair_only_stripped --json docs/results/robustness_v3d_${TAG}_val.json ;;
   decoder)  # v3d against v3c (one recipe, five vs four decoder stages), paired on the validation patients, and the
     # speed of v2, v3c and v3d side by side (eager fp32 and int8 per slice, 2 threads)
     $PY scripts/robustness.py --data "$DATA" --split-file $SPLIT --part val --engine onnx-int8 \

@@ -68,3 +68,26 @@ def test_dice_loss_bounds():
     perfect = torch.where(y > 0, 20.0, -20.0)
     assert float(dice_loss(perfect, y)) < 1e-3
     assert float(dice_loss(-perfect, y)) > 0.9
+
+
+def test_image_dice_loss_weighs_small_lesions_like_large_ones():
+    from tumorseg.training import image_dice_loss, make_loss
+
+    y = torch.zeros(2, 1, 32, 32)
+    y[0, ..., 2:30, 2:30] = 1  # a large cross-section, found
+    y[1, ..., 5:7, 5:7] = 1  # a faint end of 4 pixels, missed
+    logits = torch.where(y > 0, 20.0, -20.0)
+    logits[1] = -20.0
+    # batch Dice barely sees the 4 missed pixels; per-image Dice counts that patch as half the batch
+    assert float(dice_loss(logits, y)) < 0.01
+    assert float(image_dice_loss(logits, y)) == pytest.approx(0.5 * (1 - 1 / 5), abs=1e-3)
+    # patches without tumour are BCE's business: an empty batch gives 0 and still backpropagates
+    empty = torch.zeros(2, 1, 8, 8)
+    z = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    out = image_dice_loss(z, empty)
+    out.backward()
+    assert float(out) == 0.0 and z.grad is not None
+    combined = make_loss("image-dice+bce")
+    assert float(combined(logits, y)) > float(image_dice_loss(logits, y))
+    with pytest.raises(ValueError, match="unknown loss"):
+        make_loss("image-dice+focal")

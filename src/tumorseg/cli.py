@@ -64,7 +64,7 @@ def _add_train(sub) -> None:
         help="train a U-Net/ResNet50 on a slice dataset",
         description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.",
     )
-    from .trainconfig import defaults
+    from .trainconfig import LOSSES, defaults
 
     d = defaults()
     p.add_argument("--data", required=True, help="dataset folder")
@@ -89,7 +89,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--loss",
         default=d["loss"],
-        choices=["dice", "dice+bce", "tversky+bce"],
+        choices=LOSSES,
         help="training loss (default: %(default)s)",
     )
     p.add_argument(

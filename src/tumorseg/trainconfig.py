@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+# The training losses by name (the CLI's choices and training's make_loss read this one list).
+# image-dice+bce: Dice per patch, averaged over the patches with tumour, so a faint end of a lesion
+# a few hundred pixels large weighs as much as a full cross-section (batch Dice weighs by area).
+LOSSES = ("dice", "dice+bce", "tversky+bce", "image-dice+bce")
+
 
 @dataclass
 class TrainConfig:
@@ -17,7 +22,7 @@ class TrainConfig:
     samples_per_epoch: int = 0  # 0: as many patches as training slices
     fg_fraction: float = 0.5
     encoder_weights: str = "none"
-    loss: str = "dice"  # dice | dice+bce | tversky+bce
+    loss: str = "dice"  # one of LOSSES
     aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
     max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
     init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept

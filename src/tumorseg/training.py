@@ -40,7 +40,7 @@ from .metrics import ThresholdSweep, dice_score
 from .model import ModelFileError, build_model, read_model_file, save_model, widen_input
 from .modelinfo import ArchSpec, InputSpec
 from .preprocess import context_offsets
-from .trainconfig import TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
+from .trainconfig import LOSSES, TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
 
 # --------------------------------------------------------------------------- losses
 
@@ -63,24 +63,36 @@ def tversky_loss(
     return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
 
 
-LOSSES = ("dice", "dice+bce", "tversky+bce")
+def image_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Soft Dice per patch, averaged over the patches that hold tumour: a small faint end counts as much
+    as a large cross-section. Patches without tumour add nothing here (pair it with BCE for those)."""
+    p = torch.sigmoid(logits.float()).flatten(1)
+    t = target.float().flatten(1)
+    has = t.sum(1) > 0
+    if not bool(has.any()):
+        return p.sum() * 0.0  # keeps the graph; BCE carries a batch without tumour
+    p, t = p[has], t[has]
+    dice = (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
+    return 1 - dice.mean()
+
+
+def _with_bce(region_loss):
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return region_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
+
+    return loss
 
 
 def make_loss(name: str):
+    """The training loss called ``name`` (one of ``LOSSES``)."""
+    region = {"dice": dice_loss, "tversky": tversky_loss, "image-dice": image_dice_loss}
     if name == "dice":
         return dice_loss
-    if name in ("dice+bce", "dice_bce"):
-
-        def dice_bce(logits, target):
-            return dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
-
-        return dice_bce
-    if name == "tversky+bce":
-
-        def tversky_bce(logits, target):
-            return tversky_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
-
-        return tversky_bce
+    if name == "dice_bce":  # old run records
+        name = "dice+bce"
+    base, plus, extra = name.partition("+")
+    if name in LOSSES and plus and extra == "bce":
+        return _with_bce(region[base])
     raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
 
 
