@@ -8,6 +8,10 @@
 #   bash scripts/gpu_prepare.sh gpujob          # here: the data pack and the encoder weights (35 + 17 MB)
 #   OUT=$OUT bash scripts/gpu_cv.sh gpujob [EPOCHS] [MAX_MINUTES]   # there, from the repository root
 #
+# ARMS="A B" picks the two recipes from the table below (default "2d 25d"): B is paired against A under the
+# decision rule, and the all-76 model is B's if B wins, else A's. 2d4 / 2d4i are v3d's four-stage decoder
+# (without / with the per-image Dice loss of v3e), e.g. ARMS="2d 2d4".
+#
 # Sizing: each run's learning rate follows a cosine over MAX_MINUTES of wall time (--schedule cosine-time),
 # so all twelve end annealed at the limit however fast the GPU shares out; each log says how many epochs of
 # 2,400 patches that was (v2's H100 run: ~400 patches/s per run with two side by side). Dry run on a CPU:
@@ -23,6 +27,11 @@ DATA=${DATA:-/tmp/lgg}
 RUNS=${RUNS:-/tmp/cv}
 SPLIT=${SPLIT:-docs/results/split.json}
 DEVICE=${DEVICE:-cuda}
+declare -A ARM=([2d]="--context 0" [25d]="--context 1 --context-share 0.15"
+  [2d4]="--context 0 --decoder-channels 256,128,64,32"
+  [2d4i]="--context 0 --decoder-channels 256,128,64,32 --loss image-dice+bce")
+read -r A B <<< "${ARMS:-2d 25d}"
+for arm in "$A" "$B"; do [ -n "${ARM[$arm]+x}" ] || { echo "unknown arm '$arm' (known: ${!ARM[*]})" >&2; exit 2; }; done
 mkdir -p "$OUT" "$RUNS"
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 T0=$(date +%s)
@@ -37,10 +46,9 @@ RECIPE=(--data "$DATA" --split "$SPLIT" --encoder-weights "$ENC" --device "$DEVI
   --lr 3e-4 --schedule cosine-time --epochs "$EPOCHS" --samples-per-epoch "${SAMPLES:-2400}" --image-size "${IMAGE:-256}"
   --patch-size "${PATCH:-192}" --fg-fraction 0.5 --aug v2 --loss dice+bce --select last --patience 1000
   --max-minutes "$MAXMIN" --threads "${THREADS:-1}")
-declare -A ARM=([2d]="--context 0" [25d]="--context 1 --context-share 0.15")
 folds=()
 for ((i = 0; i < FOLDS; i++)); do folds+=("$i/$FOLDS"); done
-for arm in 2d 25d; do
+for arm in "$A" "$B"; do
   for f in "${folds[@]}" all; do
     name=${arm}_${f/\//of}  # 2d_0of5 ... 2d_all
     # shellcheck disable=SC2086
@@ -51,22 +59,23 @@ wait
 stamp trained
 for f in "$RUNS"/*.log; do echo "$(basename "$f"): $(grep -c '^epoch\|epoch [0-9]*:' "$f") epochs; $(tail -n 1 "$f")"; done
 arm_runs() { local a=$1 r=""; for ((i = 0; i < FOLDS; i++)); do r+="$RUNS/${a}_${i}of$FOLDS,"; done; echo "${r%,}"; }
-$PY scripts/cv_eval.py --data "$DATA" --arm "2d=$(arm_runs 2d)" --arm "25d=$(arm_runs 25d)" --device "$DEVICE" \
-  --engine torch-fp32 --batch 64 --workers 16 --json "$OUT/cv_2d_vs_25d.json" \
-  --md "$OUT/cv_2d_vs_25d.md" 2> "$RUNS/cv_eval.log"
+REPORT=cv_${A}_vs_$B
+$PY scripts/cv_eval.py --data "$DATA" --arm "$A=$(arm_runs "$A")" --arm "$B=$(arm_runs "$B")" --device "$DEVICE" \
+  --engine torch-fp32 --batch 64 --workers 16 --json "$OUT/$REPORT.json" \
+  --md "$OUT/$REPORT.md" 2> "$RUNS/cv_eval.log"
 rc=$?
 tail -n 40 "$RUNS/cv_eval.log"
 [ $rc = 0 ] || { ( cd "$RUNS" && tar czf "$OUT/cv_runs.tgz" ./*.log ./*/log.jsonl 2>/dev/null ); stamp "cv_eval failed"; exit 1; }
 stamp evaluated
 # the all-76 model of the recipe the rule picks, fp16, in parts under the 16 MiB return limit
-$PY - "$OUT/cv_2d_vs_25d.json" "$RUNS" "$OUT" <<'PY'
+$PY - "$OUT/$REPORT.json" "$RUNS" "$OUT" "$A" "$B" <<'PY'
 import json, sys
 from pathlib import Path
 import torch
 from tumorseg.model import load_model, save_model
 report, runs, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 r = json.loads(report.read_text())
-arm = "25d" if r["comparison"]["decision"]["b_beats_a"] else "2d"
+arm = sys.argv[5] if r["comparison"]["decision"]["b_beats_a"] else sys.argv[4]
 net, meta = load_model(runs / f"{arm}_all" / "best.safetensors")
 post = r["arms"][arm]["postprocess"]  # chosen out of fold: the all-76 model has no validation of its own
 meta.update(threshold=post["threshold"], min_component_pixels=post["min_component_pixels"],
