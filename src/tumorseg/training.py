@@ -83,17 +83,21 @@ def _with_bce(region_loss):
     return loss
 
 
+_LOSS_FNS = {
+    "dice": dice_loss,
+    "dice+bce": _with_bce(dice_loss),
+    "tversky+bce": _with_bce(tversky_loss),
+    "image-dice+bce": _with_bce(image_dice_loss),
+}
+assert tuple(_LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
+
+
 def make_loss(name: str):
-    """The training loss called ``name`` (one of ``LOSSES``)."""
-    region = {"dice": dice_loss, "tversky": tversky_loss, "image-dice": image_dice_loss}
-    if name == "dice":
-        return dice_loss
-    if name == "dice_bce":  # old run records
-        name = "dice+bce"
-    base, plus, extra = name.partition("+")
-    if name in LOSSES and plus and extra == "bce":
-        return _with_bce(region[base])
-    raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    """The training loss called ``name`` (one of ``LOSSES``; ``dice_bce`` as old run records spell it)."""
+    fn = _LOSS_FNS.get("dice+bce" if name == "dice_bce" else name)
+    if fn is None:
+        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
+    return fn
 
 
 # --------------------------------------------------------------------------- helpers
