@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | package | val | arms | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | package | val | arms | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
@@ -9,6 +9,8 @@
 #   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
 #   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash scripts/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
 #   RUN=runs/v3e_run OUT=runs/v3e TAG=v3e bash scripts/model_v3.sh train-e   # the fifth: v3d with the per-image Dice loss
+#   RUN=runs/v3d_seed1 bash scripts/model_v3.sh train-d2                     # v3d with another seed: the noise yardstick
+#   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash scripts/model_v3.sh soup     # the sixth: v3d and v3e averaged
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -68,6 +70,18 @@ case "${1:?STEP}" in
     # alone differs). Written 2026-12-01 before any v3e result. This is the fifth candidate read on the same 14
     # validation patients: a pass would be a fifth look, and the card says so. Capped at 100 min (1 thread).
     $PY -m tumorseg train "${RECIPE_D[@]}" --loss image-dice+bce --max-minutes 100 --out "$RUN" ;;
+  train-d2)  # v3d again with another seed (fresh head, patch sampling, augmentation): not a candidate but a yardstick.
+    # Read against v3d on the validation patients, it says how far two runs of ONE recipe differ (seed noise),
+    # the scale against which the candidates' differences from v2 (+0.003 to -0.006) must be read. Written
+    # 2026-12-01 before the run. ~100 min on 1 thread (AVX-512 bf16 CPU).
+    $PY -m tumorseg train "${RECIPE_D[@]}" --seed 1 --max-minutes 100 --out "$RUN" ;;
+  soup)  # v3f, the sixth candidate, no training: the uniform average of the weights of v3d's and v3e's selected
+    # checkpoints (a "model soup", Wortsman et al. 2022: fine-tunes of one start point average into one model
+    # that often beats each). Same architecture and start (v2); the losses differ, so the soup sits between batch
+    # Dice (v3d, +0.003 on the original slices, FLAIR-only +0.05/+0.02) and per-image Dice (v3e, the faint end of
+    # HT_7680 found, false alarms doubled). Written 2026-12-01 before any soup result; then package, val (the same
+    # rule as above, its sixth look at the 14 validation patients), and test/external after the decision.
+    $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --run ${V3E_RUN:-runs/v3e_run} --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;

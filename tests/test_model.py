@@ -223,3 +223,39 @@ def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
     assert np.abs(got - y.numpy()).max() < 1e-4
     with pytest.raises(ValueError, match="4 or 5"):
         UNetResNet50(3, (64, 32, 16))
+
+
+def test_soup_averages_weights_and_refuses_other_architectures(tmp_path):
+    """The soup's every float tensor is the mean of its ingredients'; it loads and runs like any model file,
+    records its ingredients, and refuses to mix a different decoder."""
+    from tumorseg.model import average_model_files
+
+    torch.manual_seed(0)
+    a, b = UNetResNet50().eval(), UNetResNet50().eval()
+    meta = {**META, "training": {"epoch": 3, "config": {"loss": "dice+bce", "seed": 0}}}
+    save_model(a, tmp_path / "a.safetensors", meta)
+    save_model(b, tmp_path / "b.safetensors", {**meta, "training": {"epoch": 4, "config": {"loss": "x", "seed": 1}}})
+    soup, smeta = average_model_files([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    sa, sb, ss = a.state_dict(), b.state_dict(), soup.state_dict()
+    for k, v in ss.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, (sa[k] + sb[k]) / 2, atol=1e-6), k
+        else:
+            assert torch.equal(v, sa[k]), k
+    assert [i["epoch"] for i in smeta["training"]["soup"]] == [3, 4]
+    assert [i["loss"] for i in smeta["training"]["soup"]] == ["dice+bce", "x"]
+    save_model(soup, tmp_path / "s.safetensors", smeta)
+    back, _ = load_model(tmp_path / "s.safetensors")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(back(x), soup(x), atol=1e-5)
+    other = UNetResNet50(3, (64, 32, 16, 8)).eval()
+    save_model(
+        other,
+        tmp_path / "c.safetensors",
+        {**META, "architecture": {"name": "unet-resnet50", "decoder_channels": [64, 32, 16, 8]}},
+    )
+    with pytest.raises(ModelFileError, match="architecture"):
+        average_model_files([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
+    with pytest.raises(ValueError, match="at least two"):
+        average_model_files([tmp_path / "a.safetensors"])

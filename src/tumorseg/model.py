@@ -465,3 +465,44 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
         raise ModelFileError(f"{path}: weights do not fit the architecture ({exc})") from None
     model.eval()
     return model, meta
+
+
+def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, dict]:
+    """Uniform weight average of models fine-tuned from one start point (a "model soup"): one model at the
+    cost of one, often better than each. Refuses files whose architecture or tensors differ, since averaging
+    unrelated networks gives a broken one silently. BatchNorm statistics are averaged like the weights;
+    integer buffers (batch counters) come from the first file. The metadata is the first file's, with the
+    ingredients recorded under training.soup."""
+    if len(paths) < 2:
+        raise ValueError("a soup needs at least two model files")
+    first, meta = read_model_file(paths[0])
+    total = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
+    ingredients = [meta]
+    for p in paths[1:]:
+        tensors, m = read_model_file(p)
+        if m.get("architecture") != meta.get("architecture"):
+            raise ModelFileError(f"{p}: architecture {m.get('architecture')} differs from {paths[0]}'s")
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        if shapes != {k: tuple(v.shape) for k, v in first.items()}:
+            raise ModelFileError(f"{p}: tensor names or shapes differ from {paths[0]}'s")
+        for k, v in tensors.items():
+            if v.is_floating_point():
+                total[k] += v.double()
+        ingredients.append(m)
+    n = len(paths)
+    state = {k: (v / n).float() if v.is_floating_point() else v for k, v in total.items()}
+    meta = copy.deepcopy(meta)
+    meta.pop("tensor_sha256", None)
+    meta.setdefault("training", {})["soup"] = [
+        {
+            "file": str(p),
+            "tensor_sha256": m.get("tensor_sha256"),
+            "epoch": m.get("training", {}).get("epoch"),
+            "loss": m.get("training", {}).get("config", {}).get("loss"),
+            "seed": m.get("training", {}).get("config", {}).get("seed"),
+        }
+        for p, m in zip(paths, ingredients)
+    ]
+    model, _ = load_model(paths[0])
+    model.load_state_dict(state, strict=True)
+    return model.eval(), meta
