@@ -83,7 +83,7 @@ case "${1:?STEP}" in
     # rule as above, its sixth look at the 14 validation patients), and test/external after the decision.
     $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --run ${V3E_RUN:-runs/v3e_run} --out "$RUN" ;;
   package)
-    $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads 2 \
+    $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads ${PACK_THREADS:-2} \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;
   val)
     $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine onnx-int8 \
