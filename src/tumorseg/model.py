@@ -467,6 +467,18 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
     return model, meta
 
 
+def _ingredient(path: str | os.PathLike, meta: dict) -> dict:
+    training = meta.get("training", {})
+    config = training.get("config", {})
+    return {
+        "file": str(path),
+        "tensor_sha256": meta.get("tensor_sha256"),
+        "epoch": training.get("epoch"),
+        "loss": config.get("loss"),
+        "seed": config.get("seed"),
+    }
+
+
 def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, dict]:
     """Uniform weight average of models fine-tuned from one start point (a "model soup"): one model at the
     cost of one, often better than each. Refuses files whose architecture or tensors differ, since averaging
@@ -493,16 +505,7 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
     state = {k: (v / n).float() if v.is_floating_point() else v for k, v in total.items()}
     meta = copy.deepcopy(meta)
     meta.pop("tensor_sha256", None)
-    meta.setdefault("training", {})["soup"] = [
-        {
-            "file": str(p),
-            "tensor_sha256": m.get("tensor_sha256"),
-            "epoch": m.get("training", {}).get("epoch"),
-            "loss": m.get("training", {}).get("config", {}).get("loss"),
-            "seed": m.get("training", {}).get("config", {}).get("seed"),
-        }
-        for p, m in zip(paths, ingredients)
-    ]
+    meta.setdefault("training", {})["soup"] = [_ingredient(p, m) for p, m in zip(paths, ingredients)]
     model, _ = load_model(paths[0])
     model.load_state_dict(state, strict=True)
     return model.eval(), meta
