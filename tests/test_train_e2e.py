@@ -80,6 +80,27 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert epochs == [1, 2]
 
 
+def test_resume_may_give_a_run_stopped_by_its_time_budget_more(tmp_path, capsys):
+    """A budget spent (here: a budget too small for one epoch) stops the run after the epoch; --resume alone keeps
+    the budget, so it stops again after one more epoch, and an explicit --max-minutes continues it; the budget is kept
+    in the run's config."""
+    data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=4)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--samples-per-epoch", "16"]
+    assert main([*args, "--epochs", "3", "--max-minutes", "0.0001"]) == 0
+    assert "time budget of 0.0001 min spent after epoch 1" in capsys.readouterr().err
+
+    def epochs():
+        return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+    assert epochs() == [1]
+    assert main([*args, "--resume"]) == 0
+    assert epochs() == [1, 2]  # the spent budget stops it after the next epoch
+    assert main([*args, "--resume", "--max-minutes", "60"]) == 0
+    assert epochs() == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["max_minutes"] == 60
+
+
 def test_corrupted_checkpoint_gives_clear_error(tmp_path, capsys):
     data = make_kaggle(tmp_path / "data", patients=4, slices=4, size=64, seed=5)
     run = tmp_path / "run"

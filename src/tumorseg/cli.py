@@ -102,8 +102,9 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--max-minutes",
         type=float,
-        default=d["max_minutes"],
-        help="stop after this much wall time, keeping the best model (default: no limit)",
+        default=None,
+        help="stop after this much wall time in all, keeping the best model (default: no limit; with --resume: "
+        "keep the run's, or give a larger budget to continue a run its budget stopped)",
     )
     p.add_argument(
         "--schedule",
@@ -226,7 +227,7 @@ def _cmd_train(a) -> int:
         amp=not a.no_amp,
         patient_pattern=a.patient_pattern,
         aug=a.aug,
-        max_minutes=a.max_minutes,
+        max_minutes=a.max_minutes if a.max_minutes is not None else (None if a.resume else TrainConfig.max_minutes),
         init_model=a.init_model,
         context=a.context,
         context_mm=a.context_mm,

@@ -24,7 +24,7 @@ class TrainConfig:
     encoder_weights: str = "none"
     loss: str = "dice"  # one of LOSSES
     aug: str = "v1"  # v1: flip/rotate/scale/intensity; v2: + sequence dropout, skull-strip, bias field, noise
-    max_minutes: float = 0.0  # stop after this much wall time (0: no limit); the best checkpoint is kept
+    max_minutes: float | None = 0.0  # stop after this much wall time (0: no limit; None on resume: the run's)
     init_model: str = ""  # a tumorseg model file to start from (fine-tuning); its normalisation is kept
     schedule: str = "constant"  # constant | cosine | cosine-time (over max_minutes of wall time)
     patience: int = 10

@@ -322,13 +322,16 @@ class RunFolder:
         self.curve = self.out / "curve.png"
 
     def resumed_config(self, cfg: TrainConfig) -> TrainConfig:
-        """The run's own recipe; only where it runs (device, threads) and an explicit --epochs may change."""
+        """The run's own recipe; only where it runs (device, threads), an explicit --epochs and an explicit
+        --max-minutes (a run stopped by its time budget on a busy machine may be given more) may change."""
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.config}: nothing to resume (no config.json in the run folder)")
         saved = json.loads(self.config.read_text())
         for k in ("device", "threads"):
             saved[k] = getattr(cfg, k)
         saved["epochs"] = cfg.epochs or saved["epochs"]  # a cosine schedule re-anneals to a new budget
+        if cfg.max_minutes is not None:  # the budget counts the earlier sessions too (minutes_spent)
+            saved["max_minutes"] = cfg.max_minutes
         saved["split_fractions"] = tuple(saved["split_fractions"])
         return TrainConfig(**saved)
 
