@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | package | val | arms | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | package | val | arms | loss | seed | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
@@ -93,7 +93,8 @@ case "${1:?STEP}" in
       --model v2=$V2Q --model $TAG=$V3Q --out docs/results/${TAG}_ablation_val ;;
   arms)  # the matched ablation: 2.5D (v3b) vs 2D (v3c), one recipe, paired on the validation patients
     paired_val ${V3B:-runs/v3b}/default-int8.onnx ${V3C:-runs/v3c}/default-int8.onnx docs/results/robustness_v3b_v3c_val.json ;;
-  loss)  # v3e against v3d (one recipe; batch Dice vs per-image Dice), paired on the validation patients
+  loss|seed)  # v3d against TAG, paired on the validation patients: loss, v3e (one recipe; batch Dice vs per-image
+    # Dice); seed, v3d's seed-1 replicate (train-d2; TAG=v3d_seed1): how far one recipe's two runs differ
     paired_val ${V3D:-runs/v3d}/default-int8.onnx $V3Q docs/results/robustness_v3d_${TAG}_val.json ;;
   decoder)  # v3d against v3c (one recipe, five vs four decoder stages), paired on the validation patients, and the
     # speed of v2, v3c and v3d side by side (eager fp32 and int8 per slice, 2 threads)
