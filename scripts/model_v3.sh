@@ -9,7 +9,8 @@
 #   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
 #   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash scripts/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
 #   RUN=runs/v3e_run OUT=runs/v3e TAG=v3e bash scripts/model_v3.sh train-e   # the fifth: v3d with the per-image Dice loss
-#   RUN=runs/v3d_seed1 bash scripts/model_v3.sh train-d2                     # v3d with another seed: the noise yardstick
+#   RUN=runs/v3d_seed1 OUT=runs/v3d_s1 TAG=v3d_seed1 bash scripts/model_v3.sh train-d2  # v3d, another seed: the noise
+#     yardstick; then package, and seed (paired with v3d on validation)
 #   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash scripts/model_v3.sh soup     # the sixth: v3d and v3e averaged
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
