@@ -69,6 +69,10 @@ def test_train_then_evaluate_beats_chance(tmp_path):
     assert (rep / "report.md").is_file() and (rep / "dice_histogram.png").is_file()
 
 
+def _epochs(run) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
 def test_resume_continues_where_it_stopped(tmp_path):
     data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=4)
     run = tmp_path / "run"
@@ -76,8 +80,7 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert main([*args, "--epochs", "1"]) == 0
     assert main([*args, "--epochs", "1"]) == 2  # refuses to clobber an existing run
     assert main([*args, "--epochs", "2", "--resume"]) == 0
-    epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]
+    assert _epochs(run) == [1, 2]
 
 
 def test_resume_may_give_a_run_stopped_by_its_time_budget_more(tmp_path, capsys):
@@ -89,15 +92,11 @@ def test_resume_may_give_a_run_stopped_by_its_time_budget_more(tmp_path, capsys)
     args = ["train", "--data", str(data), "--out", str(run), *TRAIN, "--samples-per-epoch", "16"]
     assert main([*args, "--epochs", "3", "--max-minutes", "0.0001"]) == 0
     assert "time budget of 0.0001 min spent after epoch 1" in capsys.readouterr().err
-
-    def epochs():
-        return [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
-
-    assert epochs() == [1]
+    assert _epochs(run) == [1]
     assert main([*args, "--resume"]) == 0
-    assert epochs() == [1, 2]  # the spent budget stops it after the next epoch
+    assert _epochs(run) == [1, 2]  # the spent budget stops it after the next epoch
     assert main([*args, "--resume", "--max-minutes", "60"]) == 0
-    assert epochs() == [1, 2, 3]
+    assert _epochs(run) == [1, 2, 3]
     assert json.loads((run / "config.json").read_text())["max_minutes"] == 60
 
 

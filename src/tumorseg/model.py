@@ -449,6 +449,11 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
     """Rebuild a saved model (fp32, eval mode) and return it with its metadata."""
     tensors, meta = read_model_file(path)
+    return _model_from(tensors, meta, path), meta
+
+
+def _model_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> UNetResNet50:
+    """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
     from .modelinfo import ModelInfo
 
     arch = ModelInfo.from_meta(meta).arch
@@ -463,8 +468,7 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise ModelFileError(f"{path}: weights do not fit the architecture ({exc})") from None
-    model.eval()
-    return model, meta
+    return model.eval()
 
 
 def _ingredient(path: str | os.PathLike, meta: dict) -> dict:
@@ -489,13 +493,13 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
         raise ValueError("a soup needs at least two model files")
     first, meta = read_model_file(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
+    shapes = {k: tuple(v.shape) for k, v in first.items()}
     ingredients = [meta]
     for p in paths[1:]:
         tensors, m = read_model_file(p)
         if m.get("architecture") != meta.get("architecture"):
             raise ModelFileError(f"{p}: architecture {m.get('architecture')} differs from {paths[0]}'s")
-        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        if shapes != {k: tuple(v.shape) for k, v in first.items()}:
+        if {k: tuple(v.shape) for k, v in tensors.items()} != shapes:
             raise ModelFileError(f"{p}: tensor names or shapes differ from {paths[0]}'s")
         for k, v in tensors.items():
             if v.is_floating_point():
@@ -506,6 +510,4 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
     meta = copy.deepcopy(meta)
     meta.pop("tensor_sha256", None)
     meta.setdefault("training", {})["soup"] = [_ingredient(p, m) for p, m in zip(paths, ingredients)]
-    model, _ = load_model(paths[0])
-    model.load_state_dict(state, strict=True)
-    return model.eval(), meta
+    return _model_from(state, meta, paths[0]), meta
