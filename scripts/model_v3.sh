@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | package | val | arms | loss | seed | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | wise | package | val | arms | loss | seed | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
@@ -12,6 +12,7 @@
 #   RUN=runs/v3d_seed1 OUT=runs/v3d_s1 TAG=v3d_seed1 bash scripts/model_v3.sh train-d2  # v3d, another seed: the noise
 #     yardstick; then package, and seed (paired with v3d on validation)
 #   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash scripts/model_v3.sh soup     # the sixth: v3d and v3e averaged
+#   RUN=runs/v3g_wise OUT=runs/v3g TAG=v3g bash scripts/model_v3.sh wise     # the seventh: halfway from v2 to v3b
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -83,6 +84,16 @@ case "${1:?STEP}" in
     # HT_7680 found, false alarms doubled). Written 2026-12-01 before any soup result; then package, val (the same
     # rule as above, its sixth look at the 14 validation patients), and test/external after the decision.
     $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --run ${V3E_RUN:-runs/v3e_run} --out "$RUN" ;;
+  wise)  # v3g, the seventh candidate, no training: the halfway point between v3b's start and v3b's selected
+    # checkpoint, WiSE-FT (Wortsman et al. 2022): the weight average of a start point and its fine-tune often keeps
+    # the start's accuracy where the start is strong and the fine-tune's gains under shift. Here the start is v2
+    # widened to 2.5D as v3b's run widened it (neighbours at 0.15 of FLAIR's weights: a lone image gets v2's answer),
+    # strong on the original slices (its recipe, epoch and threshold were chosen on these 14 patients); v3b gains
+    # +0.05/+0.02 FLAIR-only and ties on the original slices. Only v3b and v3c have v2's architecture (v3d-v3f start
+    # from a fresh head, whose start is no working model); v3b, not v3c, which lost HT_7680 (-0.45). One weight,
+    # 0.5, no sweep (a sweep would be chosen on the same patients). Written 2026-12-01 before any v3g result; then
+    # package, val (the rule above, its seventh look at the 14 validation patients), test/external after it.
+    $PY scripts/soup.py --run ${V3B_RUN:-runs/v3b_ctx} --start-of ${V3B_RUN:-runs/v3b_ctx} --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads ${PACK_THREADS:-2} \
       --select-on original,skull_stripped,flair_only --tta none,hflip ;;

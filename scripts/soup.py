@@ -2,6 +2,12 @@
 scripts/package_model.py packages like any other ("model soup").
 
     python scripts/soup.py --run runs/v3d_half --run runs/v3e_run --out runs/v3f_soup
+    python scripts/soup.py --run runs/v3b_ctx --start-of runs/v3b_ctx --out runs/v3g_wise
+
+``--start-of RUN`` adds the point RUN's fine-tune started from (its --init-model, widened as training
+widened it) as an ingredient: with RUN itself, the halfway point between start and fine-tune ("WiSE-FT",
+Wortsman et al. 2022). It is written to the new folder as start_of_<run>.safetensors, so the soup's record
+names a file and its checksum like every other ingredient.
 
 The runs must share the architecture and the split (the soup is chosen on the same validation
 patients as its ingredients). Writes best.safetensors, split.json, log.jsonl (every ingredient's
@@ -16,12 +22,27 @@ import json
 import sys
 from pathlib import Path
 
-from tumorseg.model import ModelFileError, average_model_files, save_model
+from tumorseg.model import ModelFileError, average_model_files, save_model, start_model
+
+
+def _write_start(run: Path, out: Path) -> Path:
+    """RUN's start point as a model file in ``out``, from the configuration the run recorded."""
+    try:
+        cfg = json.loads((run / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{run}: no readable config.json ({exc})") from None
+    if not cfg.get("init_model"):
+        raise ValueError(f"{run}: trained from scratch (no --init-model): its start is random weights")
+    net, meta = start_model(cfg["init_model"], 3 + 2 * int(cfg.get("context", 0)), float(cfg.get("context_share", 0)))
+    path = out / f"start_of_{run.name}.safetensors"
+    save_model(net, path, meta)
+    return path
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", action="append", required=True, help="a training run folder (give two or more)")
+    ap.add_argument("--start-of", action="append", default=[], help="a run whose start point joins the soup")
     ap.add_argument("--out", required=True, help="the new run folder")
     a = ap.parse_args()
     runs = [Path(r) for r in a.run]
@@ -37,11 +58,12 @@ def main() -> None:
         splits.append({k: sorted(s[k]) for k in ("train", "val", "test")})
     if any(s != splits[0] for s in splits[1:]):
         sys.exit(f"the runs' splits differ ({', '.join(map(str, runs))}): a soup needs one validation set")
-    try:
-        model, meta = average_model_files([r / "best.safetensors" for r in runs])
-    except (ModelFileError, ValueError) as exc:
-        sys.exit(str(exc))
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        starts = [_write_start(Path(r), out) for r in a.start_of]
+        model, meta = average_model_files([r / "best.safetensors" for r in runs] + starts)
+    except (ModelFileError, ValueError, OSError) as exc:
+        sys.exit(str(exc))
     save_model(model, out / "best.safetensors", meta)
     (out / "split.json").write_text((runs[0] / "split.json").read_text())
     rows = []
@@ -49,7 +71,7 @@ def main() -> None:
         lines = (r / "log.jsonl").read_text().splitlines()
         rows += [json.dumps({**json.loads(x), "run": str(r)}) for x in lines if x.strip()]
     (out / "log.jsonl").write_text("\n".join(rows) + "\n")
-    record = {"soup": [str(r) for r in runs], "ingredients": meta["training"]["soup"]}
+    record = {"soup": [str(r) for r in runs], "start_of": a.start_of, "ingredients": meta["training"]["soup"]}
     (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
 

@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -259,3 +260,43 @@ def test_soup_averages_weights_and_refuses_other_architectures(tmp_path):
         average_model_files([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
     with pytest.raises(ValueError, match="at least two"):
         average_model_files([tmp_path / "a.safetensors"])
+
+
+def test_soup_script_takes_a_runs_start_point_as_an_ingredient(tmp_path):
+    """``--start-of RUN``: the start is RUN's --init-model widened as training widened it (here 2D to 2.5D with
+    the neighbours at 0.15 of FLAIR's weights), so start + fine-tune average to the halfway model. A run
+    trained from scratch has no start to offer and is refused by name."""
+    import json
+    import subprocess
+    import sys
+
+    from tumorseg.model import start_model, widen_input
+
+    from .conftest import save_tiny_model
+
+    root = Path(__file__).resolve().parents[1]
+    init = save_tiny_model(tmp_path / "v2.safetensors")
+    run = tmp_path / "ft"
+    run.mkdir()
+    ft, meta = load_model(init)
+    widen_input(ft, 5, share=0.15)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model(ft, run / "best.safetensors", meta)
+    split = {"train": ["a"], "val": ["b"], "test": ["c"]}
+    (run / "split.json").write_text(json.dumps(split))
+    (run / "log.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
+    (run / "config.json").write_text(json.dumps({"init_model": str(init), "context": 1, "context_share": 0.15}))
+    out = tmp_path / "wise"
+    cmd = [sys.executable, str(root / "scripts/soup.py"), "--run", str(run), "--start-of", str(run), "--out"]
+    done = subprocess.run([*cmd, str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    start, _ = start_model(init, 5, 0.15)
+    want = (start.encoder.conv1.weight + ft.encoder.conv1.weight) / 2
+    soup, smeta = load_model(out / "best.safetensors")
+    assert torch.allclose(soup.encoder.conv1.weight, want, atol=1e-6)
+    assert [Path(i["file"]).name for i in smeta["training"]["soup"]] == ["best.safetensors", "start_of_ft.safetensors"]
+    (run / "config.json").write_text(json.dumps({"init_model": None, "context": 1}))
+    done = subprocess.run([*cmd, str(tmp_path / "w2")], capture_output=True, text=True)
+    assert done.returncode != 0 and "trained from scratch" in done.stderr and str(run) in done.stderr

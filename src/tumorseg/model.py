@@ -452,6 +452,16 @@ def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
     return _model_from(tensors, meta, path), meta
 
 
+def start_model(init_model: str | os.PathLike, in_channels: int, share: float = 0.0) -> tuple[UNetResNet50, dict]:
+    """A fine-tune's start point: ``init_model`` widened to ``in_channels`` as training widens it (a 2D model
+    as the start of a 2.5D one). Training and the soup script (a run's start as an ingredient) share it, so
+    "where a run started" has one answer."""
+    init, meta = load_model(init_model)
+    if init.encoder.conv1.in_channels < in_channels:
+        widen_input(init, in_channels, share=share)
+    return init, meta
+
+
 def _model_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> UNetResNet50:
     """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
     from .modelinfo import ModelInfo

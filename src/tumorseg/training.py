@@ -37,7 +37,7 @@ from .data import (
 )
 from .io import atomic_write_bytes
 from .metrics import ThresholdSweep, dice_score
-from .model import ModelFileError, build_model, read_model_file, save_model, widen_input
+from .model import ModelFileError, build_model, read_model_file, save_model
 from .modelinfo import ArchSpec, InputSpec
 from .preprocess import context_offsets
 from .trainconfig import LOSSES, TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
@@ -467,12 +467,10 @@ class Trainer:
         """Load what fits from ``--init-model`` (another decoder: the rest starts fresh) and return the names
         of the fresh parameters. On resume only the names: they decide the optimiser's groups."""
         cfg, d = self.cfg, self.d
-        from .model import load_model
+        from .model import start_model
         from .modelinfo import ModelInfo
 
-        init, init_meta = load_model(cfg.init_model)
-        if init.encoder.conv1.in_channels < in_ch:  # a 2D model as the start of a 2.5D one
-            widen_input(init, in_ch, share=cfg.context_share)
+        init, init_meta = start_model(cfg.init_model, in_ch, cfg.context_share)
         own, start = model.state_dict(), init.state_dict()
         kept = {k for k, v in start.items() if k in own and own[k].shape == v.shape}
         fresh = {n for n, _ in model.named_parameters() if n not in kept}
