@@ -64,7 +64,7 @@ def conv_operations(size: int) -> float:
     import torch
 
     from tumorseg.engines import bundled_model_path
-    from tumorseg.model import UNetExportForm, load_model
+    from tumorseg.model import export_form, load_model
 
     net, _ = load_model(bundled_model_path())
     total = [0.0]
@@ -72,7 +72,7 @@ def conv_operations(size: int) -> float:
     def hook(mod, _inp, out):
         total[0] += 2.0 * out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
 
-    form = UNetExportForm(net, size)
+    form = export_form(net, size)
     for m in form.modules():
         if isinstance(m, torch.nn.Conv2d):
             m.register_forward_hook(hook)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | wise | package | val | arms | loss | seed | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | wise | ensemble | package | val | arms | loss | seed | decoder | test | external | pictures).
 #
 #   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
 #   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
@@ -13,6 +13,8 @@
 #     yardstick; then package, and seed (paired with v3d on validation)
 #   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash scripts/model_v3.sh soup     # the sixth: v3d and v3e averaged
 #   RUN=runs/v3g_wise OUT=runs/v3g TAG=v3g bash scripts/model_v3.sh wise     # the seventh: halfway from v2 to v3b
+#   RUN=runs/v3h_ens OUT=runs/v3h TAG=v3h bash scripts/model_v3.sh ensemble  # the eighth: v2 and v3d, logits averaged;
+#     then PACK_TTA=none … package
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
 # patients, its paired per-patient 3D Dice minus v2's is positive on the original slices AND on the
@@ -94,9 +96,20 @@ case "${1:?STEP}" in
     # 0.5, no sweep (a sweep would be chosen on the same patients). Written 2026-12-01 before any v3g result; then
     # package, val (the rule above, its seventh look at the 14 validation patients), test/external after it.
     $PY scripts/soup.py --run ${V3B_RUN:-runs/v3b_ctx} --start-of ${V3B_RUN:-runs/v3b_ctx} --out "$RUN" ;;
+  ensemble)  # v3h, the eighth candidate, no training: v2 and v3d in one file, the mean of their logits (an ensemble,
+    # model.logit_mean_of_files). Every candidate so far gained on FLAIR-only input (+0.05 to +0.09, ten to twenty
+    # times the seed noise) and none on the original slices, where v2 is strong (and flattered: its recipe, epoch
+    # and threshold were chosen on these patients); v3g, the weight-space halfway point, tied (-0.000). An ensemble
+    # keeps each member's weights, so it needs no common start (v3d's four-stage decoder and fresh head cannot be
+    # souped with v2) and usually beats each member. v3d, not v3e or v3f: the best candidate on the original
+    # validation slices (+0.003), a choice made on the validation patients (said here and in the card). Two forward
+    # passes per slice, as flip TTA costs, so it is packaged without TTA (PACK_TTA=none): the default stays within
+    # 2x v2's time; the file holds two networks (~118 MB fp16, ~60 MB int8). Written 2026-12-01 before any v3h
+    # result; then PACK_TTA=none … package, val (the rule above, its eighth look), test/external after it.
+    $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --model $V2 --combine logits --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads ${PACK_THREADS:-2} \
-      --select-on original,skull_stripped,flair_only --tta none,hflip ;;
+      --select-on original,skull_stripped,flair_only --tta ${PACK_TTA:-none,hflip} ;;
   val)
     $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine onnx-int8 \
       --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_val

@@ -9,6 +9,13 @@ widened it) as an ingredient: with RUN itself, the halfway point between start a
 Wortsman et al. 2022). It is written to the new folder as start_of_<run>.safetensors, so the soup's record
 names a file and its checksum like every other ingredient.
 
+``--model FILE`` adds a packaged model file (the bundled v2, say). ``--combine logits`` builds an ensemble
+instead of a soup (``model.logit_mean_of_files``: every member keeps its weights, the logits are averaged;
+no common start needed, one forward pass per member):
+
+    python scripts/soup.py --run runs/v3d_half --model src/tumorseg/models/default.safetensors \\
+        --combine logits --out runs/v3h_ens
+
 The runs must share the architecture and the split (the soup is chosen on the same validation
 patients as its ingredients). Writes best.safetensors, split.json, log.jsonl (every ingredient's
 epochs, tagged with its run: the soup's compute is theirs together) and config.json.
@@ -22,7 +29,14 @@ import json
 import sys
 from pathlib import Path
 
-from tumorseg.model import ModelFileError, average_model_files, save_model, start_model
+from tumorseg.model import (
+    ModelFileError,
+    average_model_files,
+    logit_mean_of_files,
+    read_model_file,
+    save_model,
+    start_model,
+)
 
 
 def _write_start(run: Path, out: Path) -> Path:
@@ -39,29 +53,42 @@ def _write_start(run: Path, out: Path) -> Path:
     return path
 
 
+def _split_of(run: Path) -> dict:
+    for name in ("best.safetensors", "split.json", "log.jsonl"):
+        if not (run / name).is_file():
+            raise ValueError(f"{run}: not a finished training run ({name} missing)")
+    s = json.loads((run / "split.json").read_text())
+    return {k: sorted(s[k]) for k in ("train", "val", "test")}
+
+
+def _model_split(path: Path) -> dict | None:
+    """The split a packaged model file records (None where it records none)."""
+    s = (read_model_file(path)[1].get("training") or {}).get("split")
+    return {k: sorted(s[k]) for k in ("train", "val", "test")} if isinstance(s, dict) else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", action="append", required=True, help="a training run folder (give two or more)")
+    ap.add_argument("--run", action="append", required=True, help="a training run folder (its best checkpoint)")
     ap.add_argument("--start-of", action="append", default=[], help="a run whose start point joins the soup")
+    ap.add_argument("--model", action="append", default=[], help="a packaged model file that joins the soup")
+    ap.add_argument(
+        "--combine", choices=["weights", "logits"], default="weights", help="average weights (soup) or logits"
+    )
     ap.add_argument("--out", required=True, help="the new run folder")
     a = ap.parse_args()
-    runs = [Path(r) for r in a.run]
-    out = Path(a.out)
+    runs, out = [Path(r) for r in a.run], Path(a.out)
     if (out / "best.safetensors").exists():
         sys.exit(f"{out}: already holds best.safetensors; choose another --out")
-    splits = []
-    for r in runs:
-        for name in ("best.safetensors", "split.json", "log.jsonl"):
-            if not (r / name).is_file():
-                sys.exit(f"{r}: not a finished training run ({name} missing)")
-        s = json.loads((r / "split.json").read_text())
-        splits.append({k: sorted(s[k]) for k in ("train", "val", "test")})
-    if any(s != splits[0] for s in splits[1:]):
-        sys.exit(f"the runs' splits differ ({', '.join(map(str, runs))}): a soup needs one validation set")
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        starts = [_write_start(Path(r), out) for r in a.start_of]
-        model, meta = average_model_files([r / "best.safetensors" for r in runs] + starts)
+        splits = [_split_of(r) for r in runs] + [_model_split(Path(m)) for m in a.model]
+        if any(s is not None and s != splits[0] for s in splits[1:]):
+            raise ValueError(f"the ingredients' splits differ ({', '.join(a.run + a.model)}): one validation set")
+        out.mkdir(parents=True, exist_ok=True)
+        files = [r / "best.safetensors" for r in runs] + [Path(m) for m in a.model]
+        files += [_write_start(Path(r), out) for r in a.start_of]
+        combine = average_model_files if a.combine == "weights" else logit_mean_of_files
+        model, meta = combine(files)
     except (ModelFileError, ValueError, OSError) as exc:
         sys.exit(str(exc))
     save_model(model, out / "best.safetensors", meta)
@@ -71,7 +98,8 @@ def main() -> None:
         lines = (r / "log.jsonl").read_text().splitlines()
         rows += [json.dumps({**json.loads(x), "run": str(r)}) for x in lines if x.strip()]
     (out / "log.jsonl").write_text("\n".join(rows) + "\n")
-    record = {"soup": [str(r) for r in runs], "start_of": a.start_of, "ingredients": meta["training"]["soup"]}
+    key = "soup" if a.combine == "weights" else "ensemble"
+    record = {key: [str(f) for f in files], "combine": a.combine, "ingredients": meta["training"][key]}
     (out / "config.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
 

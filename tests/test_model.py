@@ -297,6 +297,43 @@ def test_soup_script_takes_a_runs_start_point_as_an_ingredient(tmp_path):
     soup, smeta = load_model(out / "best.safetensors")
     assert torch.allclose(soup.encoder.conv1.weight, want, atol=1e-6)
     assert [Path(i["file"]).name for i in smeta["training"]["soup"]] == ["best.safetensors", "start_of_ft.safetensors"]
+    _, start_meta = load_model(out / "start_of_ft.safetensors")
+    assert start_meta["architecture"]["in_channels"] == 5  # the widened start says so (the soup compares it)
     (run / "config.json").write_text(json.dumps({"init_model": None, "context": 1}))
     done = subprocess.run([*cmd, str(tmp_path / "w2")], capture_output=True, text=True)
     assert done.returncode != 0 and "trained from scratch" in done.stderr and str(run) in done.stderr
+
+
+def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
+    """``logit_mean_of_files``: members of different decoders in one file; it loads, exports to ONNX (each
+    member in its export form) and runs as the mean of its members; members that read their input
+    differently are refused, and an ensemble cannot start a fine-tune."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tumorseg.engines import to_onnx_bytes
+    from tumorseg.model import LogitMean, export_form, logit_mean_of_files, start_model
+
+    torch.manual_seed(0)
+    a, b = UNetResNet50().eval(), UNetResNet50(3, (64, 32, 16, 8)).eval()
+    save_model(a, tmp_path / "a.safetensors", {**META, "training": {"epoch": 3}})
+    arch_b = {"name": "unet-resnet50", "decoder_channels": [64, 32, 16, 8]}
+    save_model(b, tmp_path / "b.safetensors", {**META, "architecture": arch_b, "training": {"epoch": 9}})
+    ens, meta = logit_mean_of_files([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+    assert [i["epoch"] for i in meta["training"]["ensemble"]] == [3, 9]
+    save_model(ens, tmp_path / "e.safetensors", meta)
+    back, _ = load_model(tmp_path / "e.safetensors")
+    assert isinstance(back, LogitMean) and len(back.members) == 2
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = (a(x) + b(x)) / 2
+        assert torch.allclose(back(x), want, atol=1e-5)
+        assert torch.allclose(export_form(back, 64)(x), want, atol=1e-4)
+    sess = ort.InferenceSession(to_onnx_bytes(back, 64), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert np.allclose(got, want.numpy(), atol=1e-3)
+    save_model(b, tmp_path / "c.safetensors", {**META, "architecture": arch_b, "input_size": 128})
+    with pytest.raises(ModelFileError, match="reads its input differently"):
+        logit_mean_of_files([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
+    with pytest.raises(ModelFileError, match="cannot be the start"):
+        start_model(tmp_path / "e.safetensors", 3)

@@ -266,16 +266,14 @@ class OnnxEngine(Engine):
 def to_onnx_bytes(model: torch.nn.Module, size: int, channels: int = 3) -> bytes:
     """Export to ONNX in memory (dynamic batch, fixed size); nothing is written to disk.
 
-    A ``UNetResNet50`` is exported in its export form (``model.UNetExportForm``: the same function,
-    in ops that int8 onnxruntime keeps in int8 and channels-last).
+    A network is exported in its export form (``model.export_form``: the same function, in ops that
+    int8 onnxruntime keeps in int8 and channels-last; an ensemble's members each so).
     """
     import torch
 
-    from .model import UNetExportForm, UNetResNet50
+    from .model import export_form
 
-    model = model.float().eval().to(memory_format=torch.contiguous_format)
-    if isinstance(model, UNetResNet50):
-        model = UNetExportForm(model, size)
+    model = export_form(model.float().eval().to(memory_format=torch.contiguous_format), size)
     buf = _io.BytesIO()
     dummy = torch.zeros(1, channels, size, size)
     torch.onnx.export(

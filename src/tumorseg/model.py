@@ -266,6 +266,29 @@ class UNetExportForm(nn.Module):
         return y
 
 
+class LogitMean(nn.Module):
+    """An ensemble in one network: the mean of its members' logits for one input. One module, so every
+    engine, the ONNX export and the int8 recipe take it as they take a single U-Net."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(0)
+
+
+def export_form(net: nn.Module, size: int) -> nn.Module:
+    """``net`` in the ops int8 onnxruntime runs fastest (each U-Net of an ensemble in its export form)."""
+    if isinstance(net, UNetResNet50):
+        return UNetExportForm(net, size)
+    if isinstance(net, LogitMean):
+        return LogitMean([export_form(m, size) for m in net.members])
+    return net
+
+
 # --------------------------------------------------------------------------- encoder weights
 
 
@@ -446,7 +469,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
-def load_model(path: str | os.PathLike) -> tuple[UNetResNet50, dict]:
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     """Rebuild a saved model (fp32, eval mode) and return it with its metadata."""
     tensors, meta = read_model_file(path)
     return _model_from(tensors, meta, path), meta
@@ -457,22 +480,34 @@ def start_model(init_model: str | os.PathLike, in_channels: int, share: float = 
     as the start of a 2.5D one). Training and the soup script (a run's start as an ingredient) share it, so
     "where a run started" has one answer."""
     init, meta = load_model(init_model)
+    if not isinstance(init, UNetResNet50):
+        raise ModelFileError(f"{init_model}: an ensemble of networks cannot be the start of a fine-tune")
     if init.encoder.conv1.in_channels < in_channels:
         widen_input(init, in_channels, share=share)
+        meta = copy.deepcopy(meta)
+        if isinstance(meta.get("architecture"), dict):
+            meta["architecture"]["in_channels"] = in_channels
     return init, meta
 
 
-def _model_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> UNetResNet50:
-    """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
-    from .modelinfo import ModelInfo
-
-    arch = ModelInfo.from_meta(meta).arch
+def _network(arch, tensors: dict[str, torch.Tensor], path: str | os.PathLike, prefix: str = "") -> nn.Module:
+    """An untrained network of ``arch`` whose first convolution takes as many channels as the file's."""
+    if arch.name == "logit-mean" and len(arch.members) >= 2:
+        return LogitMean([_network(m, tensors, path, f"{prefix}members.{i}.") for i, m in enumerate(arch.members)])
     if arch.name != "unet-resnet50":
         raise ModelFileError(f"{path}: unknown architecture {arch.name!r}")
     model = UNetResNet50(3, arch.decoder_channels)
-    conv1 = tensors.get("encoder.conv1.weight")
+    conv1 = tensors.get(f"{prefix}encoder.conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != 3:
         widen_input(model, int(conv1.shape[1]))
+    return model
+
+
+def _model_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> nn.Module:
+    """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
+    from .modelinfo import ModelInfo
+
+    model = _network(ModelInfo.from_meta(meta).arch, tensors, path)
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=True)
@@ -499,6 +534,8 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
     unrelated networks gives a broken one silently. BatchNorm statistics are averaged like the weights;
     integer buffers (batch counters) come from the first file. The metadata is the first file's, with the
     ingredients recorded under training.soup."""
+    from .modelinfo import ModelInfo
+
     if len(paths) < 2:
         raise ValueError("a soup needs at least two model files")
     first, meta = read_model_file(paths[0])
@@ -507,7 +544,7 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
     ingredients = [meta]
     for p in paths[1:]:
         tensors, m = read_model_file(p)
-        if m.get("architecture") != meta.get("architecture"):
+        if ModelInfo.from_meta(m).arch != ModelInfo.from_meta(meta).arch:
             raise ModelFileError(f"{p}: architecture {m.get('architecture')} differs from {paths[0]}'s")
         if {k: tuple(v.shape) for k, v in tensors.items()} != shapes:
             raise ModelFileError(f"{p}: tensor names or shapes differ from {paths[0]}'s")
@@ -521,3 +558,28 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
     meta.pop("tensor_sha256", None)
     meta.setdefault("training", {})["soup"] = [_ingredient(p, m) for p, m in zip(paths, ingredients)]
     return _model_from(state, meta, paths[0]), meta
+
+
+def logit_mean_of_files(paths: list[str | os.PathLike]) -> tuple[LogitMean, dict]:
+    """An ensemble of trained models in one network (the mean of their logits): each member keeps its own
+    weights, so unlike a soup it needs no common start point, and costs one forward pass per member.
+    Refuses members that read their input differently (size, channels, normalisation, context). The
+    metadata is the first file's, with the architecture replaced and the members recorded under
+    training.ensemble; the post-processing is left to packaging, which chooses it for the ensemble."""
+    from .modelinfo import ArchSpec, ModelInfo
+
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two model files")
+    loaded = [load_model(p) for p in paths]
+    spec = ModelInfo.from_meta(loaded[0][1]).input
+    for p, (_, m) in zip(paths[1:], loaded[1:]):
+        if ModelInfo.from_meta(m).input != spec:
+            raise ModelFileError(f"{p}: reads its input differently from {paths[0]} ({ModelInfo.from_meta(m).input})")
+    net = LogitMean([n for n, _ in loaded]).eval()
+    meta = copy.deepcopy(loaded[0][1])
+    meta.pop("tensor_sha256", None)
+    meta["architecture"] = ArchSpec(
+        "logit-mean", members=tuple(ModelInfo.from_meta(m).arch for _, m in loaded)
+    ).as_meta()
+    meta.setdefault("training", {})["ensemble"] = [_ingredient(p, m) for p, (_, m) in zip(paths, loaded)]
+    return net, meta

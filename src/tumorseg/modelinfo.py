@@ -46,11 +46,27 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class ArchSpec:
+    """A U-Net (``unet-resnet50``) or the mean of several networks' logits (``logit-mean``, an ensemble in
+    one file: ``members`` are their architectures; every member sees the same input)."""
+
     name: str = "unet-resnet50"
     decoder_channels: tuple[int, ...] = DEFAULT_DECODER_CHANNELS
+    members: tuple[ArchSpec, ...] = ()
 
     def as_meta(self) -> dict:
+        if self.members:
+            return {"name": self.name, "members": [m.as_meta() for m in self.members]}
         return {"name": self.name, "decoder_channels": list(self.decoder_channels)}
+
+    @classmethod
+    def from_meta(cls, arch: dict | None) -> ArchSpec:
+        arch = arch if isinstance(arch, dict) else {}
+        members = arch.get("members")
+        return cls(
+            name=str(arch.get("name", cls.name)),
+            decoder_channels=tuple(int(c) for c in arch.get("decoder_channels", DEFAULT_DECODER_CHANNELS)),
+            members=tuple(cls.from_meta(m) for m in members) if isinstance(members, list) else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,15 +94,11 @@ class ModelInfo:
     def from_meta(cls, meta: dict | None) -> ModelInfo:
         """The one reader of a model's metadata dict, whatever file it came from."""
         meta = dict(meta or {})
-        arch = meta.get("architecture") or {}
         norm = meta.get("normalisation") or {}
         channels = meta.get("channels")
         ctx = meta.get("context") or {}
         return cls(
-            arch=ArchSpec(
-                name=str(arch.get("name", ArchSpec.name)),
-                decoder_channels=tuple(int(c) for c in arch.get("decoder_channels", DEFAULT_DECODER_CHANNELS)),
-            ),
+            arch=ArchSpec.from_meta(meta.get("architecture")),
             input=InputSpec(
                 size=int(meta.get("input_size", InputSpec.size)),
                 channels=tuple(channels) if isinstance(channels, list | tuple) and channels else InputSpec.channels,
