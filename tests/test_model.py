@@ -337,3 +337,18 @@ def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
         logit_mean_of_files([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
     with pytest.raises(ModelFileError, match="cannot be the start"):
         start_model(tmp_path / "e.safetensors", 3)
+
+
+def test_an_ensemble_file_runs_through_the_cli_like_any_model(tmp_path):
+    """The front ends need nothing of their own for an ensemble: `tumorseg predict` writes its mask."""
+    from tumorseg.model import logit_mean_of_files
+
+    from .conftest import cli_predict, png_bytes, save_tiny_model, smooth_noise
+
+    files = [save_tiny_model(tmp_path / f"m{s}.safetensors", seed=s) for s in (0, 1)]
+    ens, meta = logit_mean_of_files(files)
+    save_model(ens, tmp_path / "ens.safetensors", meta)
+    src = tmp_path / "slice.png"
+    src.write_bytes(png_bytes(smooth_noise((64, 64, 3), 5)))
+    assert cli_predict(src, tmp_path / "out", tmp_path / "ens.safetensors") == 0
+    assert (tmp_path / "out" / "slice_mask.png").is_file()
