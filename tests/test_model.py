@@ -352,3 +352,23 @@ def test_an_ensemble_file_runs_through_the_cli_like_any_model(tmp_path):
     src.write_bytes(png_bytes(smooth_noise((64, 64, 3), 5)))
     assert cli_predict(src, tmp_path / "out", tmp_path / "ens.safetensors") == 0
     assert (tmp_path / "out" / "slice_mask.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "arch, message",
+    [
+        ({"name": "logit-mean", "members": [{"name": "unet-resnet50"}] * 9}, "2 to 8 members"),
+        ({"name": "logit-mean", "members": [{"name": "logit-mean", "members": []}] * 2}, "member 'logit-mean'"),
+        ({"name": "unet-resnet50", "decoder_channels": [10**9, 1, 1, 1, 1]}, "not a U-Net's"),
+        ({"name": "unet-resnet50", "decoder_channels": [8, 8]}, "cannot be built"),
+        ({"name": "unet-resnet50", "decoder_channels": ["x"]}, "cannot be built"),
+    ],
+)
+def test_a_hostile_architecture_header_is_refused_before_anything_is_built(tmp_path, arch, message):
+    """The header decides what is allocated, so it is checked first: no thousand networks, no nested
+    ensembles, no absurd widths; every refusal names the file."""
+    p = tmp_path / "h.safetensors"
+    save_model(torch.nn.Linear(1, 1), p, {**META, "architecture": arch})
+    with pytest.raises(ModelFileError, match=message) as err:
+        load_model(p)
+    assert str(p) in str(err.value)

@@ -490,12 +490,24 @@ def start_model(init_model: str | os.PathLike, in_channels: int, share: float = 
     return init, meta
 
 
+MAX_MEMBERS = 8  # an ensemble file is read whole into memory: a hostile header must not ask for 1000 networks
+
+
 def _network(arch, tensors: dict[str, torch.Tensor], path: str | os.PathLike, prefix: str = "") -> nn.Module:
-    """An untrained network of ``arch`` whose first convolution takes as many channels as the file's."""
-    if arch.name == "logit-mean" and len(arch.members) >= 2:
-        return LogitMean([_network(m, tensors, path, f"{prefix}members.{i}.") for i, m in enumerate(arch.members)])
+    """An untrained network of ``arch`` whose first convolution takes as many channels as the file's.
+    The header is checked before anything is built: one level of ensemble, at most ``MAX_MEMBERS`` U-Nets,
+    decoder widths a U-Net can have."""
+    if arch.name == "logit-mean" and not prefix:
+        if not 2 <= len(arch.members) <= MAX_MEMBERS:
+            raise ModelFileError(
+                f"{path}: an ensemble needs 2 to {MAX_MEMBERS} members, the file lists {len(arch.members)}"
+            )
+        return LogitMean([_network(m, tensors, path, f"members.{i}.") for i, m in enumerate(arch.members)])
     if arch.name != "unet-resnet50":
-        raise ModelFileError(f"{path}: unknown architecture {arch.name!r}")
+        what = "an ensemble's member" if prefix else "architecture"
+        raise ModelFileError(f"{path}: unknown {what} {arch.name!r} (members are unet-resnet50)")
+    if not all(1 <= c <= 4096 for c in arch.decoder_channels):
+        raise ModelFileError(f"{path}: decoder channels {list(arch.decoder_channels)} are not a U-Net's")
     model = UNetResNet50(3, arch.decoder_channels)
     conv1 = tensors.get(f"{prefix}encoder.conv1.weight")
     if conv1 is not None and conv1.ndim == 4 and conv1.shape[1] != 3:
@@ -507,7 +519,10 @@ def _model_from(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.Pat
     """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
     from .modelinfo import ModelInfo
 
-    model = _network(ModelInfo.from_meta(meta).arch, tensors, path)
+    try:
+        model = _network(ModelInfo.from_meta(meta).arch, tensors, path)
+    except (ValueError, TypeError) as exc:  # a header no network can be built from
+        raise ModelFileError(f"{path}: the architecture in its header cannot be built ({exc})") from None
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     try:
         model.load_state_dict(tensors, strict=True)
