@@ -337,6 +337,8 @@ def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
         logit_mean_of_files([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
     with pytest.raises(ModelFileError, match="cannot be the start"):
         start_model(tmp_path / "e.safetensors", 3)
+    with pytest.raises(ModelFileError, match="is an ensemble itself"):
+        logit_mean_of_files([tmp_path / "a.safetensors", tmp_path / "e.safetensors"])
 
 
 def test_an_ensemble_file_runs_through_the_cli_like_any_model(tmp_path):
@@ -358,7 +360,7 @@ def test_an_ensemble_file_runs_through_the_cli_like_any_model(tmp_path):
     "arch, message",
     [
         ({"name": "logit-mean", "members": [{"name": "unet-resnet50"}] * 9}, "2 to 8 members"),
-        ({"name": "logit-mean", "members": [{"name": "logit-mean", "members": []}] * 2}, "member 'logit-mean'"),
+        ({"name": "logit-mean", "members": [{"name": "logit-mean", "members": []}] * 2}, "member is 'logit-mean'"),
         ({"name": "unet-resnet50", "decoder_channels": [10**9, 1, 1, 1, 1]}, "not a U-Net's"),
         ({"name": "unet-resnet50", "decoder_channels": [8, 8]}, "cannot be built"),
         ({"name": "unet-resnet50", "decoder_channels": ["x"]}, "cannot be built"),

@@ -504,8 +504,8 @@ def _network(arch, tensors: dict[str, torch.Tensor], path: str | os.PathLike, pr
             )
         return LogitMean([_network(m, tensors, path, f"members.{i}.") for i, m in enumerate(arch.members)])
     if arch.name != "unet-resnet50":
-        what = "an ensemble's member" if prefix else "architecture"
-        raise ModelFileError(f"{path}: unknown {what} {arch.name!r} (members are unet-resnet50)")
+        what = f"an ensemble's member is {arch.name!r}; members are U-Nets" if prefix else f"{arch.name!r}"
+        raise ModelFileError(f"{path}: unknown architecture ({what})")
     if not all(1 <= c <= 4096 for c in arch.decoder_channels):
         raise ModelFileError(f"{path}: decoder channels {list(arch.decoder_channels)} are not a U-Net's")
     model = UNetResNet50(3, arch.decoder_channels)
@@ -583,13 +583,15 @@ def logit_mean_of_files(paths: list[str | os.PathLike]) -> tuple[LogitMean, dict
     training.ensemble; the post-processing is left to packaging, which chooses it for the ensemble."""
     from .modelinfo import ArchSpec, ModelInfo
 
-    if len(paths) < 2:
-        raise ValueError("an ensemble needs at least two model files")
+    if not 2 <= len(paths) <= MAX_MEMBERS:
+        raise ValueError(f"an ensemble needs 2 to {MAX_MEMBERS} model files, got {len(paths)}")
     loaded = [load_model(p) for p in paths]
     spec = ModelInfo.from_meta(loaded[0][1]).input
-    for p, (_, m) in zip(paths[1:], loaded[1:]):
-        if ModelInfo.from_meta(m).input != spec:
-            raise ModelFileError(f"{p}: reads its input differently from {paths[0]} ({ModelInfo.from_meta(m).input})")
+    for p, (net, m) in zip(paths, loaded):
+        if not isinstance(net, UNetResNet50):
+            raise ModelFileError(f"{p}: is an ensemble itself; give its members instead")
+        if (other := ModelInfo.from_meta(m).input) != spec:
+            raise ModelFileError(f"{p}: reads its input differently from {paths[0]} ({other})")
     net = LogitMean([n for n, _ in loaded]).eval()
     meta = copy.deepcopy(loaded[0][1])
     meta.pop("tensor_sha256", None)
