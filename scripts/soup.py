@@ -29,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+from tumorseg.data import load_split
 from tumorseg.model import (
     ModelFileError,
     average_model_files,
@@ -53,18 +54,25 @@ def _write_start(run: Path, out: Path) -> Path:
     return path
 
 
+def _sorted(split: dict) -> dict:
+    return {k: sorted(split[k]) for k in ("train", "val", "test")}
+
+
 def _split_of(run: Path) -> dict:
     for name in ("best.safetensors", "split.json", "log.jsonl"):
         if not (run / name).is_file():
             raise ValueError(f"{run}: not a finished training run ({name} missing)")
-    s = json.loads((run / "split.json").read_text())
-    return {k: sorted(s[k]) for k in ("train", "val", "test")}
+    return _sorted(load_split(run / "split.json"))  # DatasetError (a ValueError) names a broken split file
 
 
 def _model_split(path: Path) -> dict | None:
     """The split a packaged model file records (None where it records none)."""
     s = (read_model_file(path)[1].get("training") or {}).get("split")
-    return {k: sorted(s[k]) for k in ("train", "val", "test")} if isinstance(s, dict) else None
+    if not isinstance(s, dict):
+        return None
+    if missing := [k for k in ("train", "val", "test") if not isinstance(s.get(k), list)]:
+        raise ValueError(f"{path}: its recorded split lacks {missing}")
+    return _sorted(s)
 
 
 def main() -> None:
