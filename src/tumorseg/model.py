@@ -543,7 +543,7 @@ def _ingredient(path: str | os.PathLike, meta: dict) -> dict:
     }
 
 
-def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, dict]:
+def average_model_files(paths: list[str | os.PathLike]) -> tuple[nn.Module, dict]:
     """Uniform weight average of models fine-tuned from one start point (a "model soup"): one model at the
     cost of one, often better than each. Refuses files whose architecture or tensors differ, since averaging
     unrelated networks gives a broken one silently. BatchNorm statistics are averaged like the weights;
@@ -555,11 +555,11 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[UNetResNet50, d
         raise ValueError("a soup needs at least two model files")
     first, meta = read_model_file(paths[0])
     total = {k: v.double() if v.is_floating_point() else v for k, v in first.items()}
-    shapes = {k: tuple(v.shape) for k, v in first.items()}
+    shapes, arch = {k: tuple(v.shape) for k, v in first.items()}, ModelInfo.from_meta(meta).arch
     ingredients = [meta]
     for p in paths[1:]:
         tensors, m = read_model_file(p)
-        if ModelInfo.from_meta(m).arch != ModelInfo.from_meta(meta).arch:
+        if ModelInfo.from_meta(m).arch != arch:
             raise ModelFileError(f"{p}: architecture {m.get('architecture')} differs from {paths[0]}'s")
         if {k: tuple(v.shape) for k, v in tensors.items()} != shapes:
             raise ModelFileError(f"{p}: tensor names or shapes differ from {paths[0]}'s")
