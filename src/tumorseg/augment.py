@@ -35,6 +35,13 @@ class PatchSampler:
         if len(self.fg_slices) == 0:
             raise DatasetError("no tumour in any training mask: nothing to learn from")
         self.rng = np.random.default_rng(seed)
+        self.p_any, self.p_fg = _source_shares(data, self.fg_slices)
+
+    def _pick(self, among: np.ndarray | None, p: np.ndarray | None) -> int:
+        """A slice index: uniform (one source, as before) or by each source's share of the patches."""
+        if among is None:
+            return int(self.rng.integers(len(self.data))) if p is None else int(self.rng.choice(len(self.data), p=p))
+        return int(self.rng.choice(among)) if p is None else int(self.rng.choice(among, p=p))
 
     def sample(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
@@ -48,14 +55,14 @@ class PatchSampler:
         brs = np.empty((batch, p, p), np.uint8) if depth is not None else None
         for b in range(batch):
             if self.rng.random() < self.fg_fraction:
-                i = int(self.rng.choice(self.fg_slices))
+                i = self._pick(self.fg_slices, self.p_fg)
                 ys, xs = np.nonzero(self.data.masks[i])
                 k = self.rng.integers(len(ys))
                 cy, cx = ys[k], xs[k]
                 y0 = int(np.clip(cy - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, s - p))
                 x0 = int(np.clip(cx - p // 2 + self.rng.integers(-p // 4, p // 4 + 1), 0, s - p))
             else:
-                i = int(self.rng.integers(len(self.data)))
+                i = self._pick(None, self.p_any)
                 y0 = int(self.rng.integers(0, s - p + 1))
                 x0 = int(self.rng.integers(0, s - p + 1))
             if self.context:
@@ -74,6 +81,26 @@ class PatchSampler:
 
     def set_state(self, st: dict) -> None:
         self.rng.bit_generator.state = st
+
+
+def _source_shares(data: LoadedSet, fg_slices: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-slice draw probabilities such that each source gives its weight's share of the patches, among
+    all slices and among the tumour slices alike (None, None: one source, uniform draws)."""
+    if data.sources is None or data.source_weights is None:
+        return None, None
+    src = np.array(data.sources)
+
+    def shares(idx: np.ndarray) -> np.ndarray:
+        names = src[idx]
+        present = sorted(set(names))
+        total = sum(data.source_weights[n] for n in present)
+        p = np.zeros(len(idx))
+        for n in present:
+            sel = names == n
+            p[sel] = data.source_weights[n] / total / sel.sum()
+        return p / p.sum()
+
+    return shares(np.arange(len(data))), shares(fg_slices)
 
 
 def _u(gen: torch.Generator, shape, lo: float, hi: float, device) -> torch.Tensor:
@@ -133,6 +160,7 @@ def augment_v2(
     p_strip: float = 0.25,
     p_seq: float = 0.3,
     p_no_context: float = 0.2,
+    p_flair_only: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The v2 recipe: v1's geometry with a wider scale range, plus what other collections look like.
 
@@ -147,6 +175,9 @@ def augment_v2(
       neighbours' order reversed half the time (stacks come head-first or feet-first), and replaced by
       the centre FLAIR (``p_no_context``), which is how a single image is fed; intensity changes to
       FLAIR apply to its neighbours alike.
+    - ``p_flair_only``: a further share of images made FLAIR-only (both other sequences replaced by
+      FLAIR), so the FLAIR-only input a single-sequence study gives is a first-class condition (0: the
+      v2 recipe exactly, the same random draws).
     x: float NCHW in [0, 1]; y: N1HW; depth: N1HW or None. Random numbers from the CPU generator.
     """
     n, dev = x.shape[0], x.device
@@ -159,7 +190,10 @@ def augment_v2(
     x, y, _ = _flip_rotate_scale(x, y, gen, 20.0, (0.7, 1.4))
     # Sequence dropout: 0 keep, 1 pre->FLAIR, 2 post->FLAIR, 3 FLAIR only.
     mode = torch.randint(0, 4, (n,), generator=gen)
-    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode)).to(dev)
+    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode))
+    if p_flair_only > 0:
+        mode = torch.where(torch.rand(n, generator=gen) < p_flair_only, torch.full_like(mode, 3), mode)
+    mode = mode.to(dev)
     fl = x[:, 1:2]
     pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
     post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])

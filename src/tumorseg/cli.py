@@ -61,13 +61,22 @@ def _engine_arg(p) -> None:
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train a U-Net/ResNet50 on a slice dataset",
-        description="Train on a kaggle_3m-style or images/+masks/ folder. Resumable.",
+        help="train a U-Net/ResNet50 on slice folders and NIfTI cases",
+        description="Train on kaggle_3m-style or images/+masks/ folders and NIfTI case folders (BraTS layout), "
+        "one source or several mixed by weight. Resumable.",
     )
     from .trainconfig import LOSSES, defaults
 
     d = defaults()
-    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="DIR[=WEIGHT]",
+        help="dataset folder: kaggle_3m patient folders, images/ + masks/, or NIfTI case folders "
+        "(<case>/<case>_flair.nii.gz [+ _t1, _t1c] with <case>_seg.nii.gz; whole tumour = seg > 0). Give it "
+        "several times to mix sources; WEIGHT is a source's share of the training patches (default 1 each)",
+    )
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
     p.add_argument(
         "--epochs",
@@ -98,6 +107,13 @@ def _add_train(sub) -> None:
         choices=["v1", "v2"],
         help="augmentation: v1 geometry+intensity; v2 adds sequence dropout, skull-strip, bias field, "
         "noise, wider scale (default: %(default)s)",
+    )
+    p.add_argument(
+        "--flair-only",
+        type=float,
+        default=d["flair_only"],
+        help="with --aug v2: a further share of patches given as FLAIR alone (both other channels FLAIR), so "
+        "single-sequence studies are trained for (default: %(default)s)",
     )
     p.add_argument(
         "--max-minutes",
@@ -207,7 +223,7 @@ def _cmd_train(a) -> int:
     from .training import TrainConfig, train
 
     cfg = TrainConfig(
-        data=a.data,
+        data=a.data[0] if len(a.data) == 1 else list(a.data),
         out=a.out,
         epochs=a.epochs if a.epochs is not None else (0 if a.resume else TrainConfig.epochs),
         batch_size=a.batch_size,
@@ -237,6 +253,7 @@ def _cmd_train(a) -> int:
         fold=a.fold,
         decoder_channels=a.decoder_channels,
         fresh_lr_mult=a.fresh_lr_mult,
+        flair_only=a.flair_only,
     )
     path = train(cfg, resume=a.resume)
     print(path)

@@ -52,10 +52,60 @@ class SliceRecord:
 
 @dataclass
 class Case:
-    """One patient: its slices in order along the head axis."""
+    """One patient: its slices in order along the head axis, or (``study``) a folder of per-sequence NIfTIs
+    with a ``_seg`` label file, read as ``tumorseg predict`` reads it."""
 
     patient: str
     slices: list[SliceRecord] = field(default_factory=list)
+    study: Path | None = None  # a NIfTI case folder (BraTS / nnU-Net naming)
+    label: Path | None = None  # its label map; whole tumour = label > 0
+    source: str = ""  # the --data source it came from
+    weight: float = 1.0  # that source's share of the training patches (relative to the other sources')
+
+
+@dataclass(frozen=True)
+class Source:
+    """One ``--data`` source: a folder, and the share of training patches drawn from it."""
+
+    path: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> Source:
+        """``PATH`` or ``PATH=WEIGHT`` (a path that exists as written is never split)."""
+        if "=" in spec and not Path(spec).exists():
+            path, _, w = spec.rpartition("=")
+            try:
+                weight = float(w)
+            except ValueError:
+                raise DatasetError(f"--data {spec!r}: the weight after '=' must be a number") from None
+            if not weight > 0 or weight != weight or weight == float("inf"):
+                raise DatasetError(f"--data {spec!r}: the weight must be a positive number")
+            return cls(path, weight)
+        return cls(spec)
+
+
+def sources_of(data: str | Sequence[str]) -> list[Source]:
+    """The sources of a training config's ``data`` (one folder, or several ``PATH[=WEIGHT]``)."""
+    specs = [data] if isinstance(data, str) else list(data)
+    if not specs:
+        raise DatasetError("no --data source given")
+    return [Source.parse(s) for s in specs]
+
+
+def discover_sources(data: str | Sequence[str], patient_pattern: str | None = None) -> list[Case]:
+    """Every source's cases, each case tagged with its source and weight; patient names must be unique
+    across sources (a split names patients)."""
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for src in sources_of(data):
+        for c in discover(src.path, patient_pattern):
+            if c.patient in seen:
+                raise DatasetError(f"{src.path}: patient {c.patient} is also in {seen[c.patient]}")
+            seen[c.patient] = src.path
+            c.source, c.weight = src.path, src.weight
+            cases.append(c)
+    return cases
 
 
 def _is_image(p: Path) -> bool:
@@ -91,6 +141,8 @@ def discover(root: str | os.PathLike, patient_pattern: str | None = None) -> lis
         raise DatasetError(f"{root}: is not a folder")
     if (root / "images").is_dir() and (root / "masks").is_dir():
         cases = _discover_generic(root, patient_pattern)
+    elif nifti_cases := _discover_nifti_cases(root):
+        cases = nifti_cases
     else:
         if (root / "kaggle_3m").is_dir():
             root = root / "kaggle_3m"
@@ -98,9 +150,36 @@ def discover(root: str | os.PathLike, patient_pattern: str | None = None) -> lis
     if not cases:
         raise DatasetError(
             f"{root}: no image/mask pairs found (expected <patient>/<patient>_<n>.tif with "
-            "<patient>_<n>_mask.tif, or images/ and masks/ folders)"
+            "<patient>_<n>_mask.tif, images/ and masks/ folders, or NIfTI case folders "
+            "<case>/<case>_flair.nii.gz with <case>_seg.nii.gz)"
         )
     return cases
+
+
+def _nifti_case(folder: Path) -> Case | None:
+    """A folder of one case's per-sequence NIfTIs (``studies.find_sequences``: BraTS / nnU-Net names) with a
+    label file; None when the folder is not such a case. A case without a label cannot train: refused."""
+    from .studies import find_sequences
+
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    try:
+        found = find_sequences(files)
+    except ValueError as exc:  # StudyError: two files for one sequence
+        raise DatasetError(str(exc)) from None
+    if "flair" not in found:
+        return None
+    if "label" not in found:
+        raise DatasetError(f"{folder}: NIfTI case without a label file (expected {folder.name}_seg.nii.gz)")
+    return Case(patient=folder.name, study=folder, label=found["label"])
+
+
+def _discover_nifti_cases(root: Path) -> list[Case]:
+    """NIfTI case folders under ``root`` (or ``root`` itself as one case)."""
+    one = _nifti_case(root)
+    if one is not None:
+        return [one]
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    return [c for c in (_nifti_case(f) for f in folders) if c is not None]
 
 
 def _discover_kaggle(root: Path) -> list[Case]:
@@ -187,6 +266,8 @@ class LoadedSet:
     indices: list[int]  # per slice
     names: list[str]  # image file per slice
     depth: np.ndarray | None = None  # N x S x S uint8 from head_depth(); for skull-strip augmentation
+    sources: list[str] | None = None  # per slice: its --data source (None: one source)
+    source_weights: dict[str, float] | None = None  # each source's share of the training patches
 
     def __len__(self) -> int:
         return len(self.patients)
@@ -220,26 +301,81 @@ class LoadedSet:
 
 
 def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> LoadedSet:
-    """Read every slice and mask once, checking they fit together."""
-    recs = [s for c in cases for s in c.slices]
-    n = len(recs)
+    """Read every slice and mask once, checking they fit together. A NIfTI case is read as a study (the
+    readers and brain-intensity standardisation of ``tumorseg predict``), its label as the reference."""
+    n = sum(len(c.slices) if c.study is None else 0 for c in cases)
+    studies = [_read_case_study(c) for c in cases if c.study is not None]
+    n += sum(len(v) for v, _ in studies)
     images = np.zeros((n, size, size, 3), np.uint8)
     masks = np.zeros((n, size, size), bool)
-    it = recs
+    patients: list[str] = []
+    indices: list[int] = []
+    names: list[str] = []
+    srcs: list[str] = []
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(recs, desc="reading slices", unit="slice", leave=False)
-    for i, r in enumerate(it):
-        img = read_image(r.image)
-        msk = read_mask(r.mask)
-        if img.shape[:2] != msk.shape[:2]:
-            raise DatasetError(
-                f"{r.mask}: mask is {msk.shape[1]}x{msk.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
-            )
-        images[i] = resize_rgb(to_uint8_rgb(img), size)
-        masks[i] = resize_mask(msk, size)
-    return LoadedSet(images, masks, [r.patient for r in recs], [r.index for r in recs], [str(r.image) for r in recs])
+        bar = tqdm(total=n, desc="reading slices", unit="slice", leave=False)
+    i, studies_it = 0, iter(studies)
+    for c in cases:
+        if c.study is not None:
+            vol, lab = next(studies_it)
+            for k in range(len(vol)):
+                images[i] = resize_rgb(vol[k], size)
+                masks[i] = resize_mask(lab[k], size)
+                patients.append(c.patient)
+                indices.append(k)
+                names.append(f"{c.study}#slice{k}")
+                srcs.append(c.source)
+                i += 1
+            if bar is not None:
+                bar.update(len(vol))
+            continue
+        for r in c.slices:
+            img = read_image(r.image)
+            msk = read_mask(r.mask)
+            if img.shape[:2] != msk.shape[:2]:
+                raise DatasetError(
+                    f"{r.mask}: mask is {msk.shape[1]}x{msk.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
+                )
+            images[i] = resize_rgb(to_uint8_rgb(img), size)
+            masks[i] = resize_mask(msk, size)
+            patients.append(r.patient)
+            indices.append(r.index)
+            names.append(str(r.image))
+            srcs.append(c.source)
+            i += 1
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    weights = {c.source: c.weight for c in cases}
+    several = len(weights) > 1 or any(w != 1.0 for w in weights.values())
+    return LoadedSet(
+        images,
+        masks,
+        patients,
+        indices,
+        names,
+        sources=srcs if several else None,
+        source_weights=weights if several else None,
+    )
+
+
+def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:
+    """(Z x H x W x 3 uint8 volume, Z x H x W bool whole tumour) of a NIfTI case, as inference reads it:
+    ``studies.read_study`` (sequences to the model's channels, FLAIR filling a missing one, brain
+    intensity standardised) and the label through ``studies.read_reference`` on the study's grid."""
+    from .studies import read_study
+    from .studies.reference import read_reference
+
+    try:
+        st = read_study(case.study)
+        lab = read_reference(case.label, st)
+    except ValueError as exc:  # StudyError names the file and the reason
+        raise DatasetError(str(exc)) from None
+    return st.volume, lab
 
 
 def _disk(r: int) -> np.ndarray:
@@ -375,5 +511,13 @@ def patient_has_tumour(cases: Sequence[Case]) -> dict[str, bool]:
     """Which patients have any tumour pixel (reads only the masks)."""
     out = {}
     for c in cases:
-        out[c.patient] = any(read_mask(s.mask).any() for s in c.slices)
+        if c.study is not None:
+            import nibabel as nib
+
+            try:
+                out[c.patient] = bool((np.asanyarray(nib.load(str(c.label)).dataobj) > 0).any())
+            except Exception as exc:
+                raise DatasetError(f"{c.label}: not a readable NIfTI label ({type(exc).__name__}: {exc})") from None
+        else:
+            out[c.patient] = any(read_mask(s.mask).any() for s in c.slices)
     return out

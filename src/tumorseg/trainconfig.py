@@ -12,7 +12,7 @@ LOSSES = ("dice", "dice+bce", "tversky+bce", "image-dice+bce")
 
 @dataclass
 class TrainConfig:
-    data: str
+    data: str | list[str]  # a folder, or several "PATH[=WEIGHT]" sources (data.sources_of)
     out: str
     epochs: int = 50
     batch_size: int = 16
@@ -45,7 +45,8 @@ class TrainConfig:
     # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
     fold: str = ""
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # 5 stages end at full resolution, 4 at half
-    fresh_lr_mult: float = 1.0  # parameters the --init-model lacks (another decoder's head) learn this much faster
+    fresh_lr_mult: float = 1.0
+    flair_only: float = 0.0  # aug v2: a further share of patches made FLAIR-only (sequence dropout to FLAIR alone)  # parameters the --init-model lacks (another decoder's head) learn this much faster
 
 
 def defaults() -> dict:

@@ -28,12 +28,15 @@ from .data import (
     DatasetError,
     LoadedSet,
     check_no_leak,
-    discover,
+    discover_sources,
+    fold_split,
     load_cases,
     load_split,
     make_split,
     normalisation,
+    patient_has_tumour,
     save_split,
+    sources_of,
 )
 from .io import atomic_write_bytes
 from .metrics import ThresholdSweep, dice_score
@@ -392,30 +395,27 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg, d, run = self.cfg, self.d, self.run
-        cases = discover(cfg.data, cfg.patient_pattern or None)
-        if self.resume or (cfg.split and Path(cfg.split).is_file()):
-            split = load_split(run.split if self.resume else cfg.split)
+        cases = discover_sources(cfg.data, cfg.patient_pattern or None)
+        if self.resume:
+            split = load_split(run.split)
         else:
-            from .data import patient_has_tumour
-
-            split = make_split(cases, cfg.split_fractions, cfg.seed, patient_has_tumour(cases))
+            split = split_per_source(cases, cfg, lambda m: _log(m, d))
         if cfg.fold and not (cfg.split and Path(cfg.split).is_file()):
             raise DatasetError(
                 f"--fold {cfg.fold}: needs --split FILE, so that every run of the cross-validation folds the same patients"
             )
         if cfg.fold and not self.resume:  # a resumed run's split.json already is its fold
-            from .data import fold_split, patient_has_tumour
-
             split = fold_split(split, cfg.fold, patient_has_tumour(cases))
         check_no_leak(split)
         by_patient = {c.patient: c for c in cases}
         missing = [p for p in split["train"] + split["val"] if p not in by_patient]
         if missing:
             raise DatasetError(f"{cfg.data}: split names patients not found in the data: {missing[:5]}")
+        data_meta = [str(Path(x.path).resolve()) + ("" if x.weight == 1.0 else f"={x.weight:g}") for x in sources_of(cfg.data)]
         if d.main:
             run.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:
-                save_split(split, run.split, {"data": str(Path(cfg.data).resolve()), "seed": cfg.seed})
+                save_split(split, run.split, {"data": data_meta[0] if len(data_meta) == 1 else data_meta, "seed": cfg.seed})
             atomic_write_bytes(run.config, (json.dumps(asdict(cfg), indent=1) + "\n").encode())
         _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
         self.split = split
@@ -432,6 +432,8 @@ class Trainer:
             self.train_set.with_head_depth()
         elif cfg.aug != "v1":
             raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
+        if cfg.flair_only and (cfg.aug != "v2" or not 0 < cfg.flair_only <= 1):
+            raise ValueError(f"--flair-only {cfg.flair_only:g}: needs --aug v2 and a share in (0, 1]")
         if not len(self.val_set):
             _log("no validation patients: every epoch is trained blind and the last one is kept", d)
         elif not self.val_set.masks.any():
@@ -541,7 +543,8 @@ class Trainer:
         x = xb.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         y = yb.to(device, non_blocking=True)[:, None].float()
         if cfg.aug == "v2":
-            x, y = augment_v2(x, y, self.aug_gen, db.to(device)[:, None] if db is not None else None)
+            depth = db.to(device)[:, None] if db is not None else None
+            x, y = augment_v2(x, y, self.aug_gen, depth, p_flair_only=cfg.flair_only)
         else:
             x, y = augment(x, y, self.aug_gen)
         if self.imagenet:
@@ -710,6 +713,36 @@ class Trainer:
         budget = " (stopped by --max-minutes)" if out_of_time else ""
         _log(f"best {self.cfg.select} score {self.best:.4f}; model: {self.run.best}{budget}", d)
         return self.run.best
+
+
+def split_per_source(cases: list, cfg: TrainConfig, log=print) -> dict[str, list[str]]:
+    """Patient-level split of every source. With ``--split FILE`` the file's patients keep their parts; a
+    source none of whose patients the file names gets its own seeded split (said in the log), and patients
+    of a named source that the file leaves out are not used (counted in the log). Without a file, each
+    source is split on its own (``make_split``, stratified by tumour), so every source has its share of
+    validation patients."""
+    named: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    if cfg.split and Path(cfg.split).is_file():
+        named = load_split(cfg.split)
+    elif cfg.split:
+        raise DatasetError(f"--split {cfg.split}: file not found")
+    in_file = {p for part in named.values() for p in part}
+    out = {k: list(v) for k, v in named.items()}
+    by_source: dict[str, list] = {}
+    for c in cases:
+        by_source.setdefault(c.source, []).append(c)
+    for src, members in by_source.items():
+        listed = [c for c in members if c.patient in in_file]
+        if listed:
+            if len(listed) < len(members):
+                log(f"{src}: {len(members) - len(listed)} patients not in {cfg.split}: not used")
+            continue
+        part = make_split(members, cfg.split_fractions, cfg.seed, patient_has_tumour(members))
+        if cfg.split:
+            log(f"{src}: none of its patients in {cfg.split}; split on its own (seed {cfg.seed})")
+        for k in out:
+            out[k] = sorted(out[k] + part[k])
+    return out
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
