@@ -18,17 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorseg.evaluation import external_case
 from tumorseg.inference import Predictor
 from tumorseg.io import atomic_write_bytes
-from tumorseg.metrics import dice_score
-from tumorseg.studies import mask_to_nifti_array
-
-
-def _load(case: Path, seq: str):
-    import nibabel as nib
-
-    f = case / f"{case.name}_{seq}.nii.gz"
-    return nib.load(str(f)) if f.is_file() else None
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -48,8 +40,6 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    import nibabel as nib
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
@@ -61,34 +51,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumorseg-external-") as tmp:
         for case in cases:
-            flair, seg = _load(case, "flair"), _load(case, "seg")
-            if flair is None or seg is None:
+            row = external_case(pred, case, Path(tmp))
+            if row is None:
                 continue
-            t1, t1c = _load(case, "t1"), _load(case, "t1c")
-            f = np.asanyarray(flair.dataobj)
-            chans = [
-                np.asanyarray(t1.dataobj) if t1 is not None else f,
-                f,
-                np.asanyarray(t1c.dataobj) if t1c is not None else f,
-            ]
-            truth = np.asanyarray(seg.dataobj) > 0
-            p3 = Path(tmp) / f"{case.name}_3ch.nii.gz"
-            nib.save(nib.Nifti1Image(np.stack(chans, -1), flair.affine), str(p3))
-            row = {
-                "case": case.name,
-                "sequences": [s for s, v in (("t1", t1), ("flair", flair), ("t1c", t1c)) if v is not None],
-                "truth_ml": float(truth.sum() * np.prod(flair.header.get_zooms()[:3]) / 1000),
-            }
-            for label, path in (("three_sequences", p3), ("flair_only", case / f"{case.name}_flair.nii.gz")):
-                sp = pred.predict_study(path)
-                m = mask_to_nifti_array(sp).astype(bool)
-                tp, fp, fn = int((m & truth).sum()), int((m & ~truth).sum()), int((~m & truth).sum())
-                row[label] = {
-                    "dice": dice_score(tp, fp, fn),
-                    "recall": tp / max(tp + fn, 1),
-                    "precision": tp / max(tp + fp, 1),
-                    "pred_ml": sp.measurements["volume_ml"],
-                }
             rows.append(row)
             print(
                 f"{case.name:28s} 3 seq Dice {row['three_sequences']['dice']:.3f} "

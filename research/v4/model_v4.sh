@@ -10,8 +10,8 @@
 # Recipe: start from the bundled v2 (2D, five-stage decoder: same network, same speed); sources
 # lgg-kaggle_3m (weight 0.5) and brats-train (weight 0.5: half the patches from high-grade cases; the
 # NIfTI cases read as `tumorseg predict` reads them); aug v2 plus --flair-only 0.25 (about 31 % of patches
-# FLAIR-only in all); dice+bce; Adam 1e-4 annealed by cosine over the run's wall-time budget (80 min on
-# 1 thread: an AVX2 CPU trains fp32); batch 8 of 192 px patches; no validation part: the last epoch is kept
+# FLAIR-only in all); dice+bce; Adam 1e-4 annealed by cosine over the run's wall-time budget (100 min on
+# 1 thread: an AVX2 CPU trains fp32; 80 at first, raised to 100 three minutes into the run, before its first epoch ended); batch 8 of 192 px patches; no validation part: the last epoch is kept
 # (the LGG validation patients never enter training; they are half of the selection set).
 # Split: research/v4/split_v4.json = docs/results/split.json's 62 LGG training patients + 10 brats-train
 # cases; Brats18_TCIA05_396_1 (three sequences) and Brats18_CBICA_ATV_1 (FLAIR only) held out, drawn with
@@ -38,7 +38,7 @@ case "${1:?STEP}" in
   train)
     $PY -m tumorseg train --data "$LGG=0.5" --data "$BRATS=0.5" --split $SPLIT --init-model $V2 \
       --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth --select last --aug v2 --flair-only 0.25 \
-      --loss dice+bce --lr 1e-4 --schedule cosine-time --max-minutes ${MINUTES:-80} --epochs 1000 --samples-per-epoch 400 \
+      --loss dice+bce --lr 1e-4 --schedule cosine-time --max-minutes ${MINUTES:-100} --epochs 1000 --samples-per-epoch 400 \
       --batch-size 8 --patch-size 192 --patience 1000 --threads 1 --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$LGG" --split-file docs/results/split.json --out $OUT/default.safetensors \

@@ -383,3 +383,55 @@ def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibra
     atomic_write_bytes(
         out / "metrics.json", (json.dumps({**m, "ece": result["ece"], "per_patient": pp}, indent=1) + "\n").encode()
     )
+
+
+# --------------------------------------------------------------------------- external (BraTS-layout) cases
+
+EXTERNAL_CONDITIONS = ("three_sequences", "flair_only")
+
+
+def external_case(pred, case: Path, tmp: Path, keep_masks: bool = False) -> dict | None:
+    """Whole-tumour 3D Dice of one BraTS-layout case (``<case>/<case>_{t1,flair,t1c,seg}.nii.gz``), run as a
+    user would (``Predictor.predict_study``): as a 4D NIfTI in the LGG channel order (FLAIR copied in for a
+    missing sequence, as the LGG set does) and as FLAIR alone; truth = seg > 0. None when the case lacks
+    FLAIR or its seg. ``keep_masks``: the predicted masks are written to ``tmp`` as NIfTI (for the BraTS
+    evaluation package) and their paths returned under ``mask_file``."""
+    import nibabel as nib
+
+    from .metrics import dice_score
+    from .studies import mask_to_nifti_array
+
+    def load(seq: str):
+        f = case / f"{case.name}_{seq}.nii.gz"
+        return nib.load(str(f)) if f.is_file() else None
+
+    flair, seg = load("flair"), load("seg")
+    if flair is None or seg is None:
+        return None
+    t1, t1c = load("t1"), load("t1c")
+    f = np.asanyarray(flair.dataobj)
+    chans = [np.asanyarray(v.dataobj) if v is not None else f for v in (t1, flair, t1c)]
+    truth = np.asanyarray(seg.dataobj) > 0
+    p3 = tmp / f"{case.name}_3ch.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack(chans, -1), flair.affine), str(p3))
+    row = {
+        "case": case.name,
+        "sequences": [s for s, v in (("t1", t1), ("flair", flair), ("t1c", t1c)) if v is not None],
+        "truth_ml": float(truth.sum() * np.prod(flair.header.get_zooms()[:3]) / 1000),
+    }
+    for label, path in zip(EXTERNAL_CONDITIONS, (p3, case / f"{case.name}_flair.nii.gz")):
+        sp = pred.predict_study(path)
+        m = mask_to_nifti_array(sp).astype(bool)
+        tp, fp, fn = int((m & truth).sum()), int((m & ~truth).sum()), int((~m & truth).sum())
+        row[label] = {
+            "dice": dice_score(tp, fp, fn),
+            "recall": tp / max(tp + fn, 1),
+            "precision": tp / max(tp + fp, 1),
+            "pred_ml": sp.measurements["volume_ml"],
+        }
+        if keep_masks:
+            out = tmp / f"{case.name}_{label}_pred.nii.gz"
+            nib.save(nib.Nifti1Image(m.astype(np.uint8), flair.affine), str(out))
+            row[label]["mask_file"] = str(out)
+    p3.unlink()
+    return row

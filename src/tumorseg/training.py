@@ -411,11 +411,15 @@ class Trainer:
         missing = [p for p in split["train"] + split["val"] if p not in by_patient]
         if missing:
             raise DatasetError(f"{cfg.data}: split names patients not found in the data: {missing[:5]}")
-        data_meta = [str(Path(x.path).resolve()) + ("" if x.weight == 1.0 else f"={x.weight:g}") for x in sources_of(cfg.data)]
+        data_meta = [
+            str(Path(x.path).resolve()) + ("" if x.weight == 1.0 else f"={x.weight:g}") for x in sources_of(cfg.data)
+        ]
         if d.main:
             run.out.mkdir(parents=True, exist_ok=True)
             if not self.resume:
-                save_split(split, run.split, {"data": data_meta[0] if len(data_meta) == 1 else data_meta, "seed": cfg.seed})
+                save_split(
+                    split, run.split, {"data": data_meta[0] if len(data_meta) == 1 else data_meta, "seed": cfg.seed}
+                )
             atomic_write_bytes(run.config, (json.dumps(asdict(cfg), indent=1) + "\n").encode())
         _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
         self.split = split
