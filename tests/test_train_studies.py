@@ -1,0 +1,155 @@
+"""Training on studies: NIfTI case folders read as inference reads them, several sources mixed by weight,
+per-source splits, FLAIR-only sequence dropout, and a fine-tune of a model on a user's own labelled cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tumorseg.cli import main
+from tumorseg.data import DatasetError, Source, discover, discover_sources, load_cases, resize_rgb
+
+from .conftest import make_kaggle, save_tiny_model
+
+
+def make_nifti_cases(root: Path, n: int = 4, seed: int = 0, shape=(40, 48, 12), three: int = 1) -> Path:
+    """``n`` synthetic cases in the BraTS layout: a bright ellipsoid 'brain' with a brighter blob 'tumour',
+    ``<case>_seg.nii.gz`` with BraTS labels (1, 2, 4); the first ``three`` cases also have t1 and t1c."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    brain = ((x - shape[0] / 2) / (shape[0] * 0.42)) ** 2 + ((y - shape[1] / 2) / (shape[1] * 0.42)) ** 2 < 1
+    for i in range(n):
+        case = f"Case_{i:03d}"
+        d = root / case
+        d.mkdir(parents=True, exist_ok=True)
+        cx, cy = rng.integers(14, shape[0] - 14), rng.integers(14, shape[1] - 14)
+        core = ((x - cx) ** 2 + (y - cy) ** 2 < 16) & (z >= 3) & (z < 9)
+        rim = ((x - cx) ** 2 + (y - cy) ** 2 < 36) & (z >= 2) & (z < 10) & ~core
+        seg = np.zeros(shape, np.uint8)
+        seg[rim], seg[core] = 2, 4
+        seg[core & (x == cx)] = 1
+        affine = np.diag([-1.0, -1.0, 2.0, 1.0])
+        for seq, gain in (("flair", 1.0), ("t1", 0.6), ("t1c", 0.8)):
+            if seq != "flair" and i >= three:
+                continue
+            vol = (brain * (90 + rng.normal(0, 6, shape)) + (seg > 0) * 110 * gain).clip(0, 255).astype(np.uint8)
+            nib.save(nib.Nifti1Image(vol, affine), str(d / f"{case}_{seq}.nii.gz"))
+        nib.save(nib.Nifti1Image(seg, affine), str(d / f"{case}_seg.nii.gz"))
+    return root
+
+
+def test_nifti_cases_are_read_as_predict_reads_them(tmp_path):
+    from tumorseg.studies import read_reference, read_study
+
+    root = make_nifti_cases(tmp_path / "cases", n=3)
+    cases = discover(root)
+    assert [c.patient for c in cases] == ["Case_000", "Case_001", "Case_002"]
+    assert all(c.study is not None and c.label.name.endswith("_seg.nii.gz") for c in cases)
+    assert [c.patient for c in discover(root / "Case_001")] == ["Case_001"]  # one case folder given directly
+    ds = load_cases(cases[:2], 64)
+    st = read_study(cases[1].study)  # what `tumorseg predict` feeds the model: standardised brain intensity
+    assert st.intensity_gains is not None
+    z = st.n_slices
+    assert len(ds) == 2 * z and ds.patients[z:] == ["Case_001"] * z and ds.indices[z:] == list(range(z))
+    assert np.array_equal(ds.images[z + 5], resize_rgb(st.volume[5], 64))
+    ref = read_reference(cases[1].label, st)  # whole tumour = seg > 0, in the study's slice layout
+    assert ref.sum() > 0 and ds.masks[z:].sum() > 0
+    assert np.array_equal(ds.masks[z:].any((1, 2)), ref.any((1, 2)))
+    # a FLAIR-only case: FLAIR fills the other two channels, as inference fills them
+    flair_only = load_cases([cases[2]], 64)
+    assert np.array_equal(flair_only.images[..., 0], flair_only.images[..., 1])
+    assert np.array_equal(flair_only.images[..., 2], flair_only.images[..., 1])
+    three = load_cases([cases[0]], 64)
+    assert not np.array_equal(three.images[..., 0], three.images[..., 1])
+
+
+def test_a_case_without_its_label_is_refused_by_name(tmp_path):
+    root = make_nifti_cases(tmp_path / "cases", n=2)
+    (root / "Case_001" / "Case_001_seg.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"Case_001.*without a label file.*Case_001_seg\.nii\.gz"):
+        discover(root)
+
+
+def test_sources_parse_weights_and_refuse_bad_ones(tmp_path):
+    assert Source.parse("a/b=0.25") == Source("a/b", 0.25)
+    odd = tmp_path / "x=2"
+    odd.mkdir()
+    assert Source.parse(str(odd)) == Source(str(odd))  # an existing path is never split
+    for bad in ("a=zero", "a=-1", "a=0", "a=nan"):
+        with pytest.raises(DatasetError, match="weight"):
+            Source.parse(bad)
+    k = make_kaggle(tmp_path / "k", patients=3, slices=2, size=32)
+    with pytest.raises(DatasetError, match="also in"):
+        discover_sources([str(k), str(k) + "=2"])
+
+
+def test_sources_get_their_weight_s_share_of_patches(tmp_path):
+    from tumorseg.augment import PatchSampler
+
+    k = make_kaggle(tmp_path / "k", patients=4, slices=4, size=64)
+    n = make_nifti_cases(tmp_path / "n", n=2)
+    cases = discover_sources([f"{k}=3", f"{n}=1"])
+    ds = load_cases(cases, 64)
+    assert ds.source_weights == {str(k): 3.0, str(n): 1.0}
+    nifti_slices = sum(p.startswith("Case_") for p in ds.patients)
+    assert nifti_slices > len(ds) / 2  # the NIfTI source has more slices, yet gets a quarter of the patches
+    s = PatchSampler(ds, 32, fg_fraction=0.5, seed=0)
+    draws = [s._pick(None, s.p_any) for _ in range(4000)] + [s._pick(s.fg_slices, s.p_fg) for _ in range(4000)]
+    share = np.mean([ds.patients[i].startswith("Case_") for i in draws])
+    assert 0.22 < share < 0.28, share
+
+
+def test_flair_only_dropout_gives_flair_in_every_channel_at_its_share():
+    import torch
+
+    from tumorseg.augment import augment_v2
+
+    g = torch.Generator().manual_seed(0)
+    # pre- and post-contrast black, FLAIR grey: an image made FLAIR-only has grey in all three channels (the
+    # intensity changes that follow still act per channel), a kept one black ones (brightness and noise only)
+    x = torch.stack([torch.full((16, 16), v) for v in (0.0, 0.5, 0.0)])[None].repeat(400, 1, 1, 1)
+    y = torch.zeros(400, 1, 16, 16)
+    out, _ = augment_v2(x, y, g, p_seq=0.0, p_flair_only=0.5)
+    pre, post = out[:, 0].mean((1, 2)), out[:, 2].mean((1, 2))
+    made = (pre > 0.1) & (post > 0.1)
+    assert bool(((pre > 0.1) == (post > 0.1)).float().mean() > 0.97)  # both channels together
+    assert 0.4 < made.float().mean() < 0.6
+    g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, _ = augment_v2(x[:8], y[:8], g0)
+    b, _ = augment_v2(x[:8], y[:8], g1, p_flair_only=0.0)
+    assert torch.equal(a, b)  # 0: the v2 recipe exactly, the same random draws
+
+
+@pytest.mark.slow
+def test_fine_tune_a_model_on_mixed_slice_and_nifti_sources(tmp_path, capsys):
+    """The README's recipe for a user's own labelled NIfTI cases, here mixed with a slice folder: each source
+    is split by patient on its own, the run trains, resumes and writes a model that loads."""
+    from tumorseg.model import load_model
+
+    k = make_kaggle(tmp_path / "k", patients=5, slices=4, size=64, seed=2)
+    n = make_nifti_cases(tmp_path / "n", n=5, seed=1)
+    start = save_tiny_model(tmp_path / "start.safetensors")
+    run = tmp_path / "run"
+    args = ["train", "--data", f"{k}=1", "--data", f"{n}=2", "--out", str(run), "--init-model", str(start)]
+    args += ["--image-size", "64", "--patch-size", "64", "--batch-size", "4", "--samples-per-epoch", "8"]
+    args += ["--threads", "1", "--aug", "v2", "--flair-only", "0.3", "--loss", "dice+bce"]
+    assert main([*args, "--epochs", "1"]) == 0
+    split = json.loads((run / "split.json").read_text())
+    for part in ("train", "val", "test"):  # both sources in every part
+        assert any(p.startswith("Case_") for p in split[part]) and any(p.startswith("TCGA_") for p in split[part])
+    assert len(split["data"]) == 2 and split["data"][1].endswith("=2")
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    net, meta = load_model(run / "best.safetensors")
+    assert meta["training"]["config"]["flair_only"] == 0.3
+    assert meta["training"]["config"]["data"] == [f"{k}=1", f"{n}=2"]
+
+
+def test_flair_only_needs_aug_v2(tmp_path, capsys):
+    n = make_nifti_cases(tmp_path / "n", n=4)
+    args = ["train", "--data", str(n), "--out", str(tmp_path / "run"), "--image-size", "64", "--patch-size", "64"]
+    assert main([*args, "--flair-only", "0.3", "--epochs", "1"]) == 2
+    assert "--flair-only 0.3: needs --aug v2" in capsys.readouterr().err
