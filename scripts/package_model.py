@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from tumorseg.data import discover, load_cases
+from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
 from tumorseg.evaluation import choose_postprocess, stack_metrics
 from tumorseg.model import file_sha256, load_model, read_model_file, save_model
@@ -98,10 +98,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", help="the training run folder (not needed with --int8-only)")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--engine", default="torch-bf16", choices=["torch-bf16"])
+    ap.add_argument(
+        "--engine",
+        default="torch-bf16",
+        choices=["torch-bf16", "torch-fp32", "onnx-fp32"],
+        help="engine of the validation runs (default: %(default)s, which a CPU without native bf16 emulates "
+        "several times slower than fp32: use onnx-fp32 there)",
+    )
     ap.add_argument("--out", default="src/tumorseg/models/default.safetensors")
     ap.add_argument("--int8", action="store_true", help="also build and check the int8 ONNX model")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument(
+        "--split-file",
+        default="",
+        help="choose the post-processing on this split file's validation patients instead of the run's own "
+        "(a run trained without a validation part, e.g. with --select last); recorded as the model's val part",
+    )
     ap.add_argument(
         "--int8-only",
         action="store_true",
@@ -144,8 +156,15 @@ def main() -> None:
     run = Path(a.run)
     best = run / "best.safetensors"
     _, meta = read_model_file(best)
-    split = json.loads((run / "split.json").read_text())
-    split = {k: split[k] for k in ("train", "val", "test")}
+    split = load_split(run / "split.json")
+    if a.split_file:
+        chosen_on = load_split(a.split_file)["val"]
+        overlap = sorted(set(chosen_on) & set(split["train"]))
+        if overlap:
+            ap.error(f"--split-file: validation patients the run trained on: {overlap[:5]}")
+        split = {**split, "val": sorted(chosen_on)}
+    if not split["val"]:
+        ap.error(f"{run}: its split has no validation patients to choose on; give --split-file")
     conds = [c for c in a.select_on.split(",") if c]
     by_tta = {}
     for tta in a.tta.split(","):
@@ -189,7 +208,7 @@ def main() -> None:
         "engines_val_dice": {},
     }
     # Engines on the validation patients: which may serve as default (within 0.005 of torch-fp32)?
-    info["engines_val_dice"]["torch-bf16"] = d16  # the stored model's check above used --engine (bf16)
+    info["engines_val_dice"][a.engine] = d16  # the stored model's check above used --engine
     dse, pe = val_probs(out, a.data, split, "torch-fp32")
     info["engines_val_dice"]["torch-fp32"] = score(dse, pe, thr, mpx, low=low)["dice"]
     if a.int8:
