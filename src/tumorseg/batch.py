@@ -282,9 +282,13 @@ def done_study(item: Item, out: Path, record: dict) -> dict | None:
         summary = json.loads((out / item.name / "study.json").read_text())
     except (OSError, ValueError):
         return None
-    if summary.get("run") != record or summary.get("source_label") != item.label:
+    # any content: a study.json of another shape (a list, nulls, missing or wrong-typed fields) is not done
+    if not isinstance(summary, dict) or summary.get("run") != record or summary.get("source_label") != item.label:
         return None
-    return study_row(item, summary)
+    try:
+        return study_row(item, summary)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _fetch(url: str, tmp: Path) -> Path:
@@ -535,11 +539,24 @@ class BatchJob:
         return {"reference": str(ref), **cmp, "notes": notes}
 
 
+def spreadsheet_safe(value) -> str:
+    """A CSV cell a spreadsheet shows as text: one that starts like a formula (=, +, -, @, a tab or a carriage
+    return; OWASP's rule) gets a leading apostrophe, so a file named ``=cmd|...`` is never run."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)  # a negative number is a number, not a formula
+            return text
+        except ValueError:
+            return "'" + text
+    return text
+
+
 def write_summary(out: Path, rows: list[dict]) -> None:
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in rows)
     atomic_write_bytes(out / "summary.csv", buf.getvalue().encode())
 
 

@@ -435,7 +435,7 @@ def _cmd_app(a) -> int:
 def _pacs_config(a):
     from .pacs import PacsConfig
 
-    return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca)
+    return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect)
 
 
 def _add_export(sub) -> None:
@@ -463,6 +463,14 @@ def _pacs_auth_args(p) -> None:
         "TUMORSEG_PACS_USER and TUMORSEG_PACS_PASSWORD)",
     )
     p.add_argument("--pacs-ca", default=None, metavar="FILE", help="CA bundle for a PACS with a private certificate")
+    p.add_argument(
+        "--pacs-allow-redirect",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let the PACS redirect to this other origin (e.g. https://pacs2:443); by default a redirect off the "
+        "--dicomweb origin is refused (a retrieval or a store could otherwise go elsewhere)",
+    )
 
 
 def _add_pacs(sub) -> None:
@@ -481,7 +489,7 @@ def _add_pacs(sub) -> None:
 def _cmd_pacs(a) -> int:
     from .pacs import Pacs, PacsConfig
 
-    pacs = Pacs(PacsConfig.from_env(a.url, a.pacs_auth_file, a.pacs_ca))
+    pacs = Pacs(PacsConfig.from_env(a.url, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect))
     found = pacs.studies(a.patient, a.name, a.date, a.modality or None)
     if a.json:
         print(json.dumps(found, indent=1))

@@ -12,20 +12,195 @@ TUMORSEG_PACS_USER + TUMORSEG_PACS_PASSWORD (basic), or a file (``auth_file``: a
 
 from __future__ import annotations
 
-import io as _io
 import os
+import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .io import MAX_DECODED_BYTES
 from .studies import MODEL_CHANNELS, sequence_of_series
 
-TIMEOUT_S = 30.0
+TIMEOUT_S = 30.0  # per read: a server that sends nothing for this long is given up
+DEADLINE_S = 120.0  # per request, in all: a server that drips bytes is given up after this (plus one read)
 MAX_SERIES_LISTED = 500
+MAX_SEARCH_BYTES = 16 << 20  # a QIDO answer (500 studies are ~1 MB)
+# one instance's answer, counted as it streams (an endless part or a multipart answer without a boundary is cut
+# here, never buffered whole): 64 MB holds a 128-frame 512x512 16-bit enhanced MR; TUMORSEG_PACS_MAX_INSTANCE_MB
+MAX_INSTANCE_BYTES = int(float(os.environ.get("TUMORSEG_PACS_MAX_INSTANCE_MB", "64")) * (1 << 20))
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class PacsError(ValueError):
     """The archive is unreachable, refuses us, answers garbage, or holds nothing usable: one line."""
+
+
+class InvalidUID(ValueError):
+    """A study or series UID that is not a DICOM UID: the user's input, never sent to the archive."""
+
+
+def check_uid(uid: str, what: str = "UID") -> str:
+    """A DICOM UID (digits and dots, at most 64 characters), or ``InvalidUID`` saying so."""
+    if not isinstance(uid, str) or not 0 < len(uid) <= 64 or not _UID.match(uid):
+        shown = uid if isinstance(uid, str) and len(uid) <= 80 else f"{str(uid)[:80]}..."
+        raise InvalidUID(f"{what} {shown!r} is not a DICOM UID (digits and dots, at most 64 characters)")
+    return uid
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    u = urlsplit(url)
+    port = u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
+    return (u.scheme.lower(), (u.hostname or "").lower(), port)
+
+
+def redacted(url: str) -> str:
+    """``url`` without any user:password part (for messages)."""
+    u = urlsplit(url)
+    if u.username is None and u.password is None:
+        return url
+    host = u.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    return u._replace(netloc=netloc + (f":{u.port}" if u.port else "")).geturl()
+
+
+def _bounded(raw, limit: int, deadline: float, what: str) -> None:
+    """Count an answer's bytes as they stream (decoded, so a gzip bomb counts too) and watch the wall clock:
+    beyond ``limit`` bytes or past ``deadline`` the read fails with a PacsError, whatever the server does."""
+    count = [0]
+
+    def check(n: int) -> None:
+        count[0] += n
+        if count[0] > limit:
+            raise PacsError(f"{what}: the answer is larger than {limit >> 20} MB; refused")
+        if time.monotonic() > deadline:
+            raise PacsError(f"{what}: the answer took longer than {DEADLINE_S:g} s; refused")
+
+    read = raw.read
+
+    def bounded_read(*a, **k):
+        check(0)
+        data = read(*a, **k)
+        check(len(data or b""))
+        return data
+
+    raw.read = bounded_read
+    chunked = getattr(raw, "read_chunked", None)
+    if chunked is not None:
+
+        def bounded_chunked(*a, **k):
+            for chunk in chunked(*a, **k):
+                check(len(chunk))
+                yield chunk
+
+        raw.read_chunked = bounded_chunked
+
+
+_inflight = threading.local()  # the sockets the current thread's request talks on (for its deadline)
+
+
+def _watched_adapter():
+    """A requests adapter whose connections note their socket for the request in flight on this thread, so a
+    deadline can cut a request whatever it is blocked on (a dripping status line, headers or body)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def note(conn) -> None:
+        socks = getattr(_inflight, "socks", None)
+        if socks is not None and conn.sock is not None:
+            socks.append(conn.sock)
+
+    class Conn(HTTPConnection):
+        def request(self, *a, **k):
+            super().request(*a, **k)
+            note(self)
+
+    class TLSConn(HTTPSConnection):
+        def request(self, *a, **k):
+            super().request(*a, **k)
+            note(self)
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Conn
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = TLSConn
+
+    class Adapter(HTTPAdapter):
+        def init_poolmanager(self, *a, **k):
+            super().init_poolmanager(*a, **k)
+            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
+
+    return Adapter()
+
+
+def _session(cfg: PacsConfig):
+    """A requests session that never reads more than it may: every answer bounded in bytes as it streams and
+    in wall time per request (a watchdog shuts the request's socket at the deadline, whatever it waits on),
+    read whole before it is handed on, and redirects only within the configured origin (unless
+    ``allow_redirects_to``)."""
+    import requests
+
+    home = _origin(cfg.url)
+    allowed = {home} | {_origin(u) for u in cfg.allow_redirects_to}
+    local = threading.local()
+
+    class Bounded(requests.Session):
+        @property
+        def limit(self) -> int:  # per thread: the app searches and retrieves on one session at once
+            return getattr(local, "limit", MAX_SEARCH_BYTES)
+
+        @limit.setter
+        def limit(self, n: int) -> None:
+            local.limit = n
+
+        def send(self, request, **kw):
+            import socket
+
+            if _origin(request.url) not in allowed:
+                raise PacsError(
+                    f"{cfg.url}: the server redirected to another origin ({redacted(request.url).split('?')[0]}); "
+                    "refused (--pacs-allow-redirect ORIGIN allows it)"
+                )
+            kw["stream"] = True
+            started = time.monotonic()
+            socks: list = []
+            expired = threading.Event()
+
+            def expire() -> None:
+                expired.set()
+                for sk in socks:
+                    try:
+                        sk.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            _inflight.socks = socks
+            timer = threading.Timer(DEADLINE_S, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                resp = super().send(request, **kw)
+                _bounded(resp.raw, self.limit, started + DEADLINE_S, f"{cfg.url}")
+                resp.content  # noqa: B018  (read whole now, through the bounds; callers that stream get it too)
+                return resp
+            except PacsError:
+                raise
+            except Exception:
+                if expired.is_set():
+                    raise PacsError(f"{cfg.url}: the answer took longer than {DEADLINE_S:g} s; refused") from None
+                raise
+            finally:
+                timer.cancel()
+                _inflight.socks = None
+
+    s = Bounded()
+    adapter = _watched_adapter()
+    s.mount("http://", adapter)
+    s.mount("https://", adapter)
+    return s
 
 
 @dataclass(frozen=True)
@@ -36,10 +211,25 @@ class PacsConfig:
     token: str | None = None
     ca_bundle: str | None = None  # a CA file for a private certificate; verification is never off
     timeout: float = TIMEOUT_S
+    allow_redirects_to: tuple[str, ...] = ()  # other origins the server may redirect to (default: none)
+
+    def __repr__(self) -> str:  # never a credential in a log line or a traceback
+        return (
+            f"PacsConfig(url={self.url!r}, user={'***' if self.user else None}, token={'***' if self.token else None})"
+        )
 
     @classmethod
-    def from_env(cls, url: str, auth_file: str | None = None, ca_bundle: str | None = None) -> PacsConfig:
-        """Credentials from a file or the environment (never from the command line)."""
+    def from_env(
+        cls, url: str, auth_file: str | None = None, ca_bundle: str | None = None, allow_redirects_to=()
+    ) -> PacsConfig:
+        """Credentials from a file or the environment (never from the command line: a user:password in the
+        URL is refused, and the message does not repeat it)."""
+        u = urlsplit(url)
+        if u.username is not None or u.password is not None:
+            raise PacsError(
+                f"{redacted(url)}: credentials in the URL are refused (they would show in the process list, logs "
+                "and outputs); use TUMORSEG_PACS_USER and TUMORSEG_PACS_PASSWORD, or --pacs-auth-file"
+            )
         user, password, token = None, None, os.environ.get("TUMORSEG_PACS_TOKEN") or None
         if os.environ.get("TUMORSEG_PACS_USER"):
             user, password = os.environ["TUMORSEG_PACS_USER"], os.environ.get("TUMORSEG_PACS_PASSWORD", "")
@@ -57,7 +247,10 @@ class PacsConfig:
                 raise PacsError(f"{auth_file}: expected 'user:password' or 'Bearer TOKEN' on its first line")
         if not url.lower().startswith(("http://", "https://")):
             raise PacsError(f"{url}: a DICOMweb URL starts with http:// or https://")
-        return cls(url.rstrip("/"), user, password, token, ca_bundle)
+        for o in allow_redirects_to:
+            if not o.lower().startswith(("http://", "https://")):
+                raise PacsError(f"{o}: an origin to allow redirects to starts with http:// or https://")
+        return cls(url.rstrip("/"), user, password, token, ca_bundle, allow_redirects_to=tuple(allow_redirects_to))
 
 
 @dataclass
@@ -83,23 +276,28 @@ class Pacs:
     """One DICOMweb server. Every method raises ``PacsError`` with one line, never a traceback."""
 
     def __init__(self, cfg: PacsConfig):
-        import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.cfg = cfg
-        s = requests.Session()
+        s = _session(cfg)
         if cfg.token:
             s.headers["Authorization"] = f"Bearer {cfg.token}"
         elif cfg.user is not None:
             s.auth = (cfg.user, cfg.password or "")
         s.verify = cfg.ca_bundle or True
         self.client = DICOMwebClient(cfg.url, session=s, timeout=cfg.timeout)
+        # one attempt per request: dicomweb-client's retries (any exception, up to 5 times with back-off) would
+        # multiply every deadline and limit above; the user retries a failed open
+        self.client.set_http_retry_params(retry=False)
 
-    def _call(self, what: str, fn, *a, **kw):
+    def _call(self, what: str, fn, *a, max_bytes: int = MAX_SEARCH_BYTES, **kw):
         import requests
 
+        self.client._session.limit = max_bytes
         try:
             return fn(*a, **kw)
+        except PacsError:
+            raise
         except requests.exceptions.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else "?"
             why = {401: "the login was refused", 403: "access is forbidden", 404: "not found"}.get(code, "an error")
@@ -108,7 +306,7 @@ class Pacs:
             raise PacsError(f"{self.cfg.url}: {what}: the certificate could not be verified ({exc})") from None
         except requests.exceptions.RequestException as exc:
             raise PacsError(f"{self.cfg.url}: {what}: the server cannot be reached ({type(exc).__name__})") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # whatever a parser makes of random bytes: one line, never a traceback
             raise PacsError(
                 f"{self.cfg.url}: {what}: the answer is not valid DICOMweb ({type(exc).__name__})"
             ) from None
@@ -202,35 +400,79 @@ class Pacs:
         return Choice(study_uid, chosen, reasons)
 
     # ------------------------------------------------------------------ WADO
-    def retrieve(self, study_uid: str, series_uid: str, folder: Path, max_bytes: int = MAX_DECODED_BYTES) -> Path:
-        """The series' instances as files in ``folder``, refused beyond ``max_bytes`` (as an upload is)."""
+    def retrieve(
+        self,
+        study_uid: str,
+        series_uid: str,
+        folder: Path,
+        max_bytes: int = MAX_DECODED_BYTES,
+        patient: list | None = None,
+    ) -> Path:
+        """The series' instances as files in ``folder``, one request each (QIDO for their UIDs, then WADO-RS),
+        each answer bounded as it streams and the series refused beyond ``max_bytes`` (as an upload is). Every
+        instance must be the one asked for, of this study and series, and of one patient (``patient``: a
+        one-item list shared across the series of a study, holding the first PatientID seen); anything else is
+        refused before it is stored or shown."""
+        check_uid(study_uid, "study UID")
+        check_uid(series_uid, "series UID")
         folder.mkdir(parents=True, exist_ok=True)
+        found = self._call(
+            "listing the series' instances",
+            self.client.search_for_instances,
+            study_uid,
+            series_uid,
+            fields=["SOPInstanceUID", "InstanceNumber"],
+        )
+        uids = [_value(d, "00080018") for d in found]
+        if not uids:
+            raise PacsError(f"series {series_uid} returned no instances")
+        patient = [] if patient is None else patient
         total = 0
-        it = self._call("retrieving the series", self.client.iter_series, study_uid, series_uid)
-        k = 0
-        while True:
-            ds = self._call("retrieving the series", next, it, None)
-            if ds is None:
-                break
-            buf = _io.BytesIO()
+        for k, sop in enumerate(uids):
             try:
-                ds.save_as(buf, enforce_file_format=True)
+                check_uid(sop, "SOP instance UID")
+            except InvalidUID as exc:
+                raise PacsError(f"series {series_uid}: the archive listed an instance whose {exc}") from None
+            limit = min(MAX_INSTANCE_BYTES, max_bytes - total)
+            if limit <= 0:
+                raise PacsError(f"series {series_uid} is larger than {max_bytes >> 20} MB; refused like an upload")
+            ds = self._call(
+                "retrieving an instance", self.client.retrieve_instance, study_uid, series_uid, sop, max_bytes=limit
+            )
+            _check_instance(ds, study_uid, series_uid, sop, patient, k + 1)
+            f = folder / f"{k:05d}.dcm"
+            try:
+                ds.save_as(f, enforce_file_format=True)
             except Exception as exc:
                 raise PacsError(
                     f"series {series_uid}: instance {k + 1} is not valid DICOM ({type(exc).__name__})"
                 ) from None
-            total += buf.tell()
-            if total > max_bytes:
-                raise PacsError(f"series {series_uid} is larger than {max_bytes >> 20} MB; refused like an upload")
-            (folder / f"{k:05d}.dcm").write_bytes(buf.getvalue())
-            k += 1
-        if k == 0:
-            raise PacsError(f"series {series_uid} returned no instances")
+            total += f.stat().st_size
+            del ds
         return folder
 
     def fetch_study(self, choice: Choice, folder: Path) -> dict[str, Path]:
-        """Each chosen sequence's series in a subfolder of ``folder``."""
-        return {seq: self.retrieve(choice.study_uid, s["series_uid"], folder / seq) for seq, s in choice.series.items()}
+        """Each chosen sequence's series in a subfolder of ``folder``, all of one patient: the study's own
+        (QIDO) where the archive reports it."""
+        patient = [p] if (p := self.patient_of(choice.study_uid)) else []
+        return {
+            seq: self.retrieve(choice.study_uid, s["series_uid"], folder / seq, patient=patient)
+            for seq, s in choice.series.items()
+        }
+
+    def patient_of(self, study_uid: str) -> str | None:
+        """The study's PatientID as the archive's study search reports it (None where it reports none)."""
+        found = self._call(
+            "looking up the study",
+            self.client.search_for_studies,
+            search_filters={"StudyInstanceUID": check_uid(study_uid, "study UID")},
+            fields=["PatientID"],
+        )
+        ids = {str(_value(d, "00100020", "")) for d in found if _value(d, "0020000D") == study_uid}
+        ids.discard("")
+        if len(ids) > 1:
+            raise PacsError(f"study {study_uid}: the archive reports it for several patients; refused")
+        return ids.pop() if ids else None
 
     # ------------------------------------------------------------------ STOW
     def store(self, datasets: list, study_uid: str) -> list[str]:
@@ -240,12 +482,37 @@ class Pacs:
         for ds in datasets:
             kind = "DICOM-SEG" if ds.Modality == "SEG" else "SR report"
             try:
-                self._call(f"storing the {kind}", self.client.store_instances, [ds], study_uid)
+                self._call(f"storing the {kind}", self.client.store_instances, [ds], check_uid(study_uid, "study UID"))
             except PacsError as exc:
                 got = ", ".join(arrived) or "nothing"
                 raise PacsError(f"{exc}; stored before the failure: {got}") from None
             arrived.append(f"{kind} {ds.SOPInstanceUID}")
         return arrived
+
+
+def _check_instance(ds, study_uid: str, series_uid: str, sop: str, patient: list, k: int) -> None:
+    """An instance from the archive is the one asked for, in the study and series asked for, of the study's
+    patient; else PacsError naming what differs (and never the other patient's name)."""
+    got = {
+        "study": str(getattr(ds, "StudyInstanceUID", "")),
+        "series": str(getattr(ds, "SeriesInstanceUID", "")),
+        "instance": str(getattr(ds, "SOPInstanceUID", "")),
+    }
+    asked = {"study": study_uid, "series": series_uid, "instance": sop}
+    for key in asked:
+        if got[key] != asked[key]:
+            raise PacsError(
+                f"series {series_uid}: instance {k} belongs to {key} {got[key] or '(none)'}, not the requested "
+                f"{asked[key]}: the archive answered with other images; refused, nothing stored or shown"
+            )
+    pid = str(getattr(ds, "PatientID", "") or "")
+    if not patient:
+        patient.append(pid)
+    elif pid != patient[0]:
+        raise PacsError(
+            f"series {series_uid}: instance {k} is of another patient than the study (PatientID differs): "
+            "refused, nothing stored or shown"
+        )
 
 
 def open_study(pacs: Pacs, study_uid: str, series_uid: str | None, folder: Path):
@@ -254,6 +521,9 @@ def open_study(pacs: Pacs, study_uid: str, series_uid: str | None, folder: Path)
     FLAIR alone is used and the note says why. The choice goes into the study's notes (study.json)."""
     from .studies import StudyError, read_study
 
+    check_uid(study_uid, "study UID")
+    if series_uid:
+        check_uid(series_uid, "series UID")
     choice = pacs.choose(study_uid, series_uid)
     paths = pacs.fetch_study(choice, folder)
     notes = [f"From {pacs.cfg.url}, study {study_uid}: " + "; ".join(choice.reasons) + "."]

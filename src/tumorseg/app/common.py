@@ -51,10 +51,12 @@ def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
     from ..checks import CannotJudge
-    from ..pacs import PacsError
+    from ..pacs import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):
         return exc.status, _public_message(exc.msg)
+    if isinstance(exc, InvalidUID):  # the request's fault, not the archive's
+        return 400, str(exc)
     if isinstance(exc, PacsError):
         return 502, _public_message(str(exc))
     if isinstance(exc, ImageReadError):
@@ -67,6 +69,18 @@ def _stem(name: str) -> str:
     from ..studies import strip_extension
 
     return strip_extension(name or "") or "study"
+
+
+def attachment(filename: str) -> dict[str, str]:
+    """The Content-Disposition header of a download named ``filename`` in any alphabet (RFC 6266 / 5987): an
+    ASCII fallback (quotes, backslashes, control characters and anything non-ASCII replaced) and the exact
+    name UTF-8-encoded, so a Polish, Cyrillic or CJK study name downloads, and nothing from a name (a quote, a
+    CR-LF) can add parameters or headers."""
+    from urllib.parse import quote
+
+    clean = "".join(c if c.isprintable() else "_" for c in filename)
+    ascii_name = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in clean) or "download"
+    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(clean, safe='')}"}
 
 
 def _safe_name(name: str | None) -> str:

@@ -8,6 +8,7 @@ import hmac
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 
 async def _send_json(send, status: int, msg: str) -> None:
@@ -24,6 +25,65 @@ async def _send_json(send, status: int, msg: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ModelSlots:
+    """The model slots every model call takes, first come, first served: a request's (the guard takes it once
+    the whole body has arrived) and a background job's (it takes one for its model work only, so a study job
+    counts against the same two as requests, and network I/O holds none). A lock, not an asyncio primitive,
+    so any event loop and any thread can wait; tickets of waiters that gave up are skipped."""
+
+    def __init__(self, n: int = 2) -> None:
+        self.n = n
+        self.lock = threading.Lock()
+        self.active = self.issued = self.serving = 0
+        self.abandoned: set[int] = set()
+
+    def ticket(self) -> int:
+        with self.lock:
+            t = self.issued
+            self.issued += 1
+            return t
+
+    def enter(self, ticket: int) -> bool:
+        with self.lock:
+            while self.serving in self.abandoned:
+                self.abandoned.discard(self.serving)
+                self.serving += 1
+            if ticket == self.serving and self.active < self.n:
+                self.serving += 1
+                self.active += 1
+                return True
+            return False
+
+    def abandon(self, ticket: int) -> None:
+        with self.lock:
+            self.abandoned.add(ticket)
+
+    def release(self) -> None:
+        with self.lock:
+            self.active -= 1
+
+    @contextmanager
+    def hold(self, timeout: float = 3600.0, cancelled=None):
+        """A slot for the model work of a thread (a job): waits its turn; ``cancelled()`` true gives up."""
+        from .common import BadRequest
+
+        t, deadline = self.ticket(), time.monotonic() + timeout
+        while not self.enter(t):
+            if time.monotonic() > deadline or (cancelled is not None and cancelled()):
+                self.abandon(t)
+                raise BadRequest(503, "the server is busy with other studies; try again shortly")
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            self.release()
+
+
+# POST paths that take their model slot themselves, around the model work only: jobs run after their request
+# has answered, and a PACS open must not hold a slot while it waits on the network.
+SELF_SLOTTED = ("/api/jobs/", "/api/pacs/")
 
 
 class RequestGuard:
@@ -47,17 +107,14 @@ class RequestGuard:
         queue_timeout: float = 120.0,
         body_deadline: float = 120.0,
         token: str | None = None,
+        slots: ModelSlots | None = None,
     ):
         self.token = token
         self.app, self.cap, self.body_timeout, self.body_deadline = app, cap, body_timeout, body_deadline
         self.allowed_hosts = allowed_hosts
         self.queue_timeout = queue_timeout
-        # First come, first served model slots; a lock, not an asyncio primitive, so any event loop works
-        # (tests run several). Tickets of requests that gave up are skipped.
         self.max_concurrent = max_concurrent
-        self.lock = threading.Lock()
-        self.active = self.issued = self.serving = 0
-        self.abandoned: set[int] = set()
+        self.slots = slots or ModelSlots(max_concurrent)
 
     def _host_refusal(self, scope) -> tuple[int, str] | None:
         """421 for a Host header this server does not answer to (DNS-rebinding defence)."""
@@ -108,7 +165,8 @@ class RequestGuard:
                     return {"type": "http.disconnect"}
             return msg
 
-        heavy = scope.get("method") == "POST" and scope.get("path", "").startswith("/api/")
+        path = scope.get("path", "")
+        heavy = scope.get("method") == "POST" and path.startswith("/api/")
         if not heavy:
             return await self.app(scope, guarded_receive, guarded_send)
         body: list[dict] = []
@@ -129,21 +187,19 @@ class RequestGuard:
         async def replay():
             return body.pop(0) if body else await receive()  # after the body: only a disconnect, no timeout
 
-        with self.lock:
-            ticket = self.issued
-            self.issued += 1
+        if path.startswith(SELF_SLOTTED):
+            return await self.app(scope, replay, guarded_send)
+        ticket = self.slots.ticket()
         deadline = time.monotonic() + self.queue_timeout
-        while not self._enter(ticket):
+        while not self.slots.enter(ticket):
             if time.monotonic() > deadline:
-                with self.lock:
-                    self.abandoned.add(ticket)
+                self.slots.abandon(ticket)
                 return await _send_json(send, 503, "the server is busy with other requests; try again shortly")
             await asyncio.sleep(0.005)
         try:
             await self.app(scope, replay, guarded_send)
         finally:
-            with self.lock:
-                self.active -= 1
+            self.slots.release()
 
     def _refusal(self, scope) -> tuple[int, str] | None:
         """A 401 without the token, a 413 for a declared body over the cap; None to go on."""
@@ -158,14 +214,3 @@ class RequestGuard:
         if cl.isdigit() and int(cl) > self.cap + 1_000_000:
             return 413, f"upload is larger than the {self.cap / 2**20:g} MB limit"
         return None
-
-    def _enter(self, ticket: int) -> bool:
-        with self.lock:
-            while self.serving in self.abandoned:
-                self.abandoned.discard(self.serving)
-                self.serving += 1
-            if ticket == self.serving and self.active < self.max_concurrent:
-                self.serving += 1
-                self.active += 1
-                return True
-            return False

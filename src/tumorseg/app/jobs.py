@@ -39,6 +39,7 @@ class Job:
     error: str = ""
     status: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
+    slots: object = None  # the app's ModelSlots (guard.py); None: no limit (a JobStore without slots)
 
     def progress(self, done: int, total: int) -> None:
         """The Predictor's ``on_progress`` callback: record, and stop here if cancelled."""
@@ -47,6 +48,11 @@ class Job:
         if self.first_batch is None:
             self.first_batch = time.monotonic()
         self.done, self.total, self.state = done, total, "running"
+
+    def model_slot(self):
+        """Hold one of the app's model slots for the model work (queued until one is free; a cancel gives up):
+        a job counts against the same slots as requests, and its network or file reading holds none."""
+        return _slot(self.slots, cancelled=self.cancel.is_set)
 
     def view(self) -> dict:
         elapsed = time.monotonic() - self.started
@@ -70,10 +76,21 @@ class Job:
         return out
 
 
+def _slot(slots, **kw):
+    from contextlib import nullcontext
+
+    return nullcontext() if slots is None else slots.hold(**kw)
+
+
 class JobStore:
-    def __init__(self) -> None:
+    def __init__(self, slots=None) -> None:
+        self.slots = slots
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._lock = threading.Lock()
+
+    def model_slot(self, timeout: float = 3600.0):
+        """A model slot for work outside a job (a synchronous endpoint that took none at the guard)."""
+        return _slot(self.slots, timeout=timeout)
 
     def running(self) -> int:
         with self._lock:
@@ -84,7 +101,7 @@ class JobStore:
         ``respond(result)`` turns its result into the job's answer."""
         if self.running() >= MAX_RUNNING:
             raise BadRequest(429, f"{MAX_RUNNING} studies are being segmented already; wait for one to finish")
-        job = Job(secrets.token_urlsafe(12), name)
+        job = Job(secrets.token_urlsafe(12), name, slots=self.slots)
         with self._lock:
             self._jobs[job.id] = job
             finished = [k for k, j in self._jobs.items() if j.state in ("done", "failed", "cancelled")]

@@ -6,18 +6,36 @@ A router of its own, so the PACS is one file to read; it uses the app's study re
 from __future__ import annotations
 
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, Form
 from starlette.concurrency import run_in_threadpool
 
+MAX_PACS_CALLS = 4
 
-def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRouter:
-    """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404)."""
+
+def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
+    """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404). Opening a
+    study retrieves it without a model slot and takes one (``jobs.model_slot``) for the model work only."""
     from .common import BadRequest
 
     router = APIRouter()
     client = None
+    calls = threading.BoundedSemaphore(MAX_PACS_CALLS)
+
+    @contextmanager
+    def pacs_call():
+        """At most MAX_PACS_CALLS requests to the archive at once; more get a 503 at once rather than a
+        worker thread each (a slow archive must not fill the server's thread pool: /api/health stays fast)."""
+        if not calls.acquire(blocking=False):
+            raise BadRequest(503, f"{MAX_PACS_CALLS} requests to the PACS are running already; try again shortly")
+        try:
+            yield
+        finally:
+            calls.release()
+
     if dicomweb is not None:
         from ..pacs import Pacs
 
@@ -35,7 +53,9 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRo
     @router.get("/api/pacs/studies")
     def pacs_studies(patient: str | None = None, name: str | None = None, date: str | None = None) -> dict:
         """The archive's MR studies (QIDO-RS), searched by patient ID, name or date."""
-        return {"studies": need_pacs().studies(patient or None, name or None, date or None)}
+        p = need_pacs()
+        with pacs_call():
+            return {"studies": p.studies(patient or None, name or None, date or None)}
 
     @router.post("/api/pacs/open")
     async def pacs_open(study_uid: str = Form(...), series_uid: str | None = Form(None)):
@@ -46,7 +66,10 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRo
 
         def run():
             with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-                return pred.predict_study(open_study(p, study_uid, series_uid or None, Path(tmp)))
+                with pacs_call():  # network I/O: no model slot
+                    study = open_study(p, study_uid, series_uid or None, Path(tmp))
+                with jobs.model_slot(timeout=120.0):
+                    return pred.predict_study(study)
 
         sp = await run_in_threadpool(run)
         return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
@@ -57,13 +80,13 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRo
         from ..pacs import open_study
 
         p = need_pacs()
-        if jobs is None:
-            raise BadRequest(404, "jobs are not enabled")
 
         def work(job):
             with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-                study = open_study(p, study_uid, series_uid or None, Path(tmp))
-                return pred.predict_study(study, on_progress=job.progress)
+                with pacs_call():  # network I/O: no model slot
+                    study = open_study(p, study_uid, series_uid or None, Path(tmp))
+                with job.model_slot():
+                    return pred.predict_study(study, on_progress=job.progress)
 
         def respond(sp):
             return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
@@ -82,7 +105,8 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs=None) -> APIRo
 
         def run():
             seg = dicom_seg_dataset(r)
-            return p.store([seg, dicom_sr_dataset(r, seg)], r.study.pacs["study_uid"])
+            with pacs_call():
+                return p.store([seg, dicom_sr_dataset(r, seg)], r.study.pacs["study_uid"])
 
         arrived = await run_in_threadpool(run)
         return {"stored": arrived, "study_uid": r.study.pacs["study_uid"], "volume_ml": r.measurements["volume_ml"]}

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__
 from ..inference import DISCLAIMER
 from ..io import encode_png
-from .common import BadRequest, UploadTooLarge, _b64png, _slice_index, _stem, read_upload
+from .common import BadRequest, UploadTooLarge, _b64png, _slice_index, _stem, attachment, read_upload
 
 MAX_CLASSIFY_NAMES = 20_000
 
@@ -118,7 +118,7 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
         name, payload, sp_mm = await read_study_request(form, cap)
         job = jobs.start(
             name,
-            lambda job: run_study(pred, name, payload, form.series, form.threshold, sp_mm, job.progress),
+            lambda job: _slotted_study(job, pred, name, payload, form, sp_mm),
             lambda sp: study_response(pred, store, sp, name),
         )
         return job.view()
@@ -180,6 +180,11 @@ async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tu
             return members[0][0], members[0][1], sp_mm  # one NIfTI or zip sent as 'files': as 'file' sends it
         return study_name([n for n, _ in members], form.folder or None), members, sp_mm
     raise BadRequest(422, f"send a study as 'file' ({study_file_suffixes()}) or a series as 'files'")
+
+
+def _slotted_study(job, pred, name, payload, form, sp_mm):
+    with job.model_slot():
+        return run_study(pred, name, payload, form.series, form.threshold, sp_mm, job.progress)
 
 
 def run_study(pred, name, payload, series, threshold, sp_mm, on_progress=None):
@@ -313,7 +318,7 @@ def download_router(pred, store) -> APIRouter:
         return Response(
             encode_png(arr),
             media_type="image/png",
-            headers={"Content-Disposition": f'attachment; filename="{stem}_mask.png"'},
+            headers=attachment(f"{stem}_mask.png"),
         )
 
     @router.get("/api/result/{result_id}/study.zip")
@@ -335,7 +340,7 @@ def download_router(pred, store) -> APIRouter:
         return Response(
             buf.getvalue(),
             media_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{stem}_tumorseg.zip"'},
+            headers=attachment(f"{stem}_tumorseg.zip"),
         )
 
     @router.get("/api/result/{result_id}/{filename}")
@@ -361,9 +366,7 @@ def download_router(pred, store) -> APIRouter:
             except Exception as exc:
                 raise BadRequest(500, f"{name}: {filename} could not be written ({type(exc).__name__}: {exc})") from exc
         media = "application/gzip" if filename.endswith(".gz") else "application/dicom"
-        return Response(
-            data, media_type=media, headers={"Content-Disposition": f'attachment; filename="{stem}_{filename}"'}
-        )
+        return Response(data, media_type=media, headers=attachment(f"{stem}_{filename}"))
 
     return router
 

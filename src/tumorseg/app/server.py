@@ -69,9 +69,11 @@ def create_app(
     _install_error_handling(app, max_upload_mb)
     app.include_router(meta_router(pred))
     app.include_router(image_router(pred, store, cap))
+    from .guard import ModelSlots
     from .jobs import JobStore
 
-    jobs = JobStore()  # long studies (files or the PACS) with progress and cancel
+    slots = ModelSlots(max_concurrent)  # requests and jobs share them
+    jobs = JobStore(slots)  # long studies (files or the PACS) with progress and cancel
     studies, study_response = study_router(pred, store, cap, jobs)
     app.include_router(studies)
     app.include_router(pacs_router(pred, dicomweb, study_response, store.get, jobs))
@@ -85,7 +87,7 @@ def create_app(
     def index():
         return FileResponse(static / "index.html", headers={"Cache-Control": "no-store"})
 
-    guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts, token=token)
+    guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts, token=token, slots=slots)
     guard_app.state = app.state  # tests and callers reach the predictor as before
     return guard_app
 
@@ -94,7 +96,7 @@ def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
     """One JSON error shape for every failure, never a traceback (the token and size checks: ``RequestGuard``)."""
     from fastapi.exceptions import RequestValidationError
 
-    from ..pacs import PacsError
+    from ..pacs import InvalidUID, PacsError
 
     def error(status: int, msg: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": _public_message(msg), "status": status})
@@ -119,7 +121,7 @@ def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
     async def _known(request, exc):
         return error(*failure(exc))
 
-    for kind in (ImageReadError, BadRequest, PacsError):
+    for kind in (ImageReadError, BadRequest, PacsError, InvalidUID):
         app.add_exception_handler(kind, _known)
 
 
