@@ -104,12 +104,54 @@ def cache_key(model_sha256: str, threads: int, device: str, versions: dict[str, 
     return "|".join(parts)
 
 
+MAX_CACHE_BYTES = 1 << 20  # 32 records are a few kB
+
+
 def _read_cache(path: Path) -> dict:
+    """The cache's records, tolerating any content: only a regular file of at most 1 MB is read (never through
+    a symlink, a FIFO or a device: those could hang or never end), and anything that is not a JSON object
+    counts as empty (the next probe rewrites it)."""
+    import stat
+
     try:
-        data = json.loads(path.read_text())
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES:
+            return {}
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            data = json.loads(f.read(MAX_CACHE_BYTES + 1))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _cached_choice(rec, candidates: list[str]) -> Choice | None:
+    """A cached record as a Choice, or None when it is of any other shape or names other engines."""
+    try:
+        times = rec["timings_ms"]
+        ok = (
+            isinstance(rec, dict)
+            and rec.get("engine") in candidates
+            and isinstance(times, dict)
+            and set(times) <= set(candidates)
+            and all(isinstance(v, (int, float)) for v in times.values())
+            and isinstance(rec.get("excluded", {}), dict)
+            and isinstance(rec.get("cpu", {}), dict)
+            and isinstance(rec.get("threads"), int)
+            and isinstance(rec.get("measured_at"), str)
+        )
+        if not ok:
+            return None
+        return Choice(**{k: rec[k] for k in Choice.__dataclass_fields__ if k in rec and k != "cached"}, cached=True)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _write_cache(path: Path, key: str, record: dict) -> None:
@@ -153,9 +195,9 @@ def choose(
     key = cache_key(key_parts["model_sha256"], threads, key_parts.get("device", "cpu"), key_parts["versions"], cpu)
     path = user_cache_dir() / CACHE_FILE
     if not reprobe and len(candidates) > 1:
-        rec = _read_cache(path).get(key)
-        if rec and rec.get("engine") in candidates and set(rec.get("timings_ms", {})) <= set(candidates):
-            return Choice(**{k: rec[k] for k in Choice.__dataclass_fields__ if k in rec}, cached=True), None
+        cached = _cached_choice(_read_cache(path).get(key), candidates)
+        if cached is not None:
+            return cached, None
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if len(candidates) == 1:
         eng = load(candidates[0])

@@ -154,11 +154,13 @@ def serve(
     try:  # a busy port is one clear line, before the model loads
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(fam, socket.SOCK_STREAM) as sk:
+            # as uvicorn binds: a port left in TIME_WAIT by the last run's clients is free to serve again
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sk.bind((host, port))
     except OSError as exc:
         raise OSError(
-            f"cannot serve on {host}:{port}: {exc.strerror or exc} (is another tumorseg app running? "
-            "choose another --port)"
+            f"cannot serve on {host}:{port}: {exc.strerror or exc} (another program, perhaps another tumorseg "
+            "app, is listening there; choose another --port)"
         ) from None
     if host not in LOCAL_HOSTS:
         bar = "!" * 78

@@ -1,0 +1,225 @@
+"""Names from every alphabet, spreadsheets, and the records the tool reads back (hardening round 4, items
+5, 8, 10, 11, 12, 13 and 16): downloads named in Polish, Cyrillic, Greek or CJK; a folder name that tries
+to add header parameters; summary.csv cells a spreadsheet would run; --skip-done over a study.json of any
+shape; the engine cache with any content; study jobs counted against the model slots; a restart on the
+same port."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import threading
+import time
+from urllib.parse import unquote
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import api_client, cli_predict, png_bytes, smooth_noise
+
+NAMES = ["Zażółć_gęślą", "Пациент_Иванов", "Ασθενής", "患者_山田", "환자"]
+
+
+def _nifti_bytes(tmp_path) -> bytes:
+    vol = np.zeros((40, 40, 5), np.int16)
+    vol[10:20, 10:20, 1:4] = 500
+    p = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 2.0, 1.0])), p)
+    return p.read_bytes()
+
+
+def _filename(resp) -> str:
+    cd = resp.headers["content-disposition"]
+    assert "\r" not in cd and "\n" not in cd
+    return unquote(cd.split("filename*=UTF-8''", 1)[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_downloads_are_named_in_any_alphabet(predictor, tmp_path, name):
+    """Item 5: mask.png, study.zip and mask.nii.gz of a study named outside Latin-1 answer 200 with the exact
+    name (RFC 5987) and an ASCII fallback."""
+    client = api_client(predictor)
+    r = client.post("/api/study", files={"file": (f"{name}.nii.gz", _nifti_bytes(tmp_path))})
+    assert r.status_code == 200, r.text
+    rid = r.json()["result_id"]
+    for path, suffix in (
+        ("mask.png", "_slice0001_mask.png"),
+        ("study.zip", "_tumorseg.zip"),
+        ("mask.nii.gz", "_mask.nii.gz"),
+    ):
+        d = client.get(f"/api/result/{rid}/{path}")
+        assert d.status_code == 200, (path, d.text)
+        assert _filename(d) == f"{name}{suffix}"
+        assert 'filename="' in d.headers["content-disposition"]
+
+
+def test_a_folder_name_cannot_add_header_parameters(predictor, tmp_path):
+    """Item 16: the page's folder field (it names the study) with a quote, a semicolon and CR-LF: the download
+    answers 200, one header, no parameter or header added."""
+    client = api_client(predictor)
+    folder = 'x"; filename=evil.exe\r\nSet-Cookie: a=b'
+    files = [("files", (f"P_{n}.png", png_bytes(smooth_noise((32, 32, 3), n)))) for n in (1, 2, 3)]
+    r = client.post("/api/study", files=files, data={"folder": folder})
+    assert r.status_code == 200, r.text
+    d = client.get(f"/api/result/{r.json()['result_id']}/study.zip")
+    assert d.status_code == 200 and "set-cookie" not in {k.lower() for k in d.headers}
+    from email.message import Message
+
+    m = Message()
+    m["content-disposition"] = d.headers["content-disposition"]
+    params = m.get_params(header="content-disposition")
+    assert [k for k, _ in params] == ["attachment", "filename", "filename"]  # nothing added (filename* decoded)
+    assert m.get_filename().endswith("_tumorseg.zip")
+
+
+def test_summary_cells_that_look_like_formulas_are_quoted(tiny_model, tmp_path):
+    """Item 13: file names starting with =, +, - or @ reach summary.csv as text, not as formulas; numbers stay
+    numbers."""
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ["=cmd|' -C calc'!A0.png", "+1+1.png", "-2+3.png", "@SUM(1).png", "plain.png"]
+    for i, n in enumerate(names):
+        (src / n).write_bytes(png_bytes(smooth_noise((64, 64, 3), i)))
+    assert cli_predict(src, tmp_path / "out", tiny_model) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").read_text().splitlines()))
+    for row in rows:
+        for v in row.values():
+            assert not v or v[0] not in "=+-@", row
+    assert {r["file"].lstrip("'").split("/")[-1] for r in rows} >= set(names)
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '{"run": null}', '{"run": 5, "source_label": []}', "{", "\x00\xff"])
+def test_skip_done_over_a_study_json_of_any_shape(tiny_model, tmp_path, capsys, content):
+    """Item 8: a study.json of the wrong shape is not 'done': the study is segmented again, summary.csv written,
+    no traceback."""
+    vol = np.zeros((40, 40, 5), np.int16)
+    vol[10:20, 10:20, 1:4] = 500
+    p = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.5, 0.5, 2.0, 1.0])), p)
+    out = tmp_path / "out"
+    assert cli_predict(p, out, tiny_model) == 0
+    sj = out / "case" / "study.json"
+    good = json.loads(sj.read_text())
+    sj.write_text(content)
+    assert cli_predict(p, out, tiny_model, "--skip-done") == 0
+    assert "Traceback" not in capsys.readouterr().err
+    assert json.loads(sj.read_text())["volume_ml"] == good["volume_ml"]
+    assert (out / "summary.csv").is_file()
+    # a record of the right run but with fields missing or of the wrong type: also redone
+    bad = {**good, "tumour_voxels": None, "max_probability": "high"}
+    sj.write_text(json.dumps(bad))
+    assert cli_predict(p, out, tiny_model, "--skip-done") == 0
+    assert json.loads(sj.read_text())["max_probability"] == good["max_probability"]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        [],
+        "onnx-int8",
+        {"engine": 5},
+        {"engine": "torch-fp32", "timings_ms": []},
+        {"engine": "torch-fp32", "timings_ms": {"torch-fp32": "fast"}},
+    ],
+)
+def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
+    """Item 12: a wrong-typed record in the engine cache is ignored (the probe measures again and rewrites it)."""
+    from tumorseg import probe
+
+    monkeypatch.setattr(probe, "user_cache_dir", lambda: tmp_path)
+    loads = []
+
+    def load(name):
+        loads.append(name)
+        return type("E", (), {"run": lambda self, x: None})()
+
+    kp = {"model_sha256": "m", "versions": {}}
+    c, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    data = json.loads((tmp_path / probe.CACHE_FILE).read_text())
+    key = next(iter(data))
+    data[key] = record
+    (tmp_path / probe.CACHE_FILE).write_text(json.dumps(data))
+    loads.clear()
+    c2, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    assert not c2.cached and loads  # measured again
+    c3, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    assert c3.cached  # and rewritten
+
+
+@pytest.mark.parametrize("kind", ["dev-zero-link", "fifo", "huge"])
+def test_the_engine_cache_is_never_read_from_a_device_fifo_or_huge_file(tmp_path, kind):
+    """Item 12: a cache file that is a symlink to an endless device, a FIFO, or larger than any real cache is
+    not read (it would hang or exhaust memory): the probe just measures."""
+    from tumorseg.probe import _read_cache
+
+    f = tmp_path / "engines.json"
+    if kind == "dev-zero-link":
+        f.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(f)
+    else:
+        f.write_bytes(b"{" + b" " * (2 << 20) + b"}")
+    t0 = time.monotonic()
+    assert _read_cache(f) == {}
+    assert time.monotonic() - t0 < 2
+
+
+def test_study_jobs_count_against_the_model_slots(predictor, tmp_path):
+    """Item 10: a study job holds one of the documented model slots for its model work, so with both slots
+    taken a job waits (queued) instead of running beside them."""
+    from tumorseg.app.guard import ModelSlots
+    from tumorseg.app.jobs import JobStore
+
+    slots = ModelSlots(2)
+    jobs = JobStore(slots)
+    held = [slots.ticket(), slots.ticket()]
+    assert all(slots.enter(t) for t in held)
+    ran = threading.Event()
+
+    def work(job):
+        with job.model_slot():
+            ran.set()
+            return 1
+
+    job = jobs.start("a study", work, lambda r: {"ok": r})
+    time.sleep(0.3)
+    assert not ran.is_set() and job.view()["state"] == "queued"
+    slots.release()
+    for _ in range(100):
+        if job.view()["state"] == "done":
+            break
+        time.sleep(0.05)
+    assert ran.is_set() and job.view()["result"] == {"ok": 1}
+    slots.release()
+    assert slots.active == 0
+
+
+def test_the_app_restarts_on_a_port_its_last_clients_left_in_time_wait():
+    """Item 11: the start-up port check binds as uvicorn does (SO_REUSEADDR), so a port whose last connections
+    are in TIME_WAIT is free to serve again at once; a port really in use is still refused."""
+    from tumorseg.app.server import serve
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    srv.listen()
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()  # the server side closes first: its end of the connection lingers in TIME_WAIT
+    cli.close()
+    srv.close()
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))  # what serve's check now does: it succeeds
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        with pytest.raises(OSError, match="another program"):
+            serve(port=busy.getsockname()[1], open_browser=False)
+    finally:
+        busy.close()
