@@ -334,9 +334,14 @@ def _slice_axis(dss: list, ipps: list, normal: np.ndarray, have: int, source: st
         if len(dss) > 1 and np.all(steps > 1e-3):
             dz = float(np.median(steps))
             if steps.max() - steps.min() > 0.1 * dz:
-                notes.append(
-                    f"Slice positions are unevenly spaced ({steps.min():.2f} to {steps.max():.2f} mm); "
-                    f"the median {dz:.2f} mm was used."
+                k = int(np.argmax(np.abs(steps - dz)))
+                raise StudyError(
+                    source,
+                    f"slice positions are unevenly spaced ({steps.min():.2f} to {steps.max():.2f} mm apart; "
+                    f"{steps[k]:.2f} mm between slices {k + 1} and {k + 2}"
+                    + (", a slice seems to be missing" if steps[k] > 1.5 * dz else "")
+                    + "): a volume on one grid would misplace slices and misstate the volume; refused (send the "
+                    "complete series)",
                 )
             step = (np.array(ipps[-1]) - np.array(ipps[0])) / (len(dss) - 1)
         else:
@@ -369,6 +374,38 @@ def _slice_axis(dss: list, ipps: list, normal: np.ndarray, have: int, source: st
     return dz, step, origin
 
 
+def _check_one_grid(dss: list, iop: list[float], ps: list[float], source: str) -> None:
+    """Every slice in the first slice's orientation and pixel spacing, or the series is refused with the reason:
+    one volume measured with one slice's spacing, or slices of another orientation stacked as if parallel, would
+    give a wrong number with no sign of it."""
+    for k, ds in enumerate(dss[1:], start=2):
+        who = Path(str(getattr(ds, "filename", None) or f"image {k}")).name
+        o = _floats(ds, "ImageOrientationPatient", 6, source)
+        if o is not None and not np.allclose(o, iop, atol=1e-3):
+            plane = _plane(o)
+            raise StudyError(
+                source,
+                f"{who} lies in another orientation ({plane}, ImageOrientationPatient {[round(x, 3) for x in o]}) "
+                f"than another ({_plane(iop)}): the series is not one stack of parallel slices; refused (load the "
+                "blocks as separate series)",
+            )
+        p = _floats(ds, "PixelSpacing", 2, source)
+        if p is not None and not np.allclose(np.abs(p), ps, rtol=1e-3, atol=1e-4):
+            raise StudyError(
+                source,
+                f"{who} declares PixelSpacing {list(p)} mm where another declares {ps}: the slices are not on one "
+                "grid, and a volume measured with either spacing would be wrong; refused",
+            )
+
+
+def _plane(iop) -> str:
+    """'axial', 'coronal', 'sagittal' or 'oblique', from the slice normal's largest component."""
+    n = np.abs(np.cross(np.array(iop[:3], float), np.array(iop[3:], float)))
+    if n.max() < 0.9:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[int(np.argmax(n))]
+
+
 def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
     """Sort the series along its normal and derive spacing and affine; every fallback becomes a note.
 
@@ -391,6 +428,7 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
         notes.append("No PixelSpacing: 1 mm pixels assumed; areas and volumes are in assumed units.")
     _valid_spacing(source, ps, "PixelSpacing", notes)
     ps = [abs(x) for x in ps]
+    _check_one_grid(dss, iop, ps, source)
     ipps = [_floats(ds, "ImagePositionPatient", 3, source) for ds in dss]
     have = sum(p is not None for p in ipps)
     if 0 < have < len(dss):

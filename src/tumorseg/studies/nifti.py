@@ -60,6 +60,27 @@ def _finite_in_float32(source, data: np.ndarray, notes: list[str]) -> np.ndarray
     return np.where(finite, data / top, 0.0)
 
 
+def _zooms_of_affine(p: Path, img, zooms: list[float], notes: list[str]) -> list[float]:
+    """The voxel size the file's affine (sform, else qform: what nibabel, the written mask and every viewer use)
+    carries. Where pixdim says otherwise, the affine's is used and a note says so: a volume measured by pixdim
+    would disagree with the mask it comes with in any other tool."""
+    if len(zooms) < 3:
+        return zooms
+    try:
+        ax = [float(x) for x in np.linalg.norm(np.asarray(img.affine, float)[:3, :3], axis=0)]
+    except Exception:
+        return zooms
+    if not all(np.isfinite(a) and a > 0 for a in ax) or np.allclose(ax, zooms[:3], rtol=1e-3, atol=1e-4):
+        return zooms
+    ax = _valid_spacing(p, ax, "NIfTI affine voxel size", notes)
+    notes.append(
+        f"NIfTI pixdim {[round(z, 4) for z in zooms[:3]]} and its {'sform' if img.header['sform_code'] > 0 else 'qform'} "
+        f"voxel size {[round(a, 4) for a in ax]} mm disagree; the affine's was used (the written mask and every "
+        "viewer place voxels by it)."
+    )
+    return ax + list(zooms[3:])
+
+
 def _nifti_header(p: Path):
     """(image, voxel sizes, notes) of a NIfTI file judged from its header alone: voxel type, size,
     working memory, model time and pixdim, before any voxel is read."""
@@ -90,6 +111,7 @@ def _nifti_header(p: Path):
     notes: list[str] = []
     raw = [float(x) for x in _raw_pixdim(p, img)]
     zooms = _valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
+    zooms = _zooms_of_affine(p, img, zooms, notes)
     try:
         if len(shape) >= 3 and shape[2] > 1:
             check_model_time(p, shape[2], shape[1], shape[0], size, "NIfTI volume")
