@@ -223,3 +223,53 @@ def test_the_app_restarts_on_a_port_its_last_clients_left_in_time_wait():
             serve(port=busy.getsockname()[1], open_browser=False)
     finally:
         busy.close()
+
+
+def test_two_writers_swapping_one_study_folder_never_fail_nor_leave_old_folders(tmp_path):
+    """Item 17: two processes writing one --out swap the same study folder at once; every swap succeeds, the
+    last complete folder wins, and no hidden .old- folder is left."""
+    from tumorseg.batch import _swap_in
+
+    out = tmp_path / "out"
+    out.mkdir()
+    final = out / "case"
+    errors = []
+
+    def writer(w: int) -> None:
+        for i in range(60):
+            tmp = out / f".case.partial-{w}-{i}"
+            tmp.mkdir()
+            (tmp / "study.json").write_text(json.dumps({"writer": w, "i": i}))
+            try:
+                _swap_in(tmp, final)
+            except OSError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in out.iterdir()) == ["case"]
+    assert json.loads((final / "study.json").read_text())["i"] == 59
+
+
+def test_a_symlink_named_like_a_study_folder_is_replaced_not_followed(tmp_path):
+    """Item 17: a symlink where a study folder goes is unlinked (its target untouched), not left behind under
+    a hidden name."""
+    from tumorseg.batch import _swap_in
+
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case").symlink_to(target, target_is_directory=True)
+    tmp = out / ".case.partial-x"
+    tmp.mkdir()
+    (tmp / "study.json").write_text("{}")
+    _swap_in(tmp, out / "case")
+    assert not (out / "case").is_symlink() and (out / "case" / "study.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["case"]
+    assert (target / "keep.txt").read_text() == "mine"

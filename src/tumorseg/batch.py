@@ -310,15 +310,36 @@ def _fetch(url: str, tmp: Path) -> Path:
     return target
 
 
-def _swap_in(tmp_dir: Path, final: Path) -> None:
-    """Put a finished study folder in place in one rename (an older result is replaced only then)."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp_dir, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _swap_in(tmp_dir: Path, final: Path, attempts: int = 20) -> None:
+    """Put a finished study folder in place in one rename (an older result is replaced only then).
+
+    Two processes writing one ``--out`` may swap the same study at once: a rename onto a folder the other
+    just put there fails, so the newer result is moved aside again and the rename retried; whatever was moved
+    aside is removed (a symlink only unlinked: its target is never touched), so no ``.old-`` folder is left."""
+    import errno
+
+    for _ in range(attempts):
+        old = None
+        if final.is_symlink() or final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            try:
+                os.replace(final, old)
+            except FileNotFoundError:  # the other writer moved it first
+                old = None
+        try:
+            os.replace(tmp_dir, final)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            continue  # another writer put its folder there in between: move it aside and try again
+        finally:
+            if old is not None:
+                if old.is_symlink():
+                    old.unlink()
+                else:
+                    shutil.rmtree(old, ignore_errors=True)
+        return
+    raise OSError(f"{final}: another process keeps replacing this study folder; not written")
 
 
 def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -> dict:
