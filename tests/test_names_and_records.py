@@ -273,3 +273,47 @@ def test_a_symlink_named_like_a_study_folder_is_replaced_not_followed(tmp_path):
     assert not (out / "case").is_symlink() and (out / "case" / "study.json").is_file()
     assert sorted(p.name for p in out.iterdir()) == ["case"]
     assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_finished_job_answers_are_serialised_once_and_bounded(monkeypatch):
+    """Item 10: a finished job's answer is serialised once (every poll sends the same bytes) and finished
+    answers together stay within MAX_ANSWER_BYTES, the oldest forgotten first (the newest always kept)."""
+    from tumorseg.app import jobs as jobs_mod
+    from tumorseg.app.common import BadRequest
+    from tumorseg.app.jobs import JobStore
+
+    monkeypatch.setattr(jobs_mod, "MAX_ANSWER_BYTES", 3000)
+    store = JobStore()
+    done = []
+    for i in range(4):
+        job = store.start(f"s{i}", lambda job: "x" * 1000, lambda r: {"big": r})
+        for _ in range(100):
+            if job.view()["state"] == "done":
+                break
+            time.sleep(0.01)
+        done.append(job)
+    last = done[-1]
+    a, b = last.response().body, last.response().body
+    assert a == b and json.loads(a)["result"] == {"big": "x" * 1000} and json.loads(a)["state"] == "done"
+    kept = [j for j in done if j.id in store._jobs]
+    assert last in kept and len(kept) == 2  # 2 x ~1 kB within 3 kB; the oldest were forgotten
+    with pytest.raises(BadRequest):
+        store.get(done[0].id)
+
+
+def test_held_study_counts_its_slice_images_and_dicom_pixels(tmp_path, predictor):
+    """Item 10: a held DICOM study is counted with everything it keeps alive (slice images, DICOM pixel data)."""
+    from tumorseg.app.results import _held_bytes
+
+    from .conftest import write_dicom_series
+
+    write_dicom_series(tmp_path / "s", n=6, rows=64, cols=64)
+    sp = predictor.predict_study(tmp_path / "s")
+    arrays = sp.prob.nbytes + sp.mask.nbytes + sp.study.volume.nbytes  # the slice images are views of the volume
+    pixels = sum(len(ds.PixelData) for ds in sp.study.dicom)
+    assert all(np.shares_memory(im, sp.study.volume) for im in sp.images)
+    assert (
+        arrays + pixels
+        <= _held_bytes(sp)
+        <= arrays + pixels + (sp.uncertainty.nbytes if sp.uncertainty is not None else 0)
+    )

@@ -7,6 +7,7 @@ The page starts a study with ``POST /api/jobs/study`` (the fields of ``POST /api
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -20,6 +21,7 @@ log = logging.getLogger("tumorseg.app")
 
 MAX_JOBS_KEPT = 8  # finished jobs are forgotten oldest first
 MAX_RUNNING = 2  # a laptop has few cores; more studies at once only make each slower
+MAX_ANSWER_BYTES = 256 * 2**20  # finished jobs' answers together (a 155-slice study's is ~70 MB)
 
 
 class Cancelled(Exception):
@@ -35,7 +37,7 @@ class Job:
     total: int = 0
     started: float = field(default_factory=time.monotonic)
     first_batch: float | None = None
-    result: dict | None = None
+    answer: bytes | None = None  # the finished job's answer, serialised once (polls send these bytes)
     error: str = ""
     status: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -54,7 +56,21 @@ class Job:
         a job counts against the same slots as requests, and its network or file reading holds none."""
         return _slot(self.slots, cancelled=self.cancel.is_set)
 
+    def response(self):
+        """The job's view as an HTTP answer; a finished job's answer goes out as the bytes serialised when it
+        finished (a poll never re-serialises a study's slices)."""
+        from starlette.responses import Response
+
+        view = self.view() if self.answer is None or self.state != "done" else {**self._progress(), "result": None}
+        body = json.dumps(view).encode()
+        if self.state == "done" and self.answer is not None:
+            body = body[: body.rindex(b"null")] + self.answer + b"}"
+        return Response(body, media_type="application/json")
+
     def view(self) -> dict:
+        return self._progress() | ({"result": json.loads(self.answer)} if self.state == "done" and self.answer else {})
+
+    def _progress(self) -> dict:
         elapsed = time.monotonic() - self.started
         eta = None
         if self.state == "running" and self.first_batch is not None and 0 < self.done < self.total:
@@ -69,8 +85,6 @@ class Job:
             "elapsed_s": round(elapsed, 1),
             "eta_s": eta,
         }
-        if self.state == "done":
-            out["result"] = self.result
         if self.state == "failed":
             out["error"], out["status"] = self.error, self.status
         return out
@@ -110,8 +124,9 @@ class JobStore:
 
         def run() -> None:
             try:
-                job.result = respond(work(job))
+                job.answer = json.dumps(respond(work(job))).encode()
                 job.state = "done"
+                self._trim()
             except Cancelled:
                 job.state = "cancelled"
             except Exception as exc:  # what the synchronous endpoint would answer, never a traceback
@@ -122,6 +137,18 @@ class JobStore:
 
         threading.Thread(target=run, name=f"tumorseg-job-{job.id[:6]}", daemon=True).start()
         return job
+
+    def _trim(self) -> None:
+        """Finished answers count against MAX_ANSWER_BYTES together (the newest is always kept), the oldest
+        forgotten first, as held results are."""
+        with self._lock:
+            done = [(k, j) for k, j in self._jobs.items() if j.answer is not None]
+            total = sum(len(j.answer) for _, j in done)
+            for k, j in done[:-1]:
+                if total <= MAX_ANSWER_BYTES:
+                    break
+                total -= len(j.answer)
+                del self._jobs[k]
 
     def get(self, job_id: str) -> Job:
         with self._lock:

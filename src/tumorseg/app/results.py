@@ -15,12 +15,22 @@ MAX_RESULT_BYTES = 512 * 2**20  # held results are bounded in bytes too (the old
 
 
 def _held_bytes(obj) -> int:
-    """The numpy arrays a held result keeps alive (one level deep, plus its study's volume)."""
+    """What a held result keeps alive: its arrays (one level deep, and in lists: a study's slice images), its
+    study's volume, and a DICOM study's datasets (their pixel data)."""
+    study = getattr(obj, "study", None)
+    values = list(vars(obj).values()) + [getattr(study, "volume", None)]
+    values += [x for v in list(values) if isinstance(v, (list, tuple)) for x in v]
     seen, total = set(), 0
-    for v in list(vars(obj).values()) + [getattr(getattr(obj, "study", None), "volume", None)]:
-        if isinstance(v, np.ndarray) and id(v) not in seen:
+    for v in values:
+        if not isinstance(v, np.ndarray):
+            continue
+        while isinstance(v.base, np.ndarray):  # a view (a study's slice of its volume) counts as its array
+            v = v.base
+        if id(v) not in seen:
             seen.add(id(v))
             total += v.nbytes
+    for ds in getattr(study, "dicom", None) or []:
+        total += len(getattr(ds, "PixelData", b"") or b"")
     return total
 
 

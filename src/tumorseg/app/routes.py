@@ -125,7 +125,7 @@ def study_router(pred, store, cap: int, jobs=None) -> tuple[APIRouter, object]:
 
     @router.get("/api/jobs/{job_id}")
     def job_status(job_id: str) -> dict:
-        return jobs.get(job_id).view()
+        return jobs.get(job_id).response()
 
     @router.delete("/api/jobs/{job_id}")
     def job_cancel(job_id: str) -> dict:
