@@ -360,3 +360,56 @@ def test_three_planes_radiological_in_patient_space(server, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_reference_dice_always_belongs_to_the_threshold_shown(server, tmp_path, tiny_model):
+    """Viewer 3, item 1: with the reference the page offers (a case folder's _seg, chosen with its FLAIR), moving
+    the threshold withdraws the old Dice at once ("updating") and shows the new one, which is the CLI's Dice at
+    that threshold; at no moment does the row show a Dice computed at another threshold than the slider's."""
+    import json
+
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    from .conftest import cli_predict
+
+    case = tmp_path / "Case_001"
+    case.mkdir()
+    vol = np.zeros((48, 40, 6), np.int16)
+    vol[8:40, 6:34, :] = 200 + np.arange(28)[None, :, None] * 20
+    affine = np.diag([0.9, 0.9, 2.5, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine), str(case / "Case_001_flair.nii.gz"))
+    seg = np.zeros(vol.shape, np.uint8)
+    seg[15:35, 10:30, 1:5] = 2
+    nib.save(nib.Nifti1Image(seg, affine), str(case / "Case_001_seg.nii.gz"))
+    with sync_playwright() as p:
+        browser, page = _open(p, server)
+        try:
+            page.set_input_files(
+                "#file-input", [str(case / "Case_001_flair.nii.gz"), str(case / "Case_001_seg.nii.gz")]
+            )
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            page.wait_for_selector("#ref-offer:not([hidden])", timeout=30000)
+            page.click("#ref-offer")
+            page.wait_for_selector("[data-testid=reference-dice][data-stale='false']", timeout=30000)
+            first = page.get_attribute("[data-testid=reference-dice]", "data-threshold")
+            new = "0.30" if first != "0.30" else "0.70"
+            page.evaluate(
+                f"() => {{ const t = document.getElementById('threshold'); t.value = '{new}'; "
+                "t.dispatchEvent(new Event('input')); }"
+            )
+            el = "[data-testid=reference-dice]"
+            # at once: the old numbers are withdrawn, never shown beside the new threshold
+            assert page.get_attribute(el, "data-stale") == "true" and page.get_attribute(el, "data-dice") == ""
+            assert "updating" in page.inner_text(el)
+            page.wait_for_selector(f"{el}[data-stale='false'][data-threshold='{new}']", timeout=30000)
+            dice = float(page.get_attribute(el, "data-dice"))
+            assert f"at threshold {new}" in page.inner_text(el)
+        finally:
+            browser.close()
+    out = tmp_path / "cli"
+    ref = case / "Case_001_seg.nii.gz"
+    assert (
+        cli_predict(case / "Case_001_flair.nii.gz", out, tiny_model, "--reference", str(ref), "--threshold", new) == 0
+    )
+    assert abs(json.loads((out / "comparison.json").read_text())["dice"] - dice) < 1e-6

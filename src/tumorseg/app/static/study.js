@@ -205,8 +205,10 @@ export async function runCompare() {
   const perSlice = refs.length > 1 || /_mask\.[^.]+$/i.test(refs[0].name);
   if (perSlice && state.study) for (const f of refs) fd.append("files", f, f.name);
   else fd.append("file", refs[0], refs[0].name);
+  const asked = parseFloat($("threshold").value);
   try {
     const r = await api("/api/compare", { method: "POST", body: fd });
+    if (Math.abs(parseFloat($("threshold").value) - asked) > 1e-9) { runCompare(); return; } // moved on meanwhile
     const masks = [];
     for (const b64 of r.reference_png) {
       const rgba = await decodePng(b64);
@@ -215,12 +217,14 @@ export async function runCompare() {
       masks.push(m);
     }
     state.ref = { masks, result: r, threshold: r.threshold };
-    let txt = `Dice ${r.dice.toFixed(4)} vs ${r.reference}`;
+    let txt = `Dice ${r.dice.toFixed(4)} at threshold ${r.threshold.toFixed(2)} vs ${r.reference}`;
     if (r.volume_difference_ml !== undefined && r.volume_difference_ml !== null) txt += ` · volume difference ${r.volume_difference_ml >= 0 ? "+" : ""}${r.volume_difference_ml.toFixed(2)} mL (model ${r.model_ml.toFixed(2)}, reference ${r.reference_ml.toFixed(2)})`;
     else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
     if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice + 1).join(", ")}`;
     $("s-ref").textContent = txt;
     $("s-ref").dataset.dice = r.dice.toFixed(6);
+    $("s-ref").dataset.stale = "false";
+    $("s-ref").dataset.threshold = r.threshold.toFixed(2);
     $("s-ref-row").hidden = false;
     render();
   } catch (e) {

@@ -56,6 +56,7 @@ export function render() {
   }
   drawColorbar(thr);
   showOrientation();
+  markReferenceStale(thr);
 
   const out = new ImageData(w, h);
   const src = bd, dst = out.data, p = it.prob;
@@ -157,9 +158,26 @@ export async function syncMask() {
     if (!cur || officialKey(cur, parseFloat($("threshold").value)) !== key) return; // moved on meanwhile
     state.official = { key, mask, pixels: r.tumour_pixels, measurements: r.measurements || null };
     render();
-    if (state.refFile && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) runCompare();
+    if (hasReference() && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) runCompare();
   } catch (e) {
     showError([e.message]);
+  }
+}
+
+export function hasReference() {
+  return Boolean(state.refFile || (state.refFiles && state.refFiles.length));
+}
+
+// The Dice shown always belongs to the threshold shown: when the threshold moves away from the one the
+// reference numbers were computed at, they are withdrawn at once ("updating") until the new ones arrive.
+export function markReferenceStale(thr) {
+  const el = $("s-ref");
+  if (!state.ref || $("s-ref-row").hidden) return;
+  const stale = Math.abs(state.ref.threshold - thr) > 1e-9;
+  if (stale && el.dataset.stale !== "true") {
+    el.dataset.stale = "true";
+    el.dataset.dice = "";
+    el.textContent = `Dice: updating for threshold ${thr.toFixed(2)}…`;
   }
 }
 
