@@ -413,3 +413,48 @@ def test_reference_dice_always_belongs_to_the_threshold_shown(server, tmp_path, 
         cli_predict(case / "Case_001_flair.nii.gz", out, tiny_model, "--reference", str(ref), "--threshold", new) == 0
     )
     assert abs(json.loads((out / "comparison.json").read_text())["dice"] - dice) < 1e-6
+
+
+def test_downloads_are_the_picture_on_screen(server, tmp_path, tiny_model):
+    """Viewer 3, item 2: the page's Overlay PNG of a study slice is turned as the screen shows it, like the CLI's
+    overlays/slice_NNNN.png (it correlates with the CLI's overlay of the slice, not with its flip), and is named
+    after the study and the slice as numbered on screen."""
+    import nibabel as nib
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from .conftest import cli_predict
+    from .test_viewer2 import _head
+
+    vol = np.ascontiguousarray(_head()[::-1, ::-1])  # stored LPS: the screen turns it
+    aff = np.diag([1.0, 1.0, 3.0, 1.0]) @ np.array(
+        [[-1, 0, 0, vol.shape[0] - 1], [0, -1, 0, vol.shape[1] - 1], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+    nii = tmp_path / "Zażółć.nii.gz"
+    nib.save(nib.Nifti1Image(vol, aff), str(nii))
+    with sync_playwright() as p:
+        browser, page = _open(p, server, accept_downloads=True)
+        try:
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            k = int(page.evaluate("() => document.getElementById('slice').value"))
+            with page.expect_download() as dl:
+                page.click("#dl-overlay")
+            name = dl.value.suggested_filename
+            got = np.asarray(Image.open(dl.value.path()).convert("RGB")).astype(float).mean(-1)
+        finally:
+            browser.close()
+    assert name == f"Zażółć_slice{k + 1:04d}_overlay.png"
+    out = tmp_path / "cli"
+    assert cli_predict(nii, out, tiny_model) == 0
+    cli = (
+        np.asarray(Image.open(out / "Zażółć" / "overlays" / f"slice_{k + 1:04d}.png").convert("RGB"))
+        .astype(float)
+        .mean(-1)
+    )
+    assert got.shape == cli.shape
+
+    def corr(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    assert corr(got, cli) > 0.9 and corr(got, cli) > corr(got, cli[::-1]) + 0.2

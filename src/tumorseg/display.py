@@ -85,6 +85,25 @@ def display_transform(st, convention: str = "radiological") -> dict:
     }
 
 
+def turned(arr: np.ndarray, t: dict) -> np.ndarray:
+    """A stored slice (H x W [x C]) turned as the page shows it (``display_transform``'s flags: transpose,
+    then flip x/y): the one rule for the screen, the PNG downloads and the CLI's overlays."""
+    if t.get("transpose"):
+        arr = arr.swapaxes(0, 1)
+    if t.get("flip_x"):
+        arr = arr[:, ::-1]
+    if t.get("flip_y"):
+        arr = arr[::-1]
+    return np.ascontiguousarray(arr)
+
+
+def display_turn(st, convention: str = "radiological") -> dict:
+    """What a picture of ``st``'s slices written for people records (study.json's ``display``): the
+    convention, the turn and the edge labels after it."""
+    t = display_transform(st, convention)
+    return {k: t[k] for k in ("convention", "plane", "transpose", "flip_x", "flip_y", "labels", "known")}
+
+
 def raw_units(st) -> list | None:
     """Per channel (slope, intercept): the displayed 0..255 value back to the input's own units (NIfTI
     values, DICOM after its rescale), so window/level can be read as the scanner wrote them; None where

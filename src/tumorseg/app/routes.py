@@ -310,10 +310,18 @@ def download_router(pred, store) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/result/{result_id}/mask.png")
-    def mask_png(result_id: str, threshold: float | None = None, slice: int = 0):
-        """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask)."""
+    def mask_png(result_id: str, threshold: float | None = None, slice: int = 0, convention: str = "radiological"):
+        """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask, turned as the page shows it in
+        ``convention``, as the CLI's overlays are)."""
+        from ..display import CONVENTIONS, display_turn, turned
+
+        if convention not in CONVENTIONS:
+            raise BadRequest(422, f"convention must be one of {', '.join(CONVENTIONS)}")
         kind, r, name = store.get(result_id, threshold)
-        arr = r.mask_png_array() if kind == "image" else r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255)
+        if kind == "image":
+            arr = r.mask_png_array()
+        else:
+            arr = turned(r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255), display_turn(r.study, convention))
         stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
         return Response(
             encode_png(arr),

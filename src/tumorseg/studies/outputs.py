@@ -59,10 +59,19 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
             written.append(target)
         except Exception as exc:  # never lose the other outputs, but the study counts as failed
             export_errors.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
+    from ..display import display_turn, turned
+
     ov = out / "overlays"
+    turn = display_turn(st)  # as the page shows the study: radiological, anterior up (one rule for both)
     for k in range(st.n_slices):
-        write_png(ov / f"slice_{k + 1:04d}.png", heatmap_overlay(sp.images[k], sp.prob[k]))
-    summary = {**sp.summary(), **({"export_errors": export_errors} if export_errors else {}), **(extra or {})}
+        write_png(ov / f"slice_{k + 1:04d}.png", turned(heatmap_overlay(sp.images[k], sp.prob[k]), turn))
+    shown = {"display": {**turn, "overlays": "overlays/slice_NNNN.png, turned as the page shows the study"}}
+    summary = {
+        **sp.summary(),
+        **shown,
+        **({"export_errors": export_errors} if export_errors else {}),
+        **(extra or {}),
+    }
     atomic_write_bytes(out / "study.json", (json.dumps(summary, indent=1) + "\n").encode())
     written.append(out / "study.json")
     return written

@@ -6,9 +6,9 @@
 // Entry point: wires the controls and keys, loads the model line (ES modules: state, viewer,
 // study, pacs, planes).
 import { initPacs } from "./pacs.js";
-import { $, api, download, showError, state, stem } from "./state.js";
-import { LAYOUTS, downloadMask, downloadStudy, downloadStudyFile, openFiles, runCompare, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
-import { initViewer, render, setColormap, step } from "./viewer.js";
+import { $, api, download, showError, state } from "./state.js";
+import { LAYOUTS, downloadMask, downloadName, downloadStudy, downloadStudyFile, openFiles, runCompare, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
+import { initViewer, render, setColormap, step, turnedCanvas } from "./viewer.js";
 
 async function init() {
   for (const id of ["file-input", "folder-input"]) {
@@ -29,7 +29,7 @@ async function init() {
   $("dl-nifti").addEventListener("click", () => downloadStudyFile("mask.nii.gz"));
   $("dl-seg").addEventListener("click", () => downloadStudyFile("mask_seg.dcm"));
   initViewer();
-  $("dl-overlay").addEventListener("click", () => download($("ai"), `${stem(state.items[state.index].name)}_overlay.png`));
+  $("dl-overlay").addEventListener("click", () => download(turnedCanvas($("ai")), downloadName(state.items[state.index], "overlay")));
   document.addEventListener("keydown", (e) => {
     // Controls keep their own keys (a focused slider moves itself); elsewhere arrows and PageUp/Down scroll slices.
     if (e.key === "Escape") { toggleHelp(false); return; }

@@ -236,8 +236,13 @@ export async function runCompare() {
 export function downloadMask() {
   const it = state.items[state.index];
   const thr = parseFloat($("threshold").value);
-  const q = `threshold=${thr}&slice=${it.slice}`;
-  downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, state.study ? `${stem(state.study.source || "study")}_slice${String(it.slice + 1).padStart(4, "0")}_mask.png` : `${stem(it.name)}_mask.png`);
+  const q = `threshold=${thr}&slice=${it.slice}&convention=${state.convention}`;
+  downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, downloadName(it, "mask"));
+}
+
+// <study>_slice0123_<what>.png for a study's slice (numbered from 1, as on screen), <image>_<what>.png otherwise.
+export function downloadName(it, what) {
+  return state.study ? `${stem(state.study.source || "study")}_slice${String(it.slice + 1).padStart(4, "0")}_${what}.png` : `${stem(it.name)}_${what}.png`;
 }
 
 export function downloadStudyFile(file) {

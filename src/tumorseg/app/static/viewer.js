@@ -220,6 +220,21 @@ export function drawColorbar(thr) {
   c.title = `probability 0 (blue) to 1 (red); threshold ${thr.toFixed(2)} marked`;
 }
 
+// A canvas's picture turned as the screen shows it (transpose, then flip: display.turned on the server), so a
+// download is the picture on screen, never the storage order.
+export function turnedCanvas(src) {
+  const t = turn();
+  const w = t.transpose ? src.height : src.width, h = t.transpose ? src.width : src.height;
+  const c = document.createElement("canvas");
+  c.width = w; c.height = h;
+  const ctx = c.getContext("2d");
+  ctx.translate(t.flip_x ? w : 0, t.flip_y ? h : 0);
+  ctx.scale(t.flip_x ? -1 : 1, t.flip_y ? -1 : 1);
+  if (t.transpose) ctx.transform(0, 1, 1, 0, 0, 0);
+  ctx.drawImage(src, 0, 0);
+  return c;
+}
+
 // How the current study's slice is turned on screen (display.py decides; identity for 2D images).
 export function turn() {
   const g = state.study && state.study.geometry;
