@@ -458,3 +458,49 @@ def test_downloads_are_the_picture_on_screen(server, tmp_path, tiny_model):
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
     assert corr(got, cli) > 0.9 and corr(got, cli) > corr(got, cli[::-1]) + 0.2
+
+
+def test_planes_open_where_you_were_with_a_hook_each_and_the_sagittal_anterior_left(server, tmp_path):
+    """Viewer 3, items 3, 5 and 8: the plane layouts open at the slice the user was on (not the volume's
+    middle), each drawn plane has its element (#plane-axial, #plane-coronal, #plane-sagittal), and the sagittal
+    plane shows anterior on the left, as the docs and the ? help say."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    vol = np.zeros((48, 40, 12), np.int16)
+    vol[8:40, 6:34, :] = 300
+    vol[30:38, 24:32, 3:9] = 900
+    nii = tmp_path / "case_flair.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.5, 1.0])), str(nii))
+    with sync_playwright() as p:
+        browser = launch(p, webgl=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+        try:
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            page.evaluate(
+                "() => { const s = document.getElementById('slice'); s.value = '2'; s.dispatchEvent(new Event('input')); }"
+            )
+            page.select_option("[data-testid=layout]", "multi")
+            page.wait_for_selector("#nv[data-loaded]", timeout=60000)
+            assert page.get_attribute("#nv", "data-slice") == "2"
+            for plane in ("axial", "coronal", "sagittal"):
+                page.wait_for_selector(f"[data-testid=plane-{plane}]", state="attached", timeout=10000)
+            # the crosshair starts on slice 2 (z = 2 x 2.5 mm), not in the middle of 12 slices
+            page.mouse.move(5, 5)
+            page.select_option("[data-testid=layout]", "sagittal")
+            page.wait_for_function(
+                "() => !document.getElementById('plane-sagittal').hidden && document.getElementById('plane-axial').hidden",
+                timeout=10000,
+            )
+            box = page.locator("[data-testid=plane-sagittal]").bounding_box()
+            ys = []
+            for fx in (0.3, 0.7):
+                page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * 0.5)
+                page.wait_for_function("document.getElementById('readout').dataset.ras !== undefined", timeout=10000)
+                ys.append(float(page.get_attribute("#readout", "data-ras").split(",")[1]))
+            assert ys[0] > ys[1], f"anterior (larger y) must be on the left of the sagittal plane: {ys}"
+        finally:
+            browser.close()

@@ -28,9 +28,11 @@ const fmt = (v) => (v >= 0 ? " " : "") + v.toFixed(1);
 export async function open(canvas, opts) {
   const lib = await loadLibrary();
   if (!nv) {
+    // sagittalNoseLeft: anterior on the left of the sagittal plane, as the docs and the side-by-side view say
     nv = new lib.Niivue({ show3Dcrosshair: false, isRadiologicalConvention: !!opts.radiological, backColor: [0.05, 0.07, 0.09, 1],
-      crosshairColor: [0.22, 1, 0.08, 1], multiplanarForceRender: true, isColorbar: false, dragMode: 1 });
+      crosshairColor: [0.22, 1, 0.08, 1], multiplanarForceRender: true, isColorbar: false, dragMode: 1, sagittalNoseLeft: true });
     await nv.attachToCanvas(canvas);
+    nv.onAfterDraw = () => placeHooks(canvas); // NiiVue 0.69 calls it after each scene; hooks follow the tiles
   }
   nv.onLocationChange = (d) => {
     const v = d.values || [];
@@ -47,10 +49,46 @@ export async function open(canvas, opts) {
       { url: `${base}/prob.nii.gz`, name: "prob.nii.gz", headers: opts.headers, colormap: "jet", cal_min: opts.threshold, cal_max: 1, opacity: opts.opacity },
     ]);
     current = { key };
+    if (Number.isInteger(opts.slice)) {
+      // open on the slice the user was on (column, row, slice of the held study = the view's voxel grid)
+      nv.scene.crosshairPos = nv.vox2frac([Math.floor((opts.width || 0) / 2), Math.floor((opts.height || 0) / 2), opts.slice]);
+      canvas.dataset.slice = String(opts.slice);
+    }
   }
   update(opts);
   canvas.dataset.loaded = key;
+  placeHooks(canvas);
   return nv;
+}
+
+// One element per drawn plane (#plane-axial, #plane-coronal, #plane-sagittal) over its tile of the NiiVue
+// canvas, so a test or an assistive tool can find each plane's image; they take no pointer events.
+function placeHooks(canvas) {
+  if (!nv || !nv.screenSlices) return;
+  const host = canvas.parentElement;
+  const ratio = canvas.width / Math.max(1, canvas.clientWidth);
+  const names = ["axial", "coronal", "sagittal"];
+  const shown = new Set();
+  for (const tile of nv.screenSlices) {
+    const name = names[tile.axCorSag];
+    if (!name || shown.has(name)) continue;
+    shown.add(name);
+    let el = document.getElementById(`plane-${name}`);
+    if (!el) {
+      el = document.createElement("div");
+      el.id = `plane-${name}`;
+      el.dataset.testid = `plane-${name}`;
+      el.className = "plane-hook";
+      el.setAttribute("role", "img");
+      el.setAttribute("aria-label", `${name} plane`);
+      host.append(el);
+    }
+    const [l, t, w, h] = tile.leftTopWidthHeight;
+    Object.assign(el.style, { left: `${canvas.offsetLeft + Math.min(l, l + w) / ratio}px`, top: `${canvas.offsetTop + t / ratio}px`,
+      width: `${Math.abs(w) / ratio}px`, height: `${h / ratio}px` });
+    el.hidden = false;
+  }
+  for (const name of names) if (!shown.has(name)) { const el = document.getElementById(`plane-${name}`); if (el) el.hidden = true; }
 }
 
 export function update(opts) {

@@ -282,6 +282,7 @@ export async function setLayout(layout) {
     await planes.open($("nv"), {
       resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
       radiological: state.convention === "radiological", layout, headers: authHeaders(), ruler: $("ruler").checked,
+      slice: it.slice, width: it.width, height: it.height,
       onLocation: (text, d) => { $("readout").textContent = text; $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(","); },
     });
   } catch (e) {
