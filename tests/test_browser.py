@@ -504,3 +504,49 @@ def test_planes_open_where_you_were_with_a_hook_each_and_the_sagittal_anterior_l
             assert ys[0] > ys[1], f"anterior (larger y) must be on the left of the sagittal plane: {ys}"
         finally:
             browser.close()
+
+
+def test_key_numbers_stay_in_view_at_1280x720(server, tmp_path):
+    """Viewer 3, item 4: at 1280x720, with the side panel scrolled to its last control (zoom), the study volume
+    is still on screen and not covered; a new study opens with the panel at the top; the footer is not cut."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    vol = np.zeros((48, 40, 8), np.int16)
+    vol[8:40, 6:34, :] = 300
+    vol[30:38, 24:32, 2:6] = 900
+    niis = []
+    for k in range(2):
+        niis.append(tmp_path / f"case{k}.nii.gz")
+        nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.5, 1.0])), str(niis[-1]))
+
+    def volume_visible(page) -> bool:
+        return page.evaluate(
+            "() => { const e = document.getElementById('s-volume'); const r = e.getBoundingClientRect();"
+            " if (r.bottom > innerHeight || r.top < 0 || r.height === 0) return false;"
+            " const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);"
+            " return hit === e || e.contains(hit); }"
+        )
+
+    with sync_playwright() as p:
+        browser, page = _open(p, server)
+        try:
+            page.set_input_files("#file-input", str(niis[0]))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            page.evaluate("() => { const s = document.querySelector('.side'); s.scrollTop = s.scrollHeight; }")
+            page.locator("[data-testid=zoom]").scroll_into_view_if_needed()
+            assert page.locator("[data-testid=zoom]").is_visible()
+            assert volume_visible(page), "the volume must stay in view with the controls scrolled"
+            page.evaluate("() => { document.querySelector('.side').scrollTop = 99999; }")
+            assert page.evaluate("document.querySelector('.side').scrollTop") > 0
+            page.set_input_files("#file-input", str(niis[1]))
+            page.wait_for_function(
+                "() => document.querySelector('.side').scrollTop === 0 && document.getElementById('progress').hidden",
+                timeout=60000,
+            )
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            assert page.evaluate("document.querySelector('.side').scrollTop") == 0
+            assert volume_visible(page)
+            assert page.evaluate("document.querySelector('footer').getBoundingClientRect().bottom") <= 720
+        finally:
+            browser.close()

@@ -166,6 +166,7 @@ export function showResults(items, study, threshold, pacs, keepPicker) {
   state.items = items;
   state.study = study;
   state.official = null;
+  document.querySelector(".side").scrollTop = 0; // a new study starts with its numbers and the first controls in view
   state.refFiles = null;
   $("ref-offer").hidden = true;
   planes.forget();
