@@ -359,6 +359,20 @@ def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -
     return {**extra, "export_errors": errors} if errors else extra
 
 
+def _note_own_reference(sp, src) -> None:
+    """Say so when the study has its own reference beside it (a case's _seg, a folder's _mask files): the page
+    offers it, and the CLI compares with it on --reference auto, never silently ignoring it."""
+    from .studies.reference import own_reference
+
+    try:
+        found = own_reference(src)
+    except OSError:
+        return
+    if found:
+        what = found[0].name if len(found) == 1 else f"{len(found)} _mask images"
+        sp.study.notes.append(f"A reference lies beside the study ({what}): --reference auto compares with it.")
+
+
 def process_item(pred, item: Item, out: Path, opts: PredictOptions, record: dict, keep=None) -> dict:
     """Segment one item and write its outputs; returns its summary row (an error row on failure).
 
@@ -387,6 +401,8 @@ def process_item(pred, item: Item, out: Path, opts: PredictOptions, record: dict
                 progress=False,
                 spacing=item.spacing or opts.spacing,
             )
+        if keep is None and not isinstance(src, str):
+            _note_own_reference(sp, src)
         extra = write_study_atomically(sp, out, item.name, item.label, record)
         if keep is not None:
             keep(sp)
@@ -478,6 +494,8 @@ class BatchJob:
             raise BatchError("--reference needs exactly one input")
         if self.reference and self.dask:
             raise BatchError("--reference compares one input: run it without --dask")
+        if self.reference and self.reference != "auto" and not Path(self.reference).exists():
+            raise BatchError(f"--reference {self.reference}: not found")
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / f".tumorseg-write-test-{os.getpid()}"
@@ -545,19 +563,36 @@ class BatchJob:
                 try:
                     rep.comparison = self._compare(items[k], results.pop())
                 except (ImageReadError, ValueError, OSError) as exc:
-                    rows[k] = error_row(items[k].label, f"reference {self.reference}: {exc}")
+                    rows[k] = error_row(items[k].label, f"reference: {exc}")
 
     def _compare(self, item: Item, result) -> dict:
-        """Dice, volumes and the most different slices against --reference."""
+        """Dice, volumes and the most different slices against --reference: a mask file, a slice folder's
+        ``_mask`` images, or ``auto`` (the study's own reference beside it, as the page offers it)."""
         from .metrics import compare_masks
-        from .studies import read_reference
+        from .studies.reference import own_reference, read_reference_files
 
-        ref, notes = Path(self.reference), []
-        if item.study:
-            cmp = compare_masks(result.mask, read_reference(ref, result.study, notes=notes), result.study.spacing)
+        notes: list[str] = []
+        src = dict(item.source) if isinstance(item.source, tuple) else item.source
+        if self.reference == "auto":
+            files = own_reference(src) if item.study or Path(str(src)).exists() else []
+            if not files:
+                raise ValueError(
+                    f"no reference beside {item.label} (a case's _seg NIfTI or a slice folder's _mask images)"
+                )
         else:
-            cmp = compare_masks(result.mask, read_reference(ref, result.mask.shape), None)
-        return {"reference": str(ref), **cmp, "notes": notes}
+            p = Path(self.reference)
+            files = (
+                sorted(q for q in p.iterdir() if q.is_file() and q.stem.lower().endswith("_mask"))
+                if p.is_dir()
+                else [p]
+            )
+            if not files:
+                raise ValueError(f"{p}: a folder given as the reference must hold <slice>_mask images")
+        like = result.study if item.study else result.mask.shape
+        ref = read_reference_files(files, like, notes)
+        cmp = compare_masks(result.mask, ref, result.study.spacing if item.study else None)
+        used = str(files[0]) if len(files) == 1 else f"{files[0].parent} ({len(files)} _mask images)"
+        return {"reference": used, **cmp, "notes": notes}
 
 
 def spreadsheet_safe(value) -> str:

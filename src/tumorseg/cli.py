@@ -68,15 +68,7 @@ def _add_train(sub) -> None:
     from .trainconfig import LOSSES, defaults
 
     d = defaults()
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        metavar="DIR[=WEIGHT]",
-        help="dataset folder: kaggle_3m patient folders, images/ + masks/, or NIfTI case folders "
-        "(<case>/<case>_flair.nii.gz [+ _t1, _t1c] with <case>_seg.nii.gz; whole tumour = seg > 0). Give it "
-        "several times to mix sources; WEIGHT is a source's share of the training patches (default 1 each)",
-    )
+    _add_data_args(p, d)
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
     p.add_argument(
         "--epochs",
@@ -109,13 +101,6 @@ def _add_train(sub) -> None:
         "noise, wider scale (default: %(default)s)",
     )
     p.add_argument(
-        "--flair-only",
-        type=float,
-        default=d["flair_only"],
-        help="with --aug v2: a further share of patches given as FLAIR alone (both other channels FLAIR), so "
-        "single-sequence studies are trained for (default: %(default)s)",
-    )
-    p.add_argument(
         "--max-minutes",
         type=float,
         default=None,
@@ -145,6 +130,26 @@ def _add_train(sub) -> None:
     )
     _add_context_args(p, d)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def _add_data_args(p, d: dict) -> None:
+    """Where the training slices and cases come from, and how much FLAIR-only input they are given as."""
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        metavar="DIR[=WEIGHT]",
+        help="dataset folder: kaggle_3m patient folders, images/ + masks/, or NIfTI case folders "
+        "(<case>/<case>_flair.nii.gz [+ _t1, _t1c] with <case>_seg.nii.gz; whole tumour = seg > 0). Give it "
+        "several times to mix sources; WEIGHT is a source's share of the training patches (default 1 each)",
+    )
+    p.add_argument(
+        "--flair-only",
+        type=float,
+        default=d["flair_only"],
+        help="with --aug v2: a further share of patches given as FLAIR alone (both other channels FLAIR), so "
+        "single-sequence studies are trained for (default: %(default)s)",
+    )
 
 
 def _add_architecture_args(p, d: dict) -> None:
@@ -322,9 +327,11 @@ def _add_predict(sub) -> None:
     p.add_argument(
         "--reference",
         default=None,
-        metavar="MASK",
-        help="compare with this reference mask (2D mask image, or NIfTI on the study's grid; one input): Dice, "
-        "volumes and the slices that disagree most, in <out>/comparison.json",
+        metavar="MASK|FOLDER|auto",
+        help="compare with a reference (one input): a 2D mask image, a NIfTI mask (resampled onto the study's grid "
+        "where it lies elsewhere), a slice folder's <slice>_mask images, or auto: the study's own reference beside it "
+        "(a case's _seg, a slice folder's _mask files; what the page offers). Dice, volumes and the slices that "
+        "disagree most (numbered from 1) go to <out>/comparison.json, with the reference used",
     )
     p.add_argument(
         "--spacing",

@@ -228,5 +228,6 @@ def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing=None, worst: int = 
         out["volume_difference_ml"] = None if vox is None else (fp - fn) * vox
         dis = (pred ^ ref).reshape(pred.shape[0], -1).sum(1)
         order = [int(k) for k in np.argsort(-dis, kind="stable")[:worst] if dis[k] > 0]
-        out["disagreement"] = [{"slice": k, "pixels": int(dis[k])} for k in order]
+        # slice: numbered from 1, as the page and the overlays' file names number them; slice_index: from 0
+        out["disagreement"] = [{"slice": k + 1, "slice_index": k, "pixels": int(dis[k])} for k in order]
     return out

@@ -16,6 +16,25 @@ from starlette.concurrency import run_in_threadpool
 MAX_PACS_CALLS = 4
 
 
+def _call_limit(n: int):
+    """At most ``n`` requests to the archive at once; more get a 503 at once rather than a worker thread each
+    (a slow archive must not fill the server's thread pool: /api/health stays fast)."""
+    from .common import BadRequest
+
+    calls = threading.BoundedSemaphore(n)
+
+    @contextmanager
+    def pacs_call():
+        if not calls.acquire(blocking=False):
+            raise BadRequest(503, f"{n} requests to the PACS are running already; try again shortly")
+        try:
+            yield
+        finally:
+            calls.release()
+
+    return pacs_call
+
+
 def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
     """``dicomweb``: a ``pacs.PacsConfig`` or None (then every endpoint but /api/pacs answers 404). Opening a
     study retrieves it without a model slot and takes one (``jobs.model_slot``) for the model work only."""
@@ -23,18 +42,7 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
 
     router = APIRouter()
     client = None
-    calls = threading.BoundedSemaphore(MAX_PACS_CALLS)
-
-    @contextmanager
-    def pacs_call():
-        """At most MAX_PACS_CALLS requests to the archive at once; more get a 503 at once rather than a
-        worker thread each (a slow archive must not fill the server's thread pool: /api/health stays fast)."""
-        if not calls.acquire(blocking=False):
-            raise BadRequest(503, f"{MAX_PACS_CALLS} requests to the PACS are running already; try again shortly")
-        try:
-            yield
-        finally:
-            calls.release()
+    pacs_call = _call_limit(MAX_PACS_CALLS)
 
     if dicomweb is not None:
         from ..pacs import Pacs
@@ -57,41 +65,36 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
         with pacs_call():
             return {"studies": p.studies(patient or None, name or None, date or None)}
 
-    @router.post("/api/pacs/open")
-    async def pacs_open(study_uid: str = Form(...), series_uid: str | None = Form(None)):
-        """Retrieve (WADO-RS) and segment a study exactly like a dropped DICOM series."""
+    def open_and_segment(study_uid: str, series_uid: str | None, slot, on_progress=None):
+        """Retrieve without a model slot (network I/O, at most MAX_PACS_CALLS at once), then segment in one."""
         from ..pacs import open_study
 
         p = need_pacs()
+        with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
+            with pacs_call():
+                study = open_study(p, study_uid, series_uid or None, Path(tmp))
+            with slot:
+                return pred.predict_study(study, on_progress=on_progress)
 
-        def run():
-            with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-                with pacs_call():  # network I/O: no model slot
-                    study = open_study(p, study_uid, series_uid or None, Path(tmp))
-                with jobs.model_slot(timeout=120.0):
-                    return pred.predict_study(study)
-
-        sp = await run_in_threadpool(run)
+    def answer(sp, study_uid: str) -> dict:
         return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
+
+    @router.post("/api/pacs/open")
+    async def pacs_open(study_uid: str = Form(...), series_uid: str | None = Form(None)):
+        """Retrieve (WADO-RS) and segment a study exactly like a dropped DICOM series."""
+        need_pacs()
+        sp = await run_in_threadpool(open_and_segment, study_uid, series_uid, jobs.model_slot(timeout=120.0))
+        return answer(sp, study_uid)
 
     @router.post("/api/jobs/pacs", status_code=202)
     def pacs_open_job(study_uid: str = Form(...), series_uid: str | None = Form(None)) -> dict:
         """``/api/pacs/open`` as a job (``GET /api/jobs/{id}`` for progress; cancel with ``DELETE``)."""
-        from ..pacs import open_study
-
-        p = need_pacs()
-
-        def work(job):
-            with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-                with pacs_call():  # network I/O: no model slot
-                    study = open_study(p, study_uid, series_uid or None, Path(tmp))
-                with job.model_slot():
-                    return pred.predict_study(study, on_progress=job.progress)
-
-        def respond(sp):
-            return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
-
-        return jobs.start(f"study {study_uid}", work, respond).view()
+        need_pacs()
+        return jobs.start(
+            f"study {study_uid}",
+            lambda job: open_and_segment(study_uid, series_uid, job.model_slot(), job.progress),
+            lambda sp: answer(sp, study_uid),
+        ).view()
 
     @router.post("/api/pacs/store")
     async def pacs_store(result_id: str = Form(...), threshold: float | None = Form(None)):

@@ -321,7 +321,9 @@ def download_router(pred, store) -> APIRouter:
         if kind == "image":
             arr = r.mask_png_array()
         else:
-            arr = turned(r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255), display_turn(r.study, convention))
+            arr = turned(
+                r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255), display_turn(r.study, convention)
+            )
         stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
         return Response(
             encode_png(arr),

@@ -11,6 +11,40 @@ from .formats import strip_extension
 from .names import _is_nifti
 from .nifti import _nifti_slice_to_image
 
+# The one rule for a study's own reference, beside it: a case folder's ``_seg`` NIfTI, a slice folder's
+# ``<slice>_mask`` images. The page offers what matches (static/study.js REF_NAME, the same pattern, kept equal
+# by a test) and the CLI takes it with --reference auto.
+REFERENCE_NAME = r"(_mask\.[^.]+|_seg\.nii(\.gz)?)$"
+
+
+def own_reference(source) -> list[Path]:
+    """The reference files found beside a study (a folder's, or a NIfTI file's siblings of the same case):
+    [the _seg NIfTI] or [every _mask image]; [] when there is none."""
+    import re
+
+    rx = re.compile(REFERENCE_NAME, re.IGNORECASE)
+    if isinstance(source, dict):
+        source = next(iter(source.values()))
+    p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    found = sorted(q for q in folder.iterdir() if q.is_file() and rx.search(q.name) and not q.name.startswith("."))
+    segs = [q for q in found if _is_nifti(q)]
+    if not p.is_dir():  # a file: only its own case's _seg (case_flair.nii.gz -> case_seg.nii.gz)
+        case = strip_extension(p.name).rsplit("_", 1)[0]
+        return [q for q in segs if strip_extension(q.name).rsplit("_", 1)[0] == case][:1]
+    return segs[:1] if segs else [q for q in found if not _is_nifti(q)]
+
+
+def read_reference_files(files: list[Path], like, notes: list[str] | None = None) -> np.ndarray:
+    """A reference given as files: one NIfTI or 2D mask (``read_reference``), or a slice stack's own
+    ``<slice>_mask`` images (``reference_from_slice_masks``) — what the page's Reference… and the CLI's
+    --reference both take."""
+    if len(files) == 1 and (not isinstance(like, Study) or _is_nifti(files[0])):
+        return read_reference(files[0], like, notes=notes)
+    if not isinstance(like, Study):
+        raise StudyError(files[0].parent, "masks per slice are a slice stack's reference; this input is an image")
+    return reference_from_slice_masks(like, [(f.name, f.read_bytes()) for f in files])
+
 
 def reference_from_slice_masks(like: Study, members: list[tuple[str, bytes]]) -> np.ndarray:
     """A slice stack's reference from its own ``<slice>_mask`` images (as the LGG folders ship them):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import MAX_STUDY_SLICES, ImageReadError, check_model_time, read_image, to_uint8_rgb
-from .core import Study, StudyError
+from .core import SINGLE_SEQUENCE_NOTE, Study, StudyError
 from .names import _is_slice_image
 
 
@@ -36,14 +36,14 @@ def read_slices(items: list[tuple[str, object]], source: str) -> Study:
         check_model_time(source, len(slices), slices[0].shape[0], slices[0].shape[1], got, "slice stack")
     except ImageReadError as exc:
         raise StudyError(source, exc.reason) from None
-    return Study(
-        source,
-        "kaggle",
-        np.stack(slices),
-        None,
-        [name for _, name, _ in rows],
-        notes=[
-            "No voxel spacing is stored in this format: volumes are reported in voxels only "
-            "(give --spacing ROW,COL,SLICE in mm)."
-        ],
-    )
+    vol = np.stack(slices)
+    # one warning rule for a missing sequence, as for a single image and a single-sequence study: grey slices
+    # (the three channels equal everywhere) are one sequence copied into three
+    grey = bool(np.array_equal(vol[..., 0], vol[..., 1]) and np.array_equal(vol[..., 1], vol[..., 2]))
+    notes = [
+        "No voxel spacing is stored in this format: volumes are reported in voxels only (give the voxel size "
+        "ROW,COL,SLICE in mm: --spacing in the CLI, 'Voxel (mm)' on the page)."
+    ]
+    if grey:
+        notes.append(SINGLE_SEQUENCE_NOTE)
+    return Study(source, "kaggle", vol, None, [name for _, name, _ in rows], single_sequence=grey, notes=notes)

@@ -221,7 +221,7 @@ export async function runCompare() {
     let txt = `Dice ${r.dice.toFixed(4)} at threshold ${r.threshold.toFixed(2)} vs ${r.reference}`;
     if (r.volume_difference_ml !== undefined && r.volume_difference_ml !== null) txt += ` · volume difference ${r.volume_difference_ml >= 0 ? "+" : ""}${r.volume_difference_ml.toFixed(2)} mL (model ${r.model_ml.toFixed(2)}, reference ${r.reference_ml.toFixed(2)})`;
     else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
-    if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice + 1).join(", ")}`;
+    if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice).join(", ")}`;
     $("s-ref").textContent = txt;
     $("s-ref").dataset.dice = r.dice.toFixed(6);
     $("s-ref").dataset.stale = "false";
