@@ -533,6 +533,7 @@ def test_key_numbers_stay_in_view_at_1280x720(server, tmp_path):
         try:
             page.set_input_files("#file-input", str(niis[0]))
             page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            assert page.input_value("[data-testid=sequence]") == "1"  # item 7: a study opens on FLAIR, in grey
             page.evaluate("() => { const s = document.querySelector('.side'); s.scrollTop = s.scrollHeight; }")
             page.locator("[data-testid=zoom]").scroll_into_view_if_needed()
             assert page.locator("[data-testid=zoom]").is_visible()

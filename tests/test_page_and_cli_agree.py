@@ -90,3 +90,33 @@ def test_the_page_offers_what_the_cli_takes():
     js = (Path(__file__).resolve().parents[1] / "src" / "tumorseg" / "app" / "static" / "study.js").read_text()
     m = re.search(r"export const REF_NAME = /(.+)/i;", js)
     assert m and m.group(1) == REFERENCE_NAME
+
+
+def test_summary_keeps_pixels_and_voxels_apart(tmp_path, tiny_model):
+    """Viewer 3, item 7: a study's voxels go to tumour_voxels, an image's pixels to tumour_pixels."""
+    import csv
+
+    src = _stack(tmp_path / "in" / "P")
+    (tmp_path / "in" / "one.png").write_bytes(png_bytes(smooth_noise((64, 64, 3), seed=9)))
+    assert cli_predict([src, tmp_path / "in" / "one.png"], tmp_path / "o", tiny_model) == 0
+    rows = {
+        r["file"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "o" / "summary.csv").read_text().splitlines())
+    }
+    study = json.loads((tmp_path / "o" / "P" / "study.json").read_text())
+    assert rows["P"]["tumour_pixels"] == "" and int(rows["P"]["tumour_voxels"]) == study["tumour_voxels"]
+    assert rows["one.png"]["tumour_voxels"] == "" and rows["one.png"]["tumour_pixels"] != ""
+
+
+def test_a_jobs_estimate_counts_down_between_batches():
+    """Viewer 3, item 7: while a batch runs, the estimate falls with the time since the last one, never grows."""
+    import time
+
+    from tumorseg.app.jobs import Job
+
+    job = Job("j", "Case_1")
+    job.started -= 10.0  # 10 s in
+    job.progress(10, 40)  # 1 slice/s: 30 s left
+    first = job.view()["eta_s"]
+    time.sleep(0.3)
+    later = job.view()["eta_s"]
+    assert 29.0 <= first <= 30.0 and later < first

@@ -23,7 +23,18 @@ from pathlib import Path
 from .engines import model_checksum
 from .io import IMAGE_EXTENSIONS, ImageReadError, atomic_write_bytes, write_png
 
-SUMMARY_FIELDS = ["file", "tumour_pixels", "area_mm2", "volume_ml", "max_probability", "outputs", "warnings", "error"]
+# tumour_pixels: a 2D image's mask; tumour_voxels: a study's (each its own column, never one in the other's)
+SUMMARY_FIELDS = [
+    "file",
+    "tumour_pixels",
+    "area_mm2",
+    "tumour_voxels",
+    "volume_ml",
+    "max_probability",
+    "outputs",
+    "warnings",
+    "error",
+]
 
 
 @dataclass(frozen=True)
@@ -260,8 +271,9 @@ def study_row(item: Item, summary: dict) -> dict:
     m = summary
     return {
         "file": item.label,
-        "tumour_pixels": m["tumour_voxels"],
+        "tumour_pixels": "",
         "area_mm2": "",
+        "tumour_voxels": m["tumour_voxels"],
         "volume_ml": "" if m.get("volume_ml") is None else f"{m['volume_ml']:.3f}",
         "max_probability": f"{m['max_probability']:.4f}",
         "outputs": f"{item.name}/",
@@ -430,6 +442,7 @@ def _process_image(pred, item: Item, out: Path, opts: PredictOptions, keep=None)
         "file": item.label,
         "tumour_pixels": r.area_pixels,
         "area_mm2": "" if r.area_mm2 is None else f"{r.area_mm2:.2f}",
+        "tumour_voxels": "",
         "volume_ml": "",
         "max_probability": f"{r.max_prob:.4f}",
         "outputs": f"{item.name}_*.png",

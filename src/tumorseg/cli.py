@@ -308,7 +308,11 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="segment images, folders, globs or studies",
-        description="Writes <name>_mask.png, <name>_overlay.png, <name>_prob.png and summary.csv.",
+        description="2D images: <name>_mask.png, <name>_overlay.png, <name>_prob.png (--tta: <name>_uncertainty.png). "
+        "Studies (NIfTI, DICOM series, per-sequence folders, numbered slices, --dicomweb): a folder <name>/ with "
+        "mask.nii.gz in the input's geometry, mask_seg.dcm (DICOM input), overlays/slice_NNNN.png (turned as the "
+        "page shows the study) and study.json (volume, slices, diameter, notes). Always summary.csv; with "
+        "--reference, comparison.json.",
     )
     p.add_argument("inputs", nargs="*", help="images, folders, globs, NIfTI, DICOM folders or zips")
     p.add_argument("--out", required=True, help="output folder")

@@ -37,6 +37,7 @@ class Job:
     total: int = 0
     started: float = field(default_factory=time.monotonic)
     first_batch: float | None = None
+    last_batch: float | None = None
     answer: bytes | None = None  # the finished job's answer, serialised once (polls send these bytes)
     error: str = ""
     status: int = 0
@@ -47,8 +48,10 @@ class Job:
         """The Predictor's ``on_progress`` callback: record, and stop here if cancelled."""
         if self.cancel.is_set():
             raise Cancelled()
+        now = time.monotonic()
         if self.first_batch is None:
-            self.first_batch = time.monotonic()
+            self.first_batch = now
+        self.last_batch = now
         self.done, self.total, self.state = done, total, "running"
 
     def model_slot(self):
@@ -73,9 +76,10 @@ class Job:
     def _progress(self) -> dict:
         elapsed = time.monotonic() - self.started
         eta = None
-        if self.state == "running" and self.first_batch is not None and 0 < self.done < self.total:
-            rate = self.done / max(1e-6, time.monotonic() - self.started)
-            eta = round((self.total - self.done) / rate, 1)
+        if self.state == "running" and self.last_batch is not None and 0 < self.done < self.total:
+            # the rate at the last batch, counted down since: the estimate never grows while a batch runs
+            rate = self.done / max(1e-6, self.last_batch - self.started)
+            eta = round(max(0.0, (self.total - self.done) / rate - (time.monotonic() - self.last_batch)), 1)
         out = {
             "job_id": self.id,
             "name": self.name,

@@ -36,6 +36,7 @@ export async function runStudy(fd, label, endpoint = "/api/jobs/study") {
   try {
     for (;;) {
       const v = await api(`/api/jobs/${job.job_id}`);
+      if (v.name) label = v.name; // the study's name as the CLI names it (the case, the patient, the series)
       $("progress-bar").max = Math.max(1, v.total);
       $("progress-bar").value = v.done;
       $("progress").dataset.done = String(v.done);
@@ -99,7 +100,7 @@ export async function openFiles(fileList) {
     return;
   }
   if (kind === "study-file" || kind === "study-files") {
-    busy(true, kind === "study-file" ? `Segmenting ${files[0].name}…` : `Segmenting a study of ${files.length} files…`);
+    busy(true, kind === "study-file" ? `Segmenting ${files[0].name}…` : `Reading ${folder || `${files.length} files`}…`);
     const fd = new FormData();
     if (kind === "study-file") fd.append("file", files[0], files[0].name);
     else for (const f of files) fd.append("files", f, f.name);
@@ -107,7 +108,7 @@ export async function openFiles(fileList) {
     if (sp) fd.append("spacing", sp);
     if (folder && kind === "study-files") fd.append("folder", folder);
     try {
-      const r = await runStudy(fd, folder || (kind === "study-file" ? files[0].name : `a study of ${files.length} files`));
+      const r = await runStudy(fd, folder || (kind === "study-file" ? files[0].name : `${files.length} files`));
       study = studyOf(r);
       // decode every slice's PNGs at once (the browser decodes in parallel), not one after another
       items.push(...(await Promise.all(r.slices.map((s, k) => makeItem(s.name, s.image_png, s.prob_png, r.spacing, r.result_id, k)))));
@@ -166,6 +167,10 @@ export function showResults(items, study, threshold, pacs, keepPicker) {
   state.items = items;
   state.study = study;
   state.official = null;
+  // a study opens on FLAIR in grey (the abnormality the model segments), as a radiologist reads it; an image
+  // keeps its composite of the three sequences
+  state.seq = study ? 1 : -1;
+  $("sequence").value = String(state.seq);
   document.querySelector(".side").scrollTop = 0; // a new study starts with its numbers and the first controls in view
   state.refFiles = null;
   $("ref-offer").hidden = true;
@@ -279,6 +284,9 @@ export async function setLayout(layout) {
   if (onCanvas) { render(); return; }
   if (!it) return;
   const seq = { 0: "t1", 1: "flair", 2: "t1c" }[state.seq] || "flair";
+  const geo = state.study.geometry;
+  if (geo && !geo.known) showError(["The voxel size of this study is unknown: the planes are drawn with 1 mm voxels, so they look flattened. Give the voxel size (Voxel (mm)) and open the study again for true proportions."]);
+  if (!planes.isOpen()) $("readout").textContent = "Loading the three-plane viewer and the study's volumes…";
   try {
     await planes.open($("nv"), {
       resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
