@@ -50,7 +50,9 @@ def test_a_block_of_slices_in_another_orientation_is_refused_with_the_reason(tmp
         _edit(f, ImageOrientationPatient=iop, ImagePositionPatient=[0, 50 + 3 * k, 10])
     with pytest.raises(StudyError, match="lies in another orientation") as exc:
         read_study(folder)
-    assert f"({plane}" in str(exc.value) and "(axial" in str(exc.value) and "not one stack of parallel" in str(exc.value)
+    assert (
+        f"({plane}" in str(exc.value) and "(axial" in str(exc.value) and "not one stack of parallel" in str(exc.value)
+    )
 
 
 def test_a_series_with_a_missing_slice_is_refused_not_stretched(tmp_path):
