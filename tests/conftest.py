@@ -8,10 +8,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-torch.set_num_threads(1)  # predictable under load; CI machines are small
+try:  # the base install (no train extra) runs the torch-free tests: this file must import without torch
+    import torch
+except ImportError:
+    torch = None
+else:
+    torch.set_num_threads(1)  # predictable under load; CI machines are small
+
+HAVE_TORCH = torch is not None
+# test modules that are about training or the torch engines through and through: not collected on the base
+# install (the others skip test by test where they need the tiny model or a torch engine)
+collect_ignore = [] if HAVE_TORCH else ["test_context.py", "test_metrics.py", "test_model.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``train`` need the train extra (PyTorch, onnx): skipped, saying so, on the base install."""
+    if HAVE_TORCH:
+        return
+    skip = pytest.mark.skip(reason="needs the train extra (PyTorch): pip install -e '.[train]'")
+    for item in items:
+        if "train" in item.keywords:
+            item.add_marker(skip)
 # The engine probe's cache: one per test session (subprocesses inherit it), never the user's own.
 os.environ["TUMORSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tumorseg-test-cache-")
 
@@ -150,6 +169,7 @@ def write_dicom_series(
 
 def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
     """A randomly initialised model in the project's format, input 64x64; ``meta`` adds or overrides keys."""
+    pytest.importorskip("torch", reason="needs the train extra (PyTorch): pip install -e '.[train]'")
     from tumorseg.model import UNetResNet50, save_model
 
     torch.manual_seed(seed)

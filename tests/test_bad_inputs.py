@@ -191,6 +191,7 @@ def test_bad_studies_api(client, tmp_path):
         assert client.get("/api/health").status_code == 200
 
 
+@pytest.mark.train
 def test_wrong_size_mask_in_dataset(tmp_path, capsys):
     from .conftest import make_kaggle
 

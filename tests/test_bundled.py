@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tumorseg import engines
-from tumorseg.model import ModelFileError, file_sha256
+from tumorseg.io import ModelFileError, file_sha256
 
 from .conftest import LGG, smooth_noise
 
@@ -64,6 +64,7 @@ def test_int8_agrees_with_fp32():
     assert np.abs(pq - pf).mean() < 0.02
 
 
+@pytest.mark.train
 def test_int8_file_keeps_every_convolution_in_int8():
     """No float island: no ConvTranspose or Concat (int8 onnxruntime runs neither in int8), and every
     convolution reads int8 weights and int8 activations."""

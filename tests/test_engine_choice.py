@@ -111,6 +111,7 @@ def test_timer_stops_a_clearly_slower_engine_after_its_warmup():
     assert len(calls) == probe.WARMUP and ms >= 40
 
 
+@pytest.mark.train
 def test_bf16_is_never_a_candidate_without_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2)
     cands, excluded = engines.candidates(None, "cpu")
@@ -155,6 +156,7 @@ def test_int8_for_a_model_without_an_int8_file_says_what_to_do(tmp_path):
     assert "onnx-int8" not in cands and "int8-calibration" in excluded["onnx-int8"]
 
 
+@pytest.mark.train
 def test_training_precision_follows_native_bf16():
     import torch
 

@@ -105,8 +105,12 @@ def _nifti_header_only(path: Path, shape, pixdim=None) -> Path:
     return path
 
 
-def _nifti(path: Path, pixdim) -> Path:
-    img = nib.Nifti1Image(np.random.default_rng(0).integers(0, 200, (32, 32, 4)).astype(np.int16), np.eye(4))
+def _nifti(path: Path, pixdim, affine=None) -> Path:
+    """A NIfTI with this pixdim as written (``affine``: its sform; where the two disagree the affine's voxel size
+    is used, with a note: tests/test_geometry_refusals.py)."""
+    img = nib.Nifti1Image(
+        np.random.default_rng(0).integers(0, 200, (32, 32, 4)).astype(np.int16), np.eye(4) if affine is None else affine
+    )
     img.header["pixdim"][1:4] = pixdim
     path.write_bytes(img.to_bytes())
     return path
@@ -217,7 +221,7 @@ def test_nifti_impossible_pixdim_refused(tmp_path, pixdim, match):
 
 
 def test_nifti_negative_pixdim_is_used_by_magnitude_with_a_note(tmp_path):
-    st = read_study(_nifti(tmp_path / "neg.nii", (-0.9, 0.9, 3.0)))
+    st = read_study(_nifti(tmp_path / "neg.nii", (-0.9, 0.9, 3.0), np.diag([-0.9, 0.9, 3.0, 1.0])))
     assert st.spacing == pytest.approx((3.0, 0.9, 0.9))
     assert any("negative" in n for n in st.notes)
 

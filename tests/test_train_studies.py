@@ -87,6 +87,7 @@ def test_sources_parse_weights_and_refuse_bad_ones(tmp_path):
         discover_sources([str(k), str(k) + "=2"])
 
 
+@pytest.mark.train
 def test_sources_get_their_weight_s_share_of_patches(tmp_path):
     from tumorseg.augment import PatchSampler
 
@@ -103,6 +104,7 @@ def test_sources_get_their_weight_s_share_of_patches(tmp_path):
     assert 0.22 < share < 0.28, share
 
 
+@pytest.mark.train
 def test_flair_only_dropout_gives_flair_in_every_channel_at_its_share():
     import torch
 
@@ -148,6 +150,7 @@ def test_fine_tune_a_model_on_mixed_slice_and_nifti_sources(tmp_path, capsys):
     assert meta["training"]["config"]["data"] == [f"{k}=1", f"{n}=2"]
 
 
+@pytest.mark.train
 def test_flair_only_needs_aug_v2(tmp_path, capsys):
     n = make_nifti_cases(tmp_path / "n", n=4)
     args = ["train", "--data", str(n), "--out", str(tmp_path / "run"), "--image-size", "64", "--patch-size", "64"]

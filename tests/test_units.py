@@ -21,6 +21,7 @@ def _batch(n=6, size=48):
     return x, y
 
 
+@pytest.mark.train
 def test_augment_v2_keeps_ranges_shapes_and_is_reproducible():
     import torch
 
@@ -36,6 +37,7 @@ def test_augment_v2_keeps_ranges_shapes_and_is_reproducible():
     assert set(torch.unique(a[1]).tolist()) <= {0.0, 1.0}  # masks stay binary
 
 
+@pytest.mark.train
 def test_augment_v2_sequence_dropout_copies_flair():
     import torch
 
@@ -52,6 +54,7 @@ def test_augment_v2_sequence_dropout_copies_flair():
         assert (any(pre) and any(post)) == expect  # pre-/post-contrast replaced by FLAIR only with dropout
 
 
+@pytest.mark.train
 def test_skull_strip_in_augment_v2_never_removes_tumour():
     import torch
 
@@ -64,6 +67,7 @@ def test_skull_strip_in_augment_v2_never_removes_tumour():
     assert (out * yo).sum(dim=(1, 2, 3)).gt(0).all()  # tumour pixels survive in every image
 
 
+@pytest.mark.train
 def test_cosine_schedule_anneals_to_two_percent():
     from tumorseg.training import TrainConfig, Trainer
 
@@ -157,6 +161,7 @@ def test_orientation_labels_from_nifti_and_dicom_geometry(tmp_path):
 
 @pytest.mark.parametrize("imagenet", [True, False])
 @pytest.mark.parametrize("channels", [3, 5])
+@pytest.mark.train
 def test_training_input_path_is_the_engines_input_path(imagenet, channels):
     """Training's torch normalisation (prepare_batch) gives the numbers preprocess.model_input gives the
     engines for the same uint8 slices (2D, and 2.5D with neighbour channels) and the same normalisation."""
