@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 TRAIN_EXTRA = ("torch", "safetensors", "onnx", "matplotlib")  # pyproject's `train` extra
@@ -465,6 +466,51 @@ def _cmd_export(a) -> int:
     return EXIT_OK
 
 
+def _add_followup(sub) -> None:
+    p = sub.add_parser(
+        "followup",
+        help="compare two studies of one patient: what changed, in mL and where",
+        description="Segment a baseline and a follow-up study (any study source predict takes), register the "
+        "follow-up onto the baseline (rigid, SimpleITK) and write followup.json (volumes, diameters, the "
+        "RANO-style bidimensional product, change, growth per month, new and resolved tumour, a RANO-style "
+        "wording as a suggestion), change.nii.gz (baseline space: 1 unchanged, 2 new, 3 resolved) and "
+        "side_by_side.png. Research use only; not a medical device.",
+    )
+    p.add_argument("baseline")
+    p.add_argument("followup")
+    p.add_argument("--out", required=True, help="folder for the outputs (created; inputs are never written)")
+    p.add_argument(
+        "--interval", type=float, default=None, metavar="DAYS", help="days between, where the files carry no dates"
+    )
+    p.add_argument("--force", action="store_true", help="compare studies whose PatientIDs differ")
+    p.add_argument("--model", default=None)
+    _engine_arg(p)
+
+
+def _cmd_followup(a) -> int:
+    from .followup import compare, write_outputs
+    from .inference import Predictor
+
+    out = Path(a.out).resolve()
+    for src in (a.baseline, a.followup):
+        s = Path(src).resolve()
+        if out == s or s in out.parents:
+            raise ValueError(f"--out {a.out} lies inside the input {src}; choose a folder outside it")
+    pred = Predictor(a.model, engine=a.engine)
+    print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
+    fu = compare(pred, a.baseline, a.followup, interval_days=a.interval, force=a.force)
+    write_outputs(fu, out)
+    s = fu.summary
+    print(
+        f"baseline {s['baseline']['volume_ml']:.2f} mL -> follow-up {s['followup']['volume_ml']:.2f} mL "
+        f"({s['volume_change_ml']:+.2f} mL; new {s['new_ml']:.2f}, resolved {s['resolved_ml']:.2f}); "
+        f"{s['rano_style']}; registration {'trusted' if s['registration']['trusted'] else 'NOT trusted'} "
+        f"(brain overlap {s['registration']['brain_dice']:.3f}); {out}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
 def _pacs_auth_args(p) -> None:
     p.add_argument(
         "--pacs-auth-file",
@@ -571,7 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines, _add_pacs):
+    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines, _add_pacs, _add_followup):
         add(sub)
     return ap
 
@@ -590,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": _cmd_export,
         "engines": _cmd_engines,
         "pacs": _cmd_pacs,
+        "followup": _cmd_followup,
     }
     from .data import DatasetError
     from .io import ImageReadError, ModelFileError

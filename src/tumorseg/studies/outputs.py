@@ -27,13 +27,20 @@ def study_exports(st: Study) -> list[str]:
 
 def mask_nifti_gz_bytes(sp: StudyPrediction) -> bytes:
     """The study's ``mask.nii.gz``: the mask in the input's geometry (NIfTI layout and affine as read)."""
+    return label_nifti_gz_bytes(sp.study, sp.mask.astype(np.uint8))
+
+
+def label_nifti_gz_bytes(st: Study, labels: np.ndarray) -> bytes:
+    """A Z x H x W uint8 label volume on a study's grid (a mask, a follow-up's change map) as gzipped NIfTI in
+    the input's geometry."""
     import nibabel as nib
 
-    st = sp.study
+    labels = labels.astype(np.uint8)
     if st.kind == "nifti":
-        arr, affine = mask_to_nifti_array(sp), st.affine
+        arr = np.stack([_image_to_nifti_slice(labels[k]) for k in range(labels.shape[0])], axis=2)
+        affine = st.affine
     else:
-        arr = np.transpose(sp.mask.astype(np.uint8), (2, 1, 0))  # (col, row, slice)
+        arr = np.transpose(labels, (2, 1, 0))  # (col, row, slice)
         affine = st.affine if st.affine is not None else np.eye(4)
     img = nib.Nifti1Image(arr, affine)
     img.header.set_xyzt_units("mm")
