@@ -31,6 +31,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "train" in item.keywords:
             item.add_marker(skip)
+
+
 # The engine probe's cache: one per test session (subprocesses inherit it), never the user's own.
 os.environ["TUMORSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tumorseg-test-cache-")
 
