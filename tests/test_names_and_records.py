@@ -317,3 +317,28 @@ def test_held_study_counts_its_slice_images_and_dicom_pixels(tmp_path, predictor
         <= _held_bytes(sp)
         <= arrays + pixels + (sp.uncertainty.nbytes if sp.uncertainty is not None else 0)
     )
+
+
+def test_the_app_serves_while_its_model_loads(tiny_model):
+    """Viewer 3, item 7: on a fresh machine the engine probe takes seconds; the page and /api/health answer at
+    once ("loading"), and a model request waits for the model, then answers."""
+    from fastapi.testclient import TestClient
+
+    from tumorseg.app.server import LoadingPredictor, create_app
+    from tumorseg.inference import Predictor
+
+    def slow():
+        time.sleep(1.5)
+        return Predictor(tiny_model, engine="torch-fp32")
+
+    with TestClient(create_app(LoadingPredictor(slow))) as c:
+        t0 = time.monotonic()
+        assert c.get("/").status_code == 200
+        assert c.get("/api/health").json()["status"] == "loading"
+        assert time.monotonic() - t0 < 1.0
+        assert c.get("/api/model").json()["input_size"] == 64  # waited for the model
+        assert c.get("/api/health").json()["status"] == "ok"
+    broken = LoadingPredictor(lambda: 1 / 0)
+    with TestClient(create_app(broken)) as c:
+        r = c.get("/api/model")
+        assert r.status_code == 503 and "could not be loaded" in r.json()["error"]

@@ -29,6 +29,8 @@ def meta_router(pred) -> APIRouter:
 
     @router.get("/api/health")
     def health() -> dict:
+        if not getattr(pred, "ready", True):  # the app serves while its model loads (server.LoadingPredictor)
+            return {"status": "loading", "version": __version__}
         return {"status": "ok", "version": __version__, "model": pred.model_path.name, "engine": pred.engine.name}
 
     @router.post("/api/classify")

@@ -37,6 +37,44 @@ log = logging.getLogger("tumorseg.app")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
+class LoadingPredictor:
+    """The app's Predictor while it loads in a thread of its own (on a fresh machine the engine probe loads and
+    times every candidate, seconds): the page and /api/health answer at once; anything that needs the model
+    waits for it (up to ``LOAD_WAIT_S``, then a 503 saying it is still loading). A failed load is the same
+    error every time, never a hung request."""
+
+    LOAD_WAIT_S = 120.0
+
+    def __init__(self, factory) -> None:
+        self._ready = threading.Event()
+        self._pred = None
+        self._error: BaseException | None = None
+
+        def load() -> None:
+            try:
+                self._pred = factory()
+            except BaseException as exc:  # reported to every request, and by serve
+                self._error = exc
+            finally:
+                self._ready.set()
+
+        threading.Thread(target=load, name="tumorseg-model-load", daemon=True).start()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._error is None
+
+    def wait(self, timeout: float | None = None):
+        if not self._ready.wait(self.LOAD_WAIT_S if timeout is None else timeout):
+            raise BadRequest(503, "the model is still loading (the first start measures this machine's engines)")
+        if self._error is not None:
+            raise BadRequest(503, f"the model could not be loaded: {self._error}")
+        return self._pred
+
+    def __getattr__(self, name: str):
+        return getattr(self.wait(), name)
+
+
 def create_app(
     predictor: Predictor | None = None,
     model: str | None = None,
@@ -61,7 +99,7 @@ def create_app(
     from .pacs_routes import pacs_router
     from .routes import download_router, held_router, image_router, meta_router, study_router, view_router
 
-    pred = predictor or Predictor(model, engine=engine)
+    pred = predictor or LoadingPredictor(lambda: Predictor(model, engine=engine))
     cap = int(max_upload_mb * 1024 * 1024)
     store = ResultStore(pred)
     app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
@@ -170,6 +208,9 @@ def serve(
             f"{bar}",
             file=sys.stderr,
         )
+    from ..engines import resolve_model
+
+    resolve_model(model)  # a missing or unreadable --model is one line now, not a 503 on every request later
     app = create_app(
         model=model,
         engine=engine,
@@ -182,10 +223,15 @@ def serve(
         print(f"PACS: {dicomweb.url} (studies listed in the page; credentials stay on this server)", file=sys.stderr)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     pred = app.state.predictor
-    print(
-        f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{pred.engine_line()}\n{DISCLAIMER}",
-        file=sys.stderr,
-    )
+    print(f"tumorseg {__version__} at {url}  (API docs: {url}docs)\n{DISCLAIMER}", file=sys.stderr)
+
+    def say_engine() -> None:  # the page serves while the model loads; its engine line follows when ready
+        try:
+            print(pred.wait(timeout=600).engine_line(), file=sys.stderr)
+        except BadRequest as exc:
+            print(f"tumorseg app: error: {exc.msg}", file=sys.stderr)
+
+    threading.Thread(target=say_engine, daemon=True).start()
     if open_browser:
         threading.Timer(1.2, lambda: webbrowser.open(url)).start()
     # SIGTERM/Ctrl+C: in-flight requests get a few seconds, then the server stops even mid-inference.
