@@ -48,7 +48,7 @@ case "${1:?STEP}" in
     $PY scripts/package_model.py --run "$RUN" --data "$LGG" --split-file docs/results/split.json --out $OUT/default.safetensors \
       --int8 --threads ${PACK_THREADS:-2} --select-on original,skull_stripped,flair_only --tta none --engine onnx-fp32 ;;
   select)
-    $PY research/v4/select.py --v2 $V2Q --v4 $V4Q --lgg "$LGG" --lgg-split docs/results/split.json \
+    $PY research/v4/decide.py --v2 $V2Q --v4 $V4Q --lgg "$LGG" --lgg-split docs/results/split.json \
       --brats-dev ../shared/data/brats-dev --brats-held "$BRATS" --held Brats18_TCIA05_396_1,Brats18_CBICA_ATV_1 \
       --json research/v4/selection.json ;;
   *) echo "unknown step $1" >&2; exit 2 ;;

@@ -1,6 +1,6 @@
 """Model v4's decision (issue 35): v2 and a candidate, int8 both, paired per patient on the selection set.
 
-    python research/v4/select.py --v2 src/tumorseg/models/default-int8.onnx --v4 runs/v4/default-int8.onnx \
+    python research/v4/decide.py --v2 src/tumorseg/models/default-int8.onnx --v4 runs/v4/default-int8.onnx \
         --lgg ../shared/data/lgg-kaggle_3m --lgg-split docs/results/split.json --brats-dev ../shared/data/brats-dev \
         --brats-held ../shared/data/brats-train --held CASE,CASE --json research/v4/selection.json
 
