@@ -73,7 +73,7 @@ def lesionwise(mask_file: str, truth_file: str, tmp: Path, name: str) -> dict | 
     ref = tmp / f"{name}_ref.nii.gz"
     nib.save(nib.Nifti1Image((np.asanyarray(seg.dataobj) > 0).astype(np.uint8), seg.affine), str(ref))
     r = evaluate_single_exam(mask_file, str(ref), name, ev).get("wt", {})
-    keys = ("global_bin_dsc", "global_bin_hd95", "sq_dsc", "sq_hd95", "rq", "num_pred_instances", "num_ref_instances")
+    keys = ("global_bin_dsc", "global_bin_hd95", "sq_dsc", "sq_hd95", "rq", "pq", "tp", "fp", "fn")
     return {k: (float(r[k]) if r.get(k) is not None else None) for k in keys}
 
 
