@@ -100,6 +100,25 @@ def high_grade_part(models: dict[str, str], cases: list[Path]) -> dict:
     return out
 
 
+def scores(name: str, path: str, a, cases: list[Path]) -> tuple[dict, list]:
+    """One model's LGG per-patient scores and high-grade rows, from the cache when its file was scored before
+    on the same inputs (the cache key: the file's sha256 and the inputs)."""
+    from tumorseg.io import file_sha256
+
+    key = {"model_sha256": file_sha256(path), "lgg": a.lgg, "split": a.lgg_split, "cases": [str(c) for c in cases]}
+    cache = Path(a.cache) / f"{key['model_sha256'][:16]}.json" if a.cache else None
+    if cache is not None and cache.is_file():
+        got = json.loads(cache.read_text())
+        if got.get("key") == key:
+            print(f"{name}: scores reused from {cache}", file=sys.stderr)
+            return got["lgg"], got["high_grade"]
+    lgg = lgg_part({name: path}, a.lgg, a.lgg_split)[name]
+    hg = high_grade_part({name: path}, cases)[name]
+    if cache is not None:
+        atomic_write_bytes(cache, (json.dumps({"key": key, "lgg": lgg, "high_grade": hg}) + "\n").encode())
+    return lgg, hg
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--v2", required=True)
@@ -110,12 +129,14 @@ def main() -> None:
     ap.add_argument("--brats-held", required=True)
     ap.add_argument("--held", default="", help="held-out brats-train cases, comma-separated")
     ap.add_argument("--json", default="")
+    ap.add_argument("--cache", default="", help="folder: each model's scores kept by its file's sha256 and reused")
     a = ap.parse_args()
     models = {"v2": a.v2, "v4": a.v4}
-    lgg = lgg_part(models, a.lgg, a.lgg_split)
     cases = sorted(p for p in Path(a.brats_dev).iterdir() if p.is_dir())
     cases += [Path(a.brats_held) / c for c in a.held.split(",") if c]
-    hg = high_grade_part(models, cases)
+    lgg, hg = {}, {}
+    for name, path in models.items():
+        lgg[name], hg[name] = scores(name, path, a, cases)
 
     def hg_scores(name: str, conds=EXTERNAL_CONDITIONS) -> dict[str, float]:
         return {f"{r['case']}|{c}": r[c]["dice"] for r in hg[name] for c in conds}

@@ -50,6 +50,6 @@ case "${1:?STEP}" in
   select)
     $PY research/v4/decide.py --v2 $V2Q --v4 $V4Q --lgg "$LGG" --lgg-split docs/results/split.json \
       --brats-dev ../shared/data/brats-dev --brats-held "$BRATS" --held Brats18_TCIA05_396_1,Brats18_CBICA_ATV_1 \
-      --json research/v4/selection.json ;;
+      --json research/v4/selection.json --cache /work/runs/v4_scores ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac
