@@ -117,6 +117,7 @@ def test_cli_followup_of_two_dicom_studies_dates_swap_and_other_patients(tmp_pat
     assert s["baseline"]["date"] == "2025-01-01" and s["followup"]["date"] == "2025-04-02"
     assert {"new_ml", "resolved_ml", "growth_ml_per_month", "rano_style", "registration"} <= set(s)
     assert (tmp_path / "o" / "change.nii.gz").is_file() and (tmp_path / "o" / "side_by_side.png").is_file()
+    _the_reports_round_trip_with_one_tracking_uid(tmp_path / "o", early, late, s)
     capsys.readouterr()
     assert main(["followup", str(early), str(other), "--out", str(tmp_path / "x"), *args]) == 2
     assert "different patients" in capsys.readouterr().err and not (tmp_path / "x").exists()
@@ -134,6 +135,31 @@ def test_cli_followup_of_two_dicom_studies_dates_swap_and_other_patients(tmp_pat
     back = json.loads((tmp_path / "b" / "followup.json").read_text())
     assert back["volume_change_ml"] == pytest.approx(-fwd["volume_change_ml"], abs=1e-6)
     assert sorted(p.name for p in early.iterdir() if not p.name.endswith(".dcm")) == []
+
+
+def _the_reports_round_trip_with_one_tracking_uid(out: Path, early: Path, late: Path, s: dict) -> None:
+    """Each time point's SEG and TID 1500 SR lie in its own study; the SRs, read back by highdicom, carry one
+    measurement group each with the same tracking identifier and UID, and the numbers of followup.json."""
+    import highdicom as hd
+    import pydicom
+
+    tracking = set()
+    for point, folder in (("baseline", early), ("followup", late)):
+        study_uid = pydicom.dcmread(next(folder.iterdir())).StudyInstanceUID
+        seg = hd.seg.segread(out / f"{point}_seg.dcm")
+        sr = hd.sr.srread(out / f"{point}_sr.dcm")
+        assert seg.StudyInstanceUID == sr.StudyInstanceUID == study_uid
+        (group,) = sr.content.get_volumetric_roi_measurement_groups()
+        tracking.add((group.tracking_uid, group.tracking_identifier))
+        got = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert got["Volume"] == pytest.approx(s[point]["volume_ml"], rel=1e-6, abs=1e-9)
+        assert got["Bidimensional product (RANO-style)"] == pytest.approx(s[point]["bidimensional"]["product_mm2"])
+        if point == "followup":
+            assert got["Volume change since baseline"] == pytest.approx(s["volume_change_ml"], abs=1e-9)
+            assert got["Days since baseline"] == 91
+            assert ("New tumour volume" in got) == s["registration"]["trusted"]
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert len(tracking) == 1 and next(iter(tracking))[1] == "whole tumour (FLAIR abnormality)"
 
 
 def test_bidimensional_product_and_rano_wording():

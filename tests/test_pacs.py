@@ -212,7 +212,7 @@ def test_cli_retrieves_segments_stores_and_matches_the_files_on_disk(orthanc, st
     # the report's volume is study.json's
     sr = c.retrieve_series(studies["full"], found["SR"])[0]
     assert _sr_value(sr, "118565006") == pytest.approx(summary["volume_ml"], rel=1e-6)
-    assert _sr_value(sr, "slices-with-tumour") == summary["slices_with_tumour"]
+    assert _sr_value(sr, "tumour-slices") == summary["slices_with_tumour"]
 
 
 def _sr_value(sr, code: str) -> float | None:

@@ -470,36 +470,90 @@ def _add_followup(sub) -> None:
     p = sub.add_parser(
         "followup",
         help="compare two studies of one patient: what changed, in mL and where",
-        description="Segment a baseline and a follow-up study (any study source predict takes), register the "
-        "follow-up onto the baseline (rigid, SimpleITK) and write followup.json (volumes, diameters, the "
-        "RANO-style bidimensional product, change, growth per month, new and resolved tumour, a RANO-style "
-        "wording as a suggestion), change.nii.gz (baseline space: 1 unchanged, 2 new, 3 resolved) and "
-        "side_by_side.png. Research use only; not a medical device.",
+        description="Segment a baseline and a follow-up study (any study source predict takes, or study UIDs in a "
+        "PACS), register the follow-up onto the baseline (rigid, SimpleITK) and write followup.json (volumes, "
+        "diameters, the RANO-style bidimensional product, change, growth per month, new and resolved tumour, a "
+        "RANO-style wording as a suggestion), change.nii.gz (baseline space: 1 unchanged, 2 new, 3 resolved), "
+        "side_by_side.png and, for DICOM studies, each time point's DICOM-SEG and TID 1500 SR, linked by one "
+        "tracking UID. Research use only; not a medical device.",
     )
-    p.add_argument("baseline")
-    p.add_argument("followup")
+    p.add_argument(
+        "studies",
+        nargs="+",
+        metavar="STUDY",
+        help="BASELINE FOLLOWUP: two study paths, or two StudyInstanceUIDs with --dicomweb; with --prior the "
+        "FOLLOWUP UID alone",
+    )
     p.add_argument("--out", required=True, help="folder for the outputs (created; inputs are never written)")
     p.add_argument(
         "--interval", type=float, default=None, metavar="DAYS", help="days between, where the files carry no dates"
     )
     p.add_argument("--force", action="store_true", help="compare studies whose PatientIDs differ")
+    p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        metavar="ROW,COL,SLICE",
+        help="voxel size in mm for stacks of 2D slices (they carry none), used for both studies",
+    )
     p.add_argument("--model", default=None)
     _engine_arg(p)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
+    pac = p.add_argument_group("studies from a PACS (DICOMweb; credentials from TUMORSEG_PACS_* or a file)")
+    pac.add_argument("--dicomweb", default=None, metavar="URL", help="the DICOMweb root; STUDY arguments are UIDs")
+    pac.add_argument(
+        "--prior",
+        action="store_true",
+        help="the baseline is the patient's latest MR study dated before FOLLOWUP (looked up by PatientID)",
+    )
+    pac.add_argument(
+        "--store", action="store_true", help="send each time point's DICOM-SEG and SR back into its own study"
+    )
+    _pacs_auth_args(pac)
 
 
 def _cmd_followup(a) -> int:
-    from .followup import compare, write_outputs
+    import tempfile
+
+    from .followup import compare, dicom_reports, write_outputs
     from .inference import Predictor
 
+    if (a.prior or a.store) and not a.dicomweb:
+        raise ValueError(f"{'--prior' if a.prior else '--store'} works with a PACS: give --dicomweb URL")
+    if len(a.studies) != (1 if a.prior else 2):
+        raise ValueError("with --prior give the follow-up's study UID alone" if a.prior else "give BASELINE FOLLOWUP")
     out = Path(a.out).resolve()
-    for src in (a.baseline, a.followup):
+    for src in [] if a.dicomweb else a.studies:
         s = Path(src).resolve()
         if out == s or s in out.parents:
             raise ValueError(f"--out {a.out} lies inside the input {src}; choose a folder outside it")
-    pred = Predictor(a.model, engine=a.engine)
+    pred = Predictor(a.model, engine=a.engine, threads=a.threads)
     print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
-    fu = compare(pred, a.baseline, a.followup, interval_days=a.interval, force=a.force)
-    write_outputs(fu, out)
+    with tempfile.TemporaryDirectory(prefix="tumorseg-followup-") as tmp:
+        pacs = None
+        if a.dicomweb:
+            from .pacs import Pacs, open_study
+
+            pacs = Pacs(_pacs_config(a))
+            uids = list(a.studies)
+            if a.prior:
+                prior = pacs.prior_study(uids[0])
+                print(f"baseline: the prior study {prior['study_uid']} of {prior['date']}", file=sys.stderr)
+                uids.insert(0, prior["study_uid"])
+            studies = [open_study(pacs, uid, None, Path(tmp) / f"study{k}") for k, uid in enumerate(uids)]
+        else:
+            from .studies import read_study
+
+            studies = [read_study(s, spacing=a.spacing) for s in a.studies]
+        fu = compare(pred, studies[0], studies[1], interval_days=a.interval, force=a.force)
+        reports = dicom_reports(fu)
+        write_outputs(fu, out, reports)
+        if a.store:
+            if not reports:
+                raise ValueError("--store: the studies are not DICOM, so there is no report to send")
+            for point, study_uid, datasets in reports:
+                for line in pacs.store(datasets, study_uid):
+                    print(f"stored into the {point} study {study_uid}: {line}", file=sys.stderr)
     s = fu.summary
     print(
         f"baseline {s['baseline']['volume_ml']:.2f} mL -> follow-up {s['followup']['volume_ml']:.2f} mL "

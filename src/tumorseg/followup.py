@@ -133,18 +133,25 @@ def _as_euler(tx):
     return sitk.Euler3DTransform(t)
 
 
-def moved_mask(reg: Registration, fixed_st, moving_st, mask: np.ndarray) -> np.ndarray:
-    """A follow-up mask (its own grid) on the baseline's grid, through the registration (nearest neighbour)."""
+def on_baseline(reg: Registration, fixed_st, moving_st, vol: np.ndarray, nearest: bool) -> np.ndarray:
+    """A follow-up volume (its own grid) on the baseline's grid through the registration: a mask (nearest
+    neighbour) for the change map, or an image (linear) for showing the two side by side; never for measuring
+    a time point, which each study does in its own space."""
     import SimpleITK as sitk
 
     out = sitk.Resample(
-        _sitk_image(moving_st, mask.astype(np.uint8)),
+        _sitk_image(moving_st, vol),
         _sitk_image(fixed_st, np.zeros(fixed_st.volume.shape[:3], np.uint8)),
         reg.transform,
-        sitk.sitkNearestNeighbor,
+        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
         0,
     )
-    return sitk.GetArrayFromImage(out).astype(bool)
+    return sitk.GetArrayFromImage(out)
+
+
+def moved_mask(reg: Registration, fixed_st, moving_st, mask: np.ndarray) -> np.ndarray:
+    """A follow-up mask on the baseline's grid (nearest neighbour)."""
+    return on_baseline(reg, fixed_st, moving_st, mask.astype(np.uint8), nearest=True).astype(bool)
 
 
 def bidimensional(mask: np.ndarray, spacing) -> dict:
@@ -213,9 +220,17 @@ def _voxel_ml(st) -> float | None:
     return float(np.prod(st.spacing)) / 1000.0 if st.spacing else None
 
 
-def compare(pred, baseline, followup, interval_days: float | None = None, force: bool = False) -> FollowUp:
-    """Segment two studies of one patient (paths or Studies) and say what changed; the one function the CLI
-    calls (REST and the page are to call it too). ``interval_days`` where the files carry no dates."""
+def compare(
+    pred,
+    baseline,
+    followup,
+    interval_days: float | None = None,
+    force: bool = False,
+    on_progress=None,
+) -> FollowUp:
+    """Segment two studies of one patient (paths or Studies) and say what changed: the one function the CLI,
+    REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
+    counts both studies' slices (a job's progress bar)."""
     from .studies import Study, read_study
 
     sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
@@ -237,7 +252,15 @@ def compare(pred, baseline, followup, interval_days: float | None = None, force:
     days = (dates[1] - dates[0]).days if dates[0] and dates[1] else interval_days
     if any(s.spacing is None for s in sts):
         raise FollowUpError("a study without a voxel size cannot be registered or measured in mL (give --spacing)")
-    sps = [pred.predict_study(s) for s in sts]
+    total = sum(s.n_slices for s in sts)
+
+    def counted(offset: int):
+        return None if on_progress is None else (lambda done, _n: on_progress(offset + done, total))
+
+    sps = [
+        pred.predict_study(sts[0], on_progress=counted(0)),
+        pred.predict_study(sts[1], on_progress=counted(sts[0].n_slices)),
+    ]
     reg = register(sts[0], sts[1])
     if not reg.trusted:
         notes.append(
@@ -297,9 +320,66 @@ def _point(sp, bi: dict, day: date | None) -> dict:
     }
 
 
-def write_outputs(fu: FollowUp, out) -> list:
-    """followup.json, the change map (NIfTI, baseline space) and a side-by-side PNG (baseline | follow-up |
-    change, on the baseline's slice of largest tumour, turned as the page shows studies)."""
+TRACKING_IDENTIFIER = "whole tumour (FLAIR abnormality)"
+
+
+def tracking_uid(fu: FollowUp) -> str:
+    """The Tracking Unique Identifier of the patient's whole tumour: derived from the PatientID (else the
+    baseline study's UID), so this pair's two reports, and the next comparison's, name one finding and a PACS
+    viewer links the time points."""
+    from pydicom.uid import generate_uid
+
+    st = fu.baseline.study
+    key = patient_of(st) or str(getattr((st.dicom or [None])[0], "StudyInstanceUID", "") or st.source)
+    return generate_uid(entropy_srcs=["tumorseg", TRACKING_IDENTIFIER, key])
+
+
+def _local(code: str, meaning: str, value, unit: str, unit_meaning: str) -> tuple:
+    return (code, meaning, float(value), unit, unit_meaning)
+
+
+def dicom_reports(fu: FollowUp) -> list[tuple[str, str, list]]:
+    """For a pair of DICOM studies, per time point: (``baseline``|``followup``, its StudyInstanceUID, [its
+    DICOM-SEG, its TID 1500 SR]). Both SRs' measurement groups carry the one tracking identifier and UID
+    (``tracking_uid``); the follow-up's also carries the change (new and resolved only when the registration
+    is trusted). Empty for studies that are not DICOM (nothing to reference)."""
+    from .studies.outputs import dicom_seg_dataset, dicom_sr_dataset
+
+    if not (fu.baseline.study.dicom and fu.followup.study.dicom):
+        return []
+    uid, s = tracking_uid(fu), fu.summary
+    out = []
+    for point, sp in (("baseline", fu.baseline), ("followup", fu.followup)):
+        bi = s[point]["bidimensional"]
+        extra = [
+            _local("longest-diam", "Longest diameter on the slice of largest area",
+                   bi["longest_mm"], "mm", "millimeter"),
+            _local("perp-diam", "Perpendicular diameter", bi["perpendicular_mm"], "mm", "millimeter"),
+            _local("bidim-product", "Bidimensional product (RANO-style)", bi["product_mm2"], "mm2",
+                   "square millimeter"),
+        ]  # fmt: skip
+        if point == "followup":
+            extra.append(_local("vol-change", "Volume change since baseline", s["volume_change_ml"], "ml",
+                                "milliliter"))  # fmt: skip
+            if s["days_between"]:
+                extra.append(_local("days-since-base", "Days since baseline", s["days_between"], "d", "day"))
+                extra.append(_local("growth-rate", "Volume growth per month", s["growth_ml_per_month"], "ml/mo",
+                                    "milliliter per month"))  # fmt: skip
+            if s["registration"]["trusted"]:
+                extra.append(_local("new-volume", "New tumour volume", s["new_ml"], "ml", "milliliter"))
+                extra.append(_local("resolved-volume", "Resolved tumour volume", s["resolved_ml"], "ml", "milliliter"))
+        seg = dicom_seg_dataset(sp)
+        sr = dicom_sr_dataset(sp, seg, tracking=(uid, TRACKING_IDENTIFIER), extra=extra)
+        out.append((point, str(sp.study.dicom[0].StudyInstanceUID), [seg, sr]))
+    return out
+
+
+def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
+    """followup.json, the change map (NIfTI, baseline space), a side-by-side PNG (baseline | follow-up |
+    change, on the baseline's slice of largest tumour, turned as the page shows studies) and, for DICOM
+    pairs, each time point's DICOM-SEG and SR (``reports``: what ``dicom_reports`` gave, so a store sends
+    the same objects)."""
+    import io as _io
     import json
     from pathlib import Path
 
@@ -327,4 +407,10 @@ def write_outputs(fu: FollowUp, out) -> list:
     row = np.concatenate([np.pad(p[..., :3], ((0, h - p.shape[0]), (0, 4), (0, 0))) for p in panels], 1)
     write_png(written[1], row)
     atomic_write_bytes(written[2], (json.dumps(fu.summary, indent=1) + "\n").encode())
+    for point, _uid, (seg, sr) in dicom_reports(fu) if reports is None else reports:
+        for kind, ds in (("seg", seg), ("sr", sr)):
+            buf = _io.BytesIO()
+            ds.save_as(buf)
+            atomic_write_bytes(out / f"{point}_{kind}.dcm", buf.getvalue())
+            written.append(out / f"{point}_{kind}.dcm")
     return written

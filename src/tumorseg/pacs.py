@@ -474,6 +474,24 @@ class Pacs:
             raise PacsError(f"study {study_uid}: the archive reports it for several patients; refused")
         return ids.pop() if ids else None
 
+    def prior_study(self, study_uid: str) -> dict:
+        """The patient's latest MR study dated before ``study_uid`` (a QIDO search by the study's own
+        PatientID): the baseline ``followup --prior`` compares with. PacsError where there is none."""
+        pid = self.patient_of(study_uid)
+        if not pid:
+            raise PacsError(f"study {study_uid}: the archive reports no PatientID; give the baseline's study UID")
+        found = [s for s in self.studies(patient_id=pid) if s["patient_id"] == pid]  # exact, never a wildcard
+        this = [s for s in found if s["study_uid"] == study_uid]
+        day = this[0]["date"] if this else ""
+        if not day:
+            raise PacsError(
+                f"study {study_uid} carries no StudyDate, so no earlier study can be chosen; give both UIDs"
+            )
+        earlier = [s for s in found if s["study_uid"] != study_uid and s["date"] and s["date"] < day]
+        if not earlier:
+            raise PacsError(f"the archive holds no MR study of this patient dated before {day} (study {study_uid})")
+        return max(earlier, key=lambda s: (s["date"], s["study_uid"]))
+
     # ------------------------------------------------------------------ STOW
     def store(self, datasets: list, study_uid: str) -> list[str]:
         """Store ``datasets`` into the study; returns what arrived. Raises ``PacsError`` naming what did

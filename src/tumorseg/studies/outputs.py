@@ -162,9 +162,11 @@ def dicom_seg_dataset(sp: StudyPrediction):
 LOCAL_CODES = "99TUMORSEG"  # a private coding scheme for what DICOM has no code for
 
 
-def dicom_sr_dataset(sp: StudyPrediction, seg):
+def dicom_sr_dataset(sp: StudyPrediction, seg, tracking: tuple[str, str] | None = None, extra: list | None = None):
     """A TID 1500 measurement report (highdicom Comprehensive 3D SR) on the DICOM-SEG ``seg``: the
-    tumour volume, the largest in-plane diameter and the number of slices with tumour, as study.json."""
+    tumour volume, the largest in-plane diameter and the number of slices with tumour, as study.json.
+    ``tracking``: (UID, identifier) a follow-up shares between time points (default: a new one);
+    ``extra``: further measurements as (code, meaning, value, UCUM unit, unit meaning), in our local scheme."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -192,13 +194,22 @@ def dicom_sr_dataset(sp: StudyPrediction, seg):
         )
     measurements.append(
         hd.sr.Measurement(
-            name=hd.sr.CodedConcept("slices-with-tumour", LOCAL_CODES, "Slices with tumour"),
+            name=hd.sr.CodedConcept("tumour-slices", LOCAL_CODES, "Slices with tumour"),
             value=float(m["slices_with_tumour"]),
             unit=hd.sr.CodedConcept("{slices}", "UCUM", "slices"),
         )
     )
+    for code, meaning, value, unit, unit_meaning in extra or []:
+        measurements.append(
+            hd.sr.Measurement(
+                name=hd.sr.CodedConcept(code, LOCAL_CODES, meaning),
+                value=value,
+                unit=hd.sr.CodedConcept(unit, "UCUM", unit_meaning),
+            )
+        )
+    uid, ident = tracking or (hd.UID(), "tumour (FLAIR abnormality)")
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="tumour (FLAIR abnormality)"),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=ident),
         referenced_segment=hd.sr.ReferencedSegment(  # the source series, which holds even for an empty mask
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
