@@ -83,6 +83,115 @@ def test_a_real_glioma_against_itself_under_a_known_rigid_move(tmp_path):
     written = write_outputs(fu, out)
     assert [p.name for p in written] == ["change.nii.gz", "side_by_side.png", "followup.json"]
     assert json.loads((out / "followup.json").read_text())["registration"]["trusted"]
+    # the same pair as two DICOM series (one patient, dated 91 days apart) gives the same answer
+    early = _as_dicom(src, tmp_path / "dcm0", "20250101")
+    late = _as_dicom(moved, tmp_path / "dcm1", "20250402")
+    fd = compare(pred, late, early)  # given in the wrong order: the dates put them right
+    assert any("swapped" in n for n in fd.summary["notes"]) and fd.summary["days_between"] == 91
+    assert fd.registration.trusted
+    err = np.linalg.norm(
+        np.subtract(fd.registration.transform.TransformPoint(centroid), truth.TransformPoint(centroid))
+    )
+    assert err <= 1.0, err
+    for key in ("baseline", "followup"):
+        assert fd.summary[key]["volume_ml"] == pytest.approx(s[key]["volume_ml"], rel=0.01)
+    assert fd.summary["new_ml"] == pytest.approx(s["new_ml"], rel=0.05, abs=0.2)
+    assert fd.summary["resolved_ml"] == pytest.approx(s["resolved_ml"], rel=0.05, abs=0.2)
+
+
+def _as_dicom(nifti: Path, folder: Path, day: str) -> Path:
+    """A NIfTI volume written as a single-frame MR series in its own geometry (one patient, one date)."""
+    import SimpleITK as sitk
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    img = sitk.ReadImage(str(nifti))
+    arr = sitk.GetArrayFromImage(img).astype(np.uint16)
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    sx, sy, sz = img.GetSpacing()
+    folder.mkdir(parents=True)
+    uids = [generate_uid() for _ in range(3)]
+    for k in range(arr.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+        ds.Modality, ds.SeriesDescription, ds.PatientID, ds.PatientName = "MR", "AX FLAIR", "GLI0", "Test^Glioma"
+        ds.StudyDate = ds.SeriesDate = day
+        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.ImageOrientationPatient = [float(x) for x in (*d[:, 0], *d[:, 1])]
+        ds.ImagePositionPatient = [float(x) for x in img.TransformIndexToPhysicalPoint([0, 0, k])]
+        ds.PixelSpacing, ds.SliceThickness = [sy, sx], sz
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = arr.shape[1:]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = arr[k].tobytes()
+        ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
+    return folder
+
+
+LGG = SHARED / "data" / "lgg-kaggle_3m" / "kaggle_3m"
+
+
+def _shrunk(src: Path, out: Path, rim_px: int) -> float:
+    """A slice folder whose tumour lost its outer ``rim_px`` pixels: the rim made to look like the brain
+    around it (each channel drawn from the ring just outside the tumour, lightly smoothed); the true
+    relative volume change, from the masks."""
+    from PIL import Image
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    out.mkdir()
+    before = after = 0
+    for f in sorted(src.glob("*_mask.png")):
+        img = next(q for q in src.glob(f.name.replace("_mask.png", ".*")) if not q.name.endswith("_mask.png"))
+        a = np.array(Image.open(img).convert("RGB"))
+        m = np.array(Image.open(f)) > 0
+        inner = ndimage.binary_erosion(m, iterations=rim_px)
+        rim = m & ~inner
+        before, after = before + int(m.sum()), after + int(inner.sum())
+        if rim.any():
+            ring = ndimage.binary_dilation(m, iterations=6) & ~ndimage.binary_dilation(m, iterations=2)
+            ring &= a.max(-1) > 10
+            b = a.astype(np.float32)
+            for c in range(3):
+                b[..., c][rim] = rng.choice(
+                    a[..., c][ring] if ring.any() else a[..., c][a[..., c] > 10], int(rim.sum())
+                )
+                b[..., c] = np.where(rim, ndimage.gaussian_filter(b[..., c], 0.7), b[..., c])
+            a = np.clip(b, 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(out / f"{img.stem}.png")
+        Image.fromarray((inner * 255).astype(np.uint8)).save(out / f.name)
+    return (after - before) / before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patient", ["TCGA_DU_7010_19860307", "TCGA_FG_5962_20000626"])  # test patients, large tumours
+def test_a_known_lesion_change_is_measured_within_5_percent(tmp_path, patient):
+    """An LGG test patient (never trained on) against a copy whose tumour lost its outer 3 pixels: the
+    model's relative volume change within 5 points of the true one, and mostly 'resolved' tumour."""
+    from tumorseg.followup import compare
+    from tumorseg.inference import Predictor
+    from tumorseg.studies import read_study
+
+    if not (LGG / patient).is_dir():
+        pytest.skip("needs ../shared/data/lgg-kaggle_3m")
+    true = _shrunk(LGG / patient, tmp_path / "later", 3)
+    assert -0.5 < true < -0.2
+    sp = (0.94, 0.94, 3.0)
+    fu = compare(
+        Predictor(engine="onnx-int8"), read_study(LGG / patient, spacing=sp), read_study(tmp_path / "later", spacing=sp)
+    )
+    s = fu.summary
+    assert s["registration"]["trusted"]
+    assert abs(s["volume_change_relative"] - true) <= 0.05, (s["volume_change_relative"], true)
+    assert s["resolved_ml"] > 5 * s["new_ml"]
+    back = compare(
+        Predictor(engine="onnx-int8"), read_study(tmp_path / "later", spacing=sp), read_study(LGG / patient, spacing=sp)
+    )
+    assert back.summary["volume_change_ml"] == pytest.approx(-s["volume_change_ml"], abs=1e-6)  # swapped: negative
 
 
 def _dicom_study(folder: Path, patient: str, date: str, seed: int) -> Path:
@@ -91,10 +200,12 @@ def _dicom_study(folder: Path, patient: str, date: str, seed: int) -> Path:
     write_dicom_series(folder, n=8, rows=48, cols=48)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:48, :48]
-    head = ((yy - 24) ** 2 + (xx - 24) ** 2 < 20**2).astype(np.uint16)
     for f in sorted(folder.iterdir()):
         ds = pydicom.dcmread(f)
         ds.PatientID, ds.StudyDate = patient, date
+        z = float(ds.ImagePositionPatient[2]) - 10  # a head narrowing towards the top, ventricles: well posed
+        head = ((yy - 24) ** 2 / 1.3 + (xx - 24) ** 2 < (20 - z) ** 2).astype(np.uint16)
+        head[((yy - 22) ** 2 + (xx - 24) ** 2 / 4 < 16) & (z < 10)] = 0
         arr = head * (400 + rng.integers(0, 30, (48, 48))) + ((yy - 20) ** 2 + (xx - 28) ** 2 < 36) * 500
         ds.PixelData = arr.astype(np.uint16).tobytes()
         ds.save_as(f, enforce_file_format=True)
@@ -178,3 +289,71 @@ def test_bidimensional_product_and_rano_wording():
     assert "partial response" in rano_wording(-0.6, 100, 40)
     assert "stable" in rano_wording(0.1, 100, 110)
     assert "complete response" in rano_wording(-1.0, 100, 0)
+
+
+def _poll(client, job_id: str, seconds: float = 120) -> dict:
+    import time
+
+    end, seen = time.monotonic() + seconds, []
+    while time.monotonic() < end:
+        v = client.get(f"/api/jobs/{job_id}").json()
+        seen.append((v["done"], v["total"]))
+        if v["state"] in ("done", "failed", "cancelled"):
+            return {**v, "seen": seen}
+        time.sleep(0.05)
+    raise AssertionError(f"job did not finish: {seen[-1]}")
+
+
+@pytest.mark.slow
+def test_rest_followup_job_answers_what_the_python_function_does(tmp_path, predictor):
+    import io
+    import zipfile
+
+    import nibabel as nib
+
+    from tumorseg.followup import compare
+
+    from .conftest import api_client
+
+    client = api_client(predictor)
+    early = _dicom_study(tmp_path / "early", "P1", "20250101", 0)
+    late = _dicom_study(tmp_path / "late", "P1", "20250402", 1)
+    other = _dicom_study(tmp_path / "other", "P2", "20250301", 2)
+
+    def form(a: Path, b: Path) -> list:
+        return [("baseline", (p.name, p.read_bytes())) for p in sorted(a.iterdir())] + [
+            ("followup", (p.name, p.read_bytes())) for p in sorted(b.iterdir())
+        ]
+
+    r = client.post("/api/jobs/followup", files=form(late, early))  # wrong order: the dates put it right
+    assert r.status_code == 202, r.text
+    v = _poll(client, r.json()["job_id"])
+    assert v["state"] == "done", v
+    assert v["done"] == v["total"] == 16  # progress over both studies' slices
+    res = v["result"]
+    direct = compare(predictor, early, late).summary
+    for key in ("volume_change_ml", "new_ml", "resolved_ml", "days_between", "rano_style"):
+        want = pytest.approx(direct[key], rel=0.02, abs=0.05) if isinstance(direct[key], float) else direct[key]
+        assert res["summary"][key] == want, key
+    assert any("swapped" in n for n in res["summary"]["notes"]) and "not a medical device" in res["disclaimer"].lower()
+    shapes = set()
+    for what, url in res["views"].items():
+        got = client.get(url)
+        assert got.status_code == 200, (what, got.text)
+        shapes.add(nib.Nifti1Image.from_bytes(__import__("gzip").decompress(got.content)).shape)
+    assert shapes == {(48, 48, 8)}  # all on the baseline's grid
+    z = zipfile.ZipFile(io.BytesIO(client.get(res["download"]).content))
+    assert {"followup.json", "change.nii.gz", "side_by_side.png", "baseline_sr.dcm", "followup_sr.dcm"} <= set(
+        z.namelist()
+    )
+    assert client.get(res["views"]["change"].replace("change", "nope")).status_code == 404
+    # another patient: the job fails with the reason; forced, it runs
+    v = _poll(client, client.post("/api/jobs/followup", files=form(early, other)).json()["job_id"])
+    assert v["state"] == "failed" and v["status"] == 400 and "different patients" in v["error"]
+    v = _poll(
+        client, client.post("/api/jobs/followup", files=form(early, other), data={"force": "true"}).json()["job_id"]
+    )
+    assert v["state"] == "done" and any("forced" in n for n in v["result"]["summary"]["notes"])
+    bad = client.post("/api/jobs/followup", files=form(early, late), data={"interval": "-3"})
+    assert bad.status_code == 422 and "interval" in bad.text
+    assert client.post("/api/jobs/followup", files=form(early, late)[:8]).status_code == 422  # one side missing

@@ -51,12 +51,13 @@ def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
     from ..checks import CannotJudge
+    from ..followup import FollowUpError
     from ..pacs import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):
         return exc.status, _public_message(exc.msg)
-    if isinstance(exc, InvalidUID):  # the request's fault, not the archive's
-        return 400, str(exc)
+    if isinstance(exc, (InvalidUID, FollowUpError)):  # the request's fault, not the archive's nor ours
+        return 400, _public_message(str(exc))
     if isinstance(exc, PacsError):
         return 502, _public_message(str(exc))
     if isinstance(exc, ImageReadError):

@@ -17,6 +17,8 @@ MAX_RESULT_BYTES = 512 * 2**20  # held results are bounded in bytes too (the old
 def _held_bytes(obj) -> int:
     """What a held result keeps alive: its arrays (one level deep, and in lists: a study's slice images), its
     study's volume, and a DICOM study's datasets (their pixel data)."""
+    if hasattr(obj, "change") and hasattr(obj, "followup"):  # a follow-up holds its two studies' results
+        return _held_bytes(obj.baseline) + _held_bytes(obj.followup) + obj.change.nbytes
     study = getattr(obj, "study", None)
     values = list(vars(obj).values()) + [getattr(study, "volume", None)]
     values += [x for v in list(values) if isinstance(v, (list, tuple)) for x in v]
@@ -68,6 +70,8 @@ class ResultStore:
                 f"{self.max_bytes >> 20} MB at most, in memory only); open the file again",
             )
         kind, obj, name, _ = held
+        if kind == "followup":  # shown as computed (its threshold is the one the comparison used)
+            return kind, obj, name
         if kind == "image":
             return kind, self.pred.rethreshold(obj, threshold), name
         return kind, self.pred.finish_study(obj.study, obj.images, obj.prob, obj.uncertainty, threshold), name

@@ -192,21 +192,28 @@ def _slotted_study(job, pred, name, payload, form, sp_mm):
 def run_study(pred, name, payload, series, threshold, sp_mm, on_progress=None):
     """Write the upload to a temporary folder under its own names and segment it as a study."""
     with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
-        if isinstance(payload, list):  # the files under their own names (notes and slices name them)
-            p = Path(tmp) / "series"
-            p.mkdir()
-            for n, d in payload:
-                target, k = p / n, 1
-                while target.exists():
-                    k += 1
-                    target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
-                target.write_bytes(d)
-        else:
-            p = Path(tmp) / name
-            p.write_bytes(payload)
+        p = materialise(name, payload, Path(tmp))
         sp = pred.predict_study(p, series=series, threshold=threshold, spacing=sp_mm, on_progress=on_progress)
     sp.study.source = name  # the client's name, never the server's temporary path
     return sp
+
+
+def materialise(name: str, payload, tmp: Path) -> Path:
+    """An upload as files in ``tmp`` under their own names (notes and slices name them): a study file, or
+    a folder of the files sent together."""
+    if isinstance(payload, list):
+        p = tmp / "series"
+        p.mkdir()
+        for n, d in payload:
+            target, k = p / n, 1
+            while target.exists():
+                k += 1
+                target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
+            target.write_bytes(d)
+        return p
+    p = tmp / name
+    p.write_bytes(payload)
+    return p
 
 
 def study_response(pred, store, sp, name: str) -> dict:

@@ -96,6 +96,7 @@ def create_app(
     Returns:
         The ASGI app (the FastAPI app behind a :class:`RequestGuard`; the FastAPI app is ``.app``).
     """
+    from .followup_routes import followup_router
     from .pacs_routes import pacs_router
     from .routes import download_router, held_router, image_router, meta_router, study_router, view_router
 
@@ -115,6 +116,7 @@ def create_app(
     studies, study_response = study_router(pred, store, cap, jobs)
     app.include_router(studies)
     app.include_router(pacs_router(pred, dicomweb, study_response, store.get, jobs))
+    app.include_router(followup_router(pred, store, cap, jobs))
     app.include_router(held_router(pred, store, cap))
     app.include_router(view_router(store))
     app.include_router(download_router(pred, store))
