@@ -551,3 +551,61 @@ def test_key_numbers_stay_in_view_at_1280x720(server, tmp_path):
             assert page.evaluate("document.querySelector('footer').getBoundingClientRect().bottom") <= 720
         finally:
             browser.close()
+
+
+def test_compare_with_a_prior_study_three_linked_panels_and_the_numbers(server, tmp_path):
+    """The page's follow-up view in real Chromium at 1280x720: three panels drawn by NiiVue (WebGL via
+    SwiftShader) with one crosshair, the numbers of the comparison on screen and the legend's colours."""
+    from playwright.sync_api import sync_playwright
+
+    from .test_followup import _dicom_study
+
+    early = sorted(str(f) for f in _dicom_study(tmp_path / "early", "P1", "20250101", 0).iterdir())
+    late = sorted(str(f) for f in _dicom_study(tmp_path / "late", "P1", "20250402", 1).iterdir())
+    with sync_playwright() as p:
+        browser = launch(p, webgl=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        try:
+            page.goto(server)
+            page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+            page.click("[data-testid=followup-open]")
+            page.set_input_files("[data-testid=fu-baseline]", early)
+            page.set_input_files("[data-testid=fu-followup]", late)  # dated 91 days later
+            page.click("[data-testid=fu-go]")
+            page.wait_for_function(
+                "document.getElementById('fu-result').dataset.ready === '1' || !document.getElementById('error').hidden",
+                timeout=120000,
+            )
+            assert not errors and page.is_hidden("#error"), (errors, page.inner_text("#error-text"))
+            import io
+
+            from PIL import Image
+
+            for name in ("baseline", "followup", "change"):
+                panel = page.locator(f"[data-testid=fu-panel-{name}]")
+                assert panel.is_visible()
+                box = panel.bounding_box()
+                assert box["y"] + box["height"] <= 720 + 1 and box["x"] + box["width"] <= 1280, (name, box)
+                shot = np.asarray(Image.open(io.BytesIO(panel.screenshot())).convert("L"))
+                assert (shot > 100).mean() > 0.02, f"the {name} panel must be drawn (WebGL)"
+            text = page.inner_text("[data-testid=fu-numbers]")
+            assert "Volume" in text and text.count("mL") == 2 and "Product" in text
+            assert "91" in page.inner_text("[data-testid=fu-change]") and "mL / month" in page.inner_text("#fu-change")
+            assert "suggestion" in page.inner_text("[data-testid=fu-rano]")
+            for sel in ("[data-testid=fu-numbers]", "[data-testid=fu-rano]", "[data-testid=fu-legend]"):
+                box = page.locator(sel).bounding_box()
+                assert box and box["y"] + box["height"] <= 720, (sel, box)  # on screen at 1280x720
+            legend = page.inner_text("[data-testid=fu-legend]")
+            assert "new" in legend and "resolved" in legend
+            # one crosshair: a click in the baseline panel moves the other two to the same point
+            before = page.get_attribute("#fu-nv1", "data-mm")
+            box = page.locator("#fu-nv0").bounding_box()
+            page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.35)
+            page.wait_for_function(f"document.getElementById('fu-nv1').dataset.mm !== '{before}'", timeout=10000)
+            marks = [page.get_attribute(f"#fu-nv{k}", "data-mm") for k in range(3)]
+            assert marks[0] == marks[1] == marks[2], marks
+        finally:
+            browser.close()

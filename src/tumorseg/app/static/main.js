@@ -5,6 +5,7 @@
 // code the CLI runs, so the page and the CLI give one answer.
 // Entry point: wires the controls and keys, loads the model line (ES modules: state, viewer,
 // study, pacs, planes).
+import { initCompare } from "./compare.js";
 import { initPacs } from "./pacs.js";
 import { $, api, download, showError, state } from "./state.js";
 import { LAYOUTS, downloadMask, downloadName, downloadStudy, downloadStudyFile, openFiles, runCompare, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
@@ -46,6 +47,7 @@ async function init() {
   ["dragleave", "drop"].forEach((ev) => document.addEventListener(ev, (e) => { e.preventDefault(); document.body.classList.remove("dragging"); }));
   document.addEventListener("drop", (e) => { if (e.dataTransfer && e.dataTransfer.files.length) openFiles(e.dataTransfer.files); });
   initPacs();
+  initCompare();
   try {
     setColormap((await api("/api/colormap")).jet);
     const m = await api("/api/model");
