@@ -1,0 +1,79 @@
+"""Follow-up speed: registration alone and the whole comparison (both studies segmented, registered,
+measured, outputs written) of two 155-slice studies, on N CPU threads.
+
+python benchmarks/followup.py [--case ../shared/data/brats-dev/BraTS-GLI-00000-000] [--threads 2] [--rounds 3]
+    [--json benchmarks/results/followup.json]
+
+The follow-up is the case's FLAIR under a known rigid move (8, -5, 6 degrees; 10, -12, 6 mm), as in
+tests/test_followup.py. Medians of the rounds, with the CPU's flags class, side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument(
+        "--case", default=str(Path(__file__).resolve().parents[2] / "shared/data/brats-dev/BraTS-GLI-00000-000")
+    )
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--engine", default=None)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(a.threads)
+    from tumorseg.followup import compare, register, write_outputs
+    from tumorseg.hardware import cpu_info
+    from tumorseg.inference import Predictor
+    from tumorseg.studies import read_study
+
+    case = Path(a.case)
+    src = case / f"{case.name}_flair.nii.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        img = sitk.ReadImage(str(src))
+        t = sitk.Euler3DTransform()
+        t.SetCenter(img.TransformContinuousIndexToPhysicalPoint([s / 2 for s in img.GetSize()]))
+        t.SetRotation(*(math.radians(x) for x in (8.0, -5.0, 6.0)))
+        t.SetTranslation((10.0, -12.0, 6.0))
+        moved = Path(tmp) / "later_flair.nii.gz"
+        sitk.WriteImage(sitk.Cast(sitk.Resample(img, img, t, sitk.sitkLinear, 0), img.GetPixelID()), str(moved))
+        pred = Predictor(engine=a.engine, threads=a.threads)
+        pred.predict_study(src)  # warm the engine once
+        reg_s, whole_s = [], []
+        for r in range(a.rounds):
+            s0, s1 = read_study(src), read_study(moved)
+            t0 = time.perf_counter()
+            register(s0, s1)
+            reg_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            fu = compare(pred, src, moved, interval_days=91)
+            write_outputs(fu, Path(tmp) / f"out{r}")
+            whole_s.append(time.perf_counter() - t0)
+    cpu = cpu_info().as_dict()
+    out = {
+        "case": case.name,
+        "slices": int(s0.n_slices),
+        "threads": a.threads,
+        "engine": pred.engine.name,
+        "cpu": {"model": cpu.get("model"), "flags_class": cpu.get("flags_class")},
+        "registration_s": {"median": statistics.median(reg_s), "all": reg_s},
+        "whole_followup_s": {"median": statistics.median(whole_s), "all": whole_s},
+        "goal_s": 30,
+    }
+    print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

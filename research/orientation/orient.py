@@ -1,0 +1,34 @@
+"""Does the model's answer on BraTS NIfTI depend on the slice orientation it is fed? Dice per case, as read
+(posterior at the top of each slice) and turned upright (display_transform: anterior at top, radiological)."""
+import glob, json, sys
+import numpy as np
+from pathlib import Path
+from tumorseg.inference import Predictor
+from tumorseg.studies import read_study, read_reference, find_sequences
+from tumorseg.display import display_transform
+pred = Predictor(engine="onnx-int8", threads=1)
+rows = []
+for case in sorted(Path("/work/shared/data/brats-dev").iterdir()):
+    if not case.is_dir(): continue
+    ref_p = case / f"{case.name}_seg.nii.gz"
+    for inp in ("flair", "all"):
+        st = read_study(case / f"{case.name}_flair.nii.gz" if inp == "flair" else case)
+        ref = read_reference(ref_p, st) > 0
+        t = display_transform(st)
+        out = {}
+        for name, flip in (("as_read", False), ("upright", True)):
+            s2 = read_study(case / f"{case.name}_flair.nii.gz" if inp == "flair" else case)
+            if flip and t["flip_y"]:
+                s2.volume = np.ascontiguousarray(s2.volume[:, ::-1])
+            if flip and t["flip_x"]:
+                s2.volume = np.ascontiguousarray(s2.volume[:, :, ::-1])
+            sp = pred.predict_study(s2)
+            m = sp.mask
+            if flip and t["flip_x"]: m = m[:, :, ::-1]
+            if flip and t["flip_y"]: m = m[:, ::-1]
+            out[name] = 2 * (m & ref).sum() / max(1, m.sum() + ref.sum())
+        rows.append({"case": case.name, "input": inp, "flip_x": t["flip_x"], "flip_y": t["flip_y"], **out})
+        print(json.dumps(rows[-1]), flush=True)
+for inp in ("flair", "all"):
+    r = [x for x in rows if x["input"] == inp]
+    print(inp, "mean as_read", np.mean([x["as_read"] for x in r]), "upright", np.mean([x["upright"] for x in r]))
