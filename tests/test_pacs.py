@@ -386,3 +386,44 @@ def test_pacs_error_messages_never_leak_credentials(tmp_path):
         PacsConfig.from_env("http://x", str(f))
     f.write_text("Bearer abc\n")
     assert PacsConfig.from_env("http://x", str(f)).token == "abc"
+
+
+def test_followup_with_prior_from_the_pacs_stores_linked_reports(orthanc, tiny_model, tmp_path, pacs_env, capsys):
+    """`followup --dicomweb URL LATER --prior --store`: the baseline is the patient's earlier MR study (another
+    patient's, dated between, is never chosen); each time point's SEG and SR go into its own study, and the two
+    SRs carry one tracking UID."""
+    import highdicom as hd
+    import pydicom
+
+    from tumorseg.cli import main
+
+    from .test_followup import _dicom_study
+
+    early = _dicom_study(tmp_path / "early", "PFU", "20240101", 0)
+    late = _dicom_study(tmp_path / "late", "PFU", "20240402", 1)
+    other = _dicom_study(tmp_path / "other", "PFU-2", "20240301", 2)
+    for f in (early, late, other):
+        upload(orthanc, f)
+    uid = {k: pydicom.dcmread(next(f.iterdir())).StudyInstanceUID for k, f in (("early", early), ("late", late))}
+    out = tmp_path / "out"
+    args = ["followup", "--dicomweb", _web(orthanc), uid["late"], "--prior", "--store", "--out", str(out)]
+    assert main([*args, "--model", str(tiny_model), "--engine", "torch-fp32"]) == 0
+    s = json.loads((out / "followup.json").read_text())
+    assert s["baseline"]["date"] == "2024-01-01" and s["followup"]["date"] == "2024-04-02"
+    err = capsys.readouterr().err
+    assert f"the prior study {uid['early']}" in err and err.count("stored into the") == 4
+    client = _client(orthanc)
+    tracking = set()
+    for key in ("early", "late"):
+        srs = [s for s in client.search_for_series(uid[key]) if s["00080060"]["Value"] == ["SR"]]
+        assert len(srs) == 1
+        (inst,) = client.retrieve_series(uid[key], srs[0]["0020000E"]["Value"][0])
+        sr = hd.sr.Comprehensive3DSR.from_dataset(inst)
+        (group,) = sr.content.get_volumetric_roi_measurement_groups()
+        tracking.add(group.tracking_uid)
+    assert len(tracking) == 1
+    # no earlier study: a clear error, exit 2
+    capsys.readouterr()
+    bad = ["followup", "--dicomweb", _web(orthanc), uid["early"], "--prior", "--out", str(tmp_path / "x")]
+    assert main([*bad, "--model", str(tiny_model), "--engine", "torch-fp32"]) == 2
+    assert "no MR study of this patient dated before" in capsys.readouterr().err
