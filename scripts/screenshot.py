@@ -11,9 +11,7 @@ with the study's own _seg/_mask files when they are among IMAGE (offered by the 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,23 +33,15 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true")
     a = ap.parse_args()
     vw, vh = (int(x) for x in a.viewport.split("x"))
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from tests.chromium import launch
-    from tumorseg.app.server import create_app
+    from tests.chromium import launch, serve_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(model=a.model), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=srv.run, daemon=True).start()
-    while not srv.started:
-        time.sleep(0.1)
+    url, srv = serve_app(a.model)
     with sync_playwright() as p:
         b = launch(p, webgl=True)
         page = b.new_page(viewport={"width": vw, "height": vh})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
         page.set_input_files("#file-input", a.images)
         page.wait_for_selector("#s-area[data-official='1']", timeout=120000)

@@ -9,9 +9,7 @@ BASELINE and FOLLOWUP: a study file, or a folder whose files are sent together (
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,23 +32,15 @@ def main() -> None:
     ap.add_argument("--viewport", default="1280x720")
     a = ap.parse_args()
     vw, vh = (int(x) for x in a.viewport.split("x"))
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from tests.chromium import launch
-    from tumorseg.app.server import create_app
+    from tests.chromium import launch, serve_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(model=a.model), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=srv.run, daemon=True).start()
-    while not srv.started:
-        time.sleep(0.1)
+    url, srv = serve_app(a.model)
     with sync_playwright() as p:
         b = launch(p, webgl=True)
         page = b.new_page(viewport={"width": vw, "height": vh})
-        page.goto(f"http://127.0.0.1:{port}/")
+        page.goto(url)
         page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
         page.click("[data-testid=followup-open]")
         if a.spacing:
