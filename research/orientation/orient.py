@@ -3,14 +3,17 @@
 import glob, json, sys
 import numpy as np
 from pathlib import Path
+root = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_study, read_reference, find_sequences
 from tumorseg.display import display_transform
 pred = Predictor(engine="onnx-int8", threads=1)
 rows = []
-for case in sorted(Path("/work/shared/data/brats-dev").iterdir()):
+for case in sorted((root or Path("/work/shared/data/brats-dev")).iterdir()):
     if not case.is_dir(): continue
     ref_p = case / f"{case.name}_seg.nii.gz"
+    if not ref_p.exists():
+        continue
     for inp in ("flair", "all"):
         st = read_study(case / f"{case.name}_flair.nii.gz" if inp == "flair" else case)
         ref = read_reference(ref_p, st) > 0
