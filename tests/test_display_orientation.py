@@ -78,3 +78,22 @@ def test_the_mask_png_download_is_turned_as_the_screen(tmp_path, predictor, stor
         assert np.array_equal(got, want)
         assert not np.array_equal(got, sp.mask[6]) or np.array_equal(want, sp.mask[6])
     assert client.get(f"/api/result/{rid}/mask.png?convention=sideways").status_code == 422
+
+
+def test_the_network_sees_the_same_anatomy_the_same_way_however_it_is_stored(tmp_path, predictor):
+    """research/orientation: the model sees each slice upright (display.model_turn) whatever the storage
+    order, so the same anatomy stored RAS or LPS gets the same probabilities, voxel for voxel in patient
+    space; slice folders (no geometry) are not turned."""
+    from tumorseg.display import model_turn
+    from tumorseg.studies import read_study
+
+    ras, lps = (read_study(_stored(tmp_path, s)) for s in ("RAS", "LPS"))
+    assert model_turn(ras) != model_turn(lps)
+    a, b = predictor.predict_study(ras), predictor.predict_study(lps)
+    # the LPS file holds the RAS one's rows and columns reversed: its maps, reversed back, are the RAS maps
+    np.testing.assert_allclose(a.prob, b.prob[:, ::-1, ::-1], atol=1e-5)
+    slices = tmp_path / "TCGA_XX_0001_20000101"
+    slices.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(slices / f"TCGA_XX_0001_20000101_{k + 1}.png")
+    assert not any(model_turn(read_study(slices)).values())

@@ -94,9 +94,10 @@ def test_a_real_glioma_against_itself_under_a_known_rigid_move(tmp_path):
     )
     assert err <= 1.0, err
     assert fd.registration.brain_dice == pytest.approx(reg.brain_dice, abs=0.01)
-    # (the volumes are not compared across the formats: the model is fed a NIfTI's slices as stored and a
-    # DICOM's rows as stored, which for this BraTS file are upside down to each other, and it answers
-    # differently; research/orientation records how much. The registration and the dates are alike.)
+    # the model sees both formats' slices upright (display.model_turn), so it measures them alike
+    for key in ("baseline", "followup"):
+        assert fd.summary[key]["volume_ml"] == pytest.approx(s[key]["volume_ml"], rel=0.02)
+    assert fd.summary["volume_change_ml"] == pytest.approx(s["volume_change_ml"], abs=0.02 * s["baseline"]["volume_ml"])
 
 
 def _as_dicom(nifti: Path, folder: Path, day: str) -> Path:

@@ -43,6 +43,7 @@ def make_nifti_cases(root: Path, n: int = 4, seed: int = 0, shape=(40, 48, 12), 
 
 
 def test_nifti_cases_are_read_as_predict_reads_them(tmp_path):
+    from tumorseg.display import model_turn, turned
     from tumorseg.studies import read_reference, read_study
 
     root = make_nifti_cases(tmp_path / "cases", n=3)
@@ -55,7 +56,10 @@ def test_nifti_cases_are_read_as_predict_reads_them(tmp_path):
     assert st.intensity_gains is not None
     z = st.n_slices
     assert len(ds) == 2 * z and ds.patients[z:] == ["Case_001"] * z and ds.indices[z:] == list(range(z))
-    assert np.array_equal(ds.images[z + 5], resize_rgb(st.volume[5], 64))
+    # ... turned upright as inference turns it before the network (display.model_turn)
+    turn = model_turn(st)
+    assert turn["flip_y"]  # this affine stores the slices upside down
+    assert np.array_equal(ds.images[z + 5], resize_rgb(turned(st.volume[5], turn), 64))
     ref = read_reference(cases[1].label, st)  # whole tumour = seg > 0, in the study's slice layout
     assert ref.sum() > 0 and ds.masks[z:].sum() > 0
     assert np.array_equal(ds.masks[z:].any((1, 2)), ref.any((1, 2)))

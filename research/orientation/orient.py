@@ -7,6 +7,11 @@ root = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_study, read_reference, find_sequences
 from tumorseg.display import display_transform
+import tumorseg.display
+
+# predict_study now turns slices upright itself (display.model_turn, adopted by the rule in README.md); this
+# script compares the two feedings explicitly, so the built-in turn is switched off here
+tumorseg.display.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
 pred = Predictor(engine="onnx-int8", threads=1)
 rows = []
 for case in sorted((root or Path("/work/shared/data/brats-dev")).iterdir()):

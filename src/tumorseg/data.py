@@ -364,9 +364,10 @@ def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> Load
 
 
 def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """(Z x H x W x 3 uint8 volume, Z x H x W bool whole tumour) of a NIfTI case, as inference reads it:
+    """(Z x H x W x 3 uint8 volume, Z x H x W bool whole tumour) of a NIfTI case, as inference reads and turns it:
     ``studies.read_study`` (sequences to the model's channels, FLAIR filling a missing one, brain
     intensity standardised) and the label through ``studies.read_reference`` on the study's grid."""
+    from .display import model_turn, turned
     from .studies import read_study
     from .studies.reference import read_reference
 
@@ -375,7 +376,8 @@ def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:
         lab = read_reference(case.label, st)
     except ValueError as exc:  # StudyError names the file and the reason
         raise DatasetError(str(exc)) from None
-    return st.volume, lab
+    turn = model_turn(st)  # upright, as inference feeds the network
+    return np.stack([turned(v, turn) for v in st.volume]), np.stack([turned(m, turn) for m in lab])
 
 
 def _disk(r: int) -> np.ndarray:

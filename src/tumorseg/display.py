@@ -97,6 +97,29 @@ def turned(arr: np.ndarray, t: dict) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def unturned(arr: np.ndarray, t: dict) -> np.ndarray:
+    """``turned`` undone: a picture of a turned slice (a probability map) back on the stored grid."""
+    if t.get("flip_y"):
+        arr = arr[::-1]
+    if t.get("flip_x"):
+        arr = arr[:, ::-1]
+    if t.get("transpose"):
+        arr = arr.swapaxes(0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def model_turn(st) -> dict:
+    """How a study's stored slices are turned before the network: upright as the training slices lie
+    (axial, anterior up, the patient's right on the left: the page's radiological turn) where the geometry is
+    known; not at all where it is assumed (slice folders carry none and are stored upright already). The
+    one rule for inference and for training on studies (research/orientation: fed upside down, the bundled
+    model found less of the tumour on most BraTS files)."""
+    t = display_transform(st, "radiological")
+    if not t["known"]:
+        return {"transpose": False, "flip_x": False, "flip_y": False}
+    return {k: t[k] for k in ("transpose", "flip_x", "flip_y")}
+
+
 def display_turn(st, convention: str = "radiological") -> dict:
     """What a picture of ``st``'s slices written for people records (study.json's ``display``): the
     convention, the turn and the edge labels after it."""

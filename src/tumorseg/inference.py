@@ -279,6 +279,7 @@ class Predictor:
         Returns:
             A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
         """
+        from .display import model_turn, turned, unturned
         from .studies import Study, read_study
 
         study = path if isinstance(path, Study) else read_study(path, series=series, spacing=spacing)
@@ -294,10 +295,19 @@ class Predictor:
             if on_progress is not None:
                 on_progress(done, total)
 
+        # the network sees each slice upright, as it was trained (display.model_turn); the maps come back to
+        # the stored grid, where the study's masks, volumes and exports live
+        turn = model_turn(study)
         probs, uncs = self.probabilities(
-            slices, tta=tta, stack=True, slice_spacing_mm=study.spacing[0] if study.spacing else None, on_batch=report
+            [turned(s, turn) for s in slices],
+            tta=tta,
+            stack=True,
+            slice_spacing_mm=study.spacing[0] if study.spacing else None,
+            on_batch=report,
         )
         bar.close()
+        probs = [unturned(p, turn) for p in probs]
+        uncs = [unturned(u, turn) for u in uncs] if uncs else uncs
         return self.finish_study(
             study, slices, np.stack(probs), np.stack(uncs) if uncs else None, thr, min_component_mm3
         )
