@@ -29,10 +29,10 @@ DECODERS = {"5 stages (paper, v2)": (256, 128, 64, 32, 16), "4 stages (no full-r
 def random_engines(data: str, threads: int) -> dict:
     import torch
 
-    from tumorseg.data import load_split
-    from tumorseg.export import calibration_slices
-    from tumorseg.model import UNetResNet50
-    from tumorseg.quantize import quantize_int8
+    from tumorseg.nn.quantize import quantize_int8
+    from tumorseg.nn.unet import UNetResNet50
+    from tumorseg.train.data import load_split
+    from tumorseg.train.export import calibration_slices
 
     split = {"training": {"split": load_split("docs/results/split.json")}}
     calib = calibration_slices(data, 256, split=split)

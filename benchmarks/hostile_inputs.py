@@ -2,7 +2,7 @@
 
     python benchmarks/hostile_inputs.py [--json benchmarks/results/hostile_inputs.json]
 
-Builds the inputs (tests/test_hardening.py's builders), reads each with the library in a subprocess
+Builds the inputs (tests/test_hostile_inputs.py's builders), reads each with the library in a subprocess
 and reports the file size, the outcome and the peak RSS above the process's baseline.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
 
-from tests.test_hardening import (  # noqa: E402
+from tests.test_hostile_inputs import (  # noqa: E402
     _corrupt_zip,
     _deflated_dicom,
     _nifti,
@@ -25,7 +25,7 @@ from tests.test_hardening import (  # noqa: E402
     _tiff_header,
     _zip_of_zeros,
 )
-from tests.test_hardening3 import flat_png, legacy_multiframe, rgb24_nifti  # noqa: E402
+from tests.test_limits_and_outputs import flat_png, legacy_multiframe, rgb24_nifti  # noqa: E402
 
 
 def _write(p: Path, data: bytes) -> Path:

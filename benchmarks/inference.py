@@ -32,7 +32,7 @@ def _calibration(data: str | None, size: int, meta: dict) -> np.ndarray:
     """int8 calibration slices: the same ones `tumorseg export` uses (the model's training patients)."""
     if not data:
         return (np.random.default_rng(0).random((16, size, size, 3)) * 255).astype(np.uint8)
-    from tumorseg.export import calibration_slices
+    from tumorseg.train.export import calibration_slices
 
     return calibration_slices(data, size, split=meta)
 
@@ -60,7 +60,7 @@ def worker(args) -> dict:
     import torch
 
     from tumorseg.engines import load_engine
-    from tumorseg.model import load_model
+    from tumorseg.nn.serialise import load_model
 
     torch.set_num_threads(args.threads)
     from tumorseg.engines import resolve_model
@@ -118,7 +118,7 @@ def worker(args) -> dict:
         "study40_s": study_s,
     }
     if args.data and not args.no_dice:
-        from tumorseg.evaluation import evaluate
+        from tumorseg.train.evaluation import evaluate
 
         r = evaluate(
             args.data,

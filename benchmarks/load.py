@@ -53,12 +53,12 @@ def payloads(size: int) -> list[tuple[str, str, bytes, int]]:
 
 
 def hostile_payloads(tmp: Path) -> list[tuple[str, str, bytes, int]]:
-    """The hardening probes (tests/test_hardening.py's builders) as uploads; each must come back 4xx.
+    """The hardening probes (tests/test_hostile_inputs.py's builders) as uploads; each must come back 4xx.
     Expected status 0 means "any 4xx"."""
     import zipfile
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests is a package
-    from tests.test_hardening import (
+    from tests.test_hostile_inputs import (
         _corrupt_zip,
         _deflated_dicom,
         _nifti,
@@ -66,7 +66,7 @@ def hostile_payloads(tmp: Path) -> list[tuple[str, str, bytes, int]]:
         _tiff_header,
         _zip_of_zeros,
     )
-    from tests.test_hardening3 import flat_png, rgb24_nifti
+    from tests.test_limits_and_outputs import flat_png, rgb24_nifti
 
     dcm = _deflated_dicom(tmp / "d" / "bomb.dcm", 8192, 8192)
     z4 = tmp / "four_deflated.zip"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
-from tumorseg.evaluation import choose_postprocess
 from tumorseg.hardware import cpu_info
-from tumorseg.robustness import transformed
+from tumorseg.train.data import discover, load_cases, load_split
+from tumorseg.train.evaluation import choose_postprocess
+from tumorseg.train.robustness import transformed
 
 CONDITIONS = ("original", "skull_stripped", "flair_only")
 

@@ -27,7 +27,7 @@ def gemm_ceiling(threads: int, runs: int = 20) -> float:
     import onnxruntime as ort
     import torch
 
-    from tumorseg.quantize import quantize_qdq
+    from tumorseg.nn.quantize import quantize_qdq
 
     conv = torch.nn.Conv2d(1024, 1024, 1).eval()
     buf = io.BytesIO()
@@ -64,7 +64,8 @@ def conv_operations(size: int) -> float:
     import torch
 
     from tumorseg.engines import bundled_model_path
-    from tumorseg.model import export_form, load_model
+    from tumorseg.nn.export_form import export_form
+    from tumorseg.nn.serialise import load_model
 
     net, _ = load_model(bundled_model_path())
     total = [0.0]

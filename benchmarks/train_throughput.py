@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tumorseg.model import UNetResNet50
+from tumorseg.nn.unet import UNetResNet50
 
 CONFIGS = {  # name: (bf16 autocast, channels-last)
     "fp32": (False, False),
@@ -75,7 +75,7 @@ def main() -> None:
     machine = f"{rec['summary']}, torch {torch.__version__}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from tumorseg.training import precision_plan
+    from tumorseg.train.trainer import precision_plan
 
     chosen = precision_plan(torch.device("cpu"), True)[2]
     (out / "train_throughput.json").write_text(

@@ -47,7 +47,7 @@ def main() -> None:
     if ft.is_file():
         rows = [json.loads(x) for x in ft.read_text().splitlines() if x.strip()]
         best = max(rows, key=lambda r: max(r["val_dice_by_threshold"].values()))
-        from tumorseg.model import read_model_file
+        from tumorseg.nn.serialise import read_model_file
 
         _, meta = read_model_file(Path(__file__).resolve().parents[1] / "src/tumorseg/models/default.safetensors")
         start = max(g["dice"] for g in meta["metrics"]["val_grid"] if g["min_component_pixels"] == 0)

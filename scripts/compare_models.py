@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.evaluation import evaluate
-from tumorseg.io import atomic_write_bytes
+from tumorseg.files import atomic_write_bytes
 from tumorseg.metrics import HEADLINE, bootstrap_ci, metrics_from_counts
+from tumorseg.train.evaluation import evaluate
 
 
 def _named(spec: str) -> tuple[str, str]:

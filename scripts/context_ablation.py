@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
 
-from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
-from tumorseg.io import atomic_write_bytes
+from tumorseg.files import atomic_write_bytes
 from tumorseg.metrics import SegmentationMetrics
 from tumorseg.modelinfo import ModelInfo
 from tumorseg.postprocess import PostProcess
-from tumorseg.robustness import transformed
+from tumorseg.train.data import discover, load_cases, load_split
+from tumorseg.train.robustness import transformed
 
 KEYS = ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")
 

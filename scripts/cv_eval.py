@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from tumorseg.crossval import SUMMARY_KEYS, arm_report, compare_arms, markdown, out_of_fold
-from tumorseg.data import DatasetError
-from tumorseg.io import atomic_write_bytes
+from tumorseg.files import atomic_write_bytes
+from tumorseg.train.crossval import SUMMARY_KEYS, arm_report, compare_arms, markdown, out_of_fold
+from tumorseg.train.data import DatasetError
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.evaluation import external_case
+from tumorseg.files import atomic_write_bytes
 from tumorseg.inference import Predictor
-from tumorseg.io import atomic_write_bytes
+from tumorseg.train.evaluation import external_case
 
 
 def summarise(rows: list[dict]) -> dict:

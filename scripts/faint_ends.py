@@ -18,10 +18,10 @@ import numpy as np
 from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
 from PIL import Image, ImageDraw
 
-from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
 from tumorseg.modelinfo import ModelInfo
 from tumorseg.postprocess import PostProcess
+from tumorseg.train.data import discover, load_cases, load_split
 
 
 def _edge(m: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ $PY - "$OUT/$REPORT.json" "$RUNS" "$OUT" "$A" "$B" <<'PY'
 import json, sys
 from pathlib import Path
 import torch
-from tumorseg.model import load_model, save_model
+from tumorseg.nn.serialise import load_model, save_model
 report, runs, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 r = json.loads(report.read_text())
 arm = sys.argv[5] if r["comparison"]["decision"]["b_beats_a"] else sys.argv[4]

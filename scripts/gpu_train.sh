@@ -49,7 +49,7 @@ $PY - "$RUNS" "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 import torch
-from tumorseg.model import load_model, save_model
+from tumorseg.nn.serialise import load_model, save_model
 runs, out = Path(sys.argv[1]), Path(sys.argv[2])
 score = {}
 try:

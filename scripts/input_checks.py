@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.checks import CannotJudge, judge, neighbour_correlation
-from tumorseg.data import discover
-from tumorseg.io import read_image, to_uint8_rgb
+from tumorseg.images import read_image, to_uint8_rgb
+from tumorseg.input_checks import CannotJudge, judge, neighbour_correlation
+from tumorseg.train.data import discover
 
 
 def run(data: str) -> dict:

@@ -12,8 +12,9 @@ import argparse
 
 import numpy as np
 
-from tumorseg.data import discover, load_split
-from tumorseg.io import head_depth, read_image, to_uint8_rgb
+from tumorseg.images import read_image, to_uint8_rgb
+from tumorseg.intensity import head_depth
+from tumorseg.train.data import discover, load_split
 
 
 def main() -> None:

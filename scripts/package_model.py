@@ -18,11 +18,12 @@ from pathlib import Path
 
 import torch
 
-from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
-from tumorseg.evaluation import choose_postprocess, stack_metrics
-from tumorseg.model import file_sha256, load_model, read_model_file, save_model
+from tumorseg.files import file_sha256
+from tumorseg.nn.serialise import load_model, read_model_file, save_model
 from tumorseg.postprocess import PostProcess
+from tumorseg.train.data import discover, load_cases, load_split
+from tumorseg.train.evaluation import choose_postprocess, stack_metrics
 
 THREADS = 0
 
@@ -42,7 +43,7 @@ def score(ds, probs, thr: float, min_px: int, masks=None, low: float = 0.0) -> d
 
 def condition_probs(model_path: Path, ds, conditions: list[str], engine: str, tta: str = "none") -> dict:
     """Validation probabilities under each robustness condition (original included), with their masks."""
-    from tumorseg.robustness import transformed
+    from tumorseg.train.robustness import transformed
 
     eng = load_engine(model_path, engine, THREADS)
     out = {}
@@ -58,10 +59,10 @@ def int8_step(
     """Build the int8 ONNX file beside the model (calibrated on training patients only), check it against
     torch-fp32 on the validation patients, and record which engine is the default."""
     from tumorseg.engines import OnnxEngine, add_onnx_metadata, to_onnx_bytes
-    from tumorseg.export import calibration_slices
-    from tumorseg.io import atomic_write_bytes
+    from tumorseg.files import atomic_write_bytes
     from tumorseg.modelinfo import ModelInfo
-    from tumorseg.quantize import quantize_int8
+    from tumorseg.nn.quantize import quantize_int8
+    from tumorseg.train.export import calibration_slices
 
     _, meta16 = read_model_file(out)
     net16, _ = load_model(out)

@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from tumorseg.data import discover, load_cases, load_split
 from tumorseg.engines import load_engine
-from tumorseg.io import atomic_write_bytes
+from tumorseg.files import atomic_write_bytes
 from tumorseg.metrics import paired_difference
-from tumorseg.robustness import CONDITIONS, run_suite
+from tumorseg.train.data import discover, load_cases, load_split
+from tumorseg.train.robustness import CONDITIONS, run_suite
 
 
 def main() -> None:

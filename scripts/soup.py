@@ -29,15 +29,10 @@ import json
 import sys
 from pathlib import Path
 
-from tumorseg.data import load_split
-from tumorseg.model import (
-    ModelFileError,
-    average_model_files,
-    logit_mean_of_files,
-    read_model_file,
-    save_model,
-    start_model,
-)
+from tumorseg.errors import ModelFileError
+from tumorseg.nn.combine import average_model_files, logit_mean_of_files
+from tumorseg.nn.serialise import read_model_file, save_model, start_model
+from tumorseg.train.data import load_split
 
 
 def _write_start(run: Path, out: Path) -> Path:

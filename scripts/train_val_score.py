@@ -13,10 +13,10 @@ import json
 
 import torch
 
-from tumorseg.data import discover, load_cases, load_split
-from tumorseg.model import load_model
 from tumorseg.modelinfo import ModelInfo
-from tumorseg.training import _Dist, patients_score, precision_plan, validate
+from tumorseg.nn.serialise import load_model
+from tumorseg.train.data import discover, load_cases, load_split
+from tumorseg.train.trainer import _Dist, patients_score, precision_plan, validate
 
 
 def main() -> None:

@@ -172,7 +172,8 @@ def write_dicom_series(
 def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
     """A randomly initialised model in the project's format, input 64x64; ``meta`` adds or overrides keys."""
     pytest.importorskip("torch", reason="needs the train extra (PyTorch): pip install -e '.[train]'")
-    from tumorseg.model import UNetResNet50, save_model
+    from tumorseg.nn.serialise import save_model
+    from tumorseg.nn.unet import UNetResNet50
 
     torch.manual_seed(seed)
     base = {

@@ -424,7 +424,7 @@ def test_downloads_are_the_picture_on_screen(server, tmp_path, tiny_model):
     from playwright.sync_api import sync_playwright
 
     from .conftest import cli_predict
-    from .test_viewer2 import _head
+    from .test_study_exports_and_progress import _head
 
     vol = np.ascontiguousarray(_head()[::-1, ::-1])  # stored LPS: the screen turns it
     aff = np.diag([1.0, 1.0, 3.0, 1.0]) @ np.array(

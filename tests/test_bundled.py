@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tumorseg import engines
-from tumorseg.io import ModelFileError, file_sha256
+from tumorseg.errors import ModelFileError
+from tumorseg.files import file_sha256
 
 from .conftest import LGG, smooth_noise
 
@@ -47,7 +48,7 @@ def test_corrupted_int8_file_is_refused(tmp_path, monkeypatch):
 
 def _slices() -> np.ndarray:
     if LGG.is_dir():
-        from tumorseg.data import discover, load_cases
+        from tumorseg.train.data import discover, load_cases
 
         return load_cases(discover(LGG)[:2], 256).images[::2][:24]
     return np.stack([smooth_noise((256, 256, 3), k, 120) for k in range(6)])

@@ -46,7 +46,8 @@ def test_normalisation_of_neighbour_channels_is_flairs():
 
 
 def test_a_widened_model_computes_exactly_what_the_2d_model_did(tmp_path):
-    from tumorseg.model import load_model, save_model, widen_input
+    from tumorseg.nn.serialise import load_model, save_model
+    from tumorseg.nn.unet import widen_input
 
     m2d, meta = load_model(save_tiny_model(tmp_path / "m.safetensors"))
     x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
@@ -67,7 +68,8 @@ def test_a_widened_model_computes_exactly_what_the_2d_model_did(tmp_path):
 
 
 def test_widening_with_a_share_of_flair_keeps_a_lone_images_answer_but_uses_neighbours(tmp_path):
-    from tumorseg.model import load_model, widen_input
+    from tumorseg.nn.serialise import load_model
+    from tumorseg.nn.unet import widen_input
 
     m2d, meta = load_model(save_tiny_model(tmp_path / "m.safetensors"))
     x = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
@@ -87,7 +89,8 @@ def test_widening_with_a_share_of_flair_keeps_a_lone_images_answer_but_uses_neig
 
 def _context_model(tmp_path, seed=0):
     """A tiny 2.5D model whose neighbour weights are not zero, so context changes its answer."""
-    from tumorseg.model import load_model, save_model, widen_input
+    from tumorseg.nn.serialise import load_model, save_model
+    from tumorseg.nn.unet import widen_input
 
     net, meta = load_model(save_tiny_model(tmp_path / f"base{seed}.safetensors", seed=seed))
     widen_input(net, 5)
@@ -110,7 +113,7 @@ def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
     folder = next(p for p in data.iterdir() if p.is_dir())
     pred = Predictor(model, engine="torch-fp32")
     sp = pred.predict_study(folder)
-    from tumorseg.data import discover, load_cases
+    from tumorseg.train.data import discover, load_cases
 
     ds = load_cases(discover(data), 64)
     eng = load_engine(model, "torch-fp32")
@@ -125,7 +128,7 @@ def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
 @pytest.mark.slow
 def test_a_25d_model_exports_to_onnx_with_its_context(tmp_path):
     from tumorseg.engines import load_engine
-    from tumorseg.export import export_onnx
+    from tumorseg.train.export import export_onnx
 
     model = _context_model(tmp_path)
     lines = export_onnx(str(model), str(tmp_path / "m.onnx"))
@@ -150,8 +153,8 @@ def test_hysteresis_keeps_faint_voxels_that_touch_the_lesion_in_3d_only():
 @pytest.mark.slow
 def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
     from tumorseg.cli import main
-    from tumorseg.model import read_model_file
     from tumorseg.modelinfo import ModelInfo
+    from tumorseg.nn.serialise import read_model_file
 
     data = make_kaggle(tmp_path / "data", patients=6, slices=6, size=64, seed=3)
     base = save_tiny_model(tmp_path / "base.safetensors")
@@ -197,7 +200,7 @@ def test_context_boost_is_a_larger_learning_rate_for_the_neighbour_weights_only(
     running those weights alone at k times the rate."""
     from types import SimpleNamespace
 
-    from tumorseg.training import Trainer
+    from tumorseg.train.trainer import Trainer
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(5, 4, 3, bias=False)

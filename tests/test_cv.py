@@ -5,7 +5,7 @@ import json
 import pytest
 
 from tumorseg.cli import main
-from tumorseg.data import DatasetError, cv_folds, fold_split
+from tumorseg.train.data import DatasetError, cv_folds, fold_split
 
 from .conftest import make_kaggle
 from .test_train_e2e import TRAIN
@@ -46,7 +46,7 @@ def test_fold_spec():
 
 @pytest.mark.slow
 def test_fold_runs_then_out_of_fold_report(tmp_path, capsys):
-    from tumorseg.crossval import arm_report, compare_arms, out_of_fold
+    from tumorseg.train.crossval import arm_report, compare_arms, out_of_fold
 
     data = make_kaggle(tmp_path / "data", patients=7, slices=4, size=64, seed=5)
     split = tmp_path / "split.json"
@@ -78,7 +78,7 @@ def test_fold_runs_then_out_of_fold_report(tmp_path, capsys):
     cmp = compare_arms(arms)
     assert cmp["paired"]["original"]["n_patients"] == 6
     assert isinstance(cmp["decision"]["b_beats_a"], bool)
-    from tumorseg.crossval import markdown
+    from tumorseg.train.crossval import markdown
 
     md = markdown(arms, cmp)
     assert "| original |" in md and "6 patients out of fold" in md and "b − a, per patient" in md
@@ -96,8 +96,8 @@ def test_grid_sweep_gives_the_postprocess_masks():
     """The packaging/cross-validation grid caches components; every row must equal PostProcess's own rule."""
     import numpy as np
 
-    from tumorseg.evaluation import GRID_HYSTERESIS, GRID_MIN_PIXELS, GRID_THRESHOLDS, _Sweep, stack_metrics
     from tumorseg.postprocess import PostProcess
+    from tumorseg.train.evaluation import GRID_HYSTERESIS, GRID_MIN_PIXELS, GRID_THRESHOLDS, _Sweep, stack_metrics
 
     rng = np.random.default_rng(0)
     n, size = 12, 48
@@ -120,7 +120,7 @@ def test_grid_sweep_gives_the_postprocess_masks():
                 for k in ("dice", "dice_per_patient_mean", "empty_slice_fp_rate", "precision", "recall"):
                     assert got[k] == pytest.approx(want[k], abs=1e-12, nan_ok=True), (thr, min_px, low, k)
     # the grid shared by forked workers is the grid computed in one process, row for row
-    from tumorseg.evaluation import choose_postprocess
+    from tumorseg.train.evaluation import choose_postprocess
 
     views = {
         t: {"original": (probs, masks), "flair_only": (probs[:, ::-1].copy(), masks[:, ::-1].copy())}
@@ -148,7 +148,7 @@ def test_cosine_over_wall_time_ends_annealed_at_the_limit(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_fine_tune_into_a_four_stage_decoder_keeps_what_fits_and_resumes(tmp_path, capsys):
-    from tumorseg.model import load_model
+    from tumorseg.nn.serialise import load_model
 
     from .conftest import save_tiny_model
 

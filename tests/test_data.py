@@ -2,14 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumorseg.data import (
-    DatasetError,
-    check_no_leak,
-    discover,
-    load_cases,
-    make_split,
-    patient_has_tumour,
-)
+from tumorseg.train.data import DatasetError, check_no_leak, discover, load_cases, make_split, patient_has_tumour
 
 from .conftest import make_kaggle
 
@@ -90,7 +83,7 @@ def test_leak_detected():
 
 def test_model_input_lookup_equals_the_formula():
     """The uint8 fast path computes the same float32 numbers as the written rule, bit for bit."""
-    from tumorseg.data import model_input, normalisation
+    from tumorseg.train.data import model_input, normalisation
 
     x = (np.random.default_rng(0).random((2, 32, 32, 3)) * 256).astype(np.uint8)
     for norm in (normalisation(True), normalisation(False)):

@@ -6,7 +6,7 @@ import tifffile
 from PIL import Image
 
 from tumorseg import Predictor
-from tumorseg.io import ImageReadError
+from tumorseg.errors import ImageReadError
 from tumorseg.render import heatmap_overlay, jet
 
 from .conftest import smooth_noise
@@ -124,7 +124,7 @@ def test_predict_refuses_to_write_into_input_folder(tiny_model, tmp_path):
 
 def test_evaluate_keeps_the_masks_it_scored(tiny_model, tmp_path):
     """``keep_masks``: the bit-packed final masks, in order, are exactly what the metrics counted."""
-    from tumorseg.evaluation import evaluate
+    from tumorseg.train.evaluation import evaluate
 
     from .conftest import make_kaggle
 
@@ -143,10 +143,10 @@ def test_evaluate_keeps_the_masks_it_scored(tiny_model, tmp_path):
 def test_evaluate_dice_is_the_dice_of_the_masks_the_predictor_delivers(tmp_path):
     """One post-processing rule (postprocess.PostProcess): evaluation scores exactly the masks users get,
     with a component rule that removes something (so the two paths are really compared)."""
-    from tumorseg.data import discover, load_cases
-    from tumorseg.evaluation import evaluate
     from tumorseg.inference import Predictor
     from tumorseg.metrics import SegmentationMetrics
+    from tumorseg.train.data import discover, load_cases
+    from tumorseg.train.evaluation import evaluate
 
     from .conftest import make_kaggle, save_tiny_model
 

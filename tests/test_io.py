@@ -3,7 +3,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tumorseg.io import ImageReadError, read_image, read_mask, to_uint8_rgb
+from tumorseg.errors import ImageReadError
+from tumorseg.images import read_image, read_mask, to_uint8_rgb
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif", ".webp", ".jpg", ".bmp"])

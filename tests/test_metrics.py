@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tumorseg.metrics import SegmentationMetrics
-from tumorseg.training import dice_loss
+from tumorseg.train.losses import dice_loss
 
 
 def test_hand_computed_pooled_metrics():
@@ -71,7 +71,7 @@ def test_dice_loss_bounds():
 
 
 def test_image_dice_loss_weighs_small_lesions_like_large_ones():
-    from tumorseg.training import image_dice_loss, make_loss
+    from tumorseg.train.losses import image_dice_loss, make_loss
 
     y = torch.zeros(2, 1, 32, 32)
     y[0, ..., 2:30, 2:30] = 1  # a large cross-section, found

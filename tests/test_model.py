@@ -4,15 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tumorseg.model import (
-    ModelFileError,
-    ResNet50Encoder,
-    UNetResNet50,
-    build_model,
-    load_encoder_state,
-    load_model,
-    save_model,
-)
+from tumorseg.errors import ModelFileError
+from tumorseg.nn.serialise import load_model, save_model
+from tumorseg.nn.unet import ResNet50Encoder, UNetResNet50, build_model, load_encoder_state
 
 from .conftest import LGG_WEIGHTS
 
@@ -46,7 +40,7 @@ def test_export_form_is_the_same_function_in_int8_friendly_ops():
     import onnx
 
     from tumorseg.engines import to_onnx_bytes
-    from tumorseg.model import UNetExportForm
+    from tumorseg.nn.export_form import UNetExportForm
 
     torch.manual_seed(0)
     m = UNetResNet50().eval()
@@ -153,7 +147,7 @@ def test_bundled_model_sha256_is_checked(tmp_path, monkeypatch):
     p.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
     with pytest.raises(ModelFileError, match="sha256"):
         engines.resolve_model(None)
-    from tumorseg.model import file_sha256
+    from tumorseg.files import file_sha256
 
     p.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(p)}))
     assert engines.resolve_model(None) == p
@@ -164,7 +158,7 @@ def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
     import numpy as np
 
     from tumorseg.engines import load_engine
-    from tumorseg.export import export_onnx
+    from tumorseg.train.export import export_onnx
 
     lines = export_onnx(str(tiny_model), str(tmp_path / "m.onnx"))
     assert "mask agreement 100.000%" in lines[1]
@@ -180,7 +174,7 @@ def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
     import numpy as np
 
     from tumorseg.engines import load_engine
-    from tumorseg.export import export_onnx
+    from tumorseg.train.export import export_onnx
 
     from .conftest import make_kaggle
 
@@ -202,7 +196,7 @@ def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
     import onnxruntime as ort
 
     from tumorseg.engines import to_onnx_bytes
-    from tumorseg.model import UNetExportForm
+    from tumorseg.nn.export_form import UNetExportForm
 
     torch.manual_seed(0)
     m = UNetResNet50(3, (64, 32, 16, 8)).eval()
@@ -229,7 +223,7 @@ def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
 def test_soup_averages_weights_and_refuses_other_architectures(tmp_path):
     """The soup's every float tensor is the mean of its ingredients'; it loads and runs like any model file,
     records its ingredients, and refuses to mix a different decoder."""
-    from tumorseg.model import average_model_files
+    from tumorseg.nn.combine import average_model_files
 
     torch.manual_seed(0)
     a, b = UNetResNet50().eval(), UNetResNet50().eval()
@@ -270,7 +264,8 @@ def test_soup_script_takes_a_runs_start_point_as_an_ingredient(tmp_path):
     import subprocess
     import sys
 
-    from tumorseg.model import start_model, widen_input
+    from tumorseg.nn.serialise import start_model
+    from tumorseg.nn.unet import widen_input
 
     from .conftest import save_tiny_model
 
@@ -312,7 +307,9 @@ def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
     import onnxruntime as ort
 
     from tumorseg.engines import to_onnx_bytes
-    from tumorseg.model import LogitMean, export_form, logit_mean_of_files, start_model
+    from tumorseg.nn.combine import LogitMean, logit_mean_of_files
+    from tumorseg.nn.export_form import export_form
+    from tumorseg.nn.serialise import start_model
 
     torch.manual_seed(0)
     a, b = UNetResNet50().eval(), UNetResNet50(3, (64, 32, 16, 8)).eval()
@@ -343,7 +340,7 @@ def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
 
 def test_an_ensemble_file_runs_through_the_cli_like_any_model(tmp_path):
     """The front ends need nothing of their own for an ensemble: `tumorseg predict` writes its mask."""
-    from tumorseg.model import logit_mean_of_files
+    from tumorseg.nn.combine import logit_mean_of_files
 
     from .conftest import cli_predict, png_bytes, save_tiny_model, smooth_noise
 

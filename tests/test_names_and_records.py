@@ -127,7 +127,7 @@ def test_skip_done_over_a_study_json_of_any_shape(tiny_model, tmp_path, capsys, 
 )
 def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
     """Item 12: a wrong-typed record in the engine cache is ignored (the probe measures again and rewrites it)."""
-    from tumorseg import probe
+    from tumorseg import engine_choice as probe
 
     monkeypatch.setattr(probe, "user_cache_dir", lambda: tmp_path)
     loads = []
@@ -153,7 +153,7 @@ def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
 def test_the_engine_cache_is_never_read_from_a_device_fifo_or_huge_file(tmp_path, kind):
     """Item 12: a cache file that is a symlink to an endless device, a FIFO, or larger than any real cache is
     not read (it would hang or exhaust memory): the probe just measures."""
-    from tumorseg.probe import _read_cache
+    from tumorseg.engine_choice import _read_cache
 
     f = tmp_path / "engines.json"
     if kind == "dev-zero-link":
@@ -228,7 +228,7 @@ def test_the_app_restarts_on_a_port_its_last_clients_left_in_time_wait():
 def test_two_writers_swapping_one_study_folder_never_fail_nor_leave_old_folders(tmp_path):
     """Item 17: two processes writing one --out swap the same study folder at once; every swap succeeds, the
     last complete folder wins, and no hidden .old- folder is left."""
-    from tumorseg.batch import _swap_in
+    from tumorseg.batch.items import _swap_in
 
     out = tmp_path / "out"
     out.mkdir()
@@ -258,7 +258,7 @@ def test_two_writers_swapping_one_study_folder_never_fail_nor_leave_old_folders(
 def test_a_symlink_named_like_a_study_folder_is_replaced_not_followed(tmp_path):
     """Item 17: a symlink where a study folder goes is unlinked (its target untouched), not left behind under
     a hidden name."""
-    from tumorseg.batch import _swap_in
+    from tumorseg.batch.items import _swap_in
 
     target = tmp_path / "elsewhere"
     target.mkdir()

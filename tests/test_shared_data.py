@@ -11,7 +11,7 @@ pytestmark = pytest.mark.skipif(not LGG.is_dir(), reason="../shared/data/lgg-kag
 
 
 def test_lgg_layout_discovered():
-    from tumorseg.data import discover
+    from tumorseg.train.data import discover
 
     cases = discover(LGG)
     assert len(cases) == 90
@@ -21,7 +21,7 @@ def test_lgg_layout_discovered():
 
 
 def test_lgg_slices_load_as_rgb_with_binary_masks():
-    from tumorseg.data import discover, load_cases
+    from tumorseg.train.data import discover, load_cases
 
     ds = load_cases(discover(LGG)[:1], 256)
     assert ds.images.shape[1:] == (256, 256, 3) and ds.images.dtype == np.uint8
@@ -37,11 +37,11 @@ def test_bundled_model_on_two_lgg_patients(tmp_path):
         pytest.skip("no bundled model in this checkout")
     sub = tmp_path / "kaggle_3m"
     sub.mkdir()
-    from tumorseg.data import discover
+    from tumorseg.train.data import discover
 
     cases = discover(LGG)
     meta_test = None
-    from tumorseg.model import read_model_file
+    from tumorseg.nn.serialise import read_model_file
 
     _, meta = read_model_file(bundled_model_path())
     meta_test = meta["training"]["split"]["test"]

@@ -79,10 +79,10 @@ def test_nifti_prediction_keeps_geometry(tiny_model, tmp_path):
 
 
 def test_nifti_voxel_mapping_round_trip():
-    from tumorseg.studies import _image_to_nifti_slice, _nifti_slice_to_image
+    from tumorseg.studies import image_to_nifti_slice, nifti_slice_to_image
 
     a = np.arange(12).reshape(4, 3)
-    assert np.array_equal(_image_to_nifti_slice(_nifti_slice_to_image(a)), a)
+    assert np.array_equal(image_to_nifti_slice(nifti_slice_to_image(a)), a)
 
 
 def test_2d_and_broken_nifti_refused(tmp_path):
@@ -162,7 +162,7 @@ def test_a_new_study_format_is_one_entry_in_the_registry(tmp_path, monkeypatch):
     """The worked extension of docs/architecture.md: one FileFormat entry (and its reader) makes a new
     suffix a study for classification (the page), the CLI's input expansion, reading and output naming."""
     import tumorseg.studies as studies
-    from tumorseg.batch import output_name
+    from tumorseg.batch.plan import output_name
 
     def read_npy(p, series):
         vol = np.load(p)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tumorseg.app.server import create_app
 from tumorseg.cli import main
-from tumorseg.io import LGG_BRAIN_MEDIAN, standardise_brain_intensity
+from tumorseg.intensity import LGG_BRAIN_MEDIAN, standardise_brain_intensity
 from tumorseg.studies import find_sequences, read_study, sequence_of
 
 from .conftest import smooth_noise, write_dicom_series

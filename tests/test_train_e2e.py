@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tumorseg.cli import main
-from tumorseg.evaluation import METRIC_KEYS
+from tumorseg.train.evaluation import METRIC_KEYS
 
 from .conftest import make_kaggle
 

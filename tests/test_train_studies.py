@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tumorseg.cli import main
-from tumorseg.data import DatasetError, Source, discover, discover_sources, load_cases, resize_rgb
+from tumorseg.train.data import DatasetError, Source, discover, discover_sources, load_cases, resize_rgb
 
 from .conftest import make_kaggle, save_tiny_model
 
@@ -43,7 +43,7 @@ def make_nifti_cases(root: Path, n: int = 4, seed: int = 0, shape=(40, 48, 12), 
 
 
 def test_nifti_cases_are_read_as_predict_reads_them(tmp_path):
-    from tumorseg.display import model_turn, turned
+    from tumorseg.geometry import model_turn, turned
     from tumorseg.studies import read_reference, read_study
 
     root = make_nifti_cases(tmp_path / "cases", n=3)
@@ -93,7 +93,7 @@ def test_sources_parse_weights_and_refuse_bad_ones(tmp_path):
 
 @pytest.mark.train
 def test_sources_get_their_weight_s_share_of_patches(tmp_path):
-    from tumorseg.augment import PatchSampler
+    from tumorseg.train.augment import PatchSampler
 
     k = make_kaggle(tmp_path / "k", patients=4, slices=4, size=64)
     n = make_nifti_cases(tmp_path / "n", n=2)
@@ -112,21 +112,21 @@ def test_sources_get_their_weight_s_share_of_patches(tmp_path):
 def test_flair_only_dropout_gives_flair_in_every_channel_at_its_share():
     import torch
 
-    from tumorseg.augment import augment_v2
+    from tumorseg.train.augment import augment_for_other_sites
 
     g = torch.Generator().manual_seed(0)
     # pre- and post-contrast black, FLAIR grey: an image made FLAIR-only has grey in all three channels (the
     # intensity changes that follow still act per channel), a kept one black ones (brightness and noise only)
     x = torch.stack([torch.full((16, 16), v) for v in (0.0, 0.5, 0.0)])[None].repeat(400, 1, 1, 1)
     y = torch.zeros(400, 1, 16, 16)
-    out, _ = augment_v2(x, y, g, p_seq=0.0, p_flair_only=0.5)
+    out, _ = augment_for_other_sites(x, y, g, p_seq=0.0, p_flair_only=0.5)
     pre, post = out[:, 0].mean((1, 2)), out[:, 2].mean((1, 2))
     made = (pre > 0.1) & (post > 0.1)
     assert bool(((pre > 0.1) == (post > 0.1)).float().mean() > 0.97)  # both channels together
     assert 0.4 < made.float().mean() < 0.6
     g0, g1 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    a, _ = augment_v2(x[:8], y[:8], g0)
-    b, _ = augment_v2(x[:8], y[:8], g1, p_flair_only=0.0)
+    a, _ = augment_for_other_sites(x[:8], y[:8], g0)
+    b, _ = augment_for_other_sites(x[:8], y[:8], g1, p_flair_only=0.0)
     assert torch.equal(a, b)  # 0: the v2 recipe exactly, the same random draws
 
 
@@ -134,7 +134,7 @@ def test_flair_only_dropout_gives_flair_in_every_channel_at_its_share():
 def test_fine_tune_a_model_on_mixed_slice_and_nifti_sources(tmp_path, capsys):
     """The README's recipe for a user's own labelled NIfTI cases, here mixed with a slice folder: each source
     is split by patient on its own, the run trains, resumes and writes a model that loads."""
-    from tumorseg.model import load_model
+    from tumorseg.nn.serialise import load_model
 
     k = make_kaggle(tmp_path / "k", patients=5, slices=4, size=64, seed=2)
     n = make_nifti_cases(tmp_path / "n", n=5, seed=1)

@@ -1,17 +1,20 @@
 """Does the model's answer on BraTS NIfTI depend on the slice orientation it is fed? Dice per case, as read
 (posterior at the top of each slice) and turned upright (display_transform: anterior at top, radiological)."""
-import glob, json, sys
-import numpy as np
+import json
+import sys
 from pathlib import Path
+
+import numpy as np
+
 root = Path(sys.argv[1]) if len(sys.argv) > 1 else None
+import tumorseg.geometry
+from tumorseg.geometry import display_transform
 from tumorseg.inference import Predictor
-from tumorseg.studies import read_study, read_reference, find_sequences
-from tumorseg.display import display_transform
-import tumorseg.display
+from tumorseg.studies import read_reference, read_study
 
 # predict_study now turns slices upright itself (display.model_turn, adopted by the rule in README.md); this
 # script compares the two feedings explicitly, so the built-in turn is switched off here
-tumorseg.display.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
+tumorseg.geometry.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
 pred = Predictor(engine="onnx-int8", threads=1)
 rows = []
 for case in sorted((root or Path("/work/shared/data/brats-dev")).iterdir()):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.display import display_turn, turned
+from tumorseg.geometry import display_turn, turned
+from tumorseg.images import write_png
 from tumorseg.inference import Predictor
-from tumorseg.io import write_png
 from tumorseg.metrics import dice_score
 from tumorseg.render import contour_overlay
 from tumorseg.studies import read_reference, read_study

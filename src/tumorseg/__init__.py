@@ -3,7 +3,7 @@
 Research use only. Not a medical device.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["Predictor", "__version__"]
 

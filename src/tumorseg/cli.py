@@ -66,7 +66,7 @@ def _add_train(sub) -> None:
         description="Train on kaggle_3m-style or images/+masks/ folders and NIfTI case folders (BraTS layout), "
         "one source or several mixed by weight. Resumable.",
     )
-    from .trainconfig import LOSSES, defaults
+    from .train.config import LOSSES, defaults
 
     d = defaults()
     _add_data_args(p, d)
@@ -226,7 +226,8 @@ def _add_context_args(p, d: dict) -> None:
 
 
 def _cmd_train(a) -> int:
-    from .training import TrainConfig, train
+    from .train.config import TrainConfig
+    from .train.trainer import train
 
     cfg = TrainConfig(
         data=a.data[0] if len(a.data) == 1 else list(a.data),
@@ -284,7 +285,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a) -> int:
-    from .evaluation import evaluate, format_table
+    from .train.evaluation import evaluate, format_table
 
     res = evaluate(
         a.data,
@@ -298,7 +299,7 @@ def _cmd_evaluate(a) -> int:
     )
     print(format_table(res["metrics"]))
     if a.json_out:
-        from .io import atomic_write_bytes
+        from .files import atomic_write_bytes
 
         atomic_write_bytes(a.json_out, (json.dumps(res["metrics"], indent=1) + "\n").encode())
         print(f"metrics written to {a.json_out}", file=sys.stderr)
@@ -382,7 +383,7 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a) -> int:
-    from .batch import predict_inputs
+    from .cli_predict import predict_inputs
 
     return predict_inputs(a)
 
@@ -459,7 +460,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
-    from .export import export_onnx
+    from .train.export import export_onnx
 
     for line in export_onnx(a.model, a.out, calibration=a.int8_calibration):
         print(line)
@@ -629,9 +630,9 @@ def _add_engines(sub) -> None:
 
 
 def _cmd_engines(a) -> int:
+    from .engine_choice import CACHE_FILE
     from .engines import load_engine
     from .hardware import user_cache_dir
-    from .probe import CACHE_FILE
 
     eng = load_engine(a.model, None, a.threads, reprobe=a.reprobe)
     c = eng.choice
@@ -663,7 +664,7 @@ def _cmd_engines(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     ap = argparse.ArgumentParser(
         prog="tumorseg",
@@ -692,8 +693,8 @@ def main(argv: list[str] | None = None) -> int:
         "pacs": _cmd_pacs,
         "followup": _cmd_followup,
     }
-    from .data import DatasetError
-    from .io import ImageReadError, ModelFileError
+    from .errors import ImageReadError, ModelFileError
+    from .train.data import DatasetError
 
     try:
         return handlers[a.cmd](a)

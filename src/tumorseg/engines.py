@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .io import ModelFileError, file_sha256, model_file_meta
+from .errors import ModelFileError
+from .files import file_sha256
+from .modelfile import model_file_meta
 from .preprocess import model_input
 
 if TYPE_CHECKING:  # torch is imported only by the torch engines and the ONNX export: int8 runs without it
@@ -271,7 +273,7 @@ def to_onnx_bytes(model: torch.nn.Module, size: int, channels: int = 3) -> bytes
     """
     import torch
 
-    from .model import export_form
+    from .nn.export_form import export_form
 
     model = export_form(model.float().eval().to(memory_format=torch.contiguous_format), size)
     buf = _io.BytesIO()
@@ -320,7 +322,7 @@ def load_engine(
         eng = loader(engine)
         eng.reason = "asked for"
         return eng
-    from . import probe
+    from . import engine_choice as probe
     from .hardware import cpu_info
 
     cands, excluded = candidates(model, device)
@@ -345,7 +347,7 @@ def model_checksum(model: str | os.PathLike | None) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .version import __version__
 
     return __version__
 
@@ -379,7 +381,7 @@ class _Loader:
                     f"{resolve_model(self.model)}: this engine needs PyTorch, which the base install leaves out; "
                     'install it with pip install "tumorseg[train]", or use the bundled model\'s onnx-int8 engine'
                 )
-            from .model import load_model
+            from .nn.serialise import load_model
 
             self._net = load_model(resolve_model(self.model))
         return self._net
@@ -409,7 +411,7 @@ class _Loader:
         spec = ModelInfo.from_meta(meta).input
         onnx_bytes = to_onnx_bytes(net, spec.size, spec.n_channels)
         if engine == "onnx-int8":
-            from .quantize import quantize_int8
+            from .nn.quantize import quantize_int8
 
             onnx_bytes = quantize_int8(onnx_bytes, meta, self.calibration)
         return OnnxEngine(path, meta, onnx_bytes, self.threads, engine)

@@ -17,7 +17,7 @@ from datetime import date
 
 import numpy as np
 
-from .display import display_affine
+from .geometry import display_affine
 
 # A registration is trusted when the two brain masks overlap at least this much after it (Dice): the same
 # brain imaged twice overlaps at 0.95+ once aligned (tests: 0.97-0.99 under 10 degree / 15 mm moves); a failed
@@ -222,20 +222,9 @@ def _voxel_ml(st) -> float | None:
     return float(np.prod(st.spacing)) / 1000.0 if st.spacing else None
 
 
-def compare(
-    pred,
-    baseline,
-    followup,
-    interval_days: float | None = None,
-    force: bool = False,
-    on_progress=None,
-) -> FollowUp:
-    """Segment two studies of one patient (paths or Studies) and say what changed: the one function the CLI,
-    REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
-    counts both studies' slices (a job's progress bar)."""
-    from .studies import Study, read_study
-
-    sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
+def _in_order(sts: list, force: bool) -> tuple[list, list, list[str]]:
+    """The two studies checked to be one patient's (refused unless forced) and put in date order: the
+    studies, their dates and the notes saying what was assumed or swapped."""
     notes: list[str] = []
     pids = [patient_of(s) for s in sts]
     if pids[0] and pids[1] and pids[0] != pids[1]:
@@ -251,6 +240,24 @@ def compare(
     if dates[0] and dates[1] and dates[0] > dates[1]:
         sts, dates = sts[::-1], dates[::-1]
         notes.append("The baseline was later than the follow-up: the two were swapped.")
+    return sts, dates, notes
+
+
+def compare(
+    pred,
+    baseline,
+    followup,
+    interval_days: float | None = None,
+    force: bool = False,
+    on_progress=None,
+) -> FollowUp:
+    """Segment two studies of one patient (paths or Studies) and say what changed: the one function the CLI,
+    REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
+    counts both studies' slices (a job's progress bar)."""
+    from .studies import Study, read_study
+
+    sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
+    sts, dates, notes = _in_order(sts, force)
     days = (dates[1] - dates[0]).days if dates[0] and dates[1] else interval_days
     if any(s.spacing is None for s in sts):
         raise FollowUpError("a study without a voxel size cannot be registered or measured in mL (give --spacing)")
@@ -385,8 +392,9 @@ def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
     import json
     from pathlib import Path
 
-    from .display import display_turn, turned
-    from .io import atomic_write_bytes, write_png
+    from .files import atomic_write_bytes
+    from .geometry import display_turn, turned
+    from .images import write_png
     from .render import heatmap_overlay
     from .studies.outputs import label_nifti_gz_bytes
 

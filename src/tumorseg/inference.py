@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .checks import judge
 from .engines import load_engine
-from .io import ImageReadError, exif_orientation, read_image, to_uint8_rgb
+from .errors import ImageReadError
+from .images import exif_orientation, read_image, to_uint8_rgb
+from .input_checks import judge
 from .modelinfo import ModelInfo
 from .postprocess import PostProcess
 from .preprocess import context_step, with_context
-from .render import contour_overlay, heatmap_overlay, jet  # noqa: F401  (re-exported)
+from .render import contour_overlay, heatmap_overlay
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
 
@@ -279,7 +280,7 @@ class Predictor:
         Returns:
             A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
         """
-        from .display import model_turn, turned, unturned
+        from .geometry import model_turn, turned, unturned
         from .studies import Study, read_study
 
         study = path if isinstance(path, Study) else read_study(path, series=series, spacing=spacing)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .io import MAX_DECODED_BYTES
+from .limits import MAX_DECODED_BYTES
 from .studies import MODEL_CHANNELS, sequence_of_series
 
 TIMEOUT_S = 30.0  # per read: a server that sends nothing for this long is given up

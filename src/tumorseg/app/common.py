@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from fastapi import UploadFile
 
-from ..io import ImageReadError, encode_png
+from ..errors import ImageReadError
+from ..images import encode_png
 
 
 class UploadTooLarge(Exception):
@@ -22,7 +23,7 @@ class BadRequest(Exception):
         self.status, self.msg = status, msg
 
 
-def _b64png(arr: np.ndarray) -> str:
+def b64png(arr: np.ndarray) -> str:
     return base64.b64encode(encode_png(arr, compress_level=1)).decode("ascii")
 
 
@@ -42,7 +43,7 @@ async def _read_capped(upload: UploadFile, cap: int) -> bytes:
 _TEMP_PATH = re.compile(re.escape(tempfile.gettempdir()) + r"/tumorseg-[^/\s]+/(?:series/|slices/)?")
 
 
-def _public_message(msg: str) -> str:
+def public_message(msg: str) -> str:
     """An error message without the server's temporary paths (the client knows its own file names)."""
     return _TEMP_PATH.sub("", msg)
 
@@ -50,22 +51,22 @@ def _public_message(msg: str) -> str:
 def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
-    from ..checks import CannotJudge
     from ..followup import FollowUpError
+    from ..input_checks import CannotJudge
     from ..pacs import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):
-        return exc.status, _public_message(exc.msg)
+        return exc.status, public_message(exc.msg)
     if isinstance(exc, (InvalidUID, FollowUpError)):  # the request's fault, not the archive's nor ours
-        return 400, _public_message(str(exc))
+        return 400, public_message(str(exc))
     if isinstance(exc, PacsError):
-        return 502, _public_message(str(exc))
+        return 502, public_message(str(exc))
     if isinstance(exc, ImageReadError):
-        return (422 if isinstance(exc, CannotJudge) else 400), _public_message(str(exc))
+        return (422 if isinstance(exc, CannotJudge) else 400), public_message(str(exc))
     return 500, f"internal error ({type(exc).__name__}); the server is still running"
 
 
-def _stem(name: str) -> str:
+def upload_stem(name: str) -> str:
     """A download's name stem: the study's name as the CLI names it (``studies.strip_extension``)."""
     from ..studies import strip_extension
 
@@ -90,7 +91,7 @@ def _safe_name(name: str | None) -> str:
     return "".join(c if c.isalnum() or c in "-_. " else "_" for c in base)[:120].lstrip(". ") or "upload"
 
 
-def _slice_index(k: int, n: int) -> int:
+def requested_slice(k: int, n: int) -> int:
     if not 0 <= k < n:
         raise BadRequest(422, f"slice {k} is out of range: the study has slices 0 to {n - 1}")
     return k

@@ -60,8 +60,8 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
         ``followup`` (FLAIR registered onto the baseline: for showing only; each time point is measured in its
         own space), ``baseline_mask``, ``followup_mask`` (registered) and ``change`` (1 unchanged, 2 new,
         3 resolved)."""
-        from ..display import volume_nifti_gz
         from ..followup import on_baseline
+        from ..geometry import volume_nifti_gz
 
         fu, _ = _held(store, result_id)
         b, f = fu.baseline, fu.followup

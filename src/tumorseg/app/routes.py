@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import __version__
+from ..images import encode_png
 from ..inference import DISCLAIMER
-from ..io import encode_png
-from .common import BadRequest, UploadTooLarge, _b64png, _slice_index, _stem, attachment, read_upload
+from ..version import __version__
+from .common import BadRequest, UploadTooLarge, attachment, b64png, read_upload, requested_slice, upload_stem
 
 MAX_CLASSIFY_NAMES = 20_000
 
@@ -82,14 +82,14 @@ def image_router(pred, store, cap: int) -> APIRouter:
             "result_id": store.remember("image", r, name),
             "filename": name,
             **summary,
-            "image_png": _b64png(r.image),
-            "prob_png": _b64png(r.prob_png_array()),
-            "mask_png": _b64png(r.mask_png_array()),
+            "image_png": b64png(r.image),
+            "prob_png": b64png(r.prob_png_array()),
+            "mask_png": b64png(r.mask_png_array()),
             "model": {"model": pred.model_path.name, "engine": pred.engine.name},  # the rest: GET /api/model
             "disclaimer": DISCLAIMER,
         }
         if r.uncertainty is not None:
-            body["uncertainty_png"] = _b64png((r.uncertainty.clip(0, 0.5) * 510).astype(np.uint8))
+            body["uncertainty_png"] = b64png((r.uncertainty.clip(0, 0.5) * 510).astype(np.uint8))
         return body
 
     return router
@@ -208,7 +208,7 @@ def materialise(name: str, payload, tmp: Path) -> Path:
             target, k = p / n, 1
             while target.exists():
                 k += 1
-                target = p / f"{_stem(n)}-{k}{n[len(_stem(n)) :]}"
+                target = p / f"{upload_stem(n)}-{k}{n[len(upload_stem(n)) :]}"
             target.write_bytes(d)
         return p
     p = tmp / name
@@ -217,15 +217,15 @@ def materialise(name: str, payload, tmp: Path) -> Path:
 
 
 def study_response(pred, store, sp, name: str) -> dict:
-    from ..display import geometry
+    from ..geometry import geometry
     from ..studies import study_exports
 
     """What /api/study and /api/pacs/open answer: the held result, measurements and every slice's PNGs."""
     slices = [
         {
             "name": Path(sp.study.names[k]).name,
-            "image_png": _b64png(sp.images[k]),
-            "prob_png": _b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
+            "image_png": b64png(sp.images[k]),
+            "prob_png": b64png((sp.prob[k] * 255 + 0.5).astype(np.uint8)),
             "tumour_pixels": int(sp.mask[k].sum()),
         }
         for k in range(sp.study.n_slices)
@@ -260,14 +260,14 @@ def held_router(pred, store, cap: int) -> APIRouter:
                 "threshold": r.threshold,
                 "tumour_pixels": r.area_pixels,
                 "area_mm2": r.area_mm2,
-                "mask_png": _b64png(r.mask_png_array()),
+                "mask_png": b64png(r.mask_png_array()),
             }
-        k = _slice_index(slice, r.mask.shape[0])
+        k = requested_slice(slice, r.mask.shape[0])
         return {
             "threshold": r.threshold,
             "slice": k,
             "tumour_pixels": int(r.mask[k].sum()),
-            "mask_png": _b64png(r.mask[k].astype(np.uint8) * 255),
+            "mask_png": b64png(r.mask[k].astype(np.uint8) * 255),
             "measurements": r.summary(),
         }
 
@@ -308,7 +308,7 @@ def held_router(pred, store, cap: int) -> APIRouter:
                 return ref, compare_masks(r.mask, ref)
 
         ref, res = await run_in_threadpool(run)
-        pngs = [_b64png(m.astype(np.uint8) * 255) for m in (ref if ref.ndim == 3 else [ref])]
+        pngs = [b64png(m.astype(np.uint8) * 255) for m in (ref if ref.ndim == 3 else [ref])]
         return {"reference": name, "threshold": r.threshold, **res, "reference_png": pngs}
 
     return router
@@ -322,7 +322,7 @@ def download_router(pred, store) -> APIRouter:
     def mask_png(result_id: str, threshold: float | None = None, slice: int = 0, convention: str = "radiological"):
         """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask, turned as the page shows it in
         ``convention``, as the CLI's overlays are)."""
-        from ..display import CONVENTIONS, display_turn, turned
+        from ..geometry import CONVENTIONS, display_turn, turned
 
         if convention not in CONVENTIONS:
             raise BadRequest(422, f"convention must be one of {', '.join(CONVENTIONS)}")
@@ -331,9 +331,9 @@ def download_router(pred, store) -> APIRouter:
             arr = r.mask_png_array()
         else:
             arr = turned(
-                r.mask[_slice_index(slice, r.mask.shape[0])] * np.uint8(255), display_turn(r.study, convention)
+                r.mask[requested_slice(slice, r.mask.shape[0])] * np.uint8(255), display_turn(r.study, convention)
             )
-        stem = _stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
+        stem = upload_stem(name) + ("" if kind == "image" else f"_slice{slice + 1:04d}")
         return Response(
             encode_png(arr),
             media_type="image/png",
@@ -348,7 +348,7 @@ def download_router(pred, store) -> APIRouter:
             raise BadRequest(400, f"{name}: not a study")
         from ..studies import write_study_outputs
 
-        stem = _stem(name)
+        stem = upload_stem(name)
         buf = io.BytesIO()
         with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
             write_study_outputs(r, Path(tmp) / stem)
@@ -376,7 +376,7 @@ def download_router(pred, store) -> APIRouter:
             raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
         from ..studies import dicom_seg_bytes, mask_nifti_gz_bytes
 
-        stem = _stem(name)
+        stem = upload_stem(name)
         if filename == "mask.nii.gz":
             data = mask_nifti_gz_bytes(r)
         else:
@@ -398,7 +398,7 @@ def view_router(store) -> APIRouter:
     def view_volume(result_id: str, what: str, threshold: float | None = None):
         """A held study's volume in patient space for the three-plane viewer: ``t1``, ``flair``, ``t1c``
         (the display volume as the model saw it, uint8), ``prob`` (probability x 255) or ``mask``."""
-        from ..display import volume_nifti_gz
+        from ..geometry import volume_nifti_gz
 
         kind, r, name = store.get(result_id, threshold)
         if kind != "study":

@@ -17,21 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
+from ..errors import ImageReadError
 from ..inference import DISCLAIMER, Predictor
-from ..io import ImageReadError
-from .common import (  # noqa: F401  (re-exported: tests and older callers import them from here)
-    BadRequest,
-    UploadTooLarge,
-    _b64png,
-    _public_message,
-    _safe_name,
-    _slice_index,
-    _stem,
-    failure,
-)
-from .guard import RequestGuard  # noqa: F401
-from .results import MAX_RESULT_BYTES, MAX_RESULTS, ResultStore  # noqa: F401
+from ..version import __version__
+from .common import BadRequest, UploadTooLarge, failure, public_message
+from .guard import RequestGuard
+from .results import ResultStore
 
 log = logging.getLogger("tumorseg.app")
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -139,7 +130,7 @@ def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
     from ..pacs import InvalidUID, PacsError
 
     def error(status: int, msg: str) -> JSONResponse:
-        return JSONResponse(status_code=status, content={"error": _public_message(msg), "status": status})
+        return JSONResponse(status_code=status, content={"error": public_message(msg), "status": status})
 
     @app.middleware("http")
     async def no_tracebacks(request: Request, call_next):

@@ -39,7 +39,7 @@ from .formats import (  # noqa: F401
 )
 from .measure import study_measurements  # noqa: F401
 from .names import MODEL_CHANNELS, find_sequences, is_single_dicom, sequence_of, sequence_of_series  # noqa: F401
-from .nifti import _image_to_nifti_slice, _nifti_slice_to_image, read_nifti, read_sequences  # noqa: F401
+from .nifti import image_to_nifti_slice, nifti_slice_to_image, read_nifti, read_sequences  # noqa: F401
 from .outputs import (  # noqa: F401
     LOCAL_CODES,
     TYPE2_COPIED,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io import ImageReadError
+from ..errors import ImageReadError
 
 MAX_STUDY_VOXELS = 64_000_000  # voxels x channels, e.g. 512 x 512 x 244
 
@@ -33,7 +33,7 @@ class StudyError(ImageReadError):
 @dataclass
 class Study:
     source: str
-    kind: str  # kaggle | nifti | dicom
+    kind: str  # slices (a folder of 2D slices, no geometry) | nifti | dicom
     volume: np.ndarray  # Z x H x W x 3 uint8 (display/model-ready)
     spacing: tuple[float, float, float] | None  # (slice, row, column) in mm
     names: list[str]
@@ -93,7 +93,7 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     return vals
 
 
-def _valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
+def valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
     """Voxel sizes that are finite and plausible; negative ones are used by magnitude, with a note."""
     out = []
     for v in values:
@@ -115,7 +115,7 @@ def orientation_labels(st: Study) -> dict | None:
     geometry (2D images, slice stacks without a voxel size: the page says "orientation unknown")."""
     if st.affine is None:
         return None
-    from ..display import axis_label, display_affine
+    from ..geometry import axis_label, display_affine
 
     a = display_affine(st)[0][:3, :3]
     right, down = a[:, 0], a[:, 1]  # + column, + row of the held slice

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import MAX_DECODED_BYTES, ImageReadError, check_decoded_size, check_model_time, check_working_set
+from ..errors import ImageReadError
+from ..limits import MAX_DECODED_BYTES, check_decoded_size, check_model_time, check_working_set
 from .core import (
     MAX_STUDY_VOXELS,
     SINGLE_SEQUENCE_NOTE,
@@ -18,8 +19,8 @@ from .core import (
     STUDY_BYTES_PER_VOXEL,
     Study,
     StudyError,
-    _valid_spacing,
     study_to_uint8,
+    valid_spacing,
 )
 
 MAX_ZIP_BYTES = MAX_DECODED_BYTES // 2  # refuse zips that would expand beyond this (zip bombs)
@@ -34,7 +35,7 @@ MAX_MEMBER_RATIO = 200  # one member's expansion; a real DICOM or image compress
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 
 
-def _zip_members(p: Path) -> list[tuple[str, bytes]]:
+def zip_members(p: Path) -> list[tuple[str, bytes]]:
     try:
         zf = zipfile.ZipFile(p)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -426,7 +427,7 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
     if ps is None:
         ps = [1.0, 1.0]
         notes.append("No PixelSpacing: 1 mm pixels assumed; areas and volumes are in assumed units.")
-    _valid_spacing(source, ps, "PixelSpacing", notes)
+    valid_spacing(source, ps, "PixelSpacing", notes)
     ps = [abs(x) for x in ps]
     _check_one_grid(dss, iop, ps, source)
     ipps = [_floats(ds, "ImagePositionPatient", 3, source) for ds in dss]

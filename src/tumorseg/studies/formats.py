@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import IMAGE_EXTENSIONS, standardise_brain_intensity
-from .core import Study, StudyError, _valid_spacing, looks_like_label_map
-from .dicom import _zip_members, read_dicom
+from ..images import IMAGE_EXTENSIONS
+from ..intensity import standardise_brain_intensity
+from .core import Study, StudyError, looks_like_label_map, valid_spacing
+from .dicom import read_dicom, zip_members
 from .names import (
     DICOM_SUFFIX,
-    _is_dicom_file,
-    _is_nifti,
-    _is_slice_image,
-    _mostly_images,
     find_sequences,
+    is_dicom_file,
+    is_nifti,
     is_single_dicom,
+    is_slice_image,
+    mostly_images,
 )
 from .nifti import read_nifti, read_sequences
 from .slices import read_slices
@@ -59,7 +60,7 @@ def study_name(files, folder: str | None = None) -> str:
     if len(stems) == 1:
         return stems[0]
     cases = {_SEQUENCE_SUFFIX.sub("", x) for x in stems}
-    if len(cases) == 1 and all(_is_nifti(Path(n)) for n in names):
+    if len(cases) == 1 and all(is_nifti(Path(n)) for n in names):
         return cases.pop()
     numbered = [_NUMBERED.match(re.sub(r"_mask$", "", x, flags=re.I)) for x in stems]
     if all(numbered) and len({m.group("stem") for m in numbered}) == 1:
@@ -99,9 +100,9 @@ def looks_like_study_folder(p: Path) -> bool:
     """A DICOM series folder, a folder of per-sequence NIfTIs, or one patient's numbered slices
     (``classify_names``). A folder of unrelated images with a stray .dcm among them is not a study."""
     files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
-    if len(files) == 1 and _is_nifti(files[0]):
+    if len(files) == 1 and is_nifti(files[0]):
         return False
-    flags = [_is_dicom_file(q) if i < 400 else is_single_dicom(q.name) for i, q in enumerate(files)]
+    flags = [is_dicom_file(q) if i < 400 else is_single_dicom(q.name) for i, q in enumerate(files)]
     return classify_names([q.name for q in files], flags) == "study-files"
 
 
@@ -125,8 +126,8 @@ class FolderFormat:
 
 
 def _read_zip(p: Path, series: str | None) -> Study:
-    members = _zip_members(p)
-    if _mostly_images(members):
+    members = zip_members(p)
+    if mostly_images(members):
         return read_slices(members, str(p))
     return read_dicom(members, str(p), series)
 
@@ -134,18 +135,18 @@ def _read_zip(p: Path, series: str | None) -> Study:
 def _claims_sequences(names: list[str], flags: list[bool]) -> bool:
     """One case's per-sequence NIfTIs (other files that are neither images nor DICOM, e.g. a README, are
     let be)."""
-    niftis = [Path(n) for n in names if _is_nifti(Path(n))]
-    others = [n for n, f in zip(names, flags) if not _is_nifti(Path(n)) and (f or _is_slice_image(n))]
+    niftis = [Path(n) for n in names if is_nifti(Path(n))]
+    others = [n for n, f in zip(names, flags) if not is_nifti(Path(n)) and (f or is_slice_image(n))]
     return len(niftis) > 1 and not others and bool(find_sequences(niftis))
 
 
 def _claims_dicom(names: list[str], flags: list[bool]) -> bool:
-    imgs = [n for n in names if _is_slice_image(n)]
+    imgs = [n for n in names if is_slice_image(n)]
     return bool(sum(flags)) and sum(flags) >= len(imgs)
 
 
 def _claims_slices(names: list[str], flags: list[bool]) -> bool:
-    imgs = [n for n in names if _is_slice_image(n)]
+    imgs = [n for n in names if is_slice_image(n)]
     stems = [re.match(r"^(.*)_(\d+)$", Path(n).stem) for n in imgs]
     numbered = len(imgs) >= 2 and all(stems) and len({m.group(1) for m in stems}) == 1
     has_masks = any(Path(n).stem.lower().endswith("_mask") for n in names)
@@ -157,11 +158,11 @@ def _read_sequence_files(files: list[Path], source: str, series: str | None) -> 
 
 
 def _read_dicom_files(files: list[Path], source: str, series: str | None) -> Study:
-    return read_dicom([(q.name, q.read_bytes()) for q in files if _is_dicom_file(q)], source, series)
+    return read_dicom([(q.name, q.read_bytes()) for q in files if is_dicom_file(q)], source, series)
 
 
 def _read_slice_files(files: list[Path], source: str, series: str | None) -> Study:
-    imgs = [q for q in files if _is_slice_image(q.name)]
+    imgs = [q for q in files if is_slice_image(q.name)]
     st = read_slices([(q.name, q) for q in imgs], source)
     others = len(files) - len(imgs) - sum(q.stem.lower().endswith("_mask") for q in files)
     if others:
@@ -215,7 +216,7 @@ def read_study(path, series: str | None = None, spacing: tuple[float, float, flo
         return _with_spacing(fmt.read(p, series), spacing)
     if p.is_dir():
         files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
-        flags = [_is_dicom_file(q) for q in files]
+        flags = [is_dicom_file(q) for q in files]
         folder = folder_format_of([q.name for q in files], flags)
         if folder is None or folder.name == "slices":  # a folder read as a study at all is read as slices
             folder = FOLDER_FORMATS[-1]
@@ -249,7 +250,7 @@ def _with_spacing(st: Study, spacing) -> Study:
         )
     if spacing is None:
         return st
-    row, col, sl = _valid_spacing(st.source, list(spacing), "--spacing", [])
+    row, col, sl = valid_spacing(st.source, list(spacing), "--spacing", [])
     if st.spacing is not None:
         st.notes.append(
             f"--spacing {row:g},{col:g},{sl:g} ignored: the file carries its own geometry "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..io import IMAGE_EXTENSIONS
+from ..images import IMAGE_EXTENSIONS
 from .core import StudyError
 
 DICOM_SUFFIX = ".dcm"
@@ -16,7 +16,7 @@ def is_single_dicom(name: str) -> bool:
     return str(name).lower().endswith(DICOM_SUFFIX)
 
 
-def _is_dicom_file(p: Path) -> bool:
+def is_dicom_file(p: Path) -> bool:
     """By name, else by the DICM magic after the 128-byte preamble."""
     if is_single_dicom(p.name):
         return True
@@ -28,7 +28,7 @@ def _is_dicom_file(p: Path) -> bool:
         return False
 
 
-def _is_nifti(p: Path) -> bool:
+def is_nifti(p: Path) -> bool:
     n = p.name.lower()
     return n.endswith(".nii") or n.endswith(".nii.gz")
 
@@ -38,14 +38,14 @@ def _nifti_stem(p: Path) -> str:
     return n[: -len(".nii.gz")] if n.lower().endswith(".nii.gz") else n[: -len(".nii")]
 
 
-def _is_slice_image(name: str) -> bool:
+def is_slice_image(name: str) -> bool:
     q = Path(name)
     return q.suffix.lower() in IMAGE_EXTENSIONS and not q.stem.lower().endswith("_mask") and not q.name.startswith(".")
 
 
-def _mostly_images(members: list[tuple[str, bytes]]) -> bool:
+def mostly_images(members: list[tuple[str, bytes]]) -> bool:
     members = [(n, d) for n, d in members if not n.startswith("__MACOSX") and not Path(n).name.startswith(".")]
-    imgs = [n for n, _ in members if _is_slice_image(n)]
+    imgs = [n for n, _ in members if is_slice_image(n)]
     return bool(imgs) and len(imgs) >= len(members) // 2
 
 
@@ -108,7 +108,7 @@ def find_sequences(files) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for f in files:
         f = Path(f)
-        if not _is_nifti(f):
+        if not is_nifti(f):
             continue
         seq = sequence_of(f)
         if seq is None:

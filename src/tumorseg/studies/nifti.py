@@ -7,25 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import ImageReadError, check_decoded_size, check_model_time, check_working_set
+from ..errors import ImageReadError
+from ..limits import check_decoded_size, check_model_time, check_working_set
 from .core import (
     MAX_STUDY_VOXELS,
     SINGLE_SEQUENCE_NOTE,
     STUDY_BYTES_PER_VOXEL,
     Study,
     StudyError,
-    _valid_spacing,
     study_to_uint8,
+    valid_spacing,
 )
-from .dicom import _zip_members, read_dicom
-from .names import MODEL_CHANNELS, _is_dicom_file, _is_nifti
+from .dicom import read_dicom, zip_members
+from .names import MODEL_CHANNELS, is_dicom_file, is_nifti
 
 
-def _nifti_slice_to_image(a2: np.ndarray) -> np.ndarray:
+def nifti_slice_to_image(a2: np.ndarray) -> np.ndarray:
     return np.flipud(a2.T)
 
 
-def _image_to_nifti_slice(im: np.ndarray) -> np.ndarray:
+def image_to_nifti_slice(im: np.ndarray) -> np.ndarray:
     return np.flipud(im).T
 
 
@@ -72,7 +73,7 @@ def _zooms_of_affine(p: Path, img, zooms: list[float], notes: list[str]) -> list
         return zooms
     if not all(np.isfinite(a) and a > 0 for a in ax) or np.allclose(ax, zooms[:3], rtol=1e-3, atol=1e-4):
         return zooms
-    ax = _valid_spacing(p, ax, "NIfTI affine voxel size", notes)
+    ax = valid_spacing(p, ax, "NIfTI affine voxel size", notes)
     notes.append(
         f"NIfTI pixdim {[round(z, 4) for z in zooms[:3]]} and its {'sform' if img.header['sform_code'] > 0 else 'qform'} "
         f"voxel size {[round(a, 4) for a in ax]} mm disagree; the affine's was used (the written mask and every "
@@ -110,7 +111,7 @@ def _nifti_header(p: Path):
         raise StudyError(p, exc.reason) from None
     notes: list[str] = []
     raw = [float(x) for x in _raw_pixdim(p, img)]
-    zooms = _valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
+    zooms = valid_spacing(p, raw[: len(shape)] if len(shape) < 3 else raw, "NIfTI pixdim", notes)
     zooms = _zooms_of_affine(p, img, zooms, notes)
     try:
         if len(shape) >= 3 and shape[2] > 1:
@@ -145,7 +146,7 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
         if chans != 1:
             raise StudyError(p, f"expected one sequence per file, found {chans} channels")
         raw = np.nan_to_num(data[..., 0].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        vol = np.stack([_nifti_slice_to_image(raw[:, :, k]) for k in range(raw.shape[2])])
+        vol = np.stack([nifti_slice_to_image(raw[:, :, k]) for k in range(raw.shape[2])])
         return Study(
             str(p),
             "nifti",
@@ -160,7 +161,7 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
     vol8 = study_to_uint8(data, scales=scales)  # X Y Z C
     slices = []
     for k in range(vol8.shape[2]):
-        s = np.stack([_nifti_slice_to_image(vol8[:, :, k, c]) for c in range(chans)], -1)
+        s = np.stack([nifti_slice_to_image(vol8[:, :, k, c]) for c in range(chans)], -1)
         slices.append(np.repeat(s, 3, -1) if chans == 1 else s)
     st = Study(
         str(p),
@@ -181,12 +182,12 @@ def read_nifti(p: Path, scale: bool = True) -> Study:
 
 def _read_raw_sequence(p: Path) -> Study:
     """One sequence with its raw intensities: a NIfTI file, or a DICOM series (folder or zip)."""
-    if p.is_file() and _is_nifti(p):
+    if p.is_file() and is_nifti(p):
         return read_nifti(p, scale=False)
     if p.is_file() and p.name.lower().endswith(".zip"):
-        return read_dicom(_zip_members(p), str(p), scale=False)
+        return read_dicom(zip_members(p), str(p), scale=False)
     if p.is_dir():
-        dcm = sorted(q for q in p.iterdir() if q.is_file() and _is_dicom_file(q))
+        dcm = sorted(q for q in p.iterdir() if q.is_file() and is_dicom_file(q))
         if dcm:
             return read_dicom([(q.name, q.read_bytes()) for q in dcm], str(p), scale=False)
     raise StudyError(p, "not a sequence (expected a NIfTI file or a DICOM series folder or .zip)")

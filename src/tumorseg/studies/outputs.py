@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_bytes, write_png
+from ..files import atomic_write_bytes
+from ..images import write_png
 from .core import Study, StudyPrediction
-from .nifti import _image_to_nifti_slice
+from .nifti import image_to_nifti_slice
 
 
 def mask_to_nifti_array(sp: StudyPrediction) -> np.ndarray:
     """Mask in the input NIfTI's own array layout (X, Y, Z)."""
     m = sp.mask.astype(np.uint8)
-    return np.stack([_image_to_nifti_slice(m[k]) for k in range(m.shape[0])], axis=2)
+    return np.stack([image_to_nifti_slice(m[k]) for k in range(m.shape[0])], axis=2)
 
 
 def study_exports(st: Study) -> list[str]:
@@ -37,7 +38,7 @@ def label_nifti_gz_bytes(st: Study, labels: np.ndarray) -> bytes:
 
     labels = labels.astype(np.uint8)
     if st.kind == "nifti":
-        arr = np.stack([_image_to_nifti_slice(labels[k]) for k in range(labels.shape[0])], axis=2)
+        arr = np.stack([image_to_nifti_slice(labels[k]) for k in range(labels.shape[0])], axis=2)
         affine = st.affine
     else:
         arr = np.transpose(labels, (2, 1, 0))  # (col, row, slice)
@@ -66,7 +67,7 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
             written.append(target)
         except Exception as exc:  # never lose the other outputs, but the study counts as failed
             export_errors.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
-    from ..display import display_turn, turned
+    from ..geometry import display_turn, turned
 
     ov = out / "overlays"
     turn = display_turn(st)  # as the page shows the study: radiological, anterior up (one rule for both)
@@ -123,7 +124,7 @@ def dicom_seg_dataset(sp: StudyPrediction):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from ..version import __version__
 
     dss = [with_type2_attributes(ds) for ds in sp.study.dicom]
     desc = hd.seg.SegmentDescription(
@@ -170,7 +171,7 @@ def dicom_sr_dataset(sp: StudyPrediction, seg, tracking: tuple[str, str] | None 
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from .. import __version__
+    from ..version import __version__
 
     m = sp.measurements
     device = hd.sr.ObserverContext(

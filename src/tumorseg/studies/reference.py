@@ -8,8 +8,8 @@ import numpy as np
 
 from .core import MAX_STUDY_VOXELS, Study, StudyError
 from .formats import strip_extension
-from .names import _is_nifti
-from .nifti import _nifti_slice_to_image
+from .names import is_nifti
+from .nifti import nifti_slice_to_image
 
 # The one rule for a study's own reference, beside it: a case folder's ``_seg`` NIfTI, a slice folder's
 # ``<slice>_mask`` images. The page offers what matches (static/study.js REF_NAME, the same pattern, kept equal
@@ -28,18 +28,18 @@ def own_reference(source) -> list[Path]:
     p = Path(source)
     folder = p if p.is_dir() else p.parent
     found = sorted(q for q in folder.iterdir() if q.is_file() and rx.search(q.name) and not q.name.startswith("."))
-    segs = [q for q in found if _is_nifti(q)]
+    segs = [q for q in found if is_nifti(q)]
     if not p.is_dir():  # a file: only its own case's _seg (case_flair.nii.gz -> case_seg.nii.gz)
         case = strip_extension(p.name).rsplit("_", 1)[0]
         return [q for q in segs if strip_extension(q.name).rsplit("_", 1)[0] == case][:1]
-    return segs[:1] if segs else [q for q in found if not _is_nifti(q)]
+    return segs[:1] if segs else [q for q in found if not is_nifti(q)]
 
 
 def read_reference_files(files: list[Path], like, notes: list[str] | None = None) -> np.ndarray:
     """A reference given as files: one NIfTI or 2D mask (``read_reference``), or a slice stack's own
     ``<slice>_mask`` images (``reference_from_slice_masks``) — what the page's Reference… and the CLI's
     --reference both take."""
-    if len(files) == 1 and (not isinstance(like, Study) or _is_nifti(files[0])):
+    if len(files) == 1 and (not isinstance(like, Study) or is_nifti(files[0])):
         return read_reference(files[0], like, notes=notes)
     if not isinstance(like, Study):
         raise StudyError(files[0].parent, "masks per slice are a slice stack's reference; this input is an image")
@@ -49,7 +49,7 @@ def read_reference_files(files: list[Path], like, notes: list[str] | None = None
 def reference_from_slice_masks(like: Study, members: list[tuple[str, bytes]]) -> np.ndarray:
     """A slice stack's reference from its own ``<slice>_mask`` images (as the LGG folders ship them):
     Z x H x W bool in the study's slice order; a slice without a mask file is refused by name."""
-    from ..io import read_mask
+    from ..images import read_mask
 
     by_stem = {}
     for n, data in members:
@@ -81,7 +81,7 @@ def read_reference(path: Path, like, source_name: str | None = None, notes: list
 
     name = source_name or Path(path).name
     if isinstance(like, Study):
-        if not _is_nifti(Path(name)):
+        if not is_nifti(Path(name)):
             raise StudyError(name, "a study's reference must be a NIfTI mask (.nii or .nii.gz)")
         try:
             img = nib.load(str(path))
@@ -105,9 +105,9 @@ def read_reference(path: Path, like, source_name: str | None = None, notes: list
         elif arr.shape != grid:
             raise StudyError(name, f"reference is {arr.shape} but the study's mask is {grid}")
         if like.kind == "nifti":
-            return np.stack([_nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
+            return np.stack([nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
         return np.transpose(arr, (2, 1, 0))
-    from ..io import read_mask
+    from ..images import read_mask
 
     m = read_mask(path)
     if m.shape != tuple(like):

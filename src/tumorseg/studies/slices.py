@@ -7,16 +7,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import MAX_STUDY_SLICES, ImageReadError, check_model_time, read_image, to_uint8_rgb
+from ..errors import ImageReadError
+from ..images import read_image, to_uint8_rgb
+from ..limits import MAX_STUDY_SLICES, check_model_time
 from .core import SINGLE_SEQUENCE_NOTE, Study, StudyError
-from .names import _is_slice_image
+from .names import is_slice_image
 
 
 def read_slices(items: list[tuple[str, object]], source: str) -> Study:
     """A stack of numbered 2D slices (``<name>_<n>.<ext>``, masks skipped), from paths or bytes."""
     rows = []
     for name, src in items:
-        if not _is_slice_image(name):
+        if not is_slice_image(name):
             continue
         m = re.search(r"_(\d+)$", Path(name).stem)
         rows.append((int(m.group(1)) if m else 0, Path(name).name, src))
@@ -46,4 +48,4 @@ def read_slices(items: list[tuple[str, object]], source: str) -> Study:
     ]
     if grey:
         notes.append(SINGLE_SEQUENCE_NOTE)
-    return Study(source, "kaggle", vol, None, [name for _, name, _ in rows], single_sequence=grey, notes=notes)
+    return Study(source, "slices", vol, None, [name for _, name, _ in rows], single_sequence=grey, notes=notes)

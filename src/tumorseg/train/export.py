@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .engines import load_engine, to_onnx_bytes
-from .io import atomic_write_bytes
-from .model import load_model
+from ..engines import load_engine, to_onnx_bytes
+from ..files import atomic_write_bytes
+from ..nn.serialise import load_model
 
 
 def calibration_slices(
@@ -33,15 +33,15 @@ def calibration_slices(
 
 
 def export_onnx(model: str | None, out: str, calibration: str | None = None) -> list[str]:
-    from .engines import resolve_model
+    from ..engines import resolve_model
 
     path = resolve_model(model)
     net, meta = load_model(path)
-    from .modelinfo import ModelInfo
+    from ..modelinfo import ModelInfo
 
     spec = ModelInfo.from_meta(meta).input
     size, ch = spec.size, spec.n_channels
-    from .engines import add_onnx_metadata
+    from ..engines import add_onnx_metadata
 
     data = add_onnx_metadata(to_onnx_bytes(net, size, ch), meta, "onnx-fp32")
     atomic_write_bytes(out, data)
@@ -56,7 +56,7 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
         f"mask agreement {((a >= 0.5) == (b >= 0.5)).mean() * 100:.3f}%"
     )
     if calibration:
-        from .quantize import quantize_int8
+        from ..nn.quantize import quantize_int8
 
         q = add_onnx_metadata(
             quantize_int8(data, meta, calibration_slices(calibration, size, split=meta, context=spec.context)),

@@ -53,8 +53,8 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
     """
     if calibration is None or len(calibration) == 0:
         raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
-    from .modelinfo import ModelInfo
-    from .preprocess import model_input
+    from ..modelinfo import ModelInfo
+    from ..preprocess import model_input
 
     norm = ModelInfo.from_meta(meta).input.normalisation.as_meta()
     return quantize_qdq(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engines import load_engine
+from ..metrics import SegmentationMetrics
+from ..modelinfo import ModelInfo
+from ..postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
 from .data import DatasetError, check_no_leak, discover, load_cases, load_split
-from .engines import load_engine
-from .metrics import SegmentationMetrics
-from .modelinfo import ModelInfo
-from .postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
 
 METRIC_KEYS = (
     "dice",
@@ -76,7 +76,7 @@ GRID_HYSTERESIS = (0.0, 0.1, 0.2, 0.3)  # low thresholds tried for stacks (0: of
 def stack_metrics(probs: np.ndarray, masks: np.ndarray, patients: list[str], post: PostProcess) -> dict:
     """Metrics of the masks ``post`` makes from ``probs``, each patient's run of slices one stack (as
     ``tumorseg predict`` reads a slice folder), with the per-patient 3D Dice under "patient_dice"."""
-    from .preprocess import groups_of
+    from ..preprocess import groups_of
 
     pred = np.concatenate([post.apply_stack(probs[a:b]) for a, b in groups_of(patients)]) if len(probs) else probs > 1
     acc = SegmentationMetrics()
@@ -91,7 +91,7 @@ class _Sweep:
     row for row; a cross-validation's ~2,700 slices take minutes instead of an hour."""
 
     def __init__(self, probs: np.ndarray, masks: np.ndarray, patients: list[str]):
-        from .preprocess import groups_of
+        from ..preprocess import groups_of
 
         self.probs, self.masks, self.patients, self.groups = probs, masks, patients, groups_of(patients)
         self._planar: dict[float, tuple[np.ndarray, np.ndarray]] = {}
@@ -311,7 +311,8 @@ def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write_bytes, write_png
+    from ..files import atomic_write_bytes
+    from ..images import write_png
 
     out.mkdir(parents=True, exist_ok=True)
     m = result["metrics"]
@@ -398,8 +399,8 @@ def external_case(pred, case: Path, tmp: Path, keep_masks: bool = False) -> dict
     evaluation package) and their paths returned under ``mask_file``."""
     import nibabel as nib
 
-    from .metrics import dice_score
-    from .studies import mask_to_nifti_array
+    from ..metrics import dice_score
+    from ..studies import mask_to_nifti_array
 
     def load(seq: str):
         f = case / f"{case.name}_{seq}.nii.gz"

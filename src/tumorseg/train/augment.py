@@ -47,7 +47,7 @@ class PatchSampler:
         """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
         s = self.data.images.shape[1]
         p = self.patch
-        from .preprocess import with_context
+        from ..preprocess import with_context
 
         imgs = np.empty((batch, p, p, 3 + 2 * self.context), np.uint8)
         msks = np.empty((batch, p, p), bool)
@@ -152,7 +152,7 @@ def _flip_rotate_scale(
     return x, y, extra
 
 
-def augment_v2(
+def augment_for_other_sites(
     x: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,

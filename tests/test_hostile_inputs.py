@@ -23,9 +23,11 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-from tumorseg.app.server import RequestGuard, create_app
+from tumorseg.app.guard import RequestGuard
+from tumorseg.app.server import create_app
 from tumorseg.cli import main
-from tumorseg.io import ImageReadError, read_image
+from tumorseg.errors import ImageReadError
+from tumorseg.images import read_image
 from tumorseg.studies import StudyError, read_study
 
 from .conftest import api_client, smooth_noise, write_dicom_series
@@ -38,9 +40,9 @@ def _peak_rss_delta_mb(call: str, path: Path) -> tuple[float, str]:
     code = f"""
 import resource, sys, json
 from pathlib import Path
-import tumorseg.studies, tumorseg.io, numpy, pydicom, nibabel, tifffile
+import tumorseg.studies, tumorseg.images, numpy, pydicom, nibabel, tifffile
 from tumorseg.studies import read_study
-from tumorseg.io import read_image
+from tumorseg.images import read_image
 p = Path({str(path)!r})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 msg = "ok"

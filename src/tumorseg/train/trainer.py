@@ -1,9 +1,4 @@
-"""Training: patch sampling, Dice loss, Adam, best/last checkpoints, early stopping, resume, DDP.
-
-A run folder holds everything a run needs to continue or be audited:
-``config.json``, ``split.json``, ``log.jsonl`` (one line per epoch), ``curve.png``,
-``last.ckpt.safetensors`` (resume state) and ``best.safetensors`` (the model file).
-"""
+"""The training loop: precision plan, DDP, checkpoints, the run folder and the Trainer."""
 
 from __future__ import annotations
 
@@ -20,10 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from . import __version__
-from .augment import PatchSampler, augment, augment_v2
+from ..errors import ModelFileError
+from ..files import atomic_write_bytes
+from ..metrics import ThresholdSweep, dice_score
+from ..modelinfo import ArchSpec, InputSpec
+from ..nn.serialise import read_model_file, save_model
+from ..nn.unet import build_model
+from ..preprocess import context_offsets
+from ..version import __version__
+from .augment import PatchSampler, augment, augment_for_other_sites
+from .config import LOSSES, TrainConfig
 from .data import (
     DatasetError,
     LoadedSet,
@@ -38,72 +40,9 @@ from .data import (
     save_split,
     sources_of,
 )
-from .io import atomic_write_bytes
-from .metrics import ThresholdSweep, dice_score
-from .model import ModelFileError, build_model, read_model_file, save_model
-from .modelinfo import ArchSpec, InputSpec
-from .preprocess import context_offsets
-from .trainconfig import LOSSES, TrainConfig  # noqa: F401  (re-exported: the config lives beside, torch-free)
+from .losses import _LOSS_FNS, make_loss
 
-# --------------------------------------------------------------------------- losses
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice over the whole batch (batch Dice), so empty patches do not dominate."""
-    p = torch.sigmoid(logits.float())
-    inter = (p * target).sum()
-    return 1 - (2 * inter + smooth) / (p.sum() + target.sum() + smooth)
-
-
-def tversky_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0
-) -> torch.Tensor:
-    """Batch Tversky loss; beta > alpha weighs missed tumour more than false alarms (leans to recall)."""
-    p = torch.sigmoid(logits.float())
-    tp = (p * target).sum()
-    fp = (p * (1 - target)).sum()
-    fn = ((1 - p) * target).sum()
-    return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
-
-
-def image_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """Soft Dice per patch, averaged over the patches that hold tumour: a small faint end counts as much
-    as a large cross-section. Patches without tumour add nothing here (pair it with BCE for those)."""
-    p = torch.sigmoid(logits.float()).flatten(1)
-    t = target.float().flatten(1)
-    has = t.sum(1) > 0
-    if not bool(has.any()):
-        return p.sum() * 0.0  # keeps the graph; BCE carries a batch without tumour
-    p, t = p[has], t[has]
-    dice = (2 * (p * t).sum(1) + smooth) / (p.sum(1) + t.sum(1) + smooth)
-    return 1 - dice.mean()
-
-
-def _with_bce(region_loss):
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return region_loss(logits, target) + F.binary_cross_entropy_with_logits(logits.float(), target)
-
-    return loss
-
-
-_LOSS_FNS = {
-    "dice": dice_loss,
-    "dice+bce": _with_bce(dice_loss),
-    "tversky+bce": _with_bce(tversky_loss),
-    "image-dice+bce": _with_bce(image_dice_loss),
-}
 assert tuple(_LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
-
-
-def make_loss(name: str):
-    """The training loss called ``name`` (one of ``LOSSES``; ``dice_bce`` as old run records spell it)."""
-    fn = _LOSS_FNS.get("dice+bce" if name == "dice_bce" else name)
-    if fn is None:
-        raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
-    return fn
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -116,7 +55,7 @@ def resolve_device(spec: str) -> torch.device:
 
 def _imagenet(x: torch.Tensor) -> torch.Tensor:
     """``preprocess.model_input``'s normalisation on the training device (x already in [0, 1])."""
-    from .preprocess import expand_per_channel
+    from ..preprocess import expand_per_channel
 
     norm, c = normalisation(True), x.shape[1]
     mean = torch.from_numpy(expand_per_channel(norm["mean"], c)).to(x.device).view(1, c, 1, 1)
@@ -152,9 +91,6 @@ def _log(msg: str, d: _Dist) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
 def save_checkpoint(path: Path, model, opt, sched_state: dict, extra: dict) -> None:
     """Resume state as one checksummed safetensors file (no pickle)."""
     from safetensors.torch import save
@@ -174,9 +110,9 @@ def save_checkpoint(path: Path, model, opt, sched_state: dict, extra: dict) -> N
         "rng_numpy": json.dumps(np.random.get_state()[1].tolist()),
         "rng_python": json.dumps(random.getstate()[1]),
     }
-    from .model import _tensor_digest
+    from ..nn.serialise import tensor_digest
 
-    meta["tensor_sha256"] = _tensor_digest(tensors)
+    meta["tensor_sha256"] = tensor_digest(tensors)
     atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
 
 
@@ -203,9 +139,6 @@ def load_checkpoint(path: Path, model, opt) -> dict:
     return meta
 
 
-# --------------------------------------------------------------------------- precision
-
-
 def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = None) -> tuple:
     """(autocast dtype or None, memory format, why): bf16 only where the hardware has it.
 
@@ -220,7 +153,7 @@ def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = N
         dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return dt, torch.channels_last, f"{str(dt).split('.')[-1]} autocast on CUDA"
     if native_bf16 is None:
-        from .hardware import cpu_info
+        from ..hardware import cpu_info
 
         native_bf16 = cpu_info().native_bf16
     if not amp:
@@ -232,9 +165,6 @@ def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = N
             "fp32 + channels-last: this CPU has no native bf16 (autocast would emulate it)",
         )
     return torch.bfloat16, torch.channels_last, "bf16 autocast + channels-last (native bf16 on this CPU)"
-
-
-# --------------------------------------------------------------------------- validation
 
 
 @torch.no_grad()
@@ -280,9 +210,6 @@ def patients_score(original: dict, flair_only: dict) -> float:
     """``--select patients``: the per-patient mean over the original and the FLAIR-only slices, the two
     conditions the model comparisons decide on."""
     return (original["val_dice_per_patient"] + flair_only["val_dice_per_patient"]) / 2
-
-
-# --------------------------------------------------------------------------- main loop
 
 
 def _curve(log_path: Path, png: Path) -> None:
@@ -473,8 +400,8 @@ class Trainer:
         """Load what fits from ``--init-model`` (another decoder: the rest starts fresh) and return the names
         of the fresh parameters. On resume only the names: they decide the optimiser's groups."""
         cfg, d = self.cfg, self.d
-        from .model import start_model
-        from .modelinfo import ModelInfo
+        from ..modelinfo import ModelInfo
+        from ..nn.serialise import start_model
 
         init, init_meta = start_model(cfg.init_model, in_ch, cfg.context_share)
         own, start = model.state_dict(), init.state_dict()
@@ -548,7 +475,7 @@ class Trainer:
         y = yb.to(device, non_blocking=True)[:, None].float()
         if cfg.aug == "v2":
             depth = db.to(device)[:, None] if db is not None else None
-            x, y = augment_v2(x, y, self.aug_gen, depth, p_flair_only=cfg.flair_only)
+            x, y = augment_for_other_sites(x, y, self.aug_gen, depth, p_flair_only=cfg.flair_only)
         else:
             x, y = augment(x, y, self.aug_gen)
         if self.imagenet:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from ..engines import Engine
+from ..modelinfo import ModelInfo
+from ..postprocess import PostProcess
+from ..preprocess import groups_of
 from .data import LoadedSet, brain_mask, flair_only
-from .engines import Engine
-from .modelinfo import ModelInfo
-from .postprocess import PostProcess
-from .preprocess import groups_of
 
 CONDITIONS = (
     "original",

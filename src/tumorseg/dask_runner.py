@@ -19,7 +19,8 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from .batch import Item, PredictOptions, error_row, process_item
+from .batch.items import error_row, process_item
+from .batch.plan import Item, PredictOptions
 
 PLUGIN = "tumorseg-predictor"
 

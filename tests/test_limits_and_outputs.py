@@ -17,11 +17,11 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tumorseg.io import read_image
+from tumorseg.images import read_image
 from tumorseg.studies import StudyError, read_reference, read_study
 
 from .conftest import cli_predict, smooth_noise, write_dicom_series
-from .test_hardening import _nifti_header_only, _peak_rss_delta_mb
+from .test_hostile_inputs import _nifti_header_only, _peak_rss_delta_mb
 
 # --------------------------------------------------------------------------- 1. working copies
 
@@ -49,7 +49,7 @@ def test_working_set_of_a_large_image_stays_in_budget():
     import tracemalloc
 
     from tumorseg.inference import Predictor
-    from tumorseg.io import WORKING_BYTES_PER_PIXEL
+    from tumorseg.limits import WORKING_BYTES_PER_PIXEL
 
     pred = Predictor(engine="onnx-int8", threads=1)
     img = np.asarray(Image.fromarray(smooth_noise((200, 200, 3), 1, 120)).resize((2000, 2000)))
@@ -199,7 +199,7 @@ def test_an_input_inside_a_study_output_folder_is_never_overwritten(tiny_model, 
 
 
 def test_output_names_from_inputs_are_never_dot_dot(tiny_model, tmp_path):
-    from tumorseg.batch import output_name, safe_name
+    from tumorseg.batch.plan import output_name, safe_name
 
     assert output_name(Path("...nii.gz"), set()) == "image"
     assert safe_name("..") == "image" and safe_name(".hidden") == "hidden"
@@ -213,7 +213,7 @@ def test_output_names_from_inputs_are_never_dot_dot(tiny_model, tmp_path):
 
 
 def test_interrupted_batch_still_writes_the_summary_of_what_finished(tiny_model, tmp_path, monkeypatch):
-    from tumorseg import batch
+    from tumorseg.batch import job as batch
 
     imgs = []
     for k in range(3):
@@ -333,7 +333,7 @@ def test_dims_whose_product_wraps_int64_are_a_clear_refusal(tmp_path):
 
 
 def test_a_slow_body_never_holds_a_model_slot_and_the_whole_body_has_a_deadline():
-    from tumorseg.app.server import RequestGuard
+    from tumorseg.app.guard import RequestGuard
 
     done: list[str] = []
 
@@ -404,7 +404,7 @@ def test_slice_out_of_range_is_an_error_not_slice_zero(tiny_model, tmp_path):
 
 
 def test_safe_upload_names_are_never_dot_dot():
-    from tumorseg.app.server import _safe_name
+    from tumorseg.app.common import _safe_name
 
     assert _safe_name("..") == "upload" and _safe_name("../../etc/passwd") == "passwd"
     assert not _safe_name("...nii.gz").startswith(".")

@@ -25,12 +25,12 @@ def _batch(n=6, size=48):
 def test_augment_v2_keeps_ranges_shapes_and_is_reproducible():
     import torch
 
-    from tumorseg.augment import augment_v2
+    from tumorseg.train.augment import augment_for_other_sites
 
     x, y = _batch()
     depth = torch.full_like(y, 20.0)
-    a = augment_v2(x.clone(), y.clone(), torch.Generator().manual_seed(1), depth)
-    b = augment_v2(x.clone(), y.clone(), torch.Generator().manual_seed(1), depth)
+    a = augment_for_other_sites(x.clone(), y.clone(), torch.Generator().manual_seed(1), depth)
+    b = augment_for_other_sites(x.clone(), y.clone(), torch.Generator().manual_seed(1), depth)
     assert a[0].shape == x.shape and a[1].shape == y.shape
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # same generator, same batch
     assert float(a[0].min()) >= 0 and float(a[0].max()) <= 1
@@ -41,14 +41,14 @@ def test_augment_v2_keeps_ranges_shapes_and_is_reproducible():
 def test_augment_v2_sequence_dropout_copies_flair():
     import torch
 
-    from tumorseg.augment import augment_v2
+    from tumorseg.train.augment import augment_for_other_sites
 
     def corr(a, b):  # the centre only: rotation and zoom pad the borders of every channel alike
         return float(np.corrcoef(a[16:32, 16:32].flatten().numpy(), b[16:32, 16:32].flatten().numpy())[0, 1])
 
     x, y = _batch(n=32)  # three independent random channels: correlation ~0 unless one is copied
     for p_seq, expect in ((1.0, True), (0.0, False)):
-        out, _ = augment_v2(x.clone(), y, torch.Generator().manual_seed(3), None, p_strip=0.0, p_seq=p_seq)
+        out, _ = augment_for_other_sites(x.clone(), y, torch.Generator().manual_seed(3), None, p_strip=0.0, p_seq=p_seq)
         pre = [corr(out[i, 0], out[i, 1]) > 0.8 for i in range(32)]
         post = [corr(out[i, 2], out[i, 1]) > 0.8 for i in range(32)]
         assert (any(pre) and any(post)) == expect  # pre-/post-contrast replaced by FLAIR only with dropout
@@ -58,18 +58,19 @@ def test_augment_v2_sequence_dropout_copies_flair():
 def test_skull_strip_in_augment_v2_never_removes_tumour():
     import torch
 
-    from tumorseg.augment import augment_v2
+    from tumorseg.train.augment import augment_for_other_sites
 
     x, y = _batch(n=16)
     x = torch.ones_like(x) * 0.5
     depth = torch.zeros_like(y)  # everything is "skull": stripping would zero all but the tumour
-    out, yo = augment_v2(x, y, torch.Generator().manual_seed(0), depth, p_strip=1.0, p_seq=0.0)
+    out, yo = augment_for_other_sites(x, y, torch.Generator().manual_seed(0), depth, p_strip=1.0, p_seq=0.0)
     assert (out * yo).sum(dim=(1, 2, 3)).gt(0).all()  # tumour pixels survive in every image
 
 
 @pytest.mark.train
 def test_cosine_schedule_anneals_to_two_percent():
-    from tumorseg.training import TrainConfig, Trainer
+    from tumorseg.train.config import TrainConfig
+    from tumorseg.train.trainer import Trainer
 
     t = Trainer.__new__(Trainer)
     t.cfg, t.steps = TrainConfig(data="x", out="y", lr=1e-3, epochs=10, schedule="cosine"), 5
@@ -83,7 +84,7 @@ def test_cosine_schedule_anneals_to_two_percent():
 
 @pytest.mark.parametrize("condition", ["original", "skull_stripped", "flair_only", "zoom_0.75", "zoom_1.25"])
 def test_robustness_conditions_keep_shapes_and_meaning(condition):
-    from tumorseg.robustness import transform
+    from tumorseg.train.robustness import transform
 
     img = smooth_noise((64, 64, 3), 1, 120)
     mask = np.zeros((64, 64), bool)
@@ -101,7 +102,7 @@ def test_robustness_conditions_keep_shapes_and_meaning(condition):
 
 
 def test_ece_of_calibrated_and_overconfident_probabilities():
-    from tumorseg.evaluation import Calibration
+    from tumorseg.train.evaluation import Calibration
 
     rng = np.random.default_rng(0)
     p = rng.random(200_000)
@@ -156,7 +157,7 @@ def test_orientation_labels_from_nifti_and_dicom_geometry(tmp_path):
     assert lab == {"right": "L", "left": "R", "bottom": "P", "top": "A"}
     from tumorseg.studies import Study
 
-    assert orientation_labels(Study("x", "kaggle", np.zeros((1, 8, 8, 3), np.uint8), None, ["a"])) is None
+    assert orientation_labels(Study("x", "slices", np.zeros((1, 8, 8, 3), np.uint8), None, ["a"])) is None
 
 
 @pytest.mark.parametrize("imagenet", [True, False])
@@ -167,9 +168,9 @@ def test_training_input_path_is_the_engines_input_path(imagenet, channels):
     engines for the same uint8 slices (2D, and 2.5D with neighbour channels) and the same normalisation."""
     import torch
 
-    from tumorseg.data import normalisation
     from tumorseg.preprocess import model_input
-    from tumorseg.training import prepare_batch
+    from tumorseg.train.data import normalisation
+    from tumorseg.train.trainer import prepare_batch
 
     batch = np.stack([smooth_noise((32, 32, channels), k, 255) for k in range(3)])
     ours = prepare_batch(torch.from_numpy(batch), imagenet).numpy()

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engines import load_engine
+from ..metrics import paired_difference
+from ..postprocess import PostProcess
 from .data import DatasetError, discover, load_cases
-from .engines import load_engine
 from .evaluation import choose_postprocess, stack_metrics
-from .metrics import paired_difference
-from .postprocess import PostProcess
 from .robustness import transformed
 
 SUMMARY_KEYS = ("dice", "recall", "precision", "dice_per_patient_mean", "empty_slice_fp_rate")
