@@ -19,7 +19,7 @@ cp "$RUN/split.json" $SPLIT
 cp "$RUN/log.jsonl" docs/results/train_log.jsonl
 cp "$RUN/config.json" docs/results/train_config.json
 cp "$RUN/curve.png" docs/results/curve.png
-$PY scripts/ablation_table.py docs/results/v2_ablation > docs/results/v2_ablation/README.md
+$PY research/v2/ablation_table.py docs/results/v2_ablation > docs/results/v2_ablation/README.md
 # 2. validation: paired v1/v2, robustness suite; external development cases
 $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --a v1=$V1 --b v2=$V2 \
     --out docs/results/v1_vs_v2_val

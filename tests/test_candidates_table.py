@@ -21,7 +21,7 @@ def test_the_candidates_table_is_read_from_the_result_files(tmp_path):
         (tmp_path / f"robustness_v2_{tag}_val.json").write_text(json.dumps({"paired": val}))
     (tmp_path / "v2_vs_v3h_test.json").write_text(json.dumps({"paired": _paired(0.01166, -0.0107, 0.03652)}))
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/candidates_table.py"), "--results", str(tmp_path)],
+        [sys.executable, str(ROOT / "research/v3/candidates_table.py"), "--results", str(tmp_path)],
         capture_output=True,
         text=True,
         check=True,

@@ -163,6 +163,6 @@ def test_evaluate_dice_is_the_dice_of_the_masks_the_predictor_delivers(tmp_path)
     acc = SegmentationMetrics()
     acc.update(masks, ds.masks, ds.patients, ds.names)
     assert np.array_equal(np.unpackbits(r["masks"], axis=1).reshape(masks.shape).astype(bool), masks)
-    assert acc.compute()["dice"] == pytest.approx(r["metrics"]["dice"], abs=1e-12)
+    assert acc.aggregate()["dice"] == pytest.approx(r["metrics"]["dice"], abs=1e-12)
     raw = pred.engine.run(ds.images) >= thr
     assert (raw != masks).any()  # the component rule did act, on both paths alike

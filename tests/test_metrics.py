@@ -16,7 +16,7 @@ def test_hand_computed_pooled_metrics():
     pred[1, 3, 3] = True  # fp on an empty slice
     m = SegmentationMetrics()
     m.update(pred, truth, ["p1", "p2"])
-    r = m.compute()
+    r = m.aggregate()
     tp, fp, fn, tn = 4, 3, 0, 32 - 7
     assert r["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert r["iou"] == pytest.approx(tp / (tp + fp + fn))
@@ -36,7 +36,7 @@ def test_empty_on_both_sides_is_perfect():
     m = SegmentationMetrics()
     z = np.zeros((3, 5, 5), bool)
     m.update(z, z, ["a", "a", "a"])
-    r = m.compute()
+    r = m.aggregate()
     assert r["dice"] == 1.0 and r["iou"] == 1.0 and r["empty_slice_fp_rate"] == 0.0
     assert r["dice_per_patient_mean"] == 1.0
     assert math.isnan(r["dice_per_slice_mean"])  # no tumour slice to average over
@@ -47,7 +47,7 @@ def test_tumour_missed_entirely():
     t = np.zeros((1, 4, 4), bool)
     t[0, 1, 1] = True
     m.update(np.zeros_like(t), t, ["a"])
-    r = m.compute()
+    r = m.aggregate()
     assert r["dice"] == 0.0 and r["recall"] == 0.0 and r["precision"] == 1.0
 
 
@@ -91,3 +91,26 @@ def test_image_dice_loss_weighs_small_lesions_like_large_ones():
     assert float(combined(logits, y)) > float(image_dice_loss(logits, y))
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("image-dice+focal")
+
+
+def test_every_accumulated_metric_has_one_shape_update_aggregate_reset():
+    """SegmentationMetrics, Calibration and ThresholdSweep: update with batches, aggregate, reset to empty."""
+    pytest.importorskip("torch")
+    import torch
+
+    from tumorseg.train.evaluation import Calibration
+    from tumorseg.train.threshold_sweep import ThresholdSweep
+
+    rng = np.random.default_rng(0)
+    prob = rng.random((2, 8, 8)).astype(np.float32)
+    truth = prob > 0.6
+    for acc, batch in (
+        (SegmentationMetrics(), (prob > 0.5, truth)),
+        (Calibration(), (prob, truth)),
+        (ThresholdSweep(), (torch.from_numpy(prob), torch.from_numpy(truth))),
+    ):
+        acc.update(*batch)
+        first = acc.aggregate()
+        acc.reset()
+        acc.update(*batch)
+        assert acc.aggregate() == first  # reset really empties: the same batch gives the same result

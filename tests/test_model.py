@@ -284,7 +284,7 @@ def test_soup_script_takes_a_runs_start_point_as_an_ingredient(tmp_path):
     (run / "log.jsonl").write_text(json.dumps({"epoch": 1}) + "\n")
     (run / "config.json").write_text(json.dumps({"init_model": str(init), "context": 1, "context_share": 0.15}))
     out = tmp_path / "wise"
-    cmd = [sys.executable, str(root / "scripts/soup.py"), "--run", str(run), "--start-of", str(run), "--out"]
+    cmd = [sys.executable, str(root / "research/v3/soup.py"), "--run", str(run), "--start-of", str(run), "--out"]
     done = subprocess.run([*cmd, str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     start, _ = start_model(init, 5, 0.15)

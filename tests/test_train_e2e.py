@@ -109,3 +109,33 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path, capsys):
     ck.write_bytes(ck.read_bytes()[:5000])
     assert main([*args, "--epochs", "2", "--resume"]) == 2
     assert "cannot resume" in capsys.readouterr().err
+
+
+def test_a_recipe_sets_the_run_and_flags_still_win(tmp_path):
+    """`train --recipe`: the recipe's settings are the run's (its config.json says so), a flag given beside it
+    wins, and --data/--out come from the command line even where the recipe (a run's record) names others."""
+    data = make_kaggle(tmp_path / "data", patients=5, slices=4, size=64, seed=4)
+    recipe = {
+        "description": "tiny",
+        "data": "/elsewhere",
+        "out": "/elsewhere/run",
+        "image_size": 64,
+        "patch_size": 32,
+        "batch_size": 4,
+        "samples_per_epoch": 8,
+        "lr": 0.002,
+        "loss": "dice+bce",
+        "threads": 1,
+        "decoder_channels": [256, 128, 64, 32],
+        "amp": False,
+        "val_batch_size": 4,
+    }
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    run = tmp_path / "run"
+    args = ["train", "--recipe", str(tmp_path / "r.json"), "--data", str(data), "--out", str(run), "--epochs", "1"]
+    assert main([*args, "--lr", "0.0005"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"] == str(data) and cfg["out"] == str(run) and cfg["epochs"] == 1 and cfg["lr"] == 0.0005
+    for k in ("image_size", "patch_size", "batch_size", "samples_per_epoch", "loss", "val_batch_size"):
+        assert cfg[k] == recipe[k], k
+    assert cfg["decoder_channels"] == [256, 128, 64, 32] and cfg["amp"] is False

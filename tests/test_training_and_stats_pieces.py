@@ -109,12 +109,12 @@ def test_ece_of_calibrated_and_overconfident_probabilities():
     truth = rng.random(200_000) < p  # calibrated by construction
     good = Calibration()
     good.update(p, truth)
-    assert good.ece() < 0.01
+    assert good.aggregate() < 0.01
     bad = Calibration()
     bad.update(np.where(p > 0.5, 0.99, 0.01), truth)  # overconfident
-    assert bad.ece() > 0.15
+    assert bad.aggregate() > 0.15
     empty = Calibration()
-    assert math.isnan(empty.ece())
+    assert math.isnan(empty.aggregate())
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_patients():

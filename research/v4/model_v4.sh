@@ -40,10 +40,7 @@ V4Q=$OUT/default-int8.onnx
 mkdir -p "$OUT"
 case "${1:?STEP}" in
   train)
-    $PY -m tumorseg train --data "$LGG=0.5" --data "$BRATS=0.5" --split $SPLIT --init-model $V2 \
-      --encoder-weights ../shared/weights/resnet50_imagenet_msra_stem-layer3.pth --select last --aug v2 --flair-only 0.25 \
-      --loss dice+bce --lr 1e-4 --schedule cosine-time --max-minutes ${MINUTES:-100} --epochs 1000 --samples-per-epoch 400 \
-      --batch-size 8 --patch-size 192 --patience 1000 --threads 1 --out "$RUN" ;;
+    $PY -m tumorseg train --recipe recipes/v4.json --data "$LGG=0.5" --data "$BRATS=0.5" --max-minutes ${MINUTES:-100} --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$LGG" --split-file docs/results/split.json --out $OUT/default.safetensors \
       --int8 --threads ${PACK_THREADS:-2} --select-on original,skull_stripped,flair_only --tta none --engine onnx-fp32 ;;

@@ -72,6 +72,13 @@ def _add_train(sub) -> None:
     _add_data_args(p, d)
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
     p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="FILE",
+        help="take the settings from this recipe (recipes/*.json, or a run's train_config.json); flags given here "
+        "still win, and --data/--out always come from the command line",
+    )
+    p.add_argument(
         "--epochs",
         type=int,
         default=None,
@@ -261,6 +268,9 @@ def _cmd_train(a) -> int:
         decoder_channels=a.decoder_channels,
         fresh_lr_mult=a.fresh_lr_mult,
         flair_only=a.flair_only,
+        # settings without a flag, which only a recipe sets
+        split_fractions=getattr(a, "split_fractions", TrainConfig.split_fractions),
+        val_batch_size=getattr(a, "val_batch_size", TrainConfig.val_batch_size),
     )
     path = train(cfg, resume=a.resume)
     print(path)
@@ -674,7 +684,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines, _add_pacs, _add_followup):
         add(sub)
+    ap.commands = sub.choices  # each command's parser: `train --recipe` sets the train parser's defaults
     return ap
+
+
+def _recipe_defaults(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """`train --recipe FILE`: the recipe's settings become the train command's defaults (flags still win)."""
+    from .train.config import read_recipe
+
+    recipe = read_recipe(a.recipe)
+    if "amp" in recipe:
+        recipe["no_amp"] = not recipe.pop("amp")
+    parser.commands["train"].set_defaults(**recipe)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -683,6 +704,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     a = parser.parse_args(argv)
+    if a.cmd == "train" and a.recipe:
+        from .train.config import RecipeError
+
+        try:
+            _recipe_defaults(parser, a)
+        except RecipeError as exc:
+            print(f"tumorseg train: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        a = parser.parse_args(argv)
     handlers = {
         "train": _cmd_train,
         "evaluate": _cmd_evaluate,

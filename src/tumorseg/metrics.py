@@ -11,12 +11,9 @@ Conventions, stated once:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 
 
 def dice_score(tp: float, fp: float, fn: float) -> float:
@@ -44,10 +41,26 @@ def _pooled(tp: float, fp: float, fn: float, tn: float) -> dict[str, float]:
     }
 
 
+class Accumulator(Protocol):
+    """The one shape of every metric that is accumulated (after MONAI's ``Cumulative``): ``update`` with a
+    batch, ``aggregate`` for the result so far, ``reset`` to start again. ``SegmentationMetrics`` (pooled,
+    per slice, per patient), ``train.evaluation.Calibration`` (ECE) and ``train.threshold_sweep.ThresholdSweep``
+    (Dice at several thresholds) have it."""
+
+    def update(self, *args, **kwargs) -> None: ...
+
+    def aggregate(self): ...
+
+    def reset(self) -> None: ...
+
+
 class SegmentationMetrics:
-    """Accumulates binary predictions slice by slice, grouped by patient."""
+    """Accumulates binary predictions slice by slice, grouped by patient (an ``Accumulator``)."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.tp = self.fp = self.fn = self.tn = 0
         self.slice_dice: list[float] = []  # slices with tumour in truth
         self.slice_records: list[dict] = []
@@ -59,12 +72,12 @@ class SegmentationMetrics:
 
     def update(
         self,
-        pred: np.ndarray | torch.Tensor,
-        truth: np.ndarray | torch.Tensor,
+        pred: np.ndarray,
+        truth: np.ndarray,
         patients: list[str] | None = None,
         names: list[str] | None = None,
     ) -> None:
-        """pred/truth: boolean arrays N x H x W (or H x W for one slice)."""
+        """pred/truth: boolean arrays (or tensors) N x H x W, or H x W for one slice."""
         pred = _np_bool(pred)
         truth = _np_bool(truth)
         if pred.shape != truth.shape:
@@ -116,7 +129,7 @@ class SegmentationMetrics:
     def patient_dice(self) -> dict[str, float]:
         return {k: dice_score(*v) for k, v in sorted(self.patient_counts.items())}
 
-    def compute(self) -> dict[str, float]:
+    def aggregate(self) -> dict[str, float]:
         tp, fp, fn, tn = self.tp, self.fp, self.fn, self.tn
         pd = np.array(list(self.patient_dice().values()), dtype=float)
         return {
@@ -190,28 +203,6 @@ def _np_bool(x) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (torch is imported only where training needs it)
         x = x.detach().cpu().numpy()
     return np.asarray(x).astype(bool)
-
-
-class ThresholdSweep:
-    """Pooled Dice at several thresholds at once, for choosing the threshold on validation data."""
-
-    def __init__(self, thresholds=(0.3, 0.4, 0.5, 0.6, 0.7)) -> None:
-        import torch
-
-        self.thresholds = torch.tensor(thresholds)
-        self.counts = torch.zeros(len(thresholds), 3, dtype=torch.float64)
-
-    def update(self, prob: torch.Tensor, truth: torch.Tensor) -> None:
-        t = truth.bool().flatten()
-        p = prob.float().flatten()
-        for i, th in enumerate(self.thresholds):
-            pb = p >= th
-            self.counts[i, 0] += (pb & t).sum()
-            self.counts[i, 1] += (pb & ~t).sum()
-            self.counts[i, 2] += (~pb & t).sum()
-
-    def dice(self) -> dict[float, float]:
-        return {round(float(th), 3): dice_score(*map(float, c)) for th, c in zip(self.thresholds, self.counts)}
 
 
 def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing=None, worst: int = 5) -> dict:

@@ -97,7 +97,7 @@ class BatchJob:
         skipped = sum(1 for k, r in enumerate(rows) if r is not None and not r["error"])
         rep = Report(rows=[])
         if todo and self.dask:
-            from ..dask_runner import run_on_dask
+            from .dask_runner import run_on_dask
 
             results, rep.engine_lines = run_on_dask(
                 self.dask, [items[k] for k in todo], out, self.options, record, self.progress

@@ -52,3 +52,54 @@ class TrainConfig:
 def defaults() -> dict:
     """Each field's default (the CLI's --help shows these)."""
     return {f.name: f.default for f in fields(TrainConfig) if f.default is not f.default_factory}
+
+
+# A recipe is how to train, not where: the command line's --data and --out always say where, so a recipe's (or
+# a run's own train_config.json's) "data" and "out" are ignored, and "description" is for people.
+RECIPE_WHERE = ("data", "out")
+
+
+class RecipeError(ValueError):
+    """A recipe file that cannot be used; the message names the file and the problem."""
+
+
+def read_recipe(path) -> dict:
+    """A recipe file's settings (``TrainConfig`` fields, JSON): ``tumorseg train --recipe FILE`` takes them as its
+    defaults, and flags given on the command line still win. A run's ``train_config.json`` is a recipe too,
+    so any run can be repeated from its record."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise RecipeError(f"{p}: recipe not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RecipeError(f"{p}: not a JSON recipe ({exc})") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{p}: a recipe is a JSON object of training settings")
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(raw) - set(known) - {"description"})
+    if unknown:
+        raise RecipeError(f"{p}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    out = {}
+    for k, v in raw.items():
+        if k == "description" or k in RECIPE_WHERE:
+            continue
+        want = defaults().get(k)
+        if isinstance(want, tuple):
+            if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
+                raise RecipeError(f"{p}: {k} must be a list of numbers, not {v!r}")
+            v = tuple(v)
+        elif isinstance(want, bool):
+            if not isinstance(v, bool):
+                raise RecipeError(f"{p}: {k} must be true or false, not {v!r}")
+        elif isinstance(want, (int, float)) and not isinstance(want, bool):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(want, int) and v != int(v)):
+                raise RecipeError(f"{p}: {k} must be a {type(want).__name__}, not {v!r}")
+            v = type(want)(v)
+        elif isinstance(want, str) and not isinstance(v, str):
+            raise RecipeError(f"{p}: {k} must be a string, not {v!r}")
+        out[k] = v
+    return out

@@ -107,7 +107,7 @@ def arm_report(oof: OutOfFold, select_on: Sequence[str], workers: int = 1) -> di
 
 
 def decide(paired: dict, original_margin: float = 0.005) -> dict:
-    """The reading of "B beats A" the model comparisons use (scripts/model_v3.sh, written before the
+    """The reading of "B beats A" the model comparisons use (research/v3/model_v3.sh, written before the
     results): the mean paired per-patient difference on the original slices at least ``original_margin``
     and above zero on both FLAIR-only conditions."""
     checks = {

@@ -81,7 +81,7 @@ def stack_metrics(probs: np.ndarray, masks: np.ndarray, patients: list[str], pos
     pred = np.concatenate([post.apply_stack(probs[a:b]) for a, b in groups_of(patients)]) if len(probs) else probs > 1
     acc = SegmentationMetrics()
     acc.update(pred, masks, patients)
-    return {**acc.compute(), "patient_dice": acc.patient_dice()}
+    return {**acc.aggregate(), "patient_dice": acc.patient_dice()}
 
 
 class _Sweep:
@@ -116,7 +116,7 @@ class _Sweep:
                     pred[a:b] = grow_into(pred[a:b], lab3)
         acc = SegmentationMetrics()
         acc.update(pred, self.masks, self.patients)
-        return acc.compute()
+        return acc.aggregate()
 
 
 _GRID_INPUT: tuple = ()  # (views, patients, select_on) for forked grid workers: inherited, never pickled
@@ -188,13 +188,17 @@ def choose_postprocess(
 
 
 class Calibration:
-    """Reliability bins for the expected calibration error (pixel level)."""
+    """Reliability bins for the expected calibration error (pixel level; a ``metrics.Accumulator`` whose
+    ``aggregate`` is the ECE and ``curve`` the reliability diagram)."""
 
     def __init__(self, bins: int = 10) -> None:
         self.bins = bins
-        self.count = np.zeros(bins)
-        self.conf = np.zeros(bins)
-        self.pos = np.zeros(bins)
+        self.reset()
+
+    def reset(self) -> None:
+        self.count = np.zeros(self.bins)
+        self.conf = np.zeros(self.bins)
+        self.pos = np.zeros(self.bins)
 
     def update(self, prob: np.ndarray, truth: np.ndarray) -> None:
         idx = np.minimum((prob * self.bins).astype(int), self.bins - 1).ravel()
@@ -202,7 +206,7 @@ class Calibration:
         self.conf += np.bincount(idx, weights=prob.ravel(), minlength=self.bins)
         self.pos += np.bincount(idx, weights=truth.ravel().astype(float), minlength=self.bins)
 
-    def ece(self) -> float:
+    def aggregate(self) -> float:
         n = self.count.sum()
         nz = self.count > 0
         return float(np.sum(np.abs(self.conf[nz] - self.pos[nz])) / n) if n else float("nan")
@@ -262,7 +266,7 @@ def evaluate(
                 examples.sort(key=lambda e: e[0])
                 if len(examples) > 8:
                     examples = examples[:4] + examples[-4:]
-    m = acc.compute()
+    m = acc.aggregate()
     metrics = {k: m[k] for k in METRIC_KEYS if k in m}
     metrics["threshold"] = thr
     metrics["model"] = str(eng.model_path)
@@ -271,7 +275,7 @@ def evaluate(
     result = {
         "metrics": metrics,
         "per_patient": per_patient,
-        "ece": cal.ece(),
+        "ece": cal.aggregate(),
         "engine": eng.name,
         "split": split,
         "per_patient_counts": {k: v for k, v in sorted(acc.patient_full.items())},

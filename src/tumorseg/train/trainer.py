@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from ..errors import ModelFileError
 from ..files import atomic_write_bytes
-from ..metrics import ThresholdSweep, dice_score
+from ..metrics import dice_score
 from ..modelinfo import ArchSpec, InputSpec
 from ..nn.serialise import read_model_file, save_model
 from ..nn.unet import build_model
@@ -41,6 +41,7 @@ from .data import (
     sources_of,
 )
 from .losses import _LOSS_FNS, make_loss
+from .threshold_sweep import ThresholdSweep
 
 assert tuple(_LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
 
@@ -201,7 +202,7 @@ def validate(
     patients = [dice_score(*map(float, per_slice[a:b].sum(0))) for a, b in val.groups()]
     return {
         "val_dice": dice_score(*map(float, per_slice.sum(0))),
-        "val_dice_by_threshold": sweep.dice(),
+        "val_dice_by_threshold": sweep.aggregate(),
         "val_dice_per_patient": float(np.mean(patients)) if patients else 0.0,
     }
 

@@ -29,7 +29,7 @@ async function init() {
   $("dl-study").addEventListener("click", downloadStudy);
   $("dl-nifti").addEventListener("click", () => downloadStudyFile("mask.nii.gz"));
   $("dl-seg").addEventListener("click", () => downloadStudyFile("mask_seg.dcm"));
-  initViewer();
+  initViewer({ runCompare, setLayout });
   $("dl-overlay").addEventListener("click", () => download(turnedCanvas($("ai")), downloadName(state.items[state.index], "overlay")));
   document.addEventListener("keydown", (e) => {
     // Controls keep their own keys (a focused slider moves itself); elsewhere arrows and PageUp/Down scroll slices.

@@ -71,3 +71,5 @@ export function download(canvas, name) {
 }
 
 export function stem(name) { return name.replace(/\.(nii\.gz|[^.]+)$/i, ""); }
+
+export const SIDE_LAYOUTS = ["side", "sequences"]; // drawn on the page's canvases (the rest: NiiVue)

@@ -1,5 +1,5 @@
 // Opening files and studies (jobs with progress), results on screen, references, downloads, layouts.
-import { $, api, authHeaders, busy, decodePng, downloadUrl, formatSeconds, showError, state, stem } from "./state.js";
+import { $, api, authHeaders, busy, decodePng, downloadUrl, formatSeconds, showError, SIDE_LAYOUTS, state, stem } from "./state.js";
 import { applyZoom, render, setZoom, showOrientation } from "./viewer.js";
 import * as planes from "./planes.js";
 
@@ -266,7 +266,6 @@ export function downloadStudy() {
 // ---- layouts: original | AI side by side (the paper's view), or the study in patient space (NiiVue)
 export const LAYOUTS = ["side", "sequences", "multi", "axial", "coronal", "sagittal"];
 
-export const SIDE_LAYOUTS = ["side", "sequences"]; // drawn on the page's canvases (the rest: NiiVue)
 
 export async function setLayout(layout) {
   const it = state.items[state.index];

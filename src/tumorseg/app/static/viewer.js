@@ -1,6 +1,8 @@
 // The canvas views: drawing, window/level, colour bar, orientation, zoom/pan about the pointer, crosshair readout.
-import { $, api, decodePng, showError, state } from "./state.js";
-import { SIDE_LAYOUTS, runCompare, setLayout } from "./study.js";
+import { $, api, decodePng, SIDE_LAYOUTS, showError, state } from "./state.js";
+
+// what the viewer asks of the study module, handed in by main.js (so viewer.js never imports study.js)
+const hooks = { runCompare: () => {}, setLayout: () => {} };
 
 
 export const CANVASES = ["orig", "seq1", "seq2", "ai"]; // the canvas views' panels (seq1/seq2: the sequences layout)
@@ -158,7 +160,7 @@ export async function syncMask() {
     if (!cur || officialKey(cur, parseFloat($("threshold").value)) !== key) return; // moved on meanwhile
     state.official = { key, mask, pixels: r.tumour_pixels, measurements: r.measurements || null };
     render();
-    if (hasReference() && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) runCompare();
+    if (hasReference() && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) hooks.runCompare();
   } catch (e) {
     showError([e.message]);
   }
@@ -326,17 +328,18 @@ export function onPointer(e) {
   $("readout").dataset.prob = prob.toFixed(3);
 }
 
-export function initViewer() {
+export function initViewer({ runCompare, setLayout }) {
+  Object.assign(hooks, { runCompare, setLayout });
   $("reference-input").addEventListener("change", (e) => {
     if (e.target.files.length) {
       const fs = Array.from(e.target.files);
-      state.refFile = fs[0]; state.refFiles = fs.length > 1 ? fs : null; runCompare();
+      state.refFile = fs[0]; state.refFiles = fs.length > 1 ? fs : null; hooks.runCompare();
     }
     e.target.value = "";
   });
   $("sequence").addEventListener("change", (e) => {
     state.seq = parseInt(e.target.value, 10); render();
-    if (!SIDE_LAYOUTS.includes(state.layout)) setLayout(state.layout);
+    if (!SIDE_LAYOUTS.includes(state.layout)) hooks.setLayout(state.layout);
   });
   for (const id of ["window", "level"]) $(id).addEventListener("input", () => {
     state.wlAuto = false; state.win = parseFloat($("window").value); state.lev = parseFloat($("level").value); render();

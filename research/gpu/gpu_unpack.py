@@ -1,6 +1,6 @@
 """Unpack ../shared/gpu/pack.py's zip into a kaggle_3m folder of PNG slices, over many processes.
 
-    python scripts/gpu_unpack.py PACK.zip DEST [PROCESSES]
+    python research/gpu/gpu_unpack.py PACK.zip DEST [PROCESSES]
 
 The decoding is unpack.py's (each .webp is one slice's three channels side by side, grey); the GPU
 scripts call this before training so the 16 cores of the device machine share the work.

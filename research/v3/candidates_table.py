@@ -1,6 +1,6 @@
-"""The README's table of model-v3 candidates, from the result files `scripts/model_v3.sh` wrote.
+"""The README's table of model-v3 candidates, from the result files `research/v3/model_v3.sh` wrote.
 
-    python scripts/candidates_table.py [--results docs/results]
+    python research/v3/candidates_table.py [--results research/v3/results]
 
 One row per candidate that has a validation comparison (robustness_v2_<tag>_val.json): paired per-patient
 3D Dice minus v2's on the original slices with its interval, on the two FLAIR-only conditions, and, where
@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-WHAT = {  # one line each; the recipes are in scripts/model_v3.sh and the model card
+WHAT = {  # one line each; the recipes are in research/v3/model_v3.sh and the model card
     "v3": "2.5D fine-tune of v2, neighbour weights from zero",
     "v3b": "2.5D, neighbours from FLAIR's weights, 50× faster",
     "v3c": "v3b's recipe in 2D (the matched ablation)",
@@ -69,7 +69,7 @@ def table(results: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--results", default="docs/results")
+    ap.add_argument("--results", default="research/v3/results")
     print(table(Path(ap.parse_args().results)))
 
 

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
 # Model v3 (2.5D) on this machine's CPU: the fine-tune from v2, its packaging (threshold, component size,
 # 3D hysteresis and test-time views chosen on validation), and every comparison with v2 the model card
-# reports. Steps can be run one at a time: bash scripts/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | wise | ensemble | package | val | arms | loss | seed | decoder | test | external | pictures).
+# reports. Steps can be run one at a time: bash research/v3/model_v3.sh STEP (train | train-b | train-c | train-d | train-e | train-d2 | soup | wise | ensemble | package | val | arms | loss | seed | decoder | test | external | pictures).
 #
-#   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash scripts/model_v3.sh train
-#   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash scripts/model_v3.sh train-b   # the second attempt; then
+#   DATA=../shared/data/lgg-kaggle_3m RUN=runs/v3_ctx1 OUT=runs/v3 bash research/v3/model_v3.sh train
+#   RUN=runs/v3b_ctx OUT=runs/v3b TAG=v3b bash research/v3/model_v3.sh train-b   # the second attempt; then
 #   package, val, test, external with the same RUN/OUT/TAG
-#   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash scripts/model_v3.sh train-c   # the third: the same without context
-#   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash scripts/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
-#   RUN=runs/v3e_run OUT=runs/v3e TAG=v3e bash scripts/model_v3.sh train-e   # the fifth: v3d with the per-image Dice loss
-#   RUN=runs/v3d_seed1 OUT=runs/v3d_s1 TAG=v3d_seed1 bash scripts/model_v3.sh train-d2  # v3d, another seed: the noise
+#   RUN=runs/v3c_2d OUT=runs/v3c TAG=v3c bash research/v3/model_v3.sh train-c   # the third: the same without context
+#   RUN=runs/v3d_half OUT=runs/v3d TAG=v3d bash research/v3/model_v3.sh train-d # the fourth: v3c with a four-stage decoder
+#   RUN=runs/v3e_run OUT=runs/v3e TAG=v3e bash research/v3/model_v3.sh train-e   # the fifth: v3d with the per-image Dice loss
+#   RUN=runs/v3d_seed1 OUT=runs/v3d_s1 TAG=v3d_seed1 bash research/v3/model_v3.sh train-d2  # v3d, another seed: the noise
 #     yardstick; then package, and seed (paired with v3d on validation)
-#   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash scripts/model_v3.sh soup     # the sixth: v3d and v3e averaged
-#   RUN=runs/v3g_wise OUT=runs/v3g TAG=v3g bash scripts/model_v3.sh wise     # the seventh: halfway from v2 to v3b
-#   RUN=runs/v3h_ens OUT=runs/v3h TAG=v3h bash scripts/model_v3.sh ensemble  # the eighth: v2 and v3d, logits averaged;
+#   RUN=runs/v3f_soup OUT=runs/v3f TAG=v3f bash research/v3/model_v3.sh soup     # the sixth: v3d and v3e averaged
+#   RUN=runs/v3g_wise OUT=runs/v3g TAG=v3g bash research/v3/model_v3.sh wise     # the seventh: halfway from v2 to v3b
+#   RUN=runs/v3h_ens OUT=runs/v3h TAG=v3h bash research/v3/model_v3.sh ensemble  # the eighth: v2 and v3d, logits averaged;
 #     then PACK_TTA=none … package
 #
 # Decision rule (written before the results): v3 replaces the bundled v2 only if, on the validation
@@ -85,7 +85,7 @@ case "${1:?STEP}" in
     # Dice (v3d, +0.003 on the original slices, FLAIR-only +0.05/+0.02) and per-image Dice (v3e, the faint end of
     # HT_7680 found, false alarms doubled). Written 2026-12-01 before any soup result; then package, val (the same
     # rule as above, its sixth look at the 14 validation patients), and test/external after the decision.
-    $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --run ${V3E_RUN:-runs/v3e_run} --out "$RUN" ;;
+    $PY research/v3/soup.py --run ${V3D_RUN:-runs/v3d_half} --run ${V3E_RUN:-runs/v3e_run} --out "$RUN" ;;
   wise)  # v3g, the seventh candidate, no training: the halfway point between v3b's start and v3b's selected
     # checkpoint, WiSE-FT (Wortsman et al. 2022): the weight average of a start point and its fine-tune often keeps
     # the start's accuracy where the start is strong and the fine-tune's gains under shift. Here the start is v2
@@ -95,7 +95,7 @@ case "${1:?STEP}" in
     # from a fresh head, whose start is no working model); v3b, not v3c, which lost HT_7680 (-0.45). One weight,
     # 0.5, no sweep (a sweep would be chosen on the same patients). Written 2026-12-01 before any v3g result; then
     # package, val (the rule above, its seventh look at the 14 validation patients), test/external after it.
-    $PY scripts/soup.py --run ${V3B_RUN:-runs/v3b_ctx} --start-of ${V3B_RUN:-runs/v3b_ctx} --out "$RUN" ;;
+    $PY research/v3/soup.py --run ${V3B_RUN:-runs/v3b_ctx} --start-of ${V3B_RUN:-runs/v3b_ctx} --out "$RUN" ;;
   ensemble)  # v3h, the eighth candidate, no training: v2 and v3d in one file, the mean of their logits (an ensemble,
     # model.logit_mean_of_files). Every candidate so far gained on FLAIR-only input (+0.05 to +0.09, ten to twenty
     # times the seed noise) and none on the original slices, where v2 is strong (and flattered: its recipe, epoch
@@ -106,34 +106,34 @@ case "${1:?STEP}" in
     # passes per slice, as flip TTA costs, so it is packaged without TTA (PACK_TTA=none): the default stays within
     # 2x v2's time; the file holds two networks (~118 MB fp16, ~60 MB int8). Written 2026-12-01 before any v3h
     # result; then PACK_TTA=none … package, val (the rule above, its eighth look), test/external after it.
-    $PY scripts/soup.py --run ${V3D_RUN:-runs/v3d_half} --model $V2 --combine logits --out "$RUN" ;;
+    $PY research/v3/soup.py --run ${V3D_RUN:-runs/v3d_half} --model $V2 --combine logits --out "$RUN" ;;
   package)
     $PY scripts/package_model.py --run "$RUN" --data "$DATA" --out "$V3" --int8 --threads ${PACK_THREADS:-2} \
       --select-on original,skull_stripped,flair_only --tta ${PACK_TTA:-none,hflip} ;;
   val)
     $PY scripts/compare_models.py --data "$DATA" --split val --split-file $SPLIT --engine onnx-int8 \
-      --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_val
-    paired_val $V2Q $V3Q docs/results/robustness_v2_${TAG}_val.json
-    $PY scripts/context_ablation.py --data "$DATA" --split-file $SPLIT --engine onnx-int8 \
-      --model v2=$V2Q --model $TAG=$V3Q --out docs/results/${TAG}_ablation_val ;;
+      --a v2=$V2Q --b $TAG=$V3Q --out research/v3/results/v2_vs_${TAG}_val
+    paired_val $V2Q $V3Q research/v3/results/robustness_v2_${TAG}_val.json
+    $PY research/v3/context_ablation.py --data "$DATA" --split-file $SPLIT --engine onnx-int8 \
+      --model v2=$V2Q --model $TAG=$V3Q --out research/v3/results/${TAG}_ablation_val ;;
   arms)  # the matched ablation: 2.5D (v3b) vs 2D (v3c), one recipe, paired on the validation patients
-    paired_val ${V3B:-runs/v3b}/default-int8.onnx ${V3C:-runs/v3c}/default-int8.onnx docs/results/robustness_v3b_v3c_val.json ;;
+    paired_val ${V3B:-runs/v3b}/default-int8.onnx ${V3C:-runs/v3c}/default-int8.onnx research/v3/results/robustness_v3b_v3c_val.json ;;
   loss|seed)  # v3d against TAG, paired on the validation patients: loss, v3e (one recipe; batch Dice vs per-image
     # Dice); seed, v3d's seed-1 replicate (train-d2; TAG=v3d_seed1): how far one recipe's two runs differ
-    paired_val ${V3D:-runs/v3d}/default-int8.onnx $V3Q docs/results/robustness_v3d_${TAG}_val.json ;;
+    paired_val ${V3D:-runs/v3d}/default-int8.onnx $V3Q research/v3/results/robustness_v3d_${TAG}_val.json ;;
   decoder)  # v3d against v3c (one recipe, five vs four decoder stages), paired on the validation patients, and the
     # speed of v2, v3c and v3d side by side (eager fp32 and int8 per slice, 2 threads)
-    paired_val ${V3C:-runs/v3c}/default-int8.onnx $V3Q docs/results/robustness_v3c_${TAG}_val.json
+    paired_val ${V3C:-runs/v3c}/default-int8.onnx $V3Q research/v3/results/robustness_v3c_${TAG}_val.json
     $PY benchmarks/decoder_speed.py --model v2=src/tumorseg/models --model v3c=${V3C:-runs/v3c} --model $TAG=$OUT \
       --threads 2 --json benchmarks/results/decoder_speed.json ;;
   test)
     $PY scripts/compare_models.py --data "$DATA" --split test --split-file $SPLIT --engine onnx-int8 \
-      --a v2=$V2Q --b $TAG=$V3Q --out docs/results/v2_vs_${TAG}_test ;;
+      --a v2=$V2Q --b $TAG=$V3Q --out research/v3/results/v2_vs_${TAG}_test ;;
   external)
     $PY scripts/external_eval.py --data ../shared/data/brats-dev --model $V3Q --engine onnx-int8 \
-      --json docs/results/external_brats_dev_${TAG}.json ;;
+      --json research/v3/results/external_brats_dev_${TAG}.json ;;
   pictures)
-    $PY scripts/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --engine onnx-int8 --a v2=$V2Q --b $TAG=$V3Q \
-      --out docs/results/faint_ends_test_${TAG}.png ;;
+    $PY research/v3/faint_ends.py --data "$DATA" --split-file $SPLIT --part test --engine onnx-int8 --a v2=$V2Q --b $TAG=$V3Q \
+      --out research/v3/results/faint_ends_test_${TAG}.png ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac

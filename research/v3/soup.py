@@ -1,8 +1,8 @@
 """Average the selected checkpoints of several training runs into one run folder that
 scripts/package_model.py packages like any other ("model soup").
 
-    python scripts/soup.py --run runs/v3d_half --run runs/v3e_run --out runs/v3f_soup
-    python scripts/soup.py --run runs/v3b_ctx --start-of runs/v3b_ctx --out runs/v3g_wise
+    python research/v3/soup.py --run runs/v3d_half --run runs/v3e_run --out runs/v3f_soup
+    python research/v3/soup.py --run runs/v3b_ctx --start-of runs/v3b_ctx --out runs/v3g_wise
 
 ``--start-of RUN`` adds the point RUN's fine-tune started from (its --init-model, widened as training
 widened it) as an ingredient: with RUN itself, the halfway point between start and fine-tune ("WiSE-FT",
@@ -13,7 +13,7 @@ names a file and its checksum like every other ingredient.
 instead of a soup (``model.logit_mean_of_files``: every member keeps its weights, the logits are averaged;
 no common start needed, one forward pass per member):
 
-    python scripts/soup.py --run runs/v3d_half --model src/tumorseg/models/default.safetensors \\
+    python research/v3/soup.py --run runs/v3d_half --model src/tumorseg/models/default.safetensors \\
         --combine logits --out runs/v3h_ens
 
 The runs must share the architecture and the split (the soup is chosen on the same validation

@@ -1,6 +1,6 @@
 """The model-v2 ablation table from the GPU runs' logs and their validation robustness suites.
 
-    python scripts/ablation_table.py docs/results/v2_ablation > docs/results/v2_ablation/README.md
+    python research/v2/ablation_table.py docs/results/v2_ablation > docs/results/v2_ablation/README.md
 
 Numbers are on the 14 validation patients as packed for the GPU trip (lossy WebP, about 1 grey level
 of error), at each run's best epoch and its own best threshold, without the small-component rule;

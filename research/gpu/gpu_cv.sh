@@ -5,8 +5,8 @@
 # robustness conditions, 2.5D paired against 2D with the decision rule) and the all-76 model of the arm
 # the rule picks, packed for the trip back. Test patients are never touched.
 #
-#   bash scripts/gpu_prepare.sh gpujob          # here: the data pack and the encoder weights (35 + 17 MB)
-#   OUT=$OUT bash scripts/gpu_cv.sh gpujob [EPOCHS] [MAX_MINUTES]   # there, from the repository root
+#   bash research/gpu/gpu_prepare.sh gpujob          # here: the data pack and the encoder weights (35 + 17 MB)
+#   OUT=$OUT bash research/gpu/gpu_cv.sh gpujob [EPOCHS] [MAX_MINUTES]   # there, from the repository root
 #
 # ARMS="A B" picks the two recipes from the table below (default "2d 25d"): B is paired against A under the
 # decision rule, and the all-76 model is B's if B wins, else A's. 2d4 / 2d4i are v3d's four-stage decoder
@@ -37,7 +37,7 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-[ -d "$DATA/kaggle_3m" ] || [ -n "$(ls "$DATA" 2>/dev/null)" ] || $PY scripts/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
+[ -d "$DATA/kaggle_3m" ] || [ -n "$(ls "$DATA" 2>/dev/null)" ] || $PY research/gpu/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
 stamp unpacked
 ENC=$PACK/enc_fp16.safetensors
 [ -f "$ENC" ] || ENC=none

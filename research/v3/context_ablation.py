@@ -1,9 +1,9 @@
 """Ablation of the v3 ingredients on the validation patients: context (2.5D vs each slice alone), 3D
 hysteresis, and left-right flip TTA, for a 2D reference model and a 2.5D model.
 
-    python scripts/context_ablation.py --data ../shared/data/lgg-kaggle_3m --split-file docs/results/split.json \
+    python research/v3/context_ablation.py --data ../shared/data/lgg-kaggle_3m --split-file docs/results/split.json \
         --model v2=src/tumorseg/models/default.safetensors --model v3=runs/v3/default.safetensors \
-        --out docs/results/v3_ablation_val
+        --out research/v3/results/v3_ablation_val
 
 Each row: a model, whether its slices see their neighbours ("stack": the patient one stack, as the
 Predictor reads a study; "alone": every slice as a single image, whose neighbours are itself), the views
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the maintained comparison tools
+from compare_models import _named  # noqa: E402  NAME=MODEL, one rule for the comparison scripts
 
 from tumorseg.engines import load_engine
 from tumorseg.files import atomic_write_bytes
@@ -60,7 +63,7 @@ def main() -> None:
                         pred = np.concatenate([post.apply_stack(prob[x:y]) for x, y in groups])
                         m = SegmentationMetrics()
                         m.update(pred, masks, ds.patients)
-                        r = m.compute()
+                        r = m.aggregate()
                         rows.append(
                             {"model": name, "condition": cond, "context": context, "tta": tta,
                              "hysteresis_low": low, **{k: float(r[k]) for k in KEYS}}

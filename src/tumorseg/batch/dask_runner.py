@@ -19,8 +19,8 @@ from pathlib import Path
 
 from distributed import WorkerPlugin
 
-from .batch.items import error_row, process_item
-from .batch.plan import Item, PredictOptions
+from .items import error_row, process_item
+from .plan import Item, PredictOptions
 
 PLUGIN = "tumorseg-predictor"
 

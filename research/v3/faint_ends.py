@@ -1,8 +1,8 @@
 """Pictures of a lesion's faint ends, before and after: two models on the same consecutive slices.
 
-    python scripts/faint_ends.py --data ../shared/data/lgg-kaggle_3m --split-file docs/results/split.json \
+    python research/v3/faint_ends.py --data ../shared/data/lgg-kaggle_3m --split-file docs/results/split.json \
         --part test --a v2=src/tumorseg/models/default.safetensors --b v3=NEW.safetensors \
-        --out docs/results/faint_ends.png [--patient ID] [--slices 6]
+        --out research/v3/results/faint_ends.png [--patient ID] [--slices 6]
 
 For each chosen patient (default: the two whose tumour model A misses most, by missed voxels), the run
 of consecutive slices where A misses most tumour; each column one slice (FLAIR), row 1 model A, row 2
@@ -13,9 +13,13 @@ model runs as the Predictor runs it (its own context, views and post-processing,
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
-from compare_models import _named  # NAME=MODEL, one rule for the comparison scripts
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the maintained comparison tools
+from compare_models import _named  # noqa: E402  NAME=MODEL, one rule for the comparison scripts
 from PIL import Image, ImageDraw
 
 from tumorseg.engines import load_engine

@@ -2,7 +2,7 @@
 # Model v2 ablation on one GPU: three recipes side by side, equal budgets, then the robustness
 # suite on the validation patients, then the chosen run packed for the trip back.
 #
-#   OUT=out-folder bash scripts/gpu_train.sh PACK_DIR [EPOCHS] [MAX_MINUTES]
+#   OUT=out-folder bash research/gpu/gpu_train.sh PACK_DIR [EPOCHS] [MAX_MINUTES]
 #
 # PACK_DIR holds PACK.zip (../shared/gpu/pack.py), unpack.py and enc_fp16.safetensors (the MSRA
 # stem-layer3 ImageNet weights as fp16 safetensors). Runs from source: PYTHONPATH=src.
@@ -22,7 +22,7 @@ SPLIT=${SPLIT:-docs/results/split.json}
 T0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"
-[ -d "$DATA/kaggle_3m" ] || $PY scripts/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
+[ -d "$DATA/kaggle_3m" ] || $PY research/gpu/gpu_unpack.py "$PACK/PACK.zip" "$DATA"
 stamp unpacked
 COMMON="--data $DATA --split $SPLIT --encoder-weights $PACK/enc_fp16.safetensors --device ${DEVICE:-cuda}
   --batch-size ${BATCH:-32} --lr 3e-4 --schedule cosine --epochs $EPOCHS --samples-per-epoch ${SAMPLES:-2400}

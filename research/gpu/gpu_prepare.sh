@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Here, before a device call: the job folder the GPU scripts read (gpu_train.sh, gpu_cv.sh).
 #
-#   bash scripts/gpu_prepare.sh [JOB_DIR]     # default gpujob: PACK.zip (35 MB) + enc_fp16.safetensors (17 MB)
+#   bash research/gpu/gpu_prepare.sh [JOB_DIR]     # default gpujob: PACK.zip (35 MB) + enc_fp16.safetensors (17 MB)
 #
 # Only 64 MiB travel to the device machine: the job folder plus the tracked tree. The bundled model
 # files (87 MB) must stay behind for the call: move them aside and back (the script prints how).
@@ -21,5 +21,5 @@ PY
 grep -qx "/$JOB/" .git/info/exclude 2>/dev/null || echo "/$JOB/" >> .git/info/exclude
 du -sh "$JOB"
 echo "before the call: mkdir -p /tmp/models_aside && mv src/tumorseg/models/default.safetensors src/tumorseg/models/default-int8.onnx /tmp/models_aside/"
-echo "the call:        run(command='OUT=\$OUT bash scripts/gpu_cv.sh $JOB', carry=['$JOB'], timeout_s=600)"
+echo "the call:        run(command='OUT=\$OUT bash research/gpu/gpu_cv.sh $JOB', carry=['$JOB'], timeout_s=600)"
 echo "after the call:  mv /tmp/models_aside/* src/tumorseg/models/ && git status --short"
