@@ -17,7 +17,7 @@ from tumorseg.studies import read_reference, read_study
 tumorseg.geometry.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
 pred = Predictor(engine="onnx-int8", threads=1)
 rows = []
-for case in sorted((root or Path("/work/shared/data/brats-dev")).iterdir()):
+for case in sorted((root or Path(__file__).resolve().parents[3] / "shared/data/brats-dev").iterdir()):
     if not case.is_dir(): continue
     ref_p = case / f"{case.name}_seg.nii.gz"
     if not ref_p.exists():

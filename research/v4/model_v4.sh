@@ -31,8 +31,8 @@ set -eu
 PY=${PYTHON:-.venv/bin/python}
 LGG=${LGG:-../shared/data/lgg-kaggle_3m}
 BRATS=${BRATS:-../shared/data/brats-train}
-RUN=${RUN:-/work/runs/v4_run}
-OUT=${OUT:-/work/runs/v4}
+RUN=${RUN:-runs/v4_run}
+OUT=${OUT:-runs/v4}
 SPLIT=research/v4/split_v4.json
 V2=src/tumorseg/models/default.safetensors
 V2Q=src/tumorseg/models/default-int8.onnx
@@ -47,6 +47,6 @@ case "${1:?STEP}" in
   select)
     $PY research/v4/decide.py --v2 $V2Q --v4 $V4Q --lgg "$LGG" --lgg-split docs/results/split.json \
       --brats-dev ../shared/data/brats-dev --brats-held "$BRATS" --held Brats18_TCIA05_396_1,Brats18_CBICA_ATV_1 \
-      --json research/v4/selection.json --cache /work/runs/v4_scores ;;
+      --json research/v4/selection.json --cache runs/v4_scores ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
 esac

@@ -1,7 +1,7 @@
 """A high-grade case before/after for the model card: FLAIR, the truth's outline, v2's and v4's masks.
 
     python research/v4/picture.py --case ../shared/data/brats-dev/BraTS-GLI-00000-000 \
-        --model v2=src/tumorseg/models/default-int8.onnx --model v4=/work/runs/v4/default-int8.onnx \
+        --model v2=src/tumorseg/models/default-int8.onnx --model v4=runs/v4/default-int8.onnx \
         --out research/v4/hgg_before_after.png
 
 Each model runs as a user would (``Predictor.predict_study`` on the case folder: its sequences, FLAIR filling a
