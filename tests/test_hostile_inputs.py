@@ -439,7 +439,7 @@ def test_nothing_readable_exits_2(tiny_model, tmp_path, capsys):
 
 
 def test_engine_choices_have_one_source():
-    from tumorseg.cli import ENGINE_CHOICES
+    from tumorseg.cli_args import ENGINE_CHOICES
     from tumorseg.engines import ENGINES
 
     assert ENGINE_CHOICES == ENGINES

@@ -11,309 +11,13 @@ import json
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+from .cli_args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_engine_arg, spacing_mm, unit_interval
+from .cli_train import add_evaluate, add_export, add_train, recipe_defaults, run_evaluate, run_export, run_train
+
 TRAIN_EXTRA = ("torch", "safetensors", "onnx", "matplotlib")  # pyproject's `train` extra
+
+
 EXTRA_OF = {**dict.fromkeys(TRAIN_EXTRA, "train"), "distributed": "dask", "dask": "dask"}
-ENGINE_CHOICES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")  # tumorseg.engines.ENGINES (kept light)
-
-
-def _unit(text: str) -> float:
-    """argparse type: a probability threshold in [0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v:g} is outside 0..1")
-    return v
-
-
-def _spacing(text: str) -> tuple[float, float, float]:
-    """argparse type: ROW,COL,SLICE in mm (the rule: ``studies.parse_spacing``)."""
-    from .studies import parse_spacing
-
-    try:
-        return parse_spacing(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    """argparse type: decoder channels per stage, four or five positive integers."""
-    try:
-        ch = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
-    if len(ch) not in (4, 5) or min(ch) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: four or five positive channel counts")
-    return ch
-
-
-def _engine_arg(p) -> None:
-    p.add_argument(
-        "--engine",
-        default=None,
-        choices=ENGINE_CHOICES,
-        help="inference engine (default: the fastest that passed the model's accuracy check, measured on "
-        "this machine once and cached; see `tumorseg engines`)",
-    )
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a U-Net/ResNet50 on slice folders and NIfTI cases",
-        description="Train on kaggle_3m-style or images/+masks/ folders and NIfTI case folders (BraTS layout), "
-        "one source or several mixed by weight. Resumable.",
-    )
-    from .train.config import LOSSES, defaults
-
-    d = defaults()
-    _add_data_args(p, d)
-    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, split)")
-    p.add_argument(
-        "--recipe",
-        default=None,
-        metavar="FILE",
-        help="take the settings from this recipe (recipes/*.json, or a run's train_config.json); flags given here "
-        "still win, and --data/--out always come from the command line",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=None,
-        help=f"maximum epochs (default {d['epochs']}; with --resume: keep the run's)",
-    )
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--lr", type=float, default=d["lr"])
-    p.add_argument("--image-size", type=int, default=d["image_size"])
-    p.add_argument("--patch-size", type=int, default=d["patch_size"], help="training patch size (<= image size)")
-    p.add_argument(
-        "--samples-per-epoch",
-        type=int,
-        default=d["samples_per_epoch"],
-        help="patches per epoch (0: number of training slices)",
-    )
-    p.add_argument("--fg-fraction", type=float, default=d["fg_fraction"], help="share of patches centred on tumour")
-    p.add_argument(
-        "--loss",
-        default=d["loss"],
-        choices=LOSSES,
-        help="training loss (default: %(default)s)",
-    )
-    p.add_argument(
-        "--aug",
-        default=d["aug"],
-        choices=["v1", "v2"],
-        help="augmentation: v1 geometry+intensity; v2 adds sequence dropout, skull-strip, bias field, "
-        "noise, wider scale (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop after this much wall time in all, keeping the best model (default: no limit; with --resume: "
-        "keep the run's, or give a larger budget to continue a run its budget stopped)",
-    )
-    p.add_argument(
-        "--schedule",
-        default=d["schedule"],
-        choices=["constant", "cosine", "cosine-time"],
-        help="learning rate: constant, cosine over the epochs, or cosine over --max-minutes of wall time "
-        "(ends annealed at the time limit on any hardware)",
-    )
-    p.add_argument("--patience", type=int, default=d["patience"], help="early-stopping patience in epochs")
-    p.add_argument("--device", default=d["device"], help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=d["threads"], help="CPU threads (0: PyTorch default)")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    _add_selection_args(p, d)
-    _add_architecture_args(p, d)
-    p.add_argument(
-        "--patient-pattern", default=d["patient_pattern"], help="regex with a 'patient' group for generic layouts"
-    )
-    p.add_argument(
-        "--no-amp",
-        action="store_true",
-        help="train in fp32 (default: bf16 autocast where the CPU has native bf16, or on CUDA)",
-    )
-    _add_context_args(p, d)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-
-
-def _add_data_args(p, d: dict) -> None:
-    """Where the training slices and cases come from, and how much FLAIR-only input they are given as."""
-    p.add_argument(
-        "--data",
-        required=True,
-        action="append",
-        metavar="DIR[=WEIGHT]",
-        help="dataset folder: kaggle_3m patient folders, images/ + masks/, or NIfTI case folders "
-        "(<case>/<case>_flair.nii.gz [+ _t1, _t1c] with <case>_seg.nii.gz; whole tumour = seg > 0). Give it "
-        "several times to mix sources; WEIGHT is a source's share of the training patches (default 1 each)",
-    )
-    p.add_argument(
-        "--flair-only",
-        type=float,
-        default=d["flair_only"],
-        help="with --aug v2: a further share of patches given as FLAIR alone (both other channels FLAIR), so "
-        "single-sequence studies are trained for (default: %(default)s)",
-    )
-
-
-def _add_architecture_args(p, d: dict) -> None:
-    """What the network is and where its weights start."""
-    p.add_argument(
-        "--encoder-weights", default=d["encoder_weights"], help="none | imagenet | PATH to a ResNet50 state dict"
-    )
-    p.add_argument(
-        "--init-model",
-        default=d["init_model"],
-        help="start from this tumorseg model file (fine-tuning; keep its --encoder-weights)",
-    )
-    p.add_argument(
-        "--decoder-channels",
-        type=_channels,
-        default=d["decoder_channels"],
-        help="channels per decoder stage, e.g. 256,128,64,32,16 (the paper's five, ending at full resolution); "
-        "four end at half resolution with the logits upsampled: no convolution at full resolution, faster int8",
-    )
-    p.add_argument(
-        "--fresh-lr-mult",
-        type=float,
-        default=d["fresh_lr_mult"],
-        help="parameters that --init-model lacks (e.g. the head of another decoder) learn this many times faster",
-    )
-
-
-def _add_selection_args(p, d: dict) -> None:
-    """Which patients train, which validate, and which epoch is kept."""
-    p.add_argument(
-        "--select",
-        default=d["select"],
-        choices=["dice", "patients", "last"],
-        help="keep the best epoch by pooled validation Dice, or by the per-patient mean on the original and "
-        "FLAIR-only slices, or the last epoch (cross-validation: the held-out fold only measures)",
-    )
-    p.add_argument("--split", default=d["split"], help="reuse this split.json instead of making one")
-    p.add_argument(
-        "--fold",
-        default=d["fold"],
-        help="cross-validation over the split's train + val patients (test untouched): i/k trains fold i "
-        "of k (from 0) and validates on it; all trains on every one of them with no validation (--select last)",
-    )
-
-
-def _add_context_args(p, d: dict) -> None:
-    p.add_argument(
-        "--context",
-        type=int,
-        default=d["context"],
-        help="2.5D: FLAIR of this many neighbouring slices each side as extra input channels (0: 2D); "
-        "with --init-model of a 2D model, the new channels start at zero (training starts at its function)",
-    )
-    p.add_argument(
-        "--context-share",
-        type=float,
-        default=d["context_share"],
-        help="widening a 2D --init-model (or the ImageNet encoder): each neighbour channel starts with this "
-        "share of FLAIR's weights (a lone image still gets the 2D answer; 0: zero weights)",
-    )
-    p.add_argument(
-        "--context-lr-mult",
-        type=float,
-        default=d["context_lr_mult"],
-        help="the neighbour channels' input weights learn this many times faster than the rest",
-    )
-    p.add_argument(
-        "--context-mm",
-        type=float,
-        default=d["context_mm"],
-        help="recorded in the model: at inference, neighbours about this far apart where the spacing is known",
-    )
-
-
-def _cmd_train(a) -> int:
-    from .train.config import TrainConfig
-    from .train.trainer import train
-
-    cfg = TrainConfig(
-        data=a.data[0] if len(a.data) == 1 else list(a.data),
-        out=a.out,
-        epochs=a.epochs if a.epochs is not None else (0 if a.resume else TrainConfig.epochs),
-        batch_size=a.batch_size,
-        lr=a.lr,
-        image_size=a.image_size,
-        patch_size=a.patch_size,
-        samples_per_epoch=a.samples_per_epoch,
-        fg_fraction=a.fg_fraction,
-        encoder_weights=a.encoder_weights,
-        loss=a.loss,
-        schedule=a.schedule,
-        patience=a.patience,
-        device=a.device,
-        seed=a.seed,
-        threads=a.threads,
-        split=a.split,
-        amp=not a.no_amp,
-        patient_pattern=a.patient_pattern,
-        aug=a.aug,
-        max_minutes=a.max_minutes if a.max_minutes is not None else (None if a.resume else TrainConfig.max_minutes),
-        init_model=a.init_model,
-        context=a.context,
-        context_mm=a.context_mm,
-        context_share=a.context_share,
-        context_lr_mult=a.context_lr_mult,
-        select=a.select,
-        fold=a.fold,
-        decoder_channels=a.decoder_channels,
-        fresh_lr_mult=a.fresh_lr_mult,
-        flair_only=a.flair_only,
-        # settings without a flag, which only a recipe sets
-        split_fractions=getattr(a, "split_fractions", TrainConfig.split_fractions),
-        val_batch_size=getattr(a, "val_batch_size", TrainConfig.val_batch_size),
-    )
-    path = train(cfg, resume=a.resume)
-    print(path)
-    return EXIT_OK
-
-
-def _add_evaluate(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="evaluate a model on a dataset split",
-        description="Pixel-pooled, per-slice and per-patient metrics; see docs for conventions.",
-    )
-    p.add_argument("--data", required=True)
-    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    p.add_argument("--split", default="test", help="test | val | train | all")
-    p.add_argument("--split-file", default=None, help="split.json (default: the model's run split, if known)")
-    p.add_argument("--threshold", type=_unit, default=None, help="override the model's threshold (0..1)")
-    p.add_argument("--json", dest="json_out", default=None, help="write metrics JSON here")
-    p.add_argument("--report", default=None, help="write a Markdown report with figures into this folder")
-    _engine_arg(p)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
-
-
-def _cmd_evaluate(a) -> int:
-    from .train.evaluation import evaluate, format_table
-
-    res = evaluate(
-        a.data,
-        model=a.model,
-        split=a.split,
-        split_file=a.split_file,
-        threshold=a.threshold,
-        report_dir=a.report,
-        engine=a.engine,
-        threads=a.threads,
-    )
-    print(format_table(res["metrics"]))
-    if a.json_out:
-        from .files import atomic_write_bytes
-
-        atomic_write_bytes(a.json_out, (json.dumps(res["metrics"], indent=1) + "\n").encode())
-        print(f"metrics written to {a.json_out}", file=sys.stderr)
-    return EXIT_OK
 
 
 def _add_predict(sub) -> None:
@@ -329,14 +33,16 @@ def _add_predict(sub) -> None:
     p.add_argument("inputs", nargs="*", help="images, folders, globs, NIfTI, DICOM folders or zips")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    p.add_argument("--threshold", type=_unit, default=None, help="probability threshold 0..1 (default: the model's)")
+    p.add_argument(
+        "--threshold", type=unit_interval, default=None, help="probability threshold 0..1 (default: the model's)"
+    )
     p.add_argument(
         "--tta",
         action="store_true",
         help="left-right flip test-time augmentation and its spread as an uncertainty map "
         "(a model that records TTA, chosen on validation, uses it anyway)",
     )
-    _engine_arg(p)
+    add_engine_arg(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     p.add_argument("--min-component-mm3", type=float, default=0.0, help="studies: drop 3D components smaller than this")
     p.add_argument("--series", default=None, help="DICOM: SeriesInstanceUID when a folder holds several")
@@ -351,7 +57,7 @@ def _add_predict(sub) -> None:
     )
     p.add_argument(
         "--spacing",
-        type=_spacing,
+        type=spacing_mm,
         default=None,
         metavar="ROW,COL,SLICE",
         help="voxel size in mm for stacks of 2D slices (they carry none); recorded in study.json",
@@ -403,7 +109,7 @@ def _add_app(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
-    _engine_arg(p)
+    add_engine_arg(p)
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument(
         "--token",
@@ -461,22 +167,6 @@ def _pacs_config(a):
     return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect)
 
 
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="export a model to ONNX")
-    p.add_argument("--model", default=None)
-    p.add_argument("--format", default="onnx", choices=["onnx"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--int8-calibration", default=None, help="dataset folder: also write a static int8 model")
-
-
-def _cmd_export(a) -> int:
-    from .train.export import export_onnx
-
-    for line in export_onnx(a.model, a.out, calibration=a.int8_calibration):
-        print(line)
-    return EXIT_OK
-
-
 def _add_followup(sub) -> None:
     p = sub.add_parser(
         "followup",
@@ -502,13 +192,13 @@ def _add_followup(sub) -> None:
     p.add_argument("--force", action="store_true", help="compare studies whose PatientIDs differ")
     p.add_argument(
         "--spacing",
-        type=_spacing,
+        type=spacing_mm,
         default=None,
         metavar="ROW,COL,SLICE",
         help="voxel size in mm for stacks of 2D slices (they carry none), used for both studies",
     )
     p.add_argument("--model", default=None)
-    _engine_arg(p)
+    add_engine_arg(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     pac = p.add_argument_group("studies from a PACS (DICOMweb; credentials from TUMORSEG_PACS_* or a file)")
     pac.add_argument("--dicomweb", default=None, metavar="URL", help="the DICOMweb root; STUDY arguments are UIDs")
@@ -682,20 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_app, _add_export, _add_engines, _add_pacs, _add_followup):
+    for add in (add_train, add_evaluate, _add_predict, _add_app, add_export, _add_engines, _add_pacs, _add_followup):
         add(sub)
     ap.commands = sub.choices  # each command's parser: `train --recipe` sets the train parser's defaults
     return ap
-
-
-def _recipe_defaults(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    """`train --recipe FILE`: the recipe's settings become the train command's defaults (flags still win)."""
-    from .train.config import read_recipe
-
-    recipe = read_recipe(a.recipe)
-    if "amp" in recipe:
-        recipe["no_amp"] = not recipe.pop("amp")
-    parser.commands["train"].set_defaults(**recipe)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -704,29 +384,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     a = parser.parse_args(argv)
-    if a.cmd == "train" and a.recipe:
-        from .train.config import RecipeError
-
-        try:
-            _recipe_defaults(parser, a)
-        except RecipeError as exc:
-            print(f"tumorseg train: error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
-        a = parser.parse_args(argv)
     handlers = {
-        "train": _cmd_train,
-        "evaluate": _cmd_evaluate,
+        "train": run_train,
+        "evaluate": run_evaluate,
         "predict": _cmd_predict,
         "app": _cmd_app,
-        "export": _cmd_export,
+        "export": run_export,
         "engines": _cmd_engines,
         "pacs": _cmd_pacs,
         "followup": _cmd_followup,
     }
     from .errors import ImageReadError, ModelFileError
-    from .train.data import DatasetError
 
     try:
+        if a.cmd == "train" and a.recipe:  # the recipe's settings become the defaults; flags still win
+            recipe_defaults(parser, a)
+            a = parser.parse_args(argv)
         return handlers[a.cmd](a)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -742,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_ERROR
         raise
-    except (DatasetError, ImageReadError, ModelFileError, OSError, ValueError) as exc:
+    except (ImageReadError, ModelFileError, OSError, ValueError) as exc:  # a DatasetError or RecipeError too
         print(f"tumorseg {a.cmd}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except RuntimeError as exc:
