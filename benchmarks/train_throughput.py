@@ -75,7 +75,7 @@ def main() -> None:
     machine = f"{rec['summary']}, torch {torch.__version__}"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    from tumorseg.train.trainer import precision_plan
+    from tumorseg.train.device import precision_plan
 
     chosen = precision_plan(torch.device("cpu"), True)[2]
     (out / "train_throughput.json").write_text(

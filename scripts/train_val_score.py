@@ -16,7 +16,8 @@ import torch
 from tumorseg.modelinfo import ModelInfo
 from tumorseg.nn.serialise import load_model
 from tumorseg.train.data import discover, load_cases, load_split
-from tumorseg.train.trainer import _Dist, patients_score, precision_plan, validate
+from tumorseg.train.device import DistContext, precision_plan
+from tumorseg.train.validation import patients_score, validate
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     spec = ModelInfo.from_meta(meta).input
     device = torch.device("cpu")
     amp, mem, _ = precision_plan(device, True)
-    args = (spec.normalisation.imagenet, device, amp, 16, _Dist(), mem, spec.context)
+    args = (spec.normalisation.imagenet, device, amp, 16, DistContext(), mem, spec.context)
     out = {
         "model": a.model,
         "original": validate(model, val, *args),

@@ -161,7 +161,7 @@ def test_int8_for_a_model_without_an_int8_file_says_what_to_do(tmp_path):
 def test_training_precision_follows_native_bf16():
     import torch
 
-    from tumorseg.train.trainer import precision_plan
+    from tumorseg.train.device import precision_plan
 
     cpu = torch.device("cpu")
     assert precision_plan(cpu, True, native_bf16=False)[:2] == (None, torch.channels_last)

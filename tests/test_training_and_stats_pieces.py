@@ -170,7 +170,7 @@ def test_training_input_path_is_the_engines_input_path(imagenet, channels):
 
     from tumorseg.preprocess import model_input
     from tumorseg.train.data import normalisation
-    from tumorseg.train.trainer import prepare_batch
+    from tumorseg.train.validation import prepare_batch
 
     batch = np.stack([smooth_noise((32, 32, channels), k, 255) for k in range(3)])
     ours = prepare_batch(torch.from_numpy(batch), imagenet).numpy()

@@ -1,10 +1,9 @@
-"""The training loop: precision plan, DDP, checkpoints, the run folder and the Trainer."""
+"""The training loop: the Trainer (setup, steps, validation, epoch end, state), sources and splits."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -16,19 +15,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import ModelFileError
 from ..files import atomic_write_bytes
 from ..metrics import dice_score
 from ..modelinfo import ArchSpec, InputSpec
-from ..nn.serialise import read_model_file, save_model
+from ..nn.serialise import save_model
 from ..nn.unet import build_model
 from ..preprocess import context_offsets
 from ..version import __version__
 from .augment import PatchSampler, augment, augment_for_other_sites
+from .checkpoints import load_checkpoint, save_checkpoint
 from .config import LOSSES, TrainConfig
 from .data import (
     DatasetError,
-    LoadedSet,
     check_no_leak,
     discover_sources,
     fold_split,
@@ -40,238 +38,12 @@ from .data import (
     save_split,
     sources_of,
 )
+from .device import DistContext, log_main, precision_plan, resolve_device
 from .losses import _LOSS_FNS, make_loss
-from .threshold_sweep import ThresholdSweep
+from .run_folder import RunFolder
+from .validation import imagenet_normalise, patients_score, validate
 
 assert tuple(_LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
-    return torch.device(spec)
-
-
-def _imagenet(x: torch.Tensor) -> torch.Tensor:
-    """``preprocess.model_input``'s normalisation on the training device (x already in [0, 1])."""
-    from ..preprocess import expand_per_channel
-
-    norm, c = normalisation(True), x.shape[1]
-    mean = torch.from_numpy(expand_per_channel(norm["mean"], c)).to(x.device).view(1, c, 1, 1)
-    std = torch.from_numpy(expand_per_channel(norm["std"], c)).to(x.device).view(1, c, 1, 1)
-    return (x - mean) / std
-
-
-def prepare_batch(imgs_u8: torch.Tensor, imagenet: bool) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW [0,1] (-> ImageNet normalised)."""
-    x = imgs_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    return _imagenet(x) if imagenet else x
-
-
-class _Dist:
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.enabled = self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-
-def _log(msg: str, d: _Dist) -> None:
-    if d.main:
-        print(msg, file=sys.stderr, flush=True)
-
-
-def save_checkpoint(path: Path, model, opt, sched_state: dict, extra: dict) -> None:
-    """Resume state as one checksummed safetensors file (no pickle)."""
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    osd = opt.state_dict()
-    for idx, st in osd["state"].items():
-        for name, v in st.items():
-            tensors[f"optim.{idx}.{name}"] = v.detach().cpu().contiguous().reshape(v.shape)
-    tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    meta = {
-        **extra,
-        "param_groups": osd["param_groups"],
-        "sched": sched_state,
-        "rng_numpy": json.dumps(np.random.get_state()[1].tolist()),
-        "rng_python": json.dumps(random.getstate()[1]),
-    }
-    from ..nn.serialise import tensor_digest
-
-    meta["tensor_sha256"] = tensor_digest(tensors)
-    atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
-
-
-def load_checkpoint(path: Path, model, opt) -> dict:
-    try:
-        tensors, meta = read_model_file(path)
-    except ModelFileError as exc:
-        raise ModelFileError(f"cannot resume: {exc}") from None
-    msd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(msd, strict=True)
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-    np_state = np.random.get_state()
-    np.random.set_state((np_state[0], np.array(json.loads(meta["rng_numpy"]), dtype=np.uint32), *np_state[2:]))
-    py = random.getstate()
-    random.setstate((py[0], tuple(json.loads(meta["rng_python"])), py[2]))
-    return meta
-
-
-def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = None) -> tuple:
-    """(autocast dtype or None, memory format, why): bf16 only where the hardware has it.
-
-    On a CPU without bf16 arithmetic, autocast emulates it: a training step took ~7.5 s instead of
-    ~1 s on an AVX2-only EPYC. Channels-last is a layout every oneDNN CPU kernel runs natively, and it
-    made fp32 training 1.2x faster too on the AVX-512 machine (benchmarks/train_throughput.py measures
-    all three on any machine).
-    """
-    if device.type == "cuda":
-        if not amp:
-            return None, torch.channels_last, "fp32 (--no-amp)"
-        dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return dt, torch.channels_last, f"{str(dt).split('.')[-1]} autocast on CUDA"
-    if native_bf16 is None:
-        from ..hardware import cpu_info
-
-        native_bf16 = cpu_info().native_bf16
-    if not amp:
-        return None, torch.channels_last, "fp32 + channels-last (--no-amp)"
-    if not native_bf16:
-        return (
-            None,
-            torch.channels_last,
-            "fp32 + channels-last: this CPU has no native bf16 (autocast would emulate it)",
-        )
-    return torch.bfloat16, torch.channels_last, "bf16 autocast + channels-last (native bf16 on this CPU)"
-
-
-@torch.no_grad()
-def validate(
-    model,
-    val: LoadedSet,
-    imagenet: bool,
-    device,
-    amp_dtype,
-    batch: int,
-    d: _Dist,
-    mem=torch.channels_last,
-    context: int = 0,
-) -> dict:
-    """Pooled Dice at 0.5 and a threshold sweep, and per-patient Dice (3D, at 0.5): the mean over
-    patients is what the model comparisons rank by, so training can select on it too."""
-    model.eval()
-    sweep = ThresholdSweep()
-    per_slice = torch.zeros(len(val), 3, dtype=torch.float64)  # tp fp fn at 0.5
-    idx = np.arange(d.rank, len(val), d.world)
-    for s in range(0, len(idx), batch):
-        sel = idx[s : s + batch]
-        x = prepare_batch(torch.from_numpy(val.model_channels(sel, context)), imagenet).to(device)
-        x = x.contiguous(memory_format=mem)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            prob = torch.sigmoid(model(x).float())[:, 0].cpu()
-        y = torch.from_numpy(val.masks[sel])
-        sweep.update(prob, y)
-        pb = prob >= 0.5
-        per_slice[sel] = torch.stack([(pb & y), (pb & ~y), (~pb & y)], 1).flatten(2).sum(2).double()
-    d.all_sum(per_slice)
-    d.all_sum(sweep.counts)
-    model.train()
-    patients = [dice_score(*map(float, per_slice[a:b].sum(0))) for a, b in val.groups()]
-    return {
-        "val_dice": dice_score(*map(float, per_slice.sum(0))),
-        "val_dice_by_threshold": sweep.aggregate(),
-        "val_dice_per_patient": float(np.mean(patients)) if patients else 0.0,
-    }
-
-
-def patients_score(original: dict, flair_only: dict) -> float:
-    """``--select patients``: the per-patient mean over the original and the FLAIR-only slices, the two
-    conditions the model comparisons decide on."""
-    return (original["val_dice_per_patient"] + flair_only["val_dice_per_patient"]) / 2
-
-
-def _curve(log_path: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return
-    ep = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax[0].plot(ep, [r["train_loss"] for r in rows], marker="o")
-    ax[0].set(title="training loss", xlabel="epoch")
-    ax[1].plot(ep, [r["train_dice"] for r in rows], marker="o", label="train (patches)")
-    if any(r["val_dice"] is not None for r in rows):
-        ax[1].plot(ep, [r["val_dice"] for r in rows], marker="o", label="validation (full slices)")
-    ax[1].set(title="Dice (pooled)", xlabel="epoch", ylim=(0, 1))
-    ax[1].legend()
-    fig.tight_layout()
-    import io as _io
-
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(png, buf.getvalue())
-
-
-class RunFolder:
-    """The files of one training run; the checkpoint is the commit point, the log is rewritten from it."""
-
-    def __init__(self, out: str | os.PathLike):
-        self.out = Path(out)
-        self.config = self.out / "config.json"
-        self.split = self.out / "split.json"
-        self.checkpoint = self.out / "last.ckpt.safetensors"
-        self.best = self.out / "best.safetensors"
-        self.log = self.out / "log.jsonl"
-        self.curve = self.out / "curve.png"
-
-    def resumed_config(self, cfg: TrainConfig) -> TrainConfig:
-        """The run's own recipe; only where it runs (device, threads), an explicit --epochs and an explicit
-        --max-minutes (a run stopped by its time budget on a busy machine may be given more) may change."""
-        if not self.config.is_file():
-            raise FileNotFoundError(f"{self.config}: nothing to resume (no config.json in the run folder)")
-        saved = json.loads(self.config.read_text())
-        for k in ("device", "threads"):
-            saved[k] = getattr(cfg, k)
-        saved["epochs"] = cfg.epochs or saved["epochs"]  # a cosine schedule re-anneals to a new budget
-        if cfg.max_minutes is not None:  # the budget counts the earlier sessions too (minutes_spent)
-            saved["max_minutes"] = cfg.max_minutes
-        saved["split_fractions"] = tuple(saved["split_fractions"])
-        return TrainConfig(**saved)
-
-    def write_history(self, history: list[dict], d: _Dist) -> None:
-        atomic_write_bytes(self.log, "".join(json.dumps(r) + "\n" for r in history).encode())
-        try:
-            _curve(self.log, self.curve)
-        except Exception as exc:  # a plot must never stop training
-            _log(f"warning: training curve not drawn ({exc})", d)
 
 
 class Trainer:
@@ -279,7 +51,7 @@ class Trainer:
     ``on_epoch_end`` (best model, checkpoint, log, stopping), ``state``/``load_state``; ``fit`` runs them."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False):
-        self.d = _Dist()
+        self.d = DistContext()
         self.run = RunFolder(cfg.out)
         if resume:
             cfg = self.run.resumed_config(cfg)
@@ -311,7 +83,7 @@ class Trainer:
         )
         self.aug_gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank + 1)
         if self.resume and not self.run.checkpoint.exists():
-            _log("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
+            log_main("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
             self.resume = False
         if self.resume:
             self.load_state(load_checkpoint(self.run.checkpoint, self.model, self.opt))
@@ -327,7 +99,7 @@ class Trainer:
         if self.resume:
             split = load_split(run.split)
         else:
-            split = split_per_source(cases, cfg, lambda m: _log(m, d))
+            split = split_per_source(cases, cfg, lambda m: log_main(m, d))
         if cfg.fold and not (cfg.split and Path(cfg.split).is_file()):
             raise DatasetError(
                 f"--fold {cfg.fold}: needs --split FILE, so that every run of the cross-validation folds the same patients"
@@ -349,7 +121,7 @@ class Trainer:
                     split, run.split, {"data": data_meta[0] if len(data_meta) == 1 else data_meta, "seed": cfg.seed}
                 )
             atomic_write_bytes(run.config, (json.dumps(asdict(cfg), indent=1) + "\n").encode())
-        _log(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
+        log_main(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
         self.split = split
         self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
         self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
@@ -367,10 +139,10 @@ class Trainer:
         if cfg.flair_only and (cfg.aug != "v2" or not 0 < cfg.flair_only <= 1):
             raise ValueError(f"--flair-only {cfg.flair_only:g}: needs --aug v2 and a share in (0, 1]")
         if not len(self.val_set):
-            _log("no validation patients: every epoch is trained blind and the last one is kept", d)
+            log_main("no validation patients: every epoch is trained blind and the last one is kept", d)
         elif not self.val_set.masks.any():
-            _log("warning: no tumour in the validation patients; validation Dice is uninformative", d)
-        _log(f"slices: {len(self.train_set)} train / {len(self.val_set)} val, in RAM", d)
+            log_main("warning: no tumour in the validation patients; validation Dice is uninformative", d)
+        log_main(f"slices: {len(self.train_set)} train / {len(self.val_set)} val, in RAM", d)
 
     def _setup_model(self) -> None:
         cfg, d = self.cfg, self.d
@@ -382,11 +154,11 @@ class Trainer:
             context_share=cfg.context_share,
         )
         if self.rep is not None:
-            _log(self.rep.summary(), d)
+            log_main(self.rep.summary(), d)
         self.imagenet = cfg.encoder_weights != "none"
         fresh = self._start_from_init_model(model, in_ch) if cfg.init_model else set()
         self.amp_dtype, self.mem, why = precision_plan(self.device, cfg.amp)
-        _log(f"precision: {why}", d)
+        log_main(f"precision: {why}", d)
         self.model = model.to(self.device).to(memory_format=self.mem)
         if cfg.fresh_lr_mult == 1.0:
             fresh = set()
@@ -412,13 +184,13 @@ class Trainer:
             return fresh
         model.load_state_dict({**own, **{k: start[k] for k in kept}})
         if fresh:
-            _log(f"not in {cfg.init_model}, initialised fresh: {', '.join(sorted(fresh))}", d)
+            log_main(f"not in {cfg.init_model}, initialised fresh: {', '.join(sorted(fresh))}", d)
         if ModelInfo.from_meta(init_meta).input.normalisation.imagenet != self.imagenet:
             raise ValueError(
                 f"{cfg.init_model}: its input normalisation does not match --encoder-weights "
                 f"{cfg.encoder_weights!r} (ImageNet-initialised models need ImageNet normalisation)"
             )
-        _log(f"initialised from {cfg.init_model}", d)
+        log_main(f"initialised from {cfg.init_model}", d)
         return fresh
 
     # ---------------------------------------------------------------- state
@@ -446,7 +218,7 @@ class Trainer:
         if self.d.enabled and self.d.rank:
             # Other ranks get their own random streams, offset from the restored ones.
             self.sampler.rng = np.random.default_rng([self.cfg.seed, self.d.rank, self.start_epoch])
-        _log(f"resumed from epoch {meta['epoch']} (best val Dice {self.best:.4f})", self.d)
+        log_main(f"resumed from epoch {meta['epoch']} (best val Dice {self.best:.4f})", self.d)
 
     # ---------------------------------------------------------------- steps
     def minutes_spent(self) -> float:
@@ -480,7 +252,7 @@ class Trainer:
         else:
             x, y = augment(x, y, self.aug_gen)
         if self.imagenet:
-            x = _imagenet(x)
+            x = imagenet_normalise(x)
         x = x.contiguous(memory_format=self.mem)
         with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.ddp_model(x)
@@ -582,7 +354,7 @@ class Trainer:
         self.history.append(row)
         save_checkpoint(self.run.checkpoint, self.model, self.opt, {"schedule": self.cfg.schedule}, self.state(epoch))
         self.run.write_history(self.history, self.d)
-        _log(
+        log_main(
             f"epoch {epoch}: loss {row['train_loss']:.4f} train Dice {row['train_dice']:.3f} "
             f"val Dice {'-' if v['val_dice'] is None else format(v['val_dice'], '.4f')}"
             f"{' *best*' if row['best'] and self.cfg.select != 'last' else ''} ({row['epoch_seconds']:.0f}s)",
@@ -596,7 +368,7 @@ class Trainer:
             raise ValueError("--schedule cosine-time anneals over --max-minutes: give it one")
         self.setup()
         if self.resume and (self.bad_epochs >= cfg.patience or self.start_epoch > cfg.epochs):
-            _log("run had already finished", d)
+            log_main("run had already finished", d)
             return self.run.best
         self.model.train()
         self.t_fit, out_of_time = time.time(), False
@@ -634,16 +406,16 @@ class Trainer:
             if d.enabled:
                 dist.barrier()
             if self.bad_epochs >= cfg.patience:
-                _log(f"early stopping: no improvement for {cfg.patience} epochs", d)
+                log_main(f"early stopping: no improvement for {cfg.patience} epochs", d)
                 break
             if cfg.max_minutes and self._all_agree(spent() >= cfg.max_minutes):
                 out_of_time = True
-                _log(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
+                log_main(f"time budget of {cfg.max_minutes:g} min spent after epoch {epoch}", d)
                 break
         if d.enabled:
             dist.destroy_process_group()
         budget = " (stopped by --max-minutes)" if out_of_time else ""
-        _log(f"best {self.cfg.select} score {self.best:.4f}; model: {self.run.best}{budget}", d)
+        log_main(f"best {self.cfg.select} score {self.best:.4f}; model: {self.run.best}{budget}", d)
         return self.run.best
 
 
