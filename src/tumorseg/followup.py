@@ -17,7 +17,12 @@ from datetime import date
 
 import numpy as np
 
-from .geometry import display_affine
+from .files import atomic_write_bytes
+from .geometry import display_affine, display_turn, turned
+from .images import write_png
+from .render import heatmap_overlay
+from .studies import Study, read_study
+from .studies.outputs import dicom_seg_dataset, dicom_sr_dataset, label_nifti_gz_bytes
 
 # A registration is trusted when the two brain masks overlap at least this much after it (Dice): the same
 # brain imaged twice overlaps at 0.95+ once aligned (tests: 0.97-0.99 under 10 degree / 15 mm moves); a failed
@@ -254,7 +259,6 @@ def compare(
     """Segment two studies of one patient (paths or Studies) and say what changed: the one function the CLI,
     REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
     counts both studies' slices (a job's progress bar)."""
-    from .studies import Study, read_study
 
     sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
     sts, dates, notes = _in_order(sts, force)
@@ -352,7 +356,6 @@ def dicom_reports(fu: FollowUp) -> list[tuple[str, str, list]]:
     DICOM-SEG, its TID 1500 SR]). Both SRs' measurement groups carry the one tracking identifier and UID
     (``tracking_uid``); the follow-up's also carries the change (new and resolved only when the registration
     is trusted). Empty for studies that are not DICOM (nothing to reference)."""
-    from .studies.outputs import dicom_seg_dataset, dicom_sr_dataset
 
     if not (fu.baseline.study.dicom and fu.followup.study.dicom):
         return []
@@ -391,12 +394,6 @@ def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
     import io as _io
     import json
     from pathlib import Path
-
-    from .files import atomic_write_bytes
-    from .geometry import display_turn, turned
-    from .images import write_png
-    from .render import heatmap_overlay
-    from .studies.outputs import label_nifti_gz_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .limits import MAX_DECODED_BYTES
-from .studies import MODEL_CHANNELS, sequence_of_series
+from .studies import MODEL_CHANNELS, StudyError, read_study, sequence_of_series
 
 TIMEOUT_S = 30.0  # per read: a server that sends nothing for this long is given up
 DEADLINE_S = 120.0  # per request, in all: a server that drips bytes is given up after this (plus one read)
@@ -537,7 +537,6 @@ def open_study(pacs: Pacs, study_uid: str, series_uid: str | None, folder: Path)
     """Retrieve a study's chosen series into ``folder`` and read them as the same files on disk are
     (``studies.read_study``): one series, or FLAIR/T1/T1c when they lie on one grid. Where they do not,
     FLAIR alone is used and the note says why. The choice goes into the study's notes (study.json)."""
-    from .studies import StudyError, read_study
 
     check_uid(study_uid, "study UID")
     if series_uid:

@@ -12,6 +12,8 @@ from fastapi import UploadFile
 
 from ..errors import ImageReadError
 from ..images import encode_png
+from ..input_checks import CannotJudge
+from ..studies import strip_extension
 
 
 class UploadTooLarge(Exception):
@@ -52,7 +54,6 @@ def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
     from ..followup import FollowUpError
-    from ..input_checks import CannotJudge
     from ..pacs import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):
@@ -68,7 +69,6 @@ def failure(exc: BaseException) -> tuple[int, str]:
 
 def upload_stem(name: str) -> str:
     """A download's name stem: the study's name as the CLI names it (``studies.strip_extension``)."""
-    from ..studies import strip_extension
 
     return strip_extension(name or "") or "study"
 

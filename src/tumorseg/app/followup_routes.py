@@ -15,7 +15,9 @@ import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from ..geometry import volume_nifti_gz
 from ..inference import DISCLAIMER
+from ..studies import read_study
 from .common import BadRequest, attachment
 from .routes import StudyForm, materialise, read_study_request
 
@@ -61,7 +63,6 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
         own space), ``baseline_mask``, ``followup_mask`` (registered) and ``change`` (1 unchanged, 2 new,
         3 resolved)."""
         from ..followup import on_baseline
-        from ..geometry import volume_nifti_gz
 
         fu, _ = _held(store, result_id)
         b, f = fu.baseline, fu.followup
@@ -111,7 +112,6 @@ def _held(store, result_id: str):
 def _run(job, pred, sides, interval, force):
     """Both uploads written under their own names, read, and compared while holding one model slot."""
     from ..followup import compare
-    from ..studies import read_study
 
     with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
         studies = []

@@ -13,6 +13,8 @@ from pathlib import Path
 from fastapi import APIRouter, Form
 from starlette.concurrency import run_in_threadpool
 
+from ..studies import dicom_seg_dataset, dicom_sr_dataset
+
 MAX_PACS_CALLS = 4
 
 
@@ -99,7 +101,6 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
     @router.post("/api/pacs/store")
     async def pacs_store(result_id: str = Form(...), threshold: float | None = Form(None)):
         """Store the held study's DICOM-SEG and TID 1500 report (at this threshold) into its source study."""
-        from ..studies import dicom_seg_dataset, dicom_sr_dataset
 
         p = need_pacs()
         kind, r, _ = await run_in_threadpool(held_result, result_id, threshold)

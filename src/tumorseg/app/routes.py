@@ -16,8 +16,25 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from ..geometry import CONVENTIONS, display_turn, geometry, turned, volume_nifti_gz
 from ..images import encode_png
 from ..inference import DISCLAIMER
+from ..metrics import compare_masks
+from ..render import jet
+from ..studies import (
+    classify_names,
+    dicom_seg_bytes,
+    file_format_of,
+    is_single_dicom,
+    mask_nifti_gz_bytes,
+    parse_spacing,
+    read_reference,
+    reference_from_slice_masks,
+    study_exports,
+    study_file_suffixes,
+    study_name,
+    write_study_outputs,
+)
 from ..version import __version__
 from .common import BadRequest, UploadTooLarge, attachment, b64png, read_upload, requested_slice, upload_stem
 
@@ -38,7 +55,6 @@ def meta_router(pred) -> APIRouter:
         """How the page should send the files a user chose: one study, or separate images (file names only).
 
         Body: a JSON list of at most 20,000 file names."""
-        from ..studies import classify_names
 
         try:
             names = json.loads(await request.body())
@@ -58,7 +74,6 @@ def meta_router(pred) -> APIRouter:
     def colormap() -> dict:
         """The JET colours the CLI's overlays use (``render.jet``), for the page's instant re-rendering:
         one home for the colormap."""
-        from ..render import jet
 
         return {"jet": jet(np.arange(256) / 255.0).tolist()}
 
@@ -71,7 +86,6 @@ def image_router(pred, store, cap: int) -> APIRouter:
     @router.post("/api/segment")
     async def segment(file: UploadFile = File(...), threshold: float | None = Form(None), tta: bool = Form(False)):
         """Segment one 2D image. Returns PNGs (base64) of the image, probability map and mask."""
-        from ..studies import file_format_of, is_single_dicom
 
         name, data = await read_upload(file, threshold, cap)
         if file_format_of(name) is not None or is_single_dicom(name):
@@ -157,7 +171,6 @@ class StudyForm:
 
 async def read_study_request(form: StudyForm, cap: int) -> tuple[str, object, tuple | None]:
     """(the study's name, its bytes or (name, bytes) members, spacing) from the form, checked."""
-    from ..studies import classify_names, file_format_of, parse_spacing, study_file_suffixes, study_name
 
     sp_mm = None
     if form.spacing:
@@ -217,9 +230,6 @@ def materialise(name: str, payload, tmp: Path) -> Path:
 
 
 def study_response(pred, store, sp, name: str) -> dict:
-    from ..geometry import geometry
-    from ..studies import study_exports
-
     """What /api/study and /api/pacs/open answer: the held result, measurements and every slice's PNGs."""
     slices = [
         {
@@ -281,8 +291,6 @@ def held_router(pred, store, cap: int) -> APIRouter:
         """Compare a held result with the user's reference mask: Dice, volumes, the slices that disagree most,
         and the reference as PNG masks for the page's second contour. ``file``: a NIfTI mask (a study) or an
         image mask (an image); ``files``: a slice stack's own ``<slice>_mask`` images."""
-        from ..metrics import compare_masks
-        from ..studies import read_reference, reference_from_slice_masks
 
         if file is None and not files:
             raise BadRequest(422, "send the reference as 'file', or a slice stack's masks as 'files'")
@@ -322,7 +330,6 @@ def download_router(pred, store) -> APIRouter:
     def mask_png(result_id: str, threshold: float | None = None, slice: int = 0, convention: str = "radiological"):
         """The CLI's ``<name>_mask.png`` (for a study: one slice of its mask, turned as the page shows it in
         ``convention``, as the CLI's overlays are)."""
-        from ..geometry import CONVENTIONS, display_turn, turned
 
         if convention not in CONVENTIONS:
             raise BadRequest(422, f"convention must be one of {', '.join(CONVENTIONS)}")
@@ -346,7 +353,6 @@ def download_router(pred, store) -> APIRouter:
         kind, r, name = store.get(result_id, threshold)
         if kind != "study":
             raise BadRequest(400, f"{name}: not a study")
-        from ..studies import write_study_outputs
 
         stem = upload_stem(name)
         buf = io.BytesIO()
@@ -370,11 +376,9 @@ def download_router(pred, store) -> APIRouter:
         kind, r, name = store.get(result_id, threshold)
         if kind != "study":
             raise BadRequest(400, f"{name}: not a study")
-        from ..studies import study_exports
 
         if filename not in study_exports(r.study):
             raise BadRequest(400, f"{name}: DICOM-SEG needs DICOM input; download mask.nii.gz")
-        from ..studies import dicom_seg_bytes, mask_nifti_gz_bytes
 
         stem = upload_stem(name)
         if filename == "mask.nii.gz":
@@ -398,7 +402,6 @@ def view_router(store) -> APIRouter:
     def view_volume(result_id: str, what: str, threshold: float | None = None):
         """A held study's volume in patient space for the three-plane viewer: ``t1``, ``flair``, ``t1c``
         (the display volume as the model saw it, uint8), ``prob`` (probability x 255) or ``mask``."""
-        from ..geometry import volume_nifti_gz
 
         kind, r, name = store.get(result_id, threshold)
         if kind != "study":

@@ -15,6 +15,8 @@ from pathlib import Path
 from ..errors import ImageReadError
 from ..files import atomic_write_bytes
 from ..images import write_png
+from ..studies import write_study_outputs
+from ..studies.reference import own_reference
 from .plan import Item, PredictOptions
 
 # tumour_pixels: a 2D image's mask; tumour_voxels: a study's (each its own column, never one in the other's)
@@ -126,7 +128,6 @@ def _swap_in(tmp_dir: Path, final: Path, attempts: int = 20) -> None:
 def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -> dict:
     """The study folder written hidden, then renamed into place: complete exactly when study.json exists.
     Returns what was added to study.json beyond the prediction's own summary."""
-    from ..studies import write_study_outputs
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{name}.partial-{uuid.uuid4().hex[:8]}"
@@ -143,7 +144,6 @@ def write_study_atomically(sp, out: Path, name: str, label: str, record: dict) -
 def _note_own_reference(sp, src) -> None:
     """Say so when the study has its own reference beside it (a case's _seg, a folder's _mask files): the page
     offers it, and the CLI compares with it on --reference auto, never silently ignoring it."""
-    from ..studies.reference import own_reference
 
     try:
         found = own_reference(src)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from ..engines import model_checksum
 from ..errors import ImageReadError
+from ..metrics import compare_masks
+from ..studies.reference import own_reference, read_reference_files
 from .items import done_study, error_row, process_item, run_record, write_summary
 from .plan import Item, PredictOptions, output_conflicts, plan_items
 
@@ -143,8 +145,6 @@ class BatchJob:
     def _compare(self, item: Item, result) -> dict:
         """Dice, volumes and the most different slices against --reference: a mask file, a slice folder's
         ``_mask`` images, or ``auto`` (the study's own reference beside it, as the page offers it)."""
-        from ..metrics import compare_masks
-        from ..studies.reference import own_reference, read_reference_files
 
         notes: list[str] = []
         src = dict(item.source) if isinstance(item.source, tuple) else item.source

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..images import IMAGE_EXTENSIONS
+from ..studies import classify_names, file_format_of, is_study_source, parse_spacing, study_name
 
 IMAGE_OUTPUTS = ("mask", "overlay", "prob", "uncertainty")
 
@@ -62,7 +63,6 @@ class Item:
 
 
 def is_study(p) -> bool:
-    from ..studies import is_study_source
 
     return isinstance(p, dict) or is_study_source(p)
 
@@ -82,8 +82,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
             if not p.exists():
                 errors.append((str(p), "file not found"))
             elif p.is_dir() and not is_study(p):
-                from ..studies import classify_names, file_format_of
-
                 files = [q for q in sorted(p.iterdir()) if q.is_file() and not q.name.startswith(".")]
                 studies = [q for q in files if file_format_of(q.name) is not None]
                 # one study file, or several that are not one case's sequences (two patients' NIfTIs): each
@@ -103,7 +101,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
 
 def output_name(p, used: set[str]) -> str:
     """A safe, unique output name from an input's name: never empty, '.', '..', hidden or a path."""
-    from ..studies import study_name
 
     if isinstance(p, dict):  # one study from per-sequence files: named after the case
         name = study_name(p)
@@ -148,8 +145,6 @@ def read_manifest(path: str) -> tuple[list[tuple[str, str | None, tuple | None]]
             continue
         spacing = None
         if row.get("spacing"):
-            from ..studies import parse_spacing
-
             try:
                 spacing = parse_spacing(row["spacing"])
             except ValueError as exc:

@@ -8,6 +8,7 @@ import os
 import torch.nn as nn
 
 from ..errors import ModelFileError
+from ..modelinfo import ArchSpec, ModelInfo
 from .serialise import MAX_MEMBERS, load_model, model_from_tensors, read_model_file
 from .unet import LogitMean, UNetResNet50
 
@@ -30,7 +31,6 @@ def average_model_files(paths: list[str | os.PathLike]) -> tuple[nn.Module, dict
     unrelated networks gives a broken one silently. BatchNorm statistics are averaged like the weights;
     integer buffers (batch counters) come from the first file. The metadata is the first file's, with the
     ingredients recorded under training.soup."""
-    from ..modelinfo import ModelInfo
 
     if len(paths) < 2:
         raise ValueError("a soup needs at least two model files")
@@ -62,7 +62,6 @@ def logit_mean_of_files(paths: list[str | os.PathLike]) -> tuple[LogitMean, dict
     Refuses members that read their input differently (size, channels, normalisation, context). The
     metadata is the first file's, with the architecture replaced and the members recorded under
     training.ensemble; the post-processing is left to packaging, which chooses it for the ensemble."""
-    from ..modelinfo import ArchSpec, ModelInfo
 
     if not 2 <= len(paths) <= MAX_MEMBERS:
         raise ValueError(f"an ensemble needs 2 to {MAX_MEMBERS} model files, got {len(paths)}")

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..modelinfo import ModelInfo
+from ..preprocess import model_input
+
 
 def quantize_qdq(onnx_bytes: bytes, batches: Iterable[dict[str, np.ndarray]]) -> bytes:
     """The project's one int8 recipe: static QDQ, per-channel symmetric int8 weights, asymmetric uint8
@@ -53,8 +56,6 @@ def quantize_int8(onnx_bytes: bytes, meta: dict, calibration: np.ndarray | None)
     """
     if calibration is None or len(calibration) == 0:
         raise ValueError("onnx-int8 needs calibration slices (e.g. --int8-calibration DATA_DIR)")
-    from ..modelinfo import ModelInfo
-    from ..preprocess import model_input
 
     norm = ModelInfo.from_meta(meta).input.normalisation.as_meta()
     return quantize_qdq(

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelFileError
+from ..files import atomic_write_bytes
+from ..modelinfo import ModelInfo
 from .unet import LogitMean, UNetResNet50, widen_input
 
 FORMAT_VERSION = 1
@@ -32,8 +34,6 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
 def save_model(model: nn.Module, path: str | os.PathLike, meta: dict, dtype: torch.dtype | None = None) -> None:
     """Write one self-describing, pickle-free model file (atomically)."""
     from safetensors.torch import save
-
-    from ..files import atomic_write_bytes
 
     tensors = {}
     for k, v in model.state_dict().items():
@@ -125,7 +125,6 @@ def _network(arch, tensors: dict[str, torch.Tensor], path: str | os.PathLike, pr
 
 def model_from_tensors(tensors: dict[str, torch.Tensor], meta: dict, path: str | os.PathLike) -> nn.Module:
     """The network a model file's metadata describes, holding ``tensors`` (fp32, eval mode)."""
-    from ..modelinfo import ModelInfo
 
     try:
         model = _network(ModelInfo.from_meta(meta).arch, tensors, path)

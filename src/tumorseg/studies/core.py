@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ImageReadError
+from ..geometry import axis_label, display_affine
 
 MAX_STUDY_VOXELS = 64_000_000  # voxels x channels, e.g. 512 x 512 x 244
 
@@ -115,7 +116,6 @@ def orientation_labels(st: Study) -> dict | None:
     geometry (2D images, slice stacks without a voxel size: the page says "orientation unknown")."""
     if st.affine is None:
         return None
-    from ..geometry import axis_label, display_affine
 
     a = display_affine(st)[0][:3, :3]
     right, down = a[:, 0], a[:, 1]  # + column, + row of the held slice

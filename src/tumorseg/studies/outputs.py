@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_bytes
+from ..geometry import display_turn, turned
 from ..images import write_png
+from ..render import heatmap_overlay
+from ..version import __version__
 from .core import Study, StudyPrediction
 from .nifti import image_to_nifti_slice
 
@@ -51,7 +54,6 @@ def label_nifti_gz_bytes(st: Study, labels: np.ndarray) -> bytes:
 def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = None) -> list[Path]:
     """mask volume (NIfTI, plus DICOM-SEG for DICOM input), overlay PNGs per slice, study.json (last;
     ``extra`` adds the batch's run record to it)."""
-    from ..render import heatmap_overlay
 
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -67,7 +69,6 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
             written.append(target)
         except Exception as exc:  # never lose the other outputs, but the study counts as failed
             export_errors.append(f"DICOM-SEG not written: {type(exc).__name__}: {exc}")
-    from ..geometry import display_turn, turned
 
     ov = out / "overlays"
     turn = display_turn(st)  # as the page shows the study: radiological, anterior up (one rule for both)
@@ -124,8 +125,6 @@ def dicom_seg_dataset(sp: StudyPrediction):
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from ..version import __version__
-
     dss = [with_type2_attributes(ds) for ds in sp.study.dicom]
     desc = hd.seg.SegmentDescription(
         segment_number=1,
@@ -170,8 +169,6 @@ def dicom_sr_dataset(sp: StudyPrediction, seg, tracking: tuple[str, str] | None 
     ``extra``: further measurements as (code, meaning, value, UCUM unit, unit meaning), in our local scheme."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
-
-    from ..version import __version__
 
     m = sp.measurements
     device = hd.sr.ObserverContext(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..images import read_mask
 from .core import MAX_STUDY_VOXELS, Study, StudyError
 from .formats import strip_extension
 from .names import is_nifti
@@ -49,7 +50,6 @@ def read_reference_files(files: list[Path], like, notes: list[str] | None = None
 def reference_from_slice_masks(like: Study, members: list[tuple[str, bytes]]) -> np.ndarray:
     """A slice stack's reference from its own ``<slice>_mask`` images (as the LGG folders ship them):
     Z x H x W bool in the study's slice order; a slice without a mask file is refused by name."""
-    from ..images import read_mask
 
     by_stem = {}
     for n, data in members:
@@ -107,7 +107,6 @@ def read_reference(path: Path, like, source_name: str | None = None, notes: list
         if like.kind == "nifti":
             return np.stack([nifti_slice_to_image(arr[:, :, k]) for k in range(arr.shape[2])])
         return np.transpose(arr, (2, 1, 0))
-    from ..images import read_mask
 
     m = read_mask(path)
     if m.shape != tuple(like):

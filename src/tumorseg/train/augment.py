@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..preprocess import with_context
 from .data import DatasetError, LoadedSet
 
 
@@ -47,7 +48,6 @@ class PatchSampler:
         """Returns uint8 NHWC images, bool NHW masks and (when the set has it) uint8 NHW head depth."""
         s = self.data.images.shape[1]
         p = self.patch
-        from ..preprocess import with_context
 
         imgs = np.empty((batch, p, p, 3 + 2 * self.context), np.uint8)
         msks = np.empty((batch, p, p), bool)

@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..files import atomic_write_bytes
+from ..geometry import model_turn, turned
 from ..images import IMAGE_EXTENSIONS, read_image, read_mask, to_uint8_rgb
 from ..intensity import head_depth
+from ..modelinfo import Normalisation
+from ..preprocess import groups_of, with_context
+from ..preprocess import model_input as _mi
+from ..studies import find_sequences, read_study
+from ..studies.reference import read_reference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,14 +30,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalisation(imagenet: bool) -> dict:
     """The input normalisation a model file records (and every engine then applies)."""
-    from ..modelinfo import Normalisation
 
     return (Normalisation(IMAGENET_MEAN, IMAGENET_STD) if imagenet else Normalisation()).as_meta()
 
 
 def model_input(batch_u8: np.ndarray, norm: dict) -> np.ndarray:
     """Kept for callers of the v2 API; ``preprocess.model_input`` is the rule."""
-    from ..preprocess import model_input as _mi
 
     return _mi(batch_u8, norm)
 
@@ -160,7 +165,6 @@ def discover(root: str | os.PathLike, patient_pattern: str | None = None) -> lis
 def _nifti_case(folder: Path) -> Case | None:
     """A folder of one case's per-sequence NIfTIs (``studies.find_sequences``: BraTS / nnU-Net names) with a
     label file; None when the folder is not such a case. A case without a label cannot train: refused."""
-    from ..studies import find_sequences
 
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     try:
@@ -275,13 +279,11 @@ class LoadedSet:
 
     def groups(self) -> list[tuple[int, int]]:
         """(start, stop) of each patient's run of slices (``load_cases`` keeps them together, in order)."""
-        from ..preprocess import groups_of
 
         return groups_of(self.patients)
 
     def model_channels(self, sel: np.ndarray, context: int, step: int = 1) -> np.ndarray:
         """The selected slices as the model's uint8 channels (with neighbours for a 2.5D model)."""
-        from ..preprocess import with_context
 
         return with_context(self.images, context, step, sel, self.groups() if context else None)
 
@@ -368,9 +370,6 @@ def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """(Z x H x W x 3 uint8 volume, Z x H x W bool whole tumour) of a NIfTI case, as inference reads and turns it:
     ``studies.read_study`` (sequences to the model's channels, FLAIR filling a missing one, brain
     intensity standardised) and the label through ``studies.read_reference`` on the study's grid."""
-    from ..geometry import model_turn, turned
-    from ..studies import read_study
-    from ..studies.reference import read_reference
 
     try:
         st = read_study(case.study)
@@ -484,7 +483,6 @@ def fold_split(
 
 
 def save_split(split: dict[str, list[str]], path: str | os.PathLike, meta: dict | None = None) -> None:
-    from ..files import atomic_write_bytes
 
     payload = {**(meta or {}), **split}
     atomic_write_bytes(path, (json.dumps(payload, indent=1) + "\n").encode())

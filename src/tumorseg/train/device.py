@@ -8,6 +8,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from ..hardware import cpu_info
+
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
@@ -53,8 +55,6 @@ def precision_plan(device: torch.device, amp: bool, native_bf16: bool | None = N
         dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return dt, torch.channels_last, f"{str(dt).split('.')[-1]} autocast on CUDA"
     if native_bf16 is None:
-        from ..hardware import cpu_info
-
         native_bf16 = cpu_info().native_bf16
     if not amp:
         return None, torch.channels_last, "fp32 + channels-last (--no-amp)"

@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..engines import load_engine
-from ..metrics import SegmentationMetrics
+from ..files import atomic_write_bytes
+from ..images import write_png
+from ..metrics import SegmentationMetrics, dice_score
 from ..modelinfo import ModelInfo
 from ..postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
+from ..preprocess import groups_of
+from ..studies import mask_to_nifti_array
 from .data import DatasetError, check_no_leak, discover, load_cases, load_split
 
 METRIC_KEYS = (
@@ -76,7 +80,6 @@ GRID_HYSTERESIS = (0.0, 0.1, 0.2, 0.3)  # low thresholds tried for stacks (0: of
 def stack_metrics(probs: np.ndarray, masks: np.ndarray, patients: list[str], post: PostProcess) -> dict:
     """Metrics of the masks ``post`` makes from ``probs``, each patient's run of slices one stack (as
     ``tumorseg predict`` reads a slice folder), with the per-patient 3D Dice under "patient_dice"."""
-    from ..preprocess import groups_of
 
     pred = np.concatenate([post.apply_stack(probs[a:b]) for a, b in groups_of(patients)]) if len(probs) else probs > 1
     acc = SegmentationMetrics()
@@ -91,7 +94,6 @@ class _Sweep:
     row for row; a cross-validation's ~2,700 slices take minutes instead of an hour."""
 
     def __init__(self, probs: np.ndarray, masks: np.ndarray, patients: list[str]):
-        from ..preprocess import groups_of
 
         self.probs, self.masks, self.patients, self.groups = probs, masks, patients, groups_of(patients)
         self._planar: dict[float, tuple[np.ndarray, np.ndarray]] = {}
@@ -315,9 +317,6 @@ def write_report(out: Path, result: dict, acc: SegmentationMetrics, cal: Calibra
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..files import atomic_write_bytes
-    from ..images import write_png
-
     out.mkdir(parents=True, exist_ok=True)
     m = result["metrics"]
     pp = result["per_patient"]
@@ -402,9 +401,6 @@ def external_case(pred, case: Path, tmp: Path, keep_masks: bool = False) -> dict
     FLAIR or its seg. ``keep_masks``: the predicted masks are written to ``tmp`` as NIfTI (for the BraTS
     evaluation package) and their paths returned under ``mask_file``."""
     import nibabel as nib
-
-    from ..metrics import dice_score
-    from ..studies import mask_to_nifti_array
 
     def load(seq: str):
         f = case / f"{case.name}_{seq}.nii.gz"

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..engines import load_engine, to_onnx_bytes
 from ..files import atomic_write_bytes
+from ..modelinfo import ModelInfo
 from ..nn.serialise import load_model
 
 
@@ -37,7 +38,6 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
 
     path = resolve_model(model)
     net, meta = load_model(path)
-    from ..modelinfo import ModelInfo
 
     spec = ModelInfo.from_meta(meta).input
     size, ch = spec.size, spec.n_channels

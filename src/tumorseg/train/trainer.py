@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ..files import atomic_write_bytes
 from ..metrics import dice_score
-from ..modelinfo import ArchSpec, InputSpec
+from ..modelinfo import ArchSpec, InputSpec, ModelInfo
 from ..nn.serialise import save_model
 from ..nn.unet import build_model
 from ..preprocess import context_offsets
@@ -173,7 +173,6 @@ class Trainer:
         """Load what fits from ``--init-model`` (another decoder: the rest starts fresh) and return the names
         of the fresh parameters. On resume only the names: they decide the optimiser's groups."""
         cfg, d = self.cfg, self.d
-        from ..modelinfo import ModelInfo
         from ..nn.serialise import start_model
 
         init, init_meta = start_model(cfg.init_model, in_ch, cfg.context_share)

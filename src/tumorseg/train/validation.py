@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..metrics import dice_score
+from ..preprocess import expand_per_channel
 from .data import (
     LoadedSet,
     normalisation,
@@ -16,7 +17,6 @@ from .threshold_sweep import ThresholdSweep
 
 def imagenet_normalise(x: torch.Tensor) -> torch.Tensor:
     """``preprocess.model_input``'s normalisation on the training device (x already in [0, 1])."""
-    from ..preprocess import expand_per_channel
 
     norm, c = normalisation(True), x.shape[1]
     mean = torch.from_numpy(expand_per_channel(norm["mean"], c)).to(x.device).view(1, c, 1, 1)
