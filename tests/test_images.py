@@ -1,3 +1,5 @@
+"""The 2D readers (tumorseg.images): formats, bit depths, alpha and palettes, masks, refusals that name the file."""
+
 import numpy as np
 import pytest
 import tifffile
