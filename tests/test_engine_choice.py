@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tumorseg import engine_choice as probe
-from tumorseg import engines, hardware
+from tumorseg import engine_choice, engines, hardware
 from tumorseg.hardware import CpuInfo
 
 AVX2 = CpuInfo("AMD EPYC 7B13 (Zen 3)", "x86_64", ("avx2", "fma"))
@@ -37,7 +36,7 @@ def fake(times_ms: dict[str, float]):
 
 def choose(times, cpu=VNNI_BF16, key=KEY, **kw):
     load, timer, loaded = fake(times)
-    c, eng = probe.choose(list(times), {}, load, 64, 2, key, cpu=cpu, timer=timer, **kw)
+    c, eng = engine_choice.choose(list(times), {}, load, 64, 2, key, cpu=cpu, timer=timer, **kw)
     return c, eng, loaded
 
 
@@ -53,15 +52,15 @@ def test_never_slower_than_fp32():
 
 
 def test_a_near_tie_goes_to_the_more_exact_engine():
-    assert probe.pick({"onnx-int8": 100.0, "onnx-fp32": 103.0}) == "onnx-fp32"
-    assert probe.pick({"onnx-int8": 100.0, "onnx-fp32": 110.0}) == "onnx-int8"
+    assert engine_choice.pick({"onnx-int8": 100.0, "onnx-fp32": 103.0}) == "onnx-fp32"
+    assert engine_choice.pick({"onnx-int8": 100.0, "onnx-fp32": 110.0}) == "onnx-int8"
 
 
 def test_cache_is_used_and_invalidated_by_model_version_threads_and_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TUMORSEG_CACHE_DIR", str(tmp_path))
     times = {"onnx-int8": 30.0, "torch-fp32": 150.0}
     c1, _, loaded1 = choose(times)
-    assert loaded1 and (tmp_path / probe.CACHE_FILE).is_file()
+    assert loaded1 and (tmp_path / engine_choice.CACHE_FILE).is_file()
     c2, eng2, loaded2 = choose(times)
     assert c2.cached and eng2 is None and loaded2 == [] and c2.engine == c1.engine
     assert "cached from" in c2.line()
@@ -73,7 +72,7 @@ def test_cache_is_used_and_invalidated_by_model_version_threads_and_cpu(tmp_path
         c, _, loaded = choose(times, cpu=cpu, key=key)
         assert not c.cached and loaded, (key, cpu)
     load, timer, loaded = fake(times)
-    c, _ = probe.choose(list(times), {}, load, 64, 1, KEY, cpu=VNNI_BF16, timer=timer)  # other thread count
+    c, _ = engine_choice.choose(list(times), {}, load, 64, 1, KEY, cpu=VNNI_BF16, timer=timer)  # other thread count
     assert not c.cached
     c, _, loaded = choose(times, reprobe=True)
     assert not c.cached and loaded
@@ -93,7 +92,7 @@ def test_an_engine_that_fails_to_load_is_left_out():
             raise RuntimeError("broken")
         return FakeEngine(name)
 
-    c, _ = probe.choose(
+    c, _ = engine_choice.choose(
         ["onnx-fp32", "torch-fp32"], {}, load, 64, 2, {**KEY, "model_sha256": "f"}, cpu=AVX2, timer=lambda *a: 10.0
     )
     assert c.engine == "torch-fp32" and "broken" in c.excluded["onnx-fp32"]
@@ -108,8 +107,8 @@ def test_timer_stops_a_clearly_slower_engine_after_its_warmup():
 
         time.sleep(0.05)
 
-    ms = probe.time_engine(run, probe.probe_input(16), best_ms=1.0, budget_s=3.0)
-    assert len(calls) == probe.WARMUP and ms >= 40
+    ms = engine_choice.time_engine(run, engine_choice.probe_input(16), best_ms=1.0, budget_s=3.0)
+    assert len(calls) == engine_choice.WARMUP and ms >= 40
 
 
 @pytest.mark.train
@@ -139,12 +138,12 @@ def test_int8_on_a_cpu_without_vnni(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2)
     eng = engines.load_engine(None, "onnx-int8", threads=1)
     assert eng.name == "onnx-int8" and eng.reason == "asked for"
-    assert eng.run(probe.probe_input(eng.size)).shape == (1, eng.size, eng.size)
+    assert eng.run(engine_choice.probe_input(eng.size)).shape == (1, eng.size, eng.size)
     times = {"onnx-int8": 98.0, "onnx-fp32": 150.0, "torch-fp32": 281.0}  # the AVX2 measurements
-    monkeypatch.setattr(probe, "time_engine", lambda run, x, best, budget: times[run.__self__.name])
+    monkeypatch.setattr(engine_choice, "time_engine", lambda run, x, best, budget: times[run.__self__.name])
     eng = engines.load_engine(None, threads=1, reprobe=True)
     assert eng.name == "onnx-int8" and "avx2" in eng.reason and "torch-bf16" in eng.choice.excluded
-    assert np.isfinite(eng.run(probe.probe_input(eng.size))).all()
+    assert np.isfinite(eng.run(engine_choice.probe_input(eng.size))).all()
 
 
 def test_int8_for_a_model_without_an_int8_file_says_what_to_do(tmp_path):

@@ -94,7 +94,7 @@ def test_a_real_glioma_against_itself_under_a_known_rigid_move(tmp_path):
     )
     assert err <= 1.0, err
     assert fd.registration.brain_dice == pytest.approx(reg.brain_dice, abs=0.01)
-    # the model sees both formats' slices upright (display.model_turn), so it measures them alike
+    # the model sees both formats' slices upright (geometry.model_turn), so it measures them alike
     for key in ("baseline", "followup"):
         assert fd.summary[key]["volume_ml"] == pytest.approx(s[key]["volume_ml"], rel=0.02)
     assert fd.summary["volume_change_ml"] == pytest.approx(s["volume_change_ml"], abs=0.02 * s["baseline"]["volume_ml"])

@@ -127,9 +127,9 @@ def test_skip_done_over_a_study_json_of_any_shape(tiny_model, tmp_path, capsys, 
 )
 def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
     """Item 12: a wrong-typed record in the engine cache is ignored (the probe measures again and rewrites it)."""
-    from tumorseg import engine_choice as probe
+    from tumorseg import engine_choice
 
-    monkeypatch.setattr(probe, "user_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(engine_choice, "user_cache_dir", lambda: tmp_path)
     loads = []
 
     def load(name):
@@ -137,15 +137,15 @@ def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
         return type("E", (), {"run": lambda self, x: None})()
 
     kp = {"model_sha256": "m", "versions": {}}
-    c, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
-    data = json.loads((tmp_path / probe.CACHE_FILE).read_text())
+    c, _ = engine_choice.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    data = json.loads((tmp_path / engine_choice.CACHE_FILE).read_text())
     key = next(iter(data))
     data[key] = record
-    (tmp_path / probe.CACHE_FILE).write_text(json.dumps(data))
+    (tmp_path / engine_choice.CACHE_FILE).write_text(json.dumps(data))
     loads.clear()
-    c2, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    c2, _ = engine_choice.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
     assert not c2.cached and loads  # measured again
-    c3, _ = probe.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
+    c3, _ = engine_choice.choose(["torch-fp32", "onnx-int8"], {}, load, 32, 1, kp, timer=lambda *a: 1.0)
     assert c3.cached  # and rewritten
 
 

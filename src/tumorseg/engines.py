@@ -139,7 +139,7 @@ class Engine:
 
     name = "base"
     reason = ""  # why this engine was chosen, in one line (the CLI, /api/model and the page show it)
-    choice = None  # the probe's record (probe.Choice) when the engine was chosen by measuring
+    choice = None  # the probe's record (engine_choice.Choice) when the engine was chosen by measuring
 
     def __init__(self, model_path: Path, meta: dict, threads: int):
         self.model_path = model_path
@@ -303,7 +303,7 @@ def load_engine(
 
     Args:
         model: a .safetensors or self-describing .onnx file; None for the bundled model.
-        engine: one of ENGINES; None for the fastest candidate measured on this machine (``probe``).
+        engine: one of ENGINES; None for the fastest candidate measured on this machine (``engine_choice``).
         threads: CPU threads (0: up to 8).
         device: 'auto', 'cpu' or 'cuda' for the torch engines.
         calibration: slices for building int8 from a model without a packaged int8 file.
@@ -322,7 +322,7 @@ def load_engine(
         eng = loader(engine)
         eng.reason = "asked for"
         return eng
-    from . import engine_choice as probe
+    from . import engine_choice
     from .hardware import cpu_info
 
     cands, excluded = candidates(model, device)
@@ -333,7 +333,9 @@ def load_engine(
     key = {"model_sha256": model_checksum(model), "device": dev, "versions": versions}
     if model is None and "onnx-int8" in cands:
         key["model_sha256"] += "+" + bundled_info()["int8"]["sha256"]
-    choice, eng = probe.choose(cands, excluded, loader, loader.size(), threads, key, reprobe=reprobe, cpu=cpu_info())
+    choice, eng = engine_choice.choose(
+        cands, excluded, loader, loader.size(), threads, key, reprobe=reprobe, cpu=cpu_info()
+    )
     eng = eng or loader(choice.engine)
     eng.reason = choice.line()
     eng.choice = choice

@@ -296,7 +296,7 @@ class Predictor:
             if on_progress is not None:
                 on_progress(done, total)
 
-        # the network sees each slice upright, as it was trained (display.model_turn); the maps come back to
+        # the network sees each slice upright, as it was trained (geometry.model_turn); the maps come back to
         # the stored grid, where the study's masks, volumes and exports live
         turn = model_turn(study)
         probs, uncs = self.probabilities(

@@ -112,7 +112,7 @@ def valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
 
 def orientation_labels(st: Study) -> dict | None:
     """Labels for the held slice's edges {left, right, top, bottom} (before the viewer turns it), from
-    ``display.display_affine``, the one geometry rule the page uses too; None where the input has no
+    ``geometry.display_affine``, the one geometry rule the page uses too; None where the input has no
     geometry (2D images, slice stacks without a voxel size: the page says "orientation unknown")."""
     if st.affine is None:
         return None
