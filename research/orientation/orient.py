@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-import tumorseg.geometry
+import tumorseg.inference
 from tumorseg.geometry import display_transform
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_reference, read_study
@@ -16,7 +16,7 @@ root = Path(sys.argv[1]) if len(sys.argv) > 1 else None
 
 # predict_study now turns slices upright itself (geometry.model_turn, adopted by the rule in README.md); this
 # script compares the two feedings explicitly, so the built-in turn is switched off here
-tumorseg.geometry.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
+tumorseg.inference.model_turn = lambda st: {"transpose": False, "flip_x": False, "flip_y": False}
 pred = Predictor(engine="onnx-int8", threads=1)
 rows = []
 for case in sorted((root or Path(__file__).resolve().parents[3] / "shared/data/brats-dev").iterdir()):

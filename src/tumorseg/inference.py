@@ -13,6 +13,7 @@ from PIL import Image
 
 from .engines import load_engine
 from .errors import ImageReadError
+from .geometry import model_turn, turned, unturned
 from .images import exif_orientation, read_image, to_uint8_rgb
 from .input_checks import judge
 from .modelinfo import ModelInfo
@@ -280,7 +281,6 @@ class Predictor:
         Returns:
             A ``StudyPrediction`` (mask, probabilities, measurements, the study and its notes).
         """
-        from .geometry import model_turn, turned, unturned
         from .studies import Study, read_study
 
         study = path if isinstance(path, Study) else read_study(path, series=series, spacing=spacing)

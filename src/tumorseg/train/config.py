@@ -83,11 +83,11 @@ def read_recipe(path) -> dict:
     unknown = sorted(set(raw) - set(known) - {"description"})
     if unknown:
         raise RecipeError(f"{p}: unknown settings {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    out = {}
+    out, default = {}, defaults()
     for k, v in raw.items():
         if k == "description" or k in RECIPE_WHERE:
             continue
-        want = defaults().get(k)
+        want = default.get(k)
         if isinstance(want, tuple):
             if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
                 raise RecipeError(f"{p}: {k} must be a list of numbers, not {v!r}")
