@@ -130,6 +130,72 @@ def test_flair_only_dropout_gives_flair_in_every_channel_at_its_share():
     assert torch.equal(a, b)  # 0: the v2 recipe exactly, the same random draws
 
 
+@pytest.mark.train
+def test_tied_copies_keep_a_flair_only_image_three_identical_channels():
+    """Issue 43 (a): a channel that is a copy of FLAIR (dropout, or as stored) takes FLAIR's gamma, contrast and
+    noise, as a FLAIR-only study gives the model three identical channels; other images keep their own draws,
+    and with the setting off the draws are v2's, bit for bit."""
+    import torch
+
+    from tumorseg.train.augment import augment_for_other_sites
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(64, 1, 24, 24)
+    stored_copy = base.repeat(1, 3, 1, 1)  # a FLAIR-only file / an LGG slice whose sequences are FLAIR copies
+    three = torch.cat([torch.rand(64, 1, 24, 24), base, torch.rand(64, 1, 24, 24)], 1)
+    x = torch.cat([stored_copy, three])
+    y = torch.zeros(128, 1, 24, 24)
+    off, _ = augment_for_other_sites(x.clone(), y, torch.Generator().manual_seed(5), p_seq=0.0, p_flair_only=0.25)
+    on, _ = augment_for_other_sites(
+        x.clone(), y, torch.Generator().manual_seed(5), p_seq=0.0, p_flair_only=0.25, tie_copies=True
+    )
+    same = lambda t: (t[:, 0] == t[:, 1]).flatten(1).all(1) & (t[:, 2] == t[:, 1]).flatten(1).all(1)  # noqa: E731
+    assert bool(same(on[:64]).all())  # stored copies stay identical
+    assert not bool(same(off[:64]).any())  # untied (v2/v4): each copy got its own gamma/contrast/noise
+    tied_dropout = same(on[64:])  # three-sequence images made FLAIR-only by dropout (about 25 %)
+    assert 0.05 < float(tied_dropout.float().mean()) < 0.5
+    assert not bool(same(off[64:]).any())
+    # the images that stay three-sequence are transformed exactly as without tying (the same random draws)
+    keep = ~tied_dropout
+    assert torch.equal(on[64:][keep], off[64:][keep])
+    a, _ = augment_for_other_sites(x[:8], y[:8], torch.Generator().manual_seed(3), p_flair_only=0.25)
+    b, _ = augment_for_other_sites(x[:8], y[:8], torch.Generator().manual_seed(3), p_flair_only=0.25, tie_copies=False)
+    assert torch.equal(a, b)
+    del g
+
+
+def test_brain_cropped_cases_are_padded_to_a_full_field_of_view_never_stretched(tmp_path):
+    """Issue 43 (b): with pad_studies a brain-cropped case (here 40 x 48) sits centred on a zero square of that size
+    before resizing, so its tumour keeps its aspect and is as small as in a full study; 0 keeps the old stretch."""
+    from tumorseg.train.data import pad_centred
+
+    a = np.arange(6 * 4).reshape(6, 4)
+    p = pad_centred(a, 10)
+    assert p.shape == (10, 10) and np.array_equal(p[2:8, 3:7], a) and p.sum() == a.sum()
+    assert pad_centred(a, 3).shape == (6, 6)  # never cut: at least the larger side
+    root = make_nifti_cases(tmp_path / "cases", n=1)
+    stretched = load_cases(discover(root), 64)
+    padded = load_cases(discover(root), 64, pad_studies=96)
+    assert len(padded) == len(stretched) and padded.images.shape == stretched.images.shape
+    k = int(np.argmax(stretched.masks.reshape(len(stretched), -1).sum(1)))
+    assert padded.masks[k].sum() < stretched.masks[k].sum() * 0.5  # the field of view is larger: tumour smaller
+    for m in (padded.masks[k],):  # a round tumour stays round (equal extent along both axes)
+        ys, xs = np.nonzero(m)
+        assert abs((ys.max() - ys.min()) - (xs.max() - xs.min())) <= 1
+    border = np.concatenate([padded.images[:, :8].ravel(), padded.images[:, -8:].ravel()])
+    assert border.max() == 0  # zeros around the case
+
+
+def test_recipe_settings_for_tied_copies_and_padding_default_off():
+    from tumorseg.train.config import defaults, read_recipe
+
+    d = defaults()
+    assert d["tie_copies"] is False and d["pad_studies"] == 0  # the v2 and v4 recipes train as before
+    for name in ("v2", "v4"):
+        r = read_recipe(Path(__file__).resolve().parents[1] / "recipes" / f"{name}.json")
+        assert "tie_copies" not in r and "pad_studies" not in r
+
+
 @pytest.mark.slow
 def test_fine_tune_a_model_on_mixed_slice_and_nifti_sources(tmp_path, capsys):
     """The README's recipe for a user's own labelled NIfTI cases, here mixed with a slice folder: each source

@@ -109,6 +109,21 @@ def _add_data_args(p, d: dict) -> None:
         help="with --aug v2: a further share of patches given as FLAIR alone (both other channels FLAIR), so "
         "single-sequence studies are trained for (default: %(default)s)",
     )
+    p.add_argument(
+        "--tie-copies",
+        action=argparse.BooleanOptionalAction,
+        default=d["tie_copies"],
+        help="with --aug v2: a channel that is a copy of FLAIR takes FLAIR's gamma, contrast and noise, so a "
+        "FLAIR-only patch stays three identical channels as a FLAIR-only study is fed (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pad-studies",
+        type=int,
+        default=d["pad_studies"],
+        metavar="PX",
+        help="pad NIfTI cases' slices with zeros, centred, to this square size before resizing (240: a "
+        "brain-cropped BraTS case shown as its full 240 x 240 study; 0: stretch, default %(default)s)",
+    )
 
 
 def _add_architecture_args(p, d: dict) -> None:
@@ -219,6 +234,8 @@ def run_train(a) -> int:
         decoder_channels=a.decoder_channels,
         fresh_lr_mult=a.fresh_lr_mult,
         flair_only=a.flair_only,
+        tie_copies=a.tie_copies,
+        pad_studies=a.pad_studies,
         # settings without a flag, which only a recipe sets
         split_fractions=getattr(a, "split_fractions", TrainConfig.split_fractions),
         val_batch_size=getattr(a, "val_batch_size", TrainConfig.val_batch_size),

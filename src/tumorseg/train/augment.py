@@ -152,6 +152,14 @@ def _flip_rotate_scale(
     return x, y, extra
 
 
+def _per_channel(draws: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+    """N x 3 x 1 x 1 draws per sequence -> one per channel: ``seq`` is each channel's sequence, the same for
+    every image (C,) or per image (N x C)."""
+    if seq.dim() == 1:
+        return draws[:, seq]
+    return draws.gather(1, seq[:, :, None, None])
+
+
 def augment_for_other_sites(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -161,6 +169,7 @@ def augment_for_other_sites(
     p_seq: float = 0.3,
     p_no_context: float = 0.2,
     p_flair_only: float = 0.0,
+    tie_copies: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The v2 recipe: v1's geometry with a wider scale range, plus what other collections look like.
 
@@ -178,6 +187,10 @@ def augment_for_other_sites(
     - ``p_flair_only``: a further share of images made FLAIR-only (both other sequences replaced by
       FLAIR), so the FLAIR-only input a single-sequence study gives is a first-class condition (0: the
       v2 recipe exactly, the same random draws).
+    - ``tie_copies``: a pre- or post-contrast channel that is a copy of FLAIR (after dropout, or as stored:
+      a FLAIR-only case, an LGG slice's missing sequence) takes FLAIR's gamma, contrast and noise, so a
+      FLAIR-only image stays three identical channels, as a FLAIR-only study reaches the model (off: the
+      same random draws as before, each channel its own).
     x: float NCHW in [0, 1]; y: N1HW; depth: N1HW or None. Random numbers from the CPU generator.
     """
     n, dev = x.shape[0], x.device
@@ -205,13 +218,18 @@ def augment_for_other_sites(
         ctx = torch.where(none, fl.expand_as(ctx), ctx)
     x = torch.cat([pre, fl, post, ctx], 1)
     seq = torch.tensor([0, 1, 2] + [1] * ctx.shape[1], device=dev)
+    if tie_copies:  # per image: each channel's source sequence (a copy of FLAIR draws as FLAIR)
+        seq = seq.expand(n, -1).clone()
+        for k in (0, 2):
+            same = (x[:, k] == x[:, 1]).flatten(1).all(1)
+            seq[:, k] = torch.where(same, torch.ones_like(seq[:, k]), seq[:, k])
     # Bias field: a 4x4 grid of log-gains, smoothly upsampled.
     field = F.interpolate(_u(gen, (n, 1, 4, 4), -0.3, 0.3, dev), size=(h, w), mode="bicubic", align_corners=True)
     on = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3
     x = torch.where(on, x * torch.exp(field), x)
     # Per-channel gamma / contrast, per-image brightness, and dark low-contrast slices.
-    g = torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev))[:, seq]
-    c = _u(gen, (n, 3, 1, 1), 0.75, 1.25, dev)[:, seq]
+    g = _per_channel(torch.exp(_u(gen, (n, 3, 1, 1), -0.35, 0.35, dev)), seq)
+    c = _per_channel(_u(gen, (n, 3, 1, 1), 0.75, 1.25, dev), seq)
     b = _u(gen, (n, 1, 1, 1), -0.08, 0.08, dev)
     dark = torch.where(_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.15, _u(gen, (n, 1, 1, 1), 0.45, 0.8, dev), 1.0)
     x = (x.clamp(0, 1).pow(g) * c * dark + b).clamp(0, 1)
@@ -222,5 +240,7 @@ def augment_for_other_sites(
     sigma = _u(gen, (n, 1, 1, 1), 0, 0.03, dev) * (_u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3)
     dev_gen = torch.Generator(device=dev).manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
     noise = torch.randn(x.shape, generator=dev_gen, device=dev)
+    if seq.dim() == 2:  # tied: a copy of FLAIR takes FLAIR's noise
+        noise = noise.gather(1, seq[:, :, None, None].expand(-1, -1, h, w))
     x = (x + noise * sigma).clamp(0, 1)
     return x, y

@@ -45,8 +45,12 @@ class TrainConfig:
     # cross-validation: i/k trains on fold i of k of the split's train + val patients; all: on all of them
     fold: str = ""
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # 5 stages end at full resolution, 4 at half
-    fresh_lr_mult: float = 1.0
-    flair_only: float = 0.0  # aug v2: a further share of patches made FLAIR-only (sequence dropout to FLAIR alone)  # parameters the --init-model lacks (another decoder's head) learn this much faster
+    fresh_lr_mult: float = 1.0  # parameters the --init-model lacks (another decoder's head) learn this much faster
+    flair_only: float = 0.0  # aug v2: a further share of patches made FLAIR-only (sequence dropout to FLAIR alone)
+    # aug v2: a channel that is a copy of FLAIR (dropout, a FLAIR-only file, an LGG slice's missing sequence) gets
+    # FLAIR's own gamma / contrast / noise draw, so a FLAIR-only input stays three identical channels as at inference
+    tie_copies: bool = False
+    pad_studies: int = 0  # NIfTI cases padded with zeros, centred, to this square in-plane size before resizing
 
 
 def defaults() -> dict:

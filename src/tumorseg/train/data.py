@@ -303,11 +303,28 @@ class LoadedSet:
         return self
 
 
-def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> LoadedSet:
+def pad_centred(a: np.ndarray, side: int) -> np.ndarray:
+    """``a`` (H x W [x C]) centred on a zero square of at least ``side`` (and at least its larger side), so that a
+    brain-cropped study is resized as a full study's field of view is: the brain as small, its aspect kept."""
+    h, w = a.shape[:2]
+    s = max(side, h, w)
+    if (h, w) == (s, s):
+        return a
+    out = np.zeros((s, s) + a.shape[2:], a.dtype)
+    y0, x0 = (s - h) // 2, (s - w) // 2
+    out[y0 : y0 + h, x0 : x0 + w] = a
+    return out
+
+
+def load_cases(cases: Sequence[Case], size: int, progress: bool = False, pad_studies: int = 0) -> LoadedSet:
     """Read every slice and mask once, checking they fit together. A NIfTI case is read as a study (the
-    readers and brain-intensity standardisation of ``tumorseg predict``), its label as the reference."""
+    readers and brain-intensity standardisation of ``tumorseg predict``), its label as the reference;
+    ``pad_studies`` > 0 pads its slices with zeros, centred, to that square in-plane size before resizing
+    (brain-cropped cases such as brats-train's, about 145 x 180, shown as a 240 x 240 study shows them)."""
     n = sum(len(c.slices) if c.study is None else 0 for c in cases)
     studies = [_read_case_study(c) for c in cases if c.study is not None]
+    if pad_studies:
+        studies = [(pad_centred_stack(v, pad_studies), pad_centred_stack(m, pad_studies)) for v, m in studies]
     n += sum(len(v) for v, _ in studies)
     images = np.zeros((n, size, size, 3), np.uint8)
     masks = np.zeros((n, size, size), bool)
@@ -364,6 +381,13 @@ def load_cases(cases: Sequence[Case], size: int, progress: bool = False) -> Load
         sources=srcs if several else None,
         source_weights=weights if several else None,
     )
+
+
+def pad_centred_stack(stack: np.ndarray, side: int) -> np.ndarray:
+    """``pad_centred`` for every slice of a Z x H x W [x C] stack."""
+    if not len(stack):
+        return stack
+    return np.stack([pad_centred(a, side) for a in stack])
 
 
 def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:

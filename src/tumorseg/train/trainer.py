@@ -123,8 +123,9 @@ class Trainer:
             atomic_write_bytes(run.config, (json.dumps(asdict(cfg), indent=1) + "\n").encode())
         log_main(f"patients: {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", d)
         self.split = split
-        self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, progress=d.main)
-        self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, progress=d.main)
+        pad = cfg.pad_studies
+        self.train_set = load_cases([by_patient[p] for p in split["train"]], cfg.image_size, d.main, pad)
+        self.val_set = load_cases([by_patient[p] for p in split["val"]], cfg.image_size, d.main, pad)
         if cfg.select not in ("dice", "patients", "last"):
             raise ValueError(f"unknown selection {cfg.select!r}; use dice, patients or last")
         if not len(self.val_set) and cfg.select != "last":
@@ -138,6 +139,10 @@ class Trainer:
             raise ValueError(f"unknown augmentation {cfg.aug!r}; use v1 or v2")
         if cfg.flair_only and (cfg.aug != "v2" or not 0 < cfg.flair_only <= 1):
             raise ValueError(f"--flair-only {cfg.flair_only:g}: needs --aug v2 and a share in (0, 1]")
+        if cfg.tie_copies and cfg.aug != "v2":
+            raise ValueError("--tie-copies: needs --aug v2")
+        if cfg.pad_studies < 0:
+            raise ValueError(f"--pad-studies {cfg.pad_studies}: a size in pixels, or 0 for no padding")
         if not len(self.val_set):
             log_main("no validation patients: every epoch is trained blind and the last one is kept", d)
         elif not self.val_set.masks.any():
@@ -247,7 +252,9 @@ class Trainer:
         y = yb.to(device, non_blocking=True)[:, None].float()
         if cfg.aug == "v2":
             depth = db.to(device)[:, None] if db is not None else None
-            x, y = augment_for_other_sites(x, y, self.aug_gen, depth, p_flair_only=cfg.flair_only)
+            x, y = augment_for_other_sites(
+                x, y, self.aug_gen, depth, p_flair_only=cfg.flair_only, tie_copies=cfg.tie_copies
+            )
         else:
             x, y = augment(x, y, self.aug_gen)
         if self.imagenet:
