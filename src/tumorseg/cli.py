@@ -187,7 +187,10 @@ def _add_followup(sub) -> None:
     )
     p.add_argument("--out", required=True, help="folder for the outputs (created; inputs are never written)")
     p.add_argument(
-        "--interval", type=float, default=None, metavar="DAYS", help="days between, where the files carry no dates"
+        "--interval",
+        default=None,
+        metavar="DAYS",
+        help="days between, where the files carry no dates (a number in (0, 36500])",
     )
     p.add_argument("--force", action="store_true", help="compare studies whose PatientIDs differ")
     p.add_argument(
@@ -216,18 +219,15 @@ def _add_followup(sub) -> None:
 def _cmd_followup(a) -> int:
     import tempfile
 
-    from .followup import compare, dicom_reports, write_outputs
+    from .followup import check_interval, check_out, compare, dicom_reports, write_outputs
     from .inference import Predictor
 
     if (a.prior or a.store) and not a.dicomweb:
         raise ValueError(f"{'--prior' if a.prior else '--store'} works with a PACS: give --dicomweb URL")
     if len(a.studies) != (1 if a.prior else 2):
         raise ValueError("with --prior give the follow-up's study UID alone" if a.prior else "give BASELINE FOLLOWUP")
-    out = Path(a.out).resolve()
-    for src in [] if a.dicomweb else a.studies:
-        s = Path(src).resolve()
-        if out == s or s in out.parents:
-            raise ValueError(f"--out {a.out} lies inside the input {src}; choose a folder outside it")
+    a.interval = check_interval(a.interval)  # before any work: a bad number, an --out that would touch an input
+    out = check_out(a.out, [] if a.dicomweb else a.studies).resolve()
     pred = Predictor(a.model, engine=a.engine, threads=a.threads)
     print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="tumorseg-followup-") as tmp:

@@ -12,8 +12,10 @@ elastix adds, and its Euler transform maps points exactly for the quality figure
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +30,14 @@ from .studies.outputs import dicom_seg_dataset, dicom_sr_dataset, label_nifti_gz
 # brain imaged twice overlaps at 0.95+ once aligned (tests: 0.97-0.99 under 10 degree / 15 mm moves); a failed
 # registration leaves it far lower. Below it the numbers are still given, flagged everywhere.
 QUALITY_MIN_BRAIN_DICE = 0.85
+# Brain masks are nearly symmetric and alike between people, so their overlap cannot tell a mirrored follow-up or
+# another patient's brain from the same brain. What can: the correlation of the two FLAIRs inside the baseline's
+# brain once registered (the same brain: high; another brain: its folds and ventricles differ) and a mirror test
+# (registering the follow-up flipped left-right fits clearly better: a flip is suspected). Levels calibrated on
+# brats-dev / brats-train pairs (research/followup/gate.py, docs/followup.md).
+QUALITY_MIN_CORRELATION = 0.75
+MIRROR_MARGIN = 0.05  # mirrored fit's correlation this much above the fit as given: a left-right flip suspected
+MAX_INTERVAL_DAYS = 36500
 # RANO-style thresholds on the bidimensional product (Wen et al., JCO 2010): a suggestion, never a diagnosis.
 PROGRESSION = 0.25  # >= +25 %
 PARTIAL_RESPONSE = -0.50  # <= -50 %
@@ -45,10 +55,37 @@ class Registration:
     brain_dice: float  # the two brain masks' overlap after registration
     rotation_deg: float
     translation_mm: list[float]
+    correlation: float = 1.0  # the two FLAIRs' correlation inside the baseline's brain after registration
+    mirrored_correlation: float | None = None  # the same for the follow-up flipped left-right and registered
+
+    @property
+    def mirror_suspected(self) -> bool:
+        return self.mirrored_correlation is not None and self.mirrored_correlation > self.correlation + MIRROR_MARGIN
 
     @property
     def trusted(self) -> bool:
-        return self.brain_dice >= QUALITY_MIN_BRAIN_DICE
+        return (
+            self.brain_dice >= QUALITY_MIN_BRAIN_DICE
+            and self.correlation >= QUALITY_MIN_CORRELATION
+            and not self.mirror_suspected
+        )
+
+    def why_not_trusted(self) -> list[str]:
+        """Each failed check in words (empty when trusted)."""
+        out = []
+        if self.brain_dice < QUALITY_MIN_BRAIN_DICE:
+            out.append(f"brain overlap {self.brain_dice:.3f} < {QUALITY_MIN_BRAIN_DICE}")
+        if self.correlation < QUALITY_MIN_CORRELATION:
+            out.append(
+                f"FLAIR correlation inside the brain {self.correlation:.3f} < {QUALITY_MIN_CORRELATION} (another "
+                "brain, another sequence, or a failed registration)"
+            )
+        if self.mirror_suspected:
+            out.append(
+                f"the follow-up flipped left-right fits clearly better (correlation {self.mirrored_correlation:.3f} "
+                f"vs {self.correlation:.3f}): a left-right flip of one study is suspected"
+            )
+        return out
 
 
 @dataclass
@@ -88,14 +125,68 @@ def brain_mask(st) -> np.ndarray:
     return ndimage.binary_fill_holes(lab == keep)
 
 
-def register(fixed_st, moving_st) -> Registration:
-    """Rigid registration of the moving study onto the fixed one, on FLAIR inside the brain."""
+def _left_right_axis(img) -> int:
+    """The image index axis (SimpleITK order: column, row, slice) closest to the patient's left-right axis."""
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    return int(np.argmax(np.abs(d[0])))  # row 0 of the direction matrix: each index axis's L component (LPS)
+
+
+def _flipped(img, axis: int):
+    """The image's voxels mirrored along an index axis, its header kept (a left-right flip of the anatomy)."""
+    import SimpleITK as sitk
+
+    flip = [False, False, False]
+    flip[axis] = True
+    out = sitk.Flip(img, flip)
+    out.CopyInformation(img)
+    return out
+
+
+def _correlation(fixed, moving, tx, fmask) -> float:
+    """Pearson correlation of the fixed image and the moving one resampled through ``tx``, inside ``fmask``."""
+    import SimpleITK as sitk
+
+    f = sitk.GetArrayViewFromImage(fixed)
+    m = sitk.GetArrayFromImage(sitk.Resample(moving, fixed, tx, sitk.sitkLinear, 0.0))
+    inside = sitk.GetArrayViewFromImage(fmask).astype(bool)
+    a, b = f[inside].astype(np.float64), m[inside].astype(np.float64)
+    if a.size < 10 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def register(fixed_st, moving_st, mirror_test: bool = True) -> Registration:
+    """Rigid registration of the moving study onto the fixed one, on FLAIR inside the brain, with the checks
+    that say whether it can be trusted (brain overlap, FLAIR correlation, and the mirror test)."""
     import SimpleITK as sitk
 
     fixed = sitk.Cast(_sitk_image(fixed_st, fixed_st.volume[..., 1]), sitk.sitkFloat32)
     moving = sitk.Cast(_sitk_image(moving_st, moving_st.volume[..., 1]), sitk.sitkFloat32)
     fmask = _sitk_image(fixed_st, brain_mask(fixed_st).astype(np.uint8))
     mmask = _sitk_image(moving_st, brain_mask(moving_st).astype(np.uint8))
+    tx, metric = _rigid(fixed, moving, fmask, moving_st, fixed_st)
+    moved_mask = sitk.GetArrayFromImage(sitk.Resample(mmask, fmask, tx, sitk.sitkNearestNeighbor, 0)).astype(bool)
+    fm = sitk.GetArrayFromImage(fmask).astype(bool)
+    dice = 2 * float((moved_mask & fm).sum()) / max(1, int(moved_mask.sum() + fm.sum()))
+    corr = _correlation(fixed, moving, tx, fmask)
+    mirrored = None
+    if mirror_test:
+        flipped = _flipped(moving, _left_right_axis(moving))
+        try:
+            ftx, _ = _rigid(fixed, flipped, fmask, moving_st, fixed_st, levels=2)
+            mirrored = _correlation(fixed, flipped, ftx, fmask)
+        except FollowUpError:
+            mirrored = None
+    euler = _as_euler(tx)
+    rot = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(np.array(euler.GetMatrix()).reshape(3, 3)) - 1) / 2))))
+    return Registration(tx, metric, dice, rot, [float(x) for x in euler.GetTranslation()], corr, mirrored)
+
+
+def _rigid(fixed, moving, fmask, moving_st, fixed_st, levels: int = 3):
+    """(transform, final metric) of SimpleITK's rigid registration of ``moving`` onto ``fixed`` (Mattes MI inside
+    the fixed brain; ``levels`` of the 4-2-1 pyramid, coarsest first: 2 stops at half resolution)."""
+    import SimpleITK as sitk
+
     init = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
@@ -114,8 +205,11 @@ def register(fixed_st, moving_st) -> Registration:
     # three levels where the smallest side keeps >= 16 voxels at the coarsest (4x); fewer for small volumes
     small = min(min(fixed.GetSize()), min(moving.GetSize()))
     shrink = [4, 2, 1] if small >= 64 else [2, 1] if small >= 32 else [1]
+    sigmas = [2.0, 1.0, 0.0][-len(shrink) :]
+    if levels < len(shrink) and len(shrink) > 1:
+        shrink, sigmas = shrink[: max(1, levels)], sigmas[: max(1, levels)]
     reg.SetShrinkFactorsPerLevel(shrink)
-    reg.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0][-len(shrink) :])
+    reg.SetSmoothingSigmasPerLevel(sigmas)
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     reg.SetInitialTransform(init, inPlace=False)
     try:
@@ -123,12 +217,7 @@ def register(fixed_st, moving_st) -> Registration:
     except RuntimeError as exc:
         why = str(exc).strip().splitlines()[-1][:200]
         raise FollowUpError(f"{moving_st.source} could not be registered onto {fixed_st.source} ({why})") from None
-    moved_mask = sitk.GetArrayFromImage(sitk.Resample(mmask, fmask, tx, sitk.sitkNearestNeighbor, 0)).astype(bool)
-    fm = sitk.GetArrayFromImage(fmask).astype(bool)
-    dice = 2 * float((moved_mask & fm).sum()) / max(1, int(moved_mask.sum() + fm.sum()))
-    euler = _as_euler(tx)
-    rot = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(np.array(euler.GetMatrix()).reshape(3, 3)) - 1) / 2))))
-    return Registration(tx, float(reg.GetMetricValue()), dice, rot, [float(x) for x in euler.GetTranslation()])
+    return tx, float(reg.GetMetricValue())
 
 
 def _as_euler(tx):
@@ -223,6 +312,94 @@ def rano_wording(rel: float | None, before: float, after: float) -> str:
     return f"product {rel:+.0%} (between -50 % and +25 %): stable (suggestion, not a diagnosis)"
 
 
+def check_interval(days: float | None) -> float | None:
+    """The days between two studies as a user gives them (CLI ``--interval``, REST ``interval``): a finite number
+    of days in (0, 36500], or None; anything else is refused in one line."""
+    if days is None:
+        return None
+    try:
+        v = float(days)
+    except (TypeError, ValueError):
+        raise FollowUpError(f"interval {days!r}: not a number of days") from None
+    if not math.isfinite(v) or not 0 < v <= MAX_INTERVAL_DAYS:
+        raise FollowUpError(f"interval {days}: must be a number of days between 0 and {MAX_INTERVAL_DAYS}")
+    return v
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve() and Path(a).exists()
+    except (OSError, TypeError):
+        return False
+
+
+def check_out(out, inputs) -> Path:
+    """The output folder, refused where an output could replace an input or land inside one: ``out`` inside (or
+    equal to) an input folder, or the folder an input file lies in (change.nii.gz, followup.json, ... could be an
+    input's name). Made and checked writable here, before any work. ``inputs``: paths (others are skipped)."""
+    import tempfile
+
+    out_p = Path(out)
+    out_r = out_p.resolve()
+    for src in inputs:
+        if not isinstance(src, (str, os.PathLike)) or "://" in str(src):
+            continue
+        p = Path(src).resolve()
+        if p.is_dir() and (out_r == p or p in out_r.parents):
+            raise FollowUpError(f"--out {out}: lies inside the input {src}; choose a folder outside the inputs")
+        if p.is_file() and out_r == p.parent:
+            raise FollowUpError(
+                f"--out {out}: is the folder of the input {src}; choose another so no input is replaced"
+            )
+    try:
+        out_p.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_p, prefix=".tumorseg-write-test-"):
+            pass
+    except OSError as exc:
+        raise FollowUpError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
+    return out_p
+
+
+CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")
+
+
+def sequences_present(st) -> frozenset[int]:
+    """The model channels a study fills with a sequence of its own (FLAIR always; a channel identical to FLAIR
+    is a copy standing in for a missing sequence)."""
+    v = st.volume
+    if st.single_sequence:
+        return frozenset({1})
+    return frozenset({1} | {c for c in (0, 2) if not np.array_equal(v[..., c], v[..., 1])})
+
+
+def on_shared_sequences(sts: list) -> tuple[list, str | None]:
+    """Both studies restricted to the sequences they share (the others replaced by FLAIR, as a FLAIR-only study
+    is fed), so that a change is not made by the input; the note saying so, or None when the sets are equal."""
+    from dataclasses import replace
+
+    sets = [sequences_present(s) for s in sts]
+    if sets[0] == sets[1]:
+        return sts, None
+    shared = sets[0] & sets[1]
+    out = []
+    for st in sts:
+        vol = st.volume.copy()
+        for c in (0, 2):
+            if c not in shared:
+                vol[..., c] = vol[..., 1]
+        out.append(replace(st, volume=vol, single_sequence=shared == {1}))
+
+    def names(x):
+        return ", ".join(CHANNEL_NAMES[c] for c in sorted(x))
+
+    note = (
+        f"The two time points were read from different sequences (baseline: {names(sets[0])}; follow-up: "
+        f"{names(sets[1])}): both were segmented on the sequences they share ({names(shared)}), so the change is "
+        "not made by the input; each volume is the one those sequences give."
+    )
+    return out, note
+
+
 def _voxel_ml(st) -> float | None:
     return float(np.prod(st.spacing)) / 1000.0 if st.spacing else None
 
@@ -260,8 +437,14 @@ def compare(
     REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
     counts both studies' slices (a job's progress bar)."""
 
+    interval_days = check_interval(interval_days)
     sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
     sts, dates, notes = _in_order(sts, force)
+    if _same_file(sts[0].source, sts[1].source):
+        notes.append("The same file was given as both time points: nothing can have changed but the model's noise.")
+    sts, seq_note = on_shared_sequences(sts)
+    if seq_note:
+        notes.append(seq_note)
     days = (dates[1] - dates[0]).days if dates[0] and dates[1] else interval_days
     if any(s.spacing is None for s in sts):
         raise FollowUpError("a study without a voxel size cannot be registered or measured in mL (give --spacing)")
@@ -277,9 +460,8 @@ def compare(
     reg = register(sts[0], sts[1])
     if not reg.trusted:
         notes.append(
-            f"Registration below the quality threshold (brain overlap {reg.brain_dice:.3f} < "
-            f"{QUALITY_MIN_BRAIN_DICE}): the change map and new/resolved volumes are unreliable; volumes and "
-            "diameters of each study stand on their own."
+            f"Registration not trusted ({'; '.join(reg.why_not_trusted())}): the change map and new/resolved "
+            "volumes are unreliable; volumes and diameters of each study stand on their own."
         )
     fu_on_base = moved_mask(reg, sts[0], sts[1], sps[1].mask)
     base = sps[0].mask
@@ -311,8 +493,14 @@ def compare(
             "baseline",
             "metric": reg.metric,
             "brain_dice": reg.brain_dice,
+            "correlation": reg.correlation,
+            "mirrored_correlation": reg.mirrored_correlation,
+            "mirror_suspected": reg.mirror_suspected,
             "trusted": reg.trusted,
+            "why_not_trusted": reg.why_not_trusted(),
             "quality_threshold": QUALITY_MIN_BRAIN_DICE,
+            "correlation_threshold": QUALITY_MIN_CORRELATION,
+            "mirror_margin": MIRROR_MARGIN,
             "rotation_deg": reg.rotation_deg,
             "translation_mm": reg.translation_mm,
         },
@@ -336,15 +524,22 @@ def _point(sp, bi: dict, day: date | None) -> dict:
 TRACKING_IDENTIFIER = "whole tumour (FLAIR abnormality)"
 
 
-def tracking_uid(fu: FollowUp) -> str:
-    """The Tracking Unique Identifier of the patient's whole tumour: derived from the PatientID (else the
-    baseline study's UID), so this pair's two reports, and the next comparison's, name one finding and a PACS
-    viewer links the time points."""
+def tracking_uids(fu: FollowUp) -> dict[str, str]:
+    """Each time point's Tracking Unique Identifier of the whole tumour. One patient: one UID for both reports, so a
+    PACS viewer links the time points. It is derived from the baseline study's StudyInstanceUID (itself a unique,
+    unguessable number), never from the PatientID alone, which anyone holding a report could test candidate IDs
+    against. Two patients (compared because forced): each report its own UID, so no finding is linked to another
+    patient's track."""
     from pydicom.uid import generate_uid
 
-    st = fu.baseline.study
-    key = patient_of(st) or str(getattr((st.dicom or [None])[0], "StudyInstanceUID", "") or st.source)
-    return generate_uid(entropy_srcs=["tumorseg", TRACKING_IDENTIFIER, key])
+    def derived(st) -> str:
+        key = str(getattr((st.dicom or [None])[0], "StudyInstanceUID", "") or st.source)
+        return generate_uid(entropy_srcs=["tumorseg", TRACKING_IDENTIFIER, key])
+
+    base, follow = fu.baseline.study, fu.followup.study
+    pids = [patient_of(base), patient_of(follow)]
+    one_patient = not (pids[0] and pids[1] and pids[0] != pids[1])
+    return {"baseline": derived(base), "followup": derived(base) if one_patient else derived(follow)}
 
 
 def _local(code: str, meaning: str, value, unit: str, unit_meaning: str) -> tuple:
@@ -353,13 +548,13 @@ def _local(code: str, meaning: str, value, unit: str, unit_meaning: str) -> tupl
 
 def dicom_reports(fu: FollowUp) -> list[tuple[str, str, list]]:
     """For a pair of DICOM studies, per time point: (``baseline``|``followup``, its StudyInstanceUID, [its
-    DICOM-SEG, its TID 1500 SR]). Both SRs' measurement groups carry the one tracking identifier and UID
-    (``tracking_uid``); the follow-up's also carries the change (new and resolved only when the registration
+    DICOM-SEG, its TID 1500 SR]). Both SRs' measurement groups carry the tracking identifier and one UID
+    (``tracking_uids``: two patients get two); the follow-up's also carries the change (new and resolved only when the registration
     is trusted). Empty for studies that are not DICOM (nothing to reference)."""
 
     if not (fu.baseline.study.dicom and fu.followup.study.dicom):
         return []
-    uid, s = tracking_uid(fu), fu.summary
+    uids, s = tracking_uids(fu), fu.summary
     out = []
     for point, sp in (("baseline", fu.baseline), ("followup", fu.followup)):
         bi = s[point]["bidimensional"]
@@ -381,7 +576,7 @@ def dicom_reports(fu: FollowUp) -> list[tuple[str, str, list]]:
                 extra.append(_local("new-volume", "New tumour volume", s["new_ml"], "ml", "milliliter"))
                 extra.append(_local("resolved-volume", "Resolved tumour volume", s["resolved_ml"], "ml", "milliliter"))
         seg = dicom_seg_dataset(sp)
-        sr = dicom_sr_dataset(sp, seg, tracking=(uid, TRACKING_IDENTIFIER), extra=extra)
+        sr = dicom_sr_dataset(sp, seg, tracking=(uids[point], TRACKING_IDENTIFIER), extra=extra)
         out.append((point, str(sp.study.dicom[0].StudyInstanceUID), [seg, sr]))
     return out
 
@@ -393,10 +588,8 @@ def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
     the same objects)."""
     import io as _io
     import json
-    from pathlib import Path
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out(out, [fu.baseline.study.source, fu.followup.study.source])
     written = [out / "change.nii.gz", out / "side_by_side.png", out / "followup.json"]
     atomic_write_bytes(written[0], label_nifti_gz_bytes(fu.baseline.study, fu.change))
     k = int(np.argmax(fu.change.reshape(fu.change.shape[0], -1).astype(bool).sum(1)))

@@ -41,8 +41,12 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
         DICOM series or slice folder); ``interval`` in days where the files carry no dates; ``force`` compares
         two PatientIDs. Answers at once with the job's id; ``GET /api/jobs/{id}`` gives progress and, when
         done, the numbers (followup.json's), the held result's id and its views."""
-        if interval is not None and not 0 < interval < 36500:
-            raise BadRequest(422, f"interval must be a number of days between 0 and 36500, got {interval}")
+        from ..followup import FollowUpError, check_interval
+
+        try:
+            interval = check_interval(interval)
+        except FollowUpError as exc:
+            raise BadRequest(422, str(exc)) from None
         sides = []
         for files, folder in ((baseline, baseline_folder), (followup, followup_folder)):
             sides.append(await read_study_request(StudyForm(None, files, None, None, spacing, folder), cap))
@@ -103,9 +107,7 @@ def _size(payload) -> int:
 
 
 def _held(store, result_id: str):
-    kind, fu, name = store.get(result_id, None)
-    if kind != "followup":
-        raise BadRequest(400, f"{name}: not a follow-up")
+    _, fu, name = store.get(result_id, None, kinds=("followup",))
     return fu, name
 
 

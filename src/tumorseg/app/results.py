@@ -57,8 +57,9 @@ class ResultStore:
                 self._items.popitem(last=False)
         return rid
 
-    def get(self, rid: str, threshold: float | None):
-        """(kind, the result at ``threshold`` through the Predictor's post-processing, name)."""
+    def get(self, rid: str, threshold: float | None, kinds: tuple[str, ...] = ("image", "study")):
+        """(kind, the result at ``threshold`` through the Predictor's post-processing, name); a result of another
+        kind than the endpoint takes (``kinds``) is the request's fault (400), never a server error."""
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise BadRequest(422, f"threshold must be between 0 and 1, got {threshold}")
         with self._lock:
@@ -70,6 +71,8 @@ class ResultStore:
                 f"{self.max_bytes >> 20} MB at most, in memory only); open the file again",
             )
         kind, obj, name, _ = held
+        if kind not in kinds:
+            raise BadRequest(400, f"{name}: a {kind} result; this endpoint takes {' or '.join(kinds)} results")
         if kind == "followup":  # shown as computed (its threshold is the one the comparison used)
             return kind, obj, name
         if kind == "image":

@@ -1,0 +1,156 @@
+"""Issue 44, follow-up: outputs never replace an input, the registration gate is not fooled by a mirrored brain or
+another patient's, a change is never made by the input's sequence set, two patients are never linked, and every
+number a user gives is checked before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from .conftest import SHARED
+
+CASE = SHARED / "data" / "brats-dev" / "BraTS-GLI-00000-000"
+OTHER = SHARED / "data" / "brats-dev" / "brats_2013_pat0001_1"
+
+
+def _head(path: Path, seed: int = 0, shift: int = 0) -> Path:
+    """A small NIfTI 'head': an asymmetric ellipsoid brain with ventricles and a bright blob, 2 mm voxels."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.mgrid[:48, :56, :20]
+    brain = ((x - 24) / 19) ** 2 + ((y - 28) / 23) ** 2 + ((z - 10) / 11) ** 2 < 1
+    vent = ((x - 20) / 4) ** 2 + ((y - 26) / 8) ** 2 + ((z - 10) / 4) ** 2 < 1
+    blob = (x - 32 - shift) ** 2 + (y - 22) ** 2 + (z - 10) ** 2 < 30
+    vol = brain * (100 + rng.normal(0, 4, brain.shape)) - vent * 60 + blob * 90
+    nib.save(nib.Nifti1Image(vol.clip(0, 255).astype(np.uint8), np.diag([-2.0, -2.0, 2.0, 1.0])), str(path))
+    return path
+
+
+def test_out_in_the_inputs_folder_is_refused_and_the_inputs_stay_byte_identical(tmp_path, tiny_model, capsys):
+    """44.1: before the fix `followup DIR/change.nii.gz DIR/later.nii.gz --out DIR` replaced the baseline with the
+    change map (and a followup.json lying there); now refused in one line, before any work, nothing written."""
+    from tumorseg.cli import main
+
+    d = tmp_path / "DIR"
+    d.mkdir()
+    base, later = _head(d / "change.nii.gz"), _head(d / "later.nii.gz", seed=1, shift=2)
+    (d / "followup.json").write_text('{"mine": true}')
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    args = ["--model", str(tiny_model), "--engine", "torch-fp32", "--interval", "30"]
+    assert main(["followup", str(base), str(later), "--out", str(d), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "input" in err[0]
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert main(["followup", str(base), str(later), "--out", str(d / "sub"), *args]) == 0  # a folder beside is fine
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()} == before
+
+
+def test_every_writer_refuses_an_out_that_holds_an_input(tmp_path):
+    from tumorseg.followup import FollowUpError, check_out
+
+    f = _head(tmp_path / "a.nii.gz")
+    with pytest.raises(FollowUpError, match="folder of the input"):
+        check_out(tmp_path, [f])
+    (tmp_path / "case").mkdir()
+    with pytest.raises(FollowUpError, match="inside the input"):
+        check_out(tmp_path / "case" / "out", [tmp_path / "case"])
+    assert check_out(tmp_path / "elsewhere", [f]).is_dir()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-91", "0", "1e9", "soon"])
+def test_interval_must_be_a_finite_positive_number_of_days(tmp_path, bad, capsys):
+    """44.5: `--interval nan|inf` gave exit 0 and a followup.json that is not JSON; -91 turned a shrink into growth."""
+    from tumorseg.cli import main
+
+    a, b = _head(tmp_path / "a.nii.gz"), _head(tmp_path / "b.nii.gz", seed=1)
+    assert main(["followup", str(a), str(b), "--out", str(tmp_path / "o"), f"--interval={bad}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interval" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_rest_interval_rule_is_the_cli_rule():
+    from tumorseg.followup import FollowUpError, check_interval
+
+    assert check_interval(None) is None and check_interval("30") == 30.0
+    for bad in (float("nan"), float("inf"), -91, 0, 40000):
+        with pytest.raises(FollowUpError):
+            check_interval(bad)
+
+
+def test_different_sequence_sets_are_measured_on_the_sequences_they_share():
+    """44.3: a case read with three sequences against its FLAIR alone: both are fed FLAIR alone, with a note."""
+    from tumorseg.followup import on_shared_sequences, sequences_present
+    from tumorseg.studies import Study
+
+    rng = np.random.default_rng(0)
+    three = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    flair = np.repeat(three[..., 1:2], 3, -1)
+    a = Study("case/", "nifti", three, (1.0, 1.0, 1.0), ["x"] * 4)
+    b = Study("case_flair.nii.gz", "nifti", flair, (1.0, 1.0, 1.0), ["x"] * 4, single_sequence=True)
+    assert sequences_present(a) == {0, 1, 2} and sequences_present(b) == {1}
+    (a2, b2), note = on_shared_sequences([a, b])
+    assert np.array_equal(a2.volume, flair) and np.array_equal(b2.volume, flair) and a2.single_sequence
+    assert "different sequences" in note and "FLAIR" in note
+    assert np.array_equal(a.volume, three)  # the caller's study untouched
+    same, none = on_shared_sequences([a, a])
+    assert none is None and same[0] is a
+
+
+def test_two_patients_are_never_linked_and_the_uid_is_not_a_function_of_the_patient_id():
+    """44.4: forced P1 vs P2 gave P2's SR P1's tracking UID; the UID was generate_uid over fixed strings and the ID."""
+    from types import SimpleNamespace
+
+    from pydicom.uid import generate_uid
+
+    from tumorseg.followup import TRACKING_IDENTIFIER, tracking_uids
+
+    def point(pid, study_uid):
+        ds = SimpleNamespace(PatientID=pid, StudyInstanceUID=study_uid)
+        return SimpleNamespace(study=SimpleNamespace(dicom=[ds], source="x"))
+
+    one = tracking_uids(SimpleNamespace(baseline=point("P1", "1.2.3"), followup=point("P1", "1.2.4")))
+    assert one["baseline"] == one["followup"]
+    two = tracking_uids(SimpleNamespace(baseline=point("P1", "1.2.3"), followup=point("P2", "1.2.5")))
+    assert two["baseline"] != two["followup"]
+    assert one["baseline"] != generate_uid(entropy_srcs=["tumorseg", TRACKING_IDENTIFIER, "P1"])
+    other_study = tracking_uids(SimpleNamespace(baseline=point("P1", "9.9.9"), followup=point("P1", "9.9.8")))
+    assert other_study["baseline"] != one["baseline"]  # the PatientID alone does not decide it
+
+
+def test_a_followup_result_given_to_an_image_endpoint_is_a_400_not_a_500(predictor):
+    """44.8: a follow-up's id at /api/mask, /api/compare or /api/result/{id}/mask.png answered 500."""
+    from types import SimpleNamespace
+
+    from tumorseg.app.common import BadRequest
+    from tumorseg.app.results import ResultStore
+
+    store = ResultStore(predictor)
+    rid = store.remember("followup", SimpleNamespace(change=np.zeros((2, 4, 4), np.uint8)), "a -> b")
+    with pytest.raises(BadRequest) as e:
+        store.get(rid, None)
+    assert e.value.status == 400 and "followup result" in e.value.msg
+    assert store.get(rid, None, kinds=("followup",))[0] == "followup"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CASE.is_dir() and OTHER.is_dir()), reason="needs ../shared/data/brats-dev")
+def test_a_mirrored_brain_and_another_patients_brain_are_not_trusted(tmp_path):
+    """44.2: a left-right mirrored follow-up was trusted at brain overlap 0.902, another patient's at 0.871."""
+    from tumorseg.followup import register
+    from tumorseg.studies import read_study
+
+    f = CASE / f"{CASE.name}_flair.nii.gz"
+    img = nib.load(str(f))
+    mirrored = tmp_path / "mirrored.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[::-1].copy(), img.affine, img.header), str(mirrored))
+    base = read_study(f)
+    same = register(base, read_study(f))
+    assert same.trusted and not same.mirror_suspected and same.correlation > 0.95
+    m = register(base, read_study(mirrored))
+    assert m.mirror_suspected and not m.trusted
+    assert any("left-right" in w for w in m.why_not_trusted())
+    other = register(base, read_study(OTHER / f"{OTHER.name}_flair.nii.gz"))
+    assert not other.trusted and other.correlation < 0.75
