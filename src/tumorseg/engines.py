@@ -168,6 +168,11 @@ class Engine:
         x = self.preprocess(batch_u8)
         with self._lock:
             logits = self._logits(x)
+        if not np.isfinite(logits).all():  # a NaN map thresholds to an empty mask: a silent "no tumour"
+            raise ModelFileError(
+                f"{self.model_path}: the model gives non-finite outputs (NaN or infinite weights?); refused rather "
+                "than reporting no tumour"
+            )
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
 
     def run_views(self, x: np.ndarray, tta: str = "none") -> tuple[np.ndarray, np.ndarray | None]:

@@ -74,6 +74,9 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     want = meta.get("tensor_sha256")
     if want and tensor_digest(tensors) != want:
         raise ModelFileError(f"{p}: checksum mismatch, the weights are corrupted")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelFileError(f"{p}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); refused")
     return tensors, meta
 
 
@@ -131,8 +134,16 @@ def model_from_tensors(tensors: dict[str, torch.Tensor], meta: dict, path: str |
     except (ValueError, TypeError) as exc:  # a header no network can be built from
         raise ModelFileError(f"{path}: the architecture in its header cannot be built ({exc})") from None
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shapes = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
+    if missing or extra or shapes:  # one line, whichever engine loads it
+        parts = [f"{len(x)} {what} (first: {x[0]})" for x, what in ((shapes, "of other shapes"),
+                 (missing, "missing"), (extra, "unexpected")) if x]  # fmt: skip
+        raise ModelFileError(f"{path}: weights do not fit the architecture: tensors {'; '.join(parts)}")
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise ModelFileError(f"{path}: weights do not fit the architecture ({exc})") from None
+        raise ModelFileError(f"{path}: weights do not fit the architecture ({str(exc).splitlines()[0]})") from None
     return model.eval()

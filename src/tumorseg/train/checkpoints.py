@@ -36,7 +36,49 @@ def save_checkpoint(path: Path, model, opt, sched_state: dict, extra: dict) -> N
     from ..nn.serialise import tensor_digest
 
     meta["tensor_sha256"] = tensor_digest(tensors)
+    meta["meta_sha256"] = _meta_digest(meta)  # the metadata (optimiser groups, epoch, streams) checksummed too
     atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
+
+
+def _meta_digest(meta: dict) -> str:
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+# What resuming reads from a checkpoint's metadata, and the type each must have.
+_META_TYPES = {
+    "param_groups": list,
+    "epoch": int,
+    "best": (int, float),
+    "bad_epochs": int,
+    "sampler_state": str,
+    "aug_state": str,
+    "rng_numpy": str,
+    "rng_python": str,
+}
+
+
+def _checked(meta: dict, path: Path) -> dict:
+    """Refuse a checkpoint whose metadata was changed or is malformed, in one line naming the file and the key."""
+    want = meta.get("meta_sha256")
+    if want is not None and want != _meta_digest(meta):
+        raise ModelFileError(
+            f"cannot resume: {path}: its metadata was changed after it was written (checksum mismatch)"
+        )
+    for k, t in _META_TYPES.items():
+        v = meta.get(k)
+        if not isinstance(v, t) or isinstance(v, bool):
+            raise ModelFileError(
+                f"cannot resume: {path}: checkpoint metadata {k!r} is missing or malformed ({v!r:.60})"
+            )
+    groups = meta["param_groups"]
+    if not groups or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise ModelFileError(f"cannot resume: {path}: checkpoint metadata 'param_groups' is malformed")
+    if meta["epoch"] < 0:
+        raise ModelFileError(f"cannot resume: {path}: checkpoint epoch {meta['epoch']} is negative")
+    return meta
 
 
 def load_checkpoint(path: Path, model, opt) -> dict:
@@ -44,14 +86,20 @@ def load_checkpoint(path: Path, model, opt) -> dict:
         tensors, meta = read_model_file(path)
     except ModelFileError as exc:
         raise ModelFileError(f"cannot resume: {exc}") from None
+    meta = _checked(meta, path)
     msd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    model.load_state_dict(msd, strict=True)
     state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    try:
+        model.load_state_dict(msd, strict=True)
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        json.loads(meta["rng_numpy"]), json.loads(meta["rng_python"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"cannot resume: {path}: the checkpoint does not fit this run ({why})") from None
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])

@@ -67,10 +67,75 @@ class RecipeError(ValueError):
     """A recipe file that cannot be used; the message names the file and the problem."""
 
 
+# Each numeric setting's allowed range (lo, hi; both inclusive unless the name is in OPEN_LOW): a recipe or a
+# run's flags outside it are refused in one line naming the setting, before anything is allocated.
+BOUNDS = {
+    "epochs": (1, 100_000),
+    "batch_size": (1, 4096),
+    "lr": (0.0, 1.0),
+    "image_size": (16, 1024),
+    "patch_size": (16, 1024),
+    "samples_per_epoch": (0, 10_000_000),
+    "fg_fraction": (0.0, 1.0),
+    "max_minutes": (0.0, 1_000_000.0),
+    "patience": (0, 1_000_000),
+    "seed": (0, 2**32 - 1),
+    "threads": (0, 1024),
+    "val_batch_size": (1, 4096),
+    "context": (0, 8),
+    "context_mm": (0.0, 100.0),
+    "context_share": (0.0, 1.0),
+    "context_lr_mult": (0.0, 1000.0),
+    "fresh_lr_mult": (0.0, 1000.0),
+    "flair_only": (0.0, 1.0),
+    "pad_studies": (0, 4096),
+}
+OPEN_LOW = {"lr", "context_mm", "context_lr_mult", "fresh_lr_mult"}  # must be > lo
+
+
+def setting_problem(name: str, v) -> str | None:
+    """What is wrong with one setting's value (None: nothing): the one check recipes and the trainer share."""
+    import math
+
+    if name in BOUNDS:
+        if v is None and name == "max_minutes":
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return f"must be a finite number, not {v!r}"
+        lo, hi = BOUNDS[name]
+        if isinstance(lo, int) and v != int(v):
+            return f"must be a whole number, not {v!r}"
+        if v < lo or v > hi or (name in OPEN_LOW and v == lo):
+            return f"{v!r} is outside {'(' if name in OPEN_LOW else '['}{lo}, {hi}]"
+    elif name == "decoder_channels":
+        if not isinstance(v, (list, tuple)) or len(v) not in (4, 5):
+            return f"must be a list of 4 or 5 whole numbers, not {v!r}"
+        if not all(isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= 4096 for c in v):
+            return f"must be whole numbers in [1, 4096], not {list(v)!r}"
+    elif name == "split_fractions":
+        if not isinstance(v, (list, tuple)) or len(v) != 3:
+            return f"must be three fractions (train, val, test), not {v!r}"
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v):
+            return f"parts must lie in [0, 1], not {list(v)!r}"
+        if abs(sum(v) - 1.0) > 1e-6:
+            return f"parts must add up to 1, not {sum(v):g}"
+    return None
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a run whose settings (from a recipe, a resumed record or flags) are out of range, naming the setting."""
+    for f in fields(TrainConfig):
+        why = setting_problem(f.name, getattr(cfg, f.name))
+        if why:
+            raise RecipeError(f"--{f.name.replace('_', '-')}: {why}")
+
+
 def read_recipe(path) -> dict:
     """A recipe file's settings (``TrainConfig`` fields, JSON): ``tumorseg train --recipe FILE`` takes them as its
     defaults, and flags given on the command line still win. A run's ``train_config.json`` is a recipe too,
-    so any run can be repeated from its record."""
+    so any run can be repeated from its record. Paths in a recipe (``split``, ``init_model``, ``encoder_weights``)
+    are relative to the working directory, as on the command line (the recipes in ``recipes/`` are written for
+    the repository root)."""
     import json
     from pathlib import Path
 
@@ -79,8 +144,10 @@ def read_recipe(path) -> dict:
         raw = json.loads(p.read_text())
     except FileNotFoundError:
         raise RecipeError(f"{p}: recipe not found") from None
+    except RecursionError:
+        raise RecipeError(f"{p}: not a JSON recipe (nested too deeply)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise RecipeError(f"{p}: not a JSON recipe ({exc})") from None
+        raise RecipeError(f"{p}: not a JSON recipe ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{p}: a recipe is a JSON object of training settings")
     known = {f.name: f for f in fields(TrainConfig)}
@@ -95,15 +162,23 @@ def read_recipe(path) -> dict:
         if isinstance(want, tuple):
             if not isinstance(v, list) or not all(isinstance(x, (int, float)) for x in v):
                 raise RecipeError(f"{p}: {k} must be a list of numbers, not {v!r}")
-            v = tuple(v)
         elif isinstance(want, bool):
             if not isinstance(v, bool):
                 raise RecipeError(f"{p}: {k} must be true or false, not {v!r}")
-        elif isinstance(want, (int, float)) and not isinstance(want, bool):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(want, int) and v != int(v)):
-                raise RecipeError(f"{p}: {k} must be a {type(want).__name__}, not {v!r}")
-            v = type(want)(v)
         elif isinstance(want, str) and not isinstance(v, str):
             raise RecipeError(f"{p}: {k} must be a string, not {v!r}")
+        why = setting_problem(k, v)
+        if why:
+            raise RecipeError(f"{p}: {k} {why}")
+        if isinstance(want, tuple):
+            v = tuple(v)
+        elif isinstance(want, (int, float)) and not isinstance(want, bool) and v is not None:
+            v = type(want)(v)
         out[k] = v
+    for k in ("init_model",):  # the encoder weights' file is checked where it is loaded
+        v = out.get(k)
+        if v and not Path(v).is_file():
+            raise RecipeError(
+                f"{p}: {k} {v!r} not found (paths in a recipe are relative to the working directory, {Path.cwd()})"
+            )
     return out

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -162,9 +163,10 @@ def discover(root: str | os.PathLike, patient_pattern: str | None = None) -> lis
     return cases
 
 
-def _nifti_case(folder: Path) -> Case | None:
+def _nifti_case(folder: Path, skipped: list[str] | None = None) -> Case | None:
     """A folder of one case's per-sequence NIfTIs (``studies.find_sequences``: BraTS / nnU-Net names) with a
-    label file; None when the folder is not such a case. A case without a label cannot train: refused."""
+    label file; None when the folder is not such a case (why, appended to ``skipped``). A case without a label
+    cannot train: refused."""
 
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     try:
@@ -172,6 +174,9 @@ def _nifti_case(folder: Path) -> Case | None:
     except ValueError as exc:  # StudyError: two files for one sequence
         raise DatasetError(str(exc)) from None
     if "flair" not in found:
+        if skipped is not None:
+            what = ", ".join(p.name for p in files[:3]) + (" ..." if len(files) > 3 else "") or "no files"
+            skipped.append(f"{folder}: skipped, no FLAIR NIfTI named as a case's sequence ({what})")
         return None
     if "label" not in found:
         raise DatasetError(f"{folder}: NIfTI case without a label file (expected {folder.name}_seg.nii.gz)")
@@ -179,12 +184,18 @@ def _nifti_case(folder: Path) -> Case | None:
 
 
 def _discover_nifti_cases(root: Path) -> list[Case]:
-    """NIfTI case folders under ``root`` (or ``root`` itself as one case)."""
+    """NIfTI case folders under ``root`` (or ``root`` itself as one case). Where there are such cases, every other
+    folder beside them is said on stderr with the reason it was skipped (a folder without FLAIR, a stray file)."""
     one = _nifti_case(root)
     if one is not None:
         return [one]
     folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    return [c for c in (_nifti_case(f) for f in folders) if c is not None]
+    skipped: list[str] = []
+    cases = [c for c in (_nifti_case(f, skipped) for f in folders) if c is not None]
+    if cases:
+        for line in skipped:
+            print(f"tumorseg train: {line}", file=sys.stderr)
+    return cases
 
 
 def _discover_kaggle(root: Path) -> list[Case]:
@@ -390,11 +401,35 @@ def pad_centred_stack(stack: np.ndarray, side: int) -> np.ndarray:
     return np.stack([pad_centred(a, side) for a in stack])
 
 
+def _check_case_files(case: Case) -> None:
+    """Refuse what would train silently wrong: non-finite image values (an all-NaN volume reads as black
+    images carrying tumour) and negative labels (a -1 tumour would read as no tumour), naming the file."""
+    import nibabel as nib
+
+    files = [p for p in sorted(Path(case.study).iterdir()) if p.is_file()]
+    for seq, f in find_sequences(files).items():
+        try:
+            a = np.asanyarray(nib.load(str(f)).dataobj)
+        except Exception as exc:
+            raise DatasetError(f"{f}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
+        if seq == "label":
+            if a.size and np.issubdtype(a.dtype, np.number) and float(np.nanmin(a)) < 0:
+                raise DatasetError(
+                    f"{f}: label holds negative values (min {float(np.nanmin(a)):g}); labels are 0 or more"
+                )
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                raise DatasetError(f"{f}: label holds NaN or infinite values")
+        elif np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise DatasetError(f"{f}: {bad} of {a.size} voxels are NaN or infinite; refused for training")
+
+
 def _read_case_study(case: Case) -> tuple[np.ndarray, np.ndarray]:
     """(Z x H x W x 3 uint8 volume, Z x H x W bool whole tumour) of a NIfTI case, as inference reads and turns it:
     ``studies.read_study`` (sequences to the model's channels, FLAIR filling a missing one, brain
     intensity standardised) and the label through ``studies.read_reference`` on the study's grid."""
 
+    _check_case_files(case)
     try:
         st = read_study(case.study)
         lab = read_reference(case.label, st)

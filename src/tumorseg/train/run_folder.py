@@ -56,6 +56,21 @@ class RunFolder:
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.config}: nothing to resume (no config.json in the run folder)")
         saved = json.loads(self.config.read_text())
+        from dataclasses import fields
+
+        from .config import RecipeError, defaults
+
+        default, may_change = defaults(), {"device", "threads", "epochs", "max_minutes", "data", "out"}
+        for f in fields(TrainConfig):  # a flag given beside --resume that the run cannot honour: refused, not ignored
+            mine, theirs = getattr(cfg, f.name), saved.get(f.name)
+            norm = lambda v: tuple(v) if isinstance(v, list) else v  # noqa: E731
+            if f.name in may_change or f.name not in saved or norm(mine) == norm(default.get(f.name)):
+                continue
+            if norm(mine) != norm(theirs):
+                raise RecipeError(
+                    f"--{f.name.replace('_', '-')} {mine!r}: a resumed run keeps its own setting ({theirs!r}); "
+                    "start a new run (another --out) to change it"
+                )
         for k in ("device", "threads"):
             saved[k] = getattr(cfg, k)
         saved["epochs"] = cfg.epochs or saved["epochs"]  # a cosine schedule re-anneals to a new budget

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import ModelFileError
 from ..files import atomic_write_bytes
 from ..metrics import dice_score
 from ..modelinfo import ArchSpec, InputSpec, ModelInfo
@@ -24,7 +25,7 @@ from ..preprocess import context_offsets
 from ..version import __version__
 from .augment import PatchSampler, augment, augment_for_other_sites
 from .checkpoints import load_checkpoint, save_checkpoint
-from .config import LOSSES, TrainConfig
+from .config import LOSSES, TrainConfig, check_config
 from .data import (
     DatasetError,
     check_no_leak,
@@ -57,6 +58,7 @@ class Trainer:
             cfg = self.run.resumed_config(cfg)
         elif self.d.main and self.run.checkpoint.exists():
             raise FileExistsError(f"{self.run.out}: already holds a run; use --resume to continue it or another --out")
+        check_config(cfg)  # out-of-range settings refused in one line, before anything is allocated
         self.cfg, self.resume = cfg, resume
         self.start_epoch, self.best, self.bad_epochs, self.best_thr = 1, -1.0, 0, 0.5
         self.history: list[dict] = []
@@ -86,7 +88,13 @@ class Trainer:
             log_main("no checkpoint yet (the run stopped during its first epoch): starting it again", d)
             self.resume = False
         if self.resume:
-            self.load_state(load_checkpoint(self.run.checkpoint, self.model, self.opt))
+            meta = load_checkpoint(self.run.checkpoint, self.model, self.opt)
+            if meta["epoch"] > cfg.epochs:
+                raise ModelFileError(
+                    f"cannot resume: {self.run.checkpoint}: it says epoch {meta['epoch']}, beyond the run's "
+                    f"{cfg.epochs} epochs"
+                )
+            self.load_state(meta)
         self.ddp_model = self.model
         if d.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
