@@ -47,13 +47,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("roots", nargs="+")
     ap.add_argument("--json", default="")
+    ap.add_argument("--max-cases", type=int, default=0, help="the first N cases only (the same pairs as a full run's)")
     a = ap.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     flairs = sorted(f for r in a.roots for f in Path(r).glob("*/*_flair.nii.gz"))
+    n = a.max_cases or len(flairs)
     rng = np.random.default_rng(44)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumorseg-gate-") as tmp:
-        for i, f in enumerate(flairs):
+        for i, f in enumerate(flairs[:n]):
             case = f.parent.name
             mv, mr = Path(tmp) / f"{case}_moved.nii.gz", Path(tmp) / f"{case}_mirrored.nii.gz"
             moved(f, mv, rng)

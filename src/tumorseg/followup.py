@@ -60,7 +60,9 @@ class Registration:
 
     @property
     def mirror_suspected(self) -> bool:
-        return self.mirrored_correlation is not None and self.mirrored_correlation > self.correlation + MIRROR_MARGIN
+        """The follow-up flipped left-right fits as one brain fits itself, and clearly better than as given."""
+        m = self.mirrored_correlation
+        return m is not None and m >= QUALITY_MIN_CORRELATION and m > self.correlation + MIRROR_MARGIN
 
     @property
     def trusted(self) -> bool:
@@ -425,6 +427,82 @@ def _in_order(sts: list, force: bool) -> tuple[list, list, list[str]]:
     return sts, dates, notes
 
 
+# Where the change between two time points is measured (issue 47; research/followup/one_space.md decides):
+# own: each study segmented in its own space, the follow-up's mask moved onto the baseline (the first release);
+# baseline: the follow-up's images resampled onto the baseline's grid and segmented there;
+# halfway: both studies resampled halfway between them (Reuter & Fischl 2011), neither favoured.
+SPACES = ("own", "baseline", "halfway")
+SPACE = "own"  # what the pre-registered rule chose (research/followup/one_space.md)
+FLIPS = False  # averaged left-right test-time flips for the segmentations the change is measured on
+
+
+def half_transform(reg: Registration):
+    """H with H(H(x)) = T(x) for the rigid T (baseline points -> follow-up points): the halfway space's map to the
+    follow-up (and H^-1 to the baseline)."""
+    import SimpleITK as sitk
+    from scipy.spatial.transform import Rotation
+
+    e = _as_euler(reg.transform)
+    r = np.array(e.GetMatrix()).reshape(3, 3)
+    c, t = np.array(e.GetCenter()), np.array(e.GetTranslation())
+    offset = c + t - r @ c  # T(x) = R x + offset
+    r_half = Rotation.from_rotvec(Rotation.from_matrix(r).as_rotvec() / 2).as_matrix()
+    h = sitk.AffineTransform(3)
+    h.SetMatrix([float(x) for x in r_half.ravel()])
+    h.SetTranslation([float(x) for x in np.linalg.solve(r_half + np.eye(3), offset)])
+    return h
+
+
+def _resample_study(grid_st, src_st, tx):
+    """``src_st``'s three channels (linear) on ``grid_st``'s grid, ``tx`` mapping grid points to ``src_st`` points:
+    a Study with the grid's geometry (so it is fed to the model as the grid study is)."""
+    from dataclasses import replace
+
+    import SimpleITK as sitk
+
+    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
+    chans = []
+    for ch in range(src_st.volume.shape[-1]):
+        img = sitk.Resample(_sitk_image(src_st, src_st.volume[..., ch]), ref, tx, sitk.sitkLinear, 0)
+        chans.append(sitk.GetArrayFromImage(img))
+    vol = np.clip(np.rint(np.stack(chans, -1)), 0, 255).astype(np.uint8)
+    return replace(grid_st, volume=vol, source=src_st.source, notes=[], single_sequence=src_st.single_sequence)
+
+
+def _mask_through(grid_st, src_st, mask: np.ndarray, tx) -> np.ndarray:
+    """A mask on ``src_st``'s grid carried onto ``grid_st``'s grid (nearest), ``tx``: grid points -> src points."""
+    import SimpleITK as sitk
+
+    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
+    out = sitk.Resample(_sitk_image(src_st, mask.astype(np.uint8)), ref, tx, sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out).astype(bool)
+
+
+def change_masks(pred, sts, sps, reg, space: str, flips: bool, counted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(baseline mask, follow-up mask, baseline-grid -> measuring-grid transform or None) in the space the change is
+    measured in: both masks on one grid, the one the numbers are counted on."""
+    if space not in SPACES:
+        raise ValueError(f"unknown follow-up space {space!r}; one of {', '.join(SPACES)}")
+
+    def seg(st, offset, own=None):
+        if own is not None and not flips:
+            return own.mask
+        return pred.predict_study(st, tta=flips, on_progress=counted(offset)).mask
+
+    n0, n1 = sts[0].n_slices, sts[1].n_slices
+    if space == "own":
+        base = seg(sts[0], n0 + n1, sps[0])
+        fu = seg(sts[1], n0 + n1 + n0, sps[1])
+        return base, _mask_through(sts[0], sts[1], fu, reg.transform), None
+    if space == "baseline":
+        base = seg(sts[0], n0 + n1 + n0, sps[0])
+        return base, seg(_resample_study(sts[0], sts[1], reg.transform), n0 + n1), None
+    h = half_transform(reg)
+    b_half = _resample_study(sts[0], sts[0], h.GetInverse())
+    f_half = _resample_study(sts[0], sts[1], h)
+    return seg(b_half, n0 + n1), seg(f_half, n0 + n1 + n0), h
+
+
 def compare(
     pred,
     baseline,
@@ -432,11 +510,16 @@ def compare(
     interval_days: float | None = None,
     force: bool = False,
     on_progress=None,
+    space: str | None = None,
+    flips: bool | None = None,
 ) -> FollowUp:
     """Segment two studies of one patient (paths or Studies) and say what changed: the one function the CLI,
-    REST and the page call. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
-    counts both studies' slices (a job's progress bar)."""
-
+    REST and the page call. Each time point's own volume and diameters come from its own space; the change, new
+    and resolved from one space for both (``space``, ``flips``: the module's choice by default), so the model's
+    errors fall alike on both. ``interval_days`` where the files carry no dates; ``on_progress(done, total)``
+    counts every slice segmented (a job's progress bar)."""
+    space = SPACE if space is None else space
+    flips = FLIPS if flips is None else flips
     interval_days = check_interval(interval_days)
     sts = [s if isinstance(s, Study) else read_study(s) for s in (baseline, followup)]
     sts, dates, notes = _in_order(sts, force)
@@ -448,46 +531,61 @@ def compare(
     days = (dates[1] - dates[0]).days if dates[0] and dates[1] else interval_days
     if any(s.spacing is None for s in sts):
         raise FollowUpError("a study without a voxel size cannot be registered or measured in mL (give --spacing)")
-    total = sum(s.n_slices for s in sts)
+    n0, n1 = sts[0].n_slices, sts[1].n_slices
+    extra = {"own": (n0 + n1) if flips else 0, "baseline": n0 * (2 if flips else 1), "halfway": 2 * n0}.get(space, 0)
+    total = n0 + n1 + extra
 
     def counted(offset: int):
         return None if on_progress is None else (lambda done, _n: on_progress(offset + done, total))
 
-    sps = [
-        pred.predict_study(sts[0], on_progress=counted(0)),
-        pred.predict_study(sts[1], on_progress=counted(sts[0].n_slices)),
-    ]
+    sps = [pred.predict_study(sts[0], on_progress=counted(0)), pred.predict_study(sts[1], on_progress=counted(n0))]
     reg = register(sts[0], sts[1])
     if not reg.trusted:
         notes.append(
             f"Registration not trusted ({'; '.join(reg.why_not_trusted())}): the change map and new/resolved "
             "volumes are unreliable; volumes and diameters of each study stand on their own."
         )
-    fu_on_base = moved_mask(reg, sts[0], sts[1], sps[1].mask)
-    base = sps[0].mask
+    base, fu, to_space = change_masks(pred, sts, sps, reg, space, flips, counted)
     change = np.zeros(base.shape, np.uint8)
-    change[base & fu_on_base] = 1
-    change[~base & fu_on_base] = 2
-    change[base & ~fu_on_base] = 3
+    change[base & fu] = 1
+    change[~base & fu] = 2
+    change[base & ~fu] = 3
     vml = _voxel_ml(sts[0])
-    vols = [float(sp.measurements.get("volume_ml") or 0.0) for sp in sps]
     bis = [bidimensional(sp.mask, st.spacing) for sp, st in zip(sps, sts)]
+    if space == "own" and not flips:  # the first release: each volume and product in its own space
+        v_base, v_fu = (float(sp.measurements.get("volume_ml") or 0.0) for sp in sps)
+        common = bis
+    else:
+        v_base, v_fu = float(base.sum() * vml), float(fu.sum() * vml)
+        common = [bidimensional(m, sts[0].spacing) for m in (base, fu)]
     rel_prod = (
-        (bis[1]["product_mm2"] - bis[0]["product_mm2"]) / bis[0]["product_mm2"] if bis[0]["product_mm2"] else None
+        (common[1]["product_mm2"] - common[0]["product_mm2"]) / common[0]["product_mm2"]
+        if common[0]["product_mm2"]
+        else None
     )
+    counts = {k: float((change == v).sum() * vml) for k, v in (("new", 2), ("resolved", 3), ("unchanged", 1))}
+    if to_space is not None:  # the change map is shown on the baseline's grid
+        change = _labels_through(sts[0], change, to_space)
     summary = {
         "baseline": _point(sps[0], bis[0], dates[0]),
         "followup": _point(sps[1], bis[1], dates[1]),
         "days_between": days,
-        "volume_change_ml": vols[1] - vols[0],
-        "volume_change_relative": (vols[1] - vols[0]) / vols[0] if vols[0] else None,
-        "growth_ml_per_month": (vols[1] - vols[0]) / (days / DAYS_PER_MONTH) if days else None,
+        "volume_change_ml": v_fu - v_base,
+        "volume_change_relative": (v_fu - v_base) / v_base if v_base else None,
+        "growth_ml_per_month": (v_fu - v_base) / (days / DAYS_PER_MONTH) if days else None,
         "product_change_relative": rel_prod,
-        "new_ml": float((change == 2).sum() * vml),
-        "resolved_ml": float((change == 3).sum() * vml),
-        "unchanged_ml": float((change == 1).sum() * vml),
-        "rano_style": rano_wording(rel_prod, bis[0]["product_mm2"], bis[1]["product_mm2"]),
+        "new_ml": counts["new"],
+        "resolved_ml": counts["resolved"],
+        "unchanged_ml": counts["unchanged"],
+        "rano_style": rano_wording(rel_prod, common[0]["product_mm2"], common[1]["product_mm2"]),
         "thresholds": {"progression": "product >= +25 %", "partial_response": "product <= -50 %"},
+        "measured_in": {
+            "space": space,
+            "flips": flips,
+            "what": "each time point's volume and diameters in its own space; the change, new, resolved and the "
+            f"product's change in the {SPACE_WORDS[space]}",
+            "volume_ml": {"baseline": v_base, "followup": v_fu},
+        },
         "registration": {
             "method": "SimpleITK rigid (Euler 3D), Mattes MI, up to 3 levels, FLAIR inside the brain; follow-up onto "
             "baseline",
@@ -509,6 +607,23 @@ def compare(
         "disclaimer": sps[0].model.get("disclaimer"),
     }
     return FollowUp(sps[0], sps[1], reg, change, summary)
+
+
+SPACE_WORDS = {
+    "own": "follow-up's mask moved onto the baseline",
+    "baseline": "baseline's grid (the follow-up resampled onto it and segmented there)",
+    "halfway": "halfway space between the two studies (both resampled, neither favoured)",
+}
+
+
+def _labels_through(grid_st, labels: np.ndarray, tx) -> np.ndarray:
+    """A label map on the halfway grid (which has the baseline's lattice) shown on the baseline's grid: baseline
+    point b lies at H(b) in the halfway space."""
+    import SimpleITK as sitk
+
+    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
+    out = sitk.Resample(_sitk_image(grid_st, labels), ref, tx, sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out).astype(np.uint8)
 
 
 def _point(sp, bi: dict, day: date | None) -> dict:
