@@ -40,32 +40,37 @@ def shrunk(case: Path, out: Path, rim: int = 2) -> float:
     return float(inner.sum() - m.sum()) / float(m.sum())
 
 
-pred = Predictor(engine="onnx-int8")
-rows = []
-for case in sorted(p for p in ROOT.iterdir() if p.is_dir()):
-    with tempfile.TemporaryDirectory() as tmp:
-        true = shrunk(case, Path(tmp) / case.name)
-        for inp in ("all", "flair"):
-            pick = (lambda c: c / f"{c.name}_flair.nii.gz") if inp == "flair" else (lambda c: c)
-            s = compare(pred, read_study(pick(case)), read_study(pick(Path(tmp) / case.name))).summary
-            rows.append(
-                {
-                    "case": case.name,
-                    "input": inp,
-                    "true": round(true, 3),
-                    "measured": round(s["volume_change_relative"], 3),
-                    "trusted": s["registration"]["trusted"],
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
-for inp in ("all", "flair"):
-    err = [abs(r["measured"] - r["true"]) for r in rows if r["input"] == inp]
-    print(
-        inp,
-        "median |error|",
-        round(float(np.median(err)), 3),
-        "within 5 points",
-        sum(e <= 0.05 for e in err),
-        "of",
-        len(err),
-    )
+def main() -> None:
+    pred = Predictor(engine="onnx-int8")
+    rows = []
+    for case in sorted(p for p in ROOT.iterdir() if p.is_dir()):
+        with tempfile.TemporaryDirectory() as tmp:
+            true = shrunk(case, Path(tmp) / case.name)
+            for inp in ("all", "flair"):
+                pick = (lambda c: c / f"{c.name}_flair.nii.gz") if inp == "flair" else (lambda c: c)
+                s = compare(pred, read_study(pick(case)), read_study(pick(Path(tmp) / case.name))).summary
+                rows.append(
+                    {
+                        "case": case.name,
+                        "input": inp,
+                        "true": round(true, 3),
+                        "measured": round(s["volume_change_relative"], 3),
+                        "trusted": s["registration"]["trusted"],
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    for inp in ("all", "flair"):
+        err = [abs(r["measured"] - r["true"]) for r in rows if r["input"] == inp]
+        print(
+            inp,
+            "median |error|",
+            round(float(np.median(err)), 3),
+            "within 5 points",
+            sum(e <= 0.05 for e in err),
+            "of",
+            len(err),
+        )
+
+
+if __name__ == "__main__":
+    main()
