@@ -154,3 +154,46 @@ def test_a_mirrored_brain_and_another_patients_brain_are_not_trusted(tmp_path):
     assert any("left-right" in w for w in m.why_not_trusted())
     other = register(base, read_study(OTHER / f"{OTHER.name}_flair.nii.gz"))
     assert not other.trusted and other.correlation < 0.75
+
+
+def _dated(source: str, **tags):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(source=source, dicom=[SimpleNamespace(**tags)])
+
+
+def test_dates_that_are_no_dates_in_the_future_or_on_one_side_only_are_said():
+    """44.6: 20241399 was dropped silently, 2099 gave growth over 75 years, one dated side asked for nothing, and
+    --interval beside real dates was ignored without a word."""
+    from tumorseg.followup import date_notes, study_date
+
+    bad, future = _dated("a", StudyDate="20241399"), _dated("b", StudyDate="20990101")
+    assert study_date(bad) is None
+    notes = " ".join(date_notes([bad, future], [study_date(bad), study_date(future)], None))
+    assert "20241399" in notes and "not a valid date" in notes
+    assert "future" in notes and "give --interval" in notes
+    a, b = _dated("a", StudyDate="20250101"), _dated("b", StudyDate="20250402")
+    notes = " ".join(date_notes([a, b], [study_date(a), study_date(b)], 30.0))
+    assert "--interval 30 was ignored" in notes and "91 days" in notes
+    assert date_notes([a, b], [study_date(a), study_date(b)], None) == []
+
+
+def test_prior_compares_dates_as_dates_refuses_ties_and_says_why_a_study_is_not_found():
+    """44.6: in --prior an invalid StudyDate was compared as a string and chosen as the baseline; two priors on one
+    date were chosen by UID order without a word; a CT follow-up was refused for "no StudyDate"."""
+    from tumorseg.pacs import Pacs, PacsError
+
+    def archive(rows):
+        p = Pacs.__new__(Pacs)
+        p.patient_of = lambda uid: "P1"
+        p.studies = lambda patient_id=None: [{"patient_id": "P1", "study_uid": u, "date": d} for u, d in rows]
+        return p
+
+    p = archive([("1.9", "20250601"), ("1.1", "20241399"), ("1.2", "20250101")])
+    assert p.prior_study("1.9")["study_uid"] == "1.2"  # 20241399 is no date: never the baseline
+    with pytest.raises(PacsError, match="dated 2025-01-01.*give the baseline"):
+        archive([("1.9", "20250601"), ("1.2", "20250101"), ("1.3", "20250101")]).prior_study("1.9")
+    with pytest.raises(PacsError, match="not among this patient's MR studies"):
+        archive([("1.2", "20250101")]).prior_study("1.7")
+    with pytest.raises(PacsError, match="not a valid date"):
+        archive([("1.9", "20251399"), ("1.2", "20250101")]).prior_study("1.9")

@@ -24,6 +24,7 @@ from .geometry import display_affine, display_turn, turned
 from .images import write_png
 from .render import heatmap_overlay
 from .studies import Study, read_study
+from .studies.dicom import parse_dicom_date
 from .studies.outputs import dicom_seg_dataset, dicom_sr_dataset, label_nifti_gz_bytes
 
 # A registration is trusted when the two brain masks overlap at least this much after it (Dice): the same
@@ -280,17 +281,40 @@ def bidimensional(mask: np.ndarray, spacing) -> dict:
     return {"slice": k + 1, "longest_mm": longest, "perpendicular_mm": width, "product_mm2": longest * width}
 
 
-def study_date(st) -> date | None:
-    """StudyDate (else AcquisitionDate) of a DICOM study; None where the files carry none (NIfTI)."""
+def _raw_date(st) -> tuple[str, str] | None:
+    """(tag, value) of the first date tag a DICOM study fills (StudyDate, else AcquisitionDate, SeriesDate)."""
     for ds in (st.dicom or [])[:1]:
         for tag in ("StudyDate", "AcquisitionDate", "SeriesDate"):
-            v = str(getattr(ds, tag, "") or "")
-            if len(v) == 8 and v.isdigit():
-                try:
-                    return date(int(v[:4]), int(v[4:6]), int(v[6:]))
-                except ValueError:
-                    continue
+            v = str(getattr(ds, tag, "") or "").strip()
+            if v:
+                return tag, v
     return None
+
+
+def study_date(st) -> date | None:
+    """StudyDate (else AcquisitionDate) of a DICOM study; None where the files carry none (NIfTI) or it is no date."""
+    raw = _raw_date(st)
+    return parse_dicom_date(raw[1]) if raw else None
+
+
+def date_notes(sts: list, dates: list, interval_days: float | None) -> list[str]:
+    """What a reader must know about the two dates: one that is not a date, one in the future, only one side dated
+    (give --interval), or --interval given beside real dates (the dates win)."""
+    notes = []
+    for st, d in zip(sts, dates):
+        raw = _raw_date(st)
+        if raw and d is None:
+            notes.append(f"{st.source}: {raw[0]} {raw[1]!r} is not a valid date; it was ignored.")
+        if d is not None and d > date.today():
+            notes.append(f"{st.source}: dated {d.isoformat()}, in the future; check the study's date.")
+    if dates[0] and dates[1]:
+        if interval_days is not None:
+            notes.append(
+                f"--interval {interval_days:g} was ignored: the studies' dates give {(dates[1] - dates[0]).days} days."
+            )
+    elif (dates[0] or dates[1]) and interval_days is None:
+        notes.append("Only one study carries a date: no growth per month (give --interval DAYS).")
+    return notes
 
 
 def patient_of(st) -> str | None:
@@ -529,6 +553,7 @@ def compare(
     if seq_note:
         notes.append(seq_note)
     days = (dates[1] - dates[0]).days if dates[0] and dates[1] else interval_days
+    notes += date_notes(sts, dates, interval_days)
     if any(s.spacing is None for s in sts):
         raise FollowUpError("a study without a voxel size cannot be registered or measured in mL (give --spacing)")
     n0, n1 = sts[0].n_slices, sts[1].n_slices

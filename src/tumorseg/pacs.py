@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .limits import MAX_DECODED_BYTES
 from .studies import MODEL_CHANNELS, StudyError, read_study, sequence_of_series
+from .studies.dicom import parse_dicom_date
 
 TIMEOUT_S = 30.0  # per read: a server that sends nothing for this long is given up
 DEADLINE_S = 120.0  # per request, in all: a server that drips bytes is given up after this (plus one read)
@@ -482,15 +483,27 @@ class Pacs:
             raise PacsError(f"study {study_uid}: the archive reports no PatientID; give the baseline's study UID")
         found = [s for s in self.studies(patient_id=pid) if s["patient_id"] == pid]  # exact, never a wildcard
         this = [s for s in found if s["study_uid"] == study_uid]
-        day = this[0]["date"] if this else ""
-        if not day:
+        if not this:
             raise PacsError(
-                f"study {study_uid} carries no StudyDate, so no earlier study can be chosen; give both UIDs"
+                f"study {study_uid} is not among this patient's MR studies (another modality?); give both UIDs"
             )
-        earlier = [s for s in found if s["study_uid"] != study_uid and s["date"] and s["date"] < day]
+        raw = this[0]["date"]
+        day = parse_dicom_date(raw)
+        if day is None:
+            why = f"its StudyDate {raw!r} is not a valid date" if raw else "it carries no StudyDate"
+            raise PacsError(f"study {study_uid}: {why}, so no earlier study can be chosen; give both UIDs")
+        dated = [(parse_dicom_date(s["date"]), s) for s in found if s["study_uid"] != study_uid]
+        earlier = [(d, s) for d, s in dated if d is not None and d < day]  # dates compared as dates, never strings
         if not earlier:
-            raise PacsError(f"the archive holds no MR study of this patient dated before {day} (study {study_uid})")
-        return max(earlier, key=lambda s: (s["date"], s["study_uid"]))
+            raise PacsError(f"the archive holds no MR study of this patient dated before {raw} (study {study_uid})")
+        latest = max(d for d, _ in earlier)
+        same = [s for d, s in earlier if d == latest]
+        if len(same) > 1:
+            uids = ", ".join(s["study_uid"] for s in same)
+            raise PacsError(
+                f"{len(same)} MR studies of this patient are dated {latest.isoformat()} ({uids}); give the baseline's UID"
+            )
+        return same[0]
 
     # ------------------------------------------------------------------ STOW
     def store(self, datasets: list, study_uid: str) -> list[str]:

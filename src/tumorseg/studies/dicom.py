@@ -6,6 +6,7 @@ from __future__ import annotations
 import io as _io
 import zipfile
 import zlib
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -445,3 +446,15 @@ def _dicom_geometry(dss: list, source: str, notes: list[str]) -> dict:
     lps[:3, 2] = step
     lps[:3, 3] = origin
     return {"spacing": (abs(dz), ps[0], ps[1]), "affine": np.diag([-1, -1, 1, 1]) @ lps}  # LPS -> RAS
+
+
+def parse_dicom_date(v) -> date | None:
+    """A DICOM DA value (YYYYMMDD) as a date; None when empty or not a real date (20241399): dates are compared
+    as dates, never as strings."""
+    v = str(v or "").strip()
+    if len(v) != 8 or not v.isdigit():
+        return None
+    try:
+        return date(int(v[:4]), int(v[4:6]), int(v[6:]))
+    except ValueError:
+        return None
