@@ -200,7 +200,7 @@ def _add_followup(sub) -> None:
         metavar="ROW,COL,SLICE",
         help="voxel size in mm for stacks of 2D slices (they carry none), used for both studies",
     )
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     add_engine_arg(p)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores)")
     pac = p.add_argument_group("studies from a PACS (DICOMweb; credentials from TUMORSEG_PACS_* or a file)")

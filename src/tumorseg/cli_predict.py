@@ -105,8 +105,9 @@ def predict_inputs(a) -> int:
     if rep.interrupted:
         print("interrupted: summary.csv lists what finished", file=sys.stderr)
     skipped = f", {rep.skipped} already done" if rep.skipped else ""
+    where = f"results in {a.out}" if Path(a.out).is_dir() else "nothing written"
     print(
-        f"{rep.done} segmented{skipped}, {rep.failed} failed in {rep.wall_s:.1f} s; results in {a.out} ({DISCLAIMER})",
+        f"{rep.done} segmented{skipped}, {rep.failed} failed in {rep.wall_s:.1f} s; {where} ({DISCLAIMER})",
         file=sys.stderr,
     )
     return rep.exit_code

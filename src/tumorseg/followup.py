@@ -332,10 +332,10 @@ def rano_wording(rel: float | None, before: float, after: float) -> str:
     if after == 0:
         return "no measurable tumour left: complete response suggested (suggestion, not a diagnosis)"
     if rel >= PROGRESSION:
-        return f"product up {rel:+.0%} (>= +25 %): progression suspected (suggestion, not a diagnosis)"
+        return f"product up {100 * rel:+.0f} % (>= +25 %): progression suspected (suggestion, not a diagnosis)"
     if rel <= PARTIAL_RESPONSE:
-        return f"product down {rel:+.0%} (<= -50 %): partial response suggested (suggestion, not a diagnosis)"
-    return f"product {rel:+.0%} (between -50 % and +25 %): stable (suggestion, not a diagnosis)"
+        return f"product down {100 * rel:+.0f} % (<= -50 %): partial response suggested (suggestion, not a diagnosis)"
+    return f"product {100 * rel:+.0f} % (between -50 % and +25 %): stable (suggestion, not a diagnosis)"
 
 
 def check_interval(days: float | None) -> float | None:

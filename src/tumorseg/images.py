@@ -66,6 +66,9 @@ def _read_tiff(path, data: bytes | None) -> np.ndarray:
     return arr
 
 
+_FORMAT_BY_SUFFIX = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP", ".bmp": "BMP"}
+
+
 def _read_pil(path, data: bytes | None) -> np.ndarray:
     src = _io.BytesIO(data) if data is not None else path
     try:
@@ -92,6 +95,15 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Image.UnidentifiedImageError:
+        named = (
+            _FORMAT_BY_SUFFIX.get(os.path.splitext(str(path))[1].lower())
+            if isinstance(path, (str, os.PathLike))
+            else None
+        )
+        if named:  # a file named as a format we read, whose data is not that format: damaged, not unsupported
+            raise ImageReadError(
+                path, f"a damaged {named} file (named {named}, but its data cannot be read as one)"
+            ) from None
         raise ImageReadError(path, "not a recognised image format (supported: TIFF, PNG, JPEG, WebP, BMP)") from None
     except Exception as exc:
         raise ImageReadError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None

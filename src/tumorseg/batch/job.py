@@ -73,6 +73,8 @@ class BatchJob:
             raise BatchError("--reference compares one input: run it without --dask")
         if self.reference and self.reference != "auto" and not Path(self.reference).exists():
             raise BatchError(f"--reference {self.reference}: not found")
+        if not items:  # every input refused while planning: nothing to write, so no (empty) --out folder either
+            return items, errors, conflicts
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / f".tumorseg-write-test-{os.getpid()}"
@@ -115,7 +117,8 @@ class BatchJob:
         rep.skipped = skipped
         rep.failed = sum(1 for r in rep.rows if r["error"])
         rep.done = len(rep.rows) - rep.failed - skipped
-        write_summary(out, rep.rows)
+        if items:  # inputs all refused while planning: the errors are printed, and no folder is made for them
+            write_summary(out, rep.rows)
         rep.wall_s = time.perf_counter() - t0
         return rep
 

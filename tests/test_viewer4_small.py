@@ -1,0 +1,45 @@
+"""Issue 46.12, the small things a new user hit: the RANO-style wording's spacing, a damaged PNG called damaged,
+no empty --out folder for inputs that were all refused, and help text for every follow-up option."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_rano_wording_spaces_its_percentages_as_its_thresholds_do():
+    from tumorseg.followup import rano_wording
+
+    assert rano_wording(-0.04, 100, 96).startswith("product -4 % (between -50 % and +25 %)")
+    assert rano_wording(0.3, 100, 130).startswith("product up +30 % (>= +25 %)")
+
+
+def test_a_damaged_png_is_called_damaged_not_unsupported(tmp_path):
+    from tumorseg.errors import ImageReadError
+    from tumorseg.images import read_image
+
+    f = tmp_path / "scan.png"
+    f.write_bytes(b"\x00garbage that is no png at all" * 10)
+    with pytest.raises(ImageReadError, match="damaged PNG"):
+        read_image(f)
+    g = tmp_path / "scan.xyz"
+    g.write_bytes(b"\x00garbage")
+    with pytest.raises(ImageReadError):
+        read_image(g)
+
+
+def test_predict_of_a_missing_file_creates_no_out_folder(tmp_path, tiny_model):
+    from tumorseg.cli import main
+
+    out = tmp_path / "D"
+    assert main(["predict", str(tmp_path / "missing.nii.gz"), "--model", str(tiny_model), "--out", str(out)]) != 0
+    assert not out.exists()
+
+
+def test_every_followup_option_has_help(capsys):
+    from tumorseg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["followup", "--help"])
+    text = capsys.readouterr().out
+    opts = text.split("options:", 1)[1]
+    assert "bundled model" in opts.split("--model MODEL", 1)[1][:120]
