@@ -69,7 +69,7 @@ def test_float_tiff_with_nan(tmp_path):
     "content,reason",
     [
         (b"", "empty"),
-        (b"this is text, not an image", "not a recognised image"),
+        (b"this is text, not an image", "damaged or not a PNG"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00", "not a readable image"),
         (b"II*\x00\x08\x00\x00\x00garbage", "TIFF"),
     ],

@@ -591,7 +591,15 @@ def compare(
     counts = {k: float((change == v).sum() * vml) for k, v in (("new", 2), ("resolved", 3), ("unchanged", 1))}
     if to_space is not None:  # the change map is shown on the baseline's grid
         change = _labels_through(sts[0], change, to_space)
-    summary = {
+    measured = {"space": space, "flips": flips, "volume_ml": {"baseline": v_base, "followup": v_fu}}
+    summary = _summary(sps, bis, dates, days, (v_base, v_fu), rel_prod, common, counts, measured, reg, notes)
+    return FollowUp(sps[0], sps[1], reg, change, summary)
+
+
+def _summary(sps, bis, dates, days, vols, rel_prod, common, counts, measured, reg, notes) -> dict:
+    """followup.json's numbers (the CLI, REST, the page and the SR all read these)."""
+    v_base, v_fu = vols
+    return {
         "baseline": _point(sps[0], bis[0], dates[0]),
         "followup": _point(sps[1], bis[1], dates[1]),
         "days_between": days,
@@ -605,11 +613,9 @@ def compare(
         "rano_style": rano_wording(rel_prod, common[0]["product_mm2"], common[1]["product_mm2"]),
         "thresholds": {"progression": "product >= +25 %", "partial_response": "product <= -50 %"},
         "measured_in": {
-            "space": space,
-            "flips": flips,
+            **measured,
             "what": "each time point's volume and diameters in its own space; the change, new, resolved and the "
-            f"product's change in the {SPACE_WORDS[space]}",
-            "volume_ml": {"baseline": v_base, "followup": v_fu},
+            f"product's change in the {SPACE_WORDS[measured['space']]}",
         },
         "registration": {
             "method": "SimpleITK rigid (Euler 3D), Mattes MI, up to 3 levels, FLAIR inside the brain; follow-up onto "
@@ -631,7 +637,6 @@ def compare(
         "notes": notes,
         "disclaimer": sps[0].model.get("disclaimer"),
     }
-    return FollowUp(sps[0], sps[1], reg, change, summary)
 
 
 SPACE_WORDS = {

@@ -102,7 +102,7 @@ def _read_pil(path, data: bytes | None) -> np.ndarray:
         )
         if named:  # a file named as a format we read, whose data is not that format: damaged, not unsupported
             raise ImageReadError(
-                path, f"a damaged {named} file (named {named}, but its data cannot be read as one)"
+                path, f"damaged or not a {named} (named {named}, but its data cannot be read as one)"
             ) from None
         raise ImageReadError(path, "not a recognised image format (supported: TIFF, PNG, JPEG, WebP, BMP)") from None
     except Exception as exc:

@@ -160,6 +160,35 @@ def _per_channel(draws: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
     return draws.gather(1, seq[:, :, None, None])
 
 
+def _sequence_dropout(x, gen, p_seq: float, p_flair_only: float, p_no_context: float, tie_copies: bool):
+    """aug v2's sequence dropout (and a 2.5D batch's neighbours): the new batch and each channel's source sequence
+    for the per-channel intensity draws, (C,) or, with ``tie_copies``, per image (N x C)."""
+    n, dev = x.shape[0], x.device
+    # Sequence dropout: 0 keep, 1 pre->FLAIR, 2 post->FLAIR, 3 FLAIR only.
+    mode = torch.randint(0, 4, (n,), generator=gen)
+    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode))
+    if p_flair_only > 0:
+        mode = torch.where(torch.rand(n, generator=gen) < p_flair_only, torch.full_like(mode, 3), mode)
+    mode = mode.to(dev)
+    fl = x[:, 1:2]
+    pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
+    post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])
+    ctx = x[:, 3:]
+    if ctx.shape[1]:
+        rev = (torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1)
+        ctx = torch.where(rev, ctx.flip(1), ctx)
+        none = (torch.rand(n, generator=gen) < p_no_context).to(dev).view(n, 1, 1, 1)
+        ctx = torch.where(none, fl.expand_as(ctx), ctx)
+    x = torch.cat([pre, fl, post, ctx], 1)
+    seq = torch.tensor([0, 1, 2] + [1] * ctx.shape[1], device=dev)
+    if tie_copies:  # per image: each channel's source sequence (a copy of FLAIR draws as FLAIR)
+        seq = seq.expand(n, -1).clone()
+        for k in (0, 2):
+            same = (x[:, k] == x[:, 1]).flatten(1).all(1)
+            seq[:, k] = torch.where(same, torch.ones_like(seq[:, k]), seq[:, k])
+    return x, seq
+
+
 def augment_for_other_sites(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -201,28 +230,7 @@ def augment_for_other_sites(
         keep = ((depth.float() > rim) | (y > 0)).float()
         x = torch.where(strip, x * keep, x)
     x, y, _ = _flip_rotate_scale(x, y, gen, 20.0, (0.7, 1.4))
-    # Sequence dropout: 0 keep, 1 pre->FLAIR, 2 post->FLAIR, 3 FLAIR only.
-    mode = torch.randint(0, 4, (n,), generator=gen)
-    mode = torch.where(torch.rand(n, generator=gen) < p_seq, mode, torch.zeros_like(mode))
-    if p_flair_only > 0:
-        mode = torch.where(torch.rand(n, generator=gen) < p_flair_only, torch.full_like(mode, 3), mode)
-    mode = mode.to(dev)
-    fl = x[:, 1:2]
-    pre = torch.where(((mode == 1) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 0:1])
-    post = torch.where(((mode == 2) | (mode == 3)).view(n, 1, 1, 1), fl, x[:, 2:3])
-    ctx = x[:, 3:]
-    if ctx.shape[1]:
-        rev = (torch.rand(n, generator=gen) < 0.5).to(dev).view(n, 1, 1, 1)
-        ctx = torch.where(rev, ctx.flip(1), ctx)
-        none = (torch.rand(n, generator=gen) < p_no_context).to(dev).view(n, 1, 1, 1)
-        ctx = torch.where(none, fl.expand_as(ctx), ctx)
-    x = torch.cat([pre, fl, post, ctx], 1)
-    seq = torch.tensor([0, 1, 2] + [1] * ctx.shape[1], device=dev)
-    if tie_copies:  # per image: each channel's source sequence (a copy of FLAIR draws as FLAIR)
-        seq = seq.expand(n, -1).clone()
-        for k in (0, 2):
-            same = (x[:, k] == x[:, 1]).flatten(1).all(1)
-            seq[:, k] = torch.where(same, torch.ones_like(seq[:, k]), seq[:, k])
+    x, seq = _sequence_dropout(x, gen, p_seq, p_flair_only, p_no_context, tie_copies)
     # Bias field: a 4x4 grid of log-gains, smoothly upsampled.
     field = F.interpolate(_u(gen, (n, 1, 4, 4), -0.3, 0.3, dev), size=(h, w), mode="bicubic", align_corners=True)
     on = _u(gen, (n, 1, 1, 1), 0, 1, dev) < 0.3
