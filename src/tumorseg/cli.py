@@ -219,7 +219,7 @@ def _add_followup(sub) -> None:
 def _cmd_followup(a) -> int:
     import tempfile
 
-    from .followup import check_interval, check_out, compare, dicom_reports, write_outputs
+    from .followup import check_interval, check_out, compare, dicom_reports, followup_line, write_outputs
     from .inference import Predictor
 
     if (a.prior or a.store) and not a.dicomweb:
@@ -255,14 +255,7 @@ def _cmd_followup(a) -> int:
             for point, study_uid, datasets in reports:
                 for line in pacs.store(datasets, study_uid):
                     print(f"stored into the {point} study {study_uid}: {line}", file=sys.stderr)
-    s = fu.summary
-    print(
-        f"baseline {s['baseline']['volume_ml']:.2f} mL -> follow-up {s['followup']['volume_ml']:.2f} mL "
-        f"({s['volume_change_ml']:+.2f} mL; new {s['new_ml']:.2f}, resolved {s['resolved_ml']:.2f}); "
-        f"{s['rano_style']}; registration {'trusted' if s['registration']['trusted'] else 'NOT trusted'} "
-        f"(brain overlap {s['registration']['brain_dice']:.3f}); {out}",
-        file=sys.stderr,
-    )
+    print(followup_line(fu.summary, out), file=sys.stderr)
     return EXIT_OK
 
 

@@ -323,14 +323,21 @@ def patient_of(st) -> str | None:
     return None
 
 
-def rano_wording(rel: float | None, before: float, after: float) -> str:
-    """The change of the bidimensional product in RANO-style words, marked as a suggestion."""
+def rano_wording(rel: float | None, before: float, after: float, band: dict | None = None) -> str:
+    """The change of the bidimensional product in RANO-style words, marked as a suggestion; "stable" whenever the
+    volume change lies within the model's repeatability (``band``), since such a change may be the model's own."""
     if before == 0 and after == 0:
         return "no measurable tumour at either time point (suggestion, not a diagnosis)"
     if before == 0:
         return "new measurable tumour: progression suspected (suggestion, not a diagnosis)"
     if after == 0:
         return "no measurable tumour left: complete response suggested (suggestion, not a diagnosis)"
+    if band is not None and band.get("volume_change_within"):
+        return (
+            f"product {100 * rel:+.0f} %, but the volume change lies within the model's repeatability "
+            f"(±{band['abs_volume_change_ml']:.1f} mL or ±{band['abs_volume_change_pct']:.0f} %): stable "
+            "(suggestion, not a diagnosis)"
+        )
     if rel >= PROGRESSION:
         return f"product up {100 * rel:+.0f} % (>= +25 %): progression suspected (suggestion, not a diagnosis)"
     if rel <= PARTIAL_RESPONSE:
@@ -458,6 +465,24 @@ def _in_order(sts: list, force: bool) -> tuple[list, list, list[str]]:
 SPACES = ("own", "baseline", "halfway")
 SPACE = "own"  # what the pre-registered rule chose (research/followup/one_space.md)
 FLIPS = False  # averaged left-right test-time flips for the segmentations the change is measured on
+# The model's repeatability for the chosen method: 95th percentiles over unchanged tumours (each study against
+# itself moved rigidly; research/followup/one_space.json). None: not measured for this method.
+REPEATABILITY: dict | None = None
+
+
+def repeatability(space: str, flips: bool, v_base: float, change_ml: float, new_ml: float, resolved_ml: float):
+    """The band beside the numbers, and whether each number lies inside it (None where the method has no band)."""
+    band = REPEATABILITY
+    if band is None or (band["space"], band["flips"]) != (space, flips):
+        return None
+    rel = abs(change_ml) / v_base * 100 if v_base else None
+    return {
+        **band,
+        "volume_change_within": bool(abs(change_ml) <= band["abs_volume_change_ml"]
+                                     or (rel is not None and rel <= band["abs_volume_change_pct"])),
+        "new_within": bool(new_ml <= band["new_ml"]),
+        "resolved_within": bool(resolved_ml <= band["resolved_ml"]),
+    }  # fmt: skip
 
 
 def half_transform(reg: Registration):
@@ -599,6 +624,7 @@ def compare(
 def _summary(sps, bis, dates, days, vols, rel_prod, common, counts, measured, reg, notes) -> dict:
     """followup.json's numbers (the CLI, REST, the page and the SR all read these)."""
     v_base, v_fu = vols
+    band = repeatability(measured["space"], measured["flips"], v_base, v_fu - v_base, counts["new"], counts["resolved"])
     return {
         "baseline": _point(sps[0], bis[0], dates[0]),
         "followup": _point(sps[1], bis[1], dates[1]),
@@ -610,7 +636,8 @@ def _summary(sps, bis, dates, days, vols, rel_prod, common, counts, measured, re
         "new_ml": counts["new"],
         "resolved_ml": counts["resolved"],
         "unchanged_ml": counts["unchanged"],
-        "rano_style": rano_wording(rel_prod, common[0]["product_mm2"], common[1]["product_mm2"]),
+        "rano_style": rano_wording(rel_prod, common[0]["product_mm2"], common[1]["product_mm2"], band),
+        "repeatability": band,
         "thresholds": {"progression": "product >= +25 %", "partial_response": "product <= -50 %"},
         "measured_in": {
             **measured,
@@ -654,6 +681,24 @@ def _labels_through(grid_st, labels: np.ndarray, tx) -> np.ndarray:
     ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
     out = sitk.Resample(_sitk_image(grid_st, labels), ref, tx, sitk.sitkNearestNeighbor, 0)
     return sitk.GetArrayFromImage(out).astype(np.uint8)
+
+
+def followup_line(s: dict, out) -> str:
+    """The CLI's one line: the numbers, each beside the model's repeatability where it was measured."""
+    band = s.get("repeatability")
+
+    def within(ok: bool, ml: float) -> str:
+        return f" (within the model's repeatability of ±{ml:.1f} mL)" if band and ok else ""
+
+    reg = s["registration"]
+    return (
+        f"baseline {s['baseline']['volume_ml']:.2f} mL -> follow-up {s['followup']['volume_ml']:.2f} mL; change "
+        f"{s['volume_change_ml']:+.2f} mL{within(band and band['volume_change_within'], band and band['abs_volume_change_ml'])}"
+        f"; new {s['new_ml']:.2f} mL{within(band and band['new_within'], band and band['new_ml'])}, resolved "
+        f"{s['resolved_ml']:.2f} mL{within(band and band['resolved_within'], band and band['resolved_ml'])}; "
+        f"{s['rano_style']}; registration {'trusted' if reg['trusted'] else 'NOT trusted'} (brain overlap "
+        f"{reg['brain_dice']:.3f}, FLAIR correlation {reg['correlation']:.3f}); {out}"
+    )
 
 
 def _point(sp, bi: dict, day: date | None) -> dict:
@@ -713,6 +758,9 @@ def dicom_reports(fu: FollowUp) -> list[tuple[str, str, list]]:
         if point == "followup":
             extra.append(_local("vol-change", "Volume change since baseline", s["volume_change_ml"], "ml",
                                 "milliliter"))  # fmt: skip
+            if s.get("repeatability"):
+                extra.append(_local("vol-repeat-band", "Volume change within which the model repeats itself (95 %)",
+                                    s["repeatability"]["abs_volume_change_ml"], "ml", "milliliter"))  # fmt: skip
             if s["days_between"]:
                 extra.append(_local("days-since-base", "Days since baseline", s["days_between"], "d", "day"))
                 extra.append(_local("growth-rate", "Volume growth per month", s["growth_ml_per_month"], "ml/mo",

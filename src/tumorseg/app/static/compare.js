@@ -84,12 +84,15 @@ function numbers(s) {
     for (const c of r) { const el = document.createElement(i === 0 ? "th" : "td"); el.textContent = c; tr.append(el); }
     return tr;
   }));
+  const band = s.repeatability;
+  const within = (ok, v) => (band && ok ? ` — within the model's repeatability of ±${v.toFixed(1)} mL` : "");
   const change = [
-    ["Volume change", `${s.volume_change_ml >= 0 ? "+" : ""}${s.volume_change_ml.toFixed(2)} mL (${pct(s.volume_change_relative)})`],
+    ["Volume change", `${s.volume_change_ml >= 0 ? "+" : ""}${s.volume_change_ml.toFixed(2)} mL (${pct(s.volume_change_relative)})${within(band && band.volume_change_within, band && band.abs_volume_change_ml)}`],
     ["Days between", s.days_between == null ? "unknown (give the days)" : String(s.days_between)],
     ["Growth", s.growth_ml_per_month == null ? "–" : `${s.growth_ml_per_month >= 0 ? "+" : ""}${s.growth_ml_per_month.toFixed(2)} mL / month`],
-    ["New · resolved", `${ml(s.new_ml)} · ${ml(s.resolved_ml)}`],
-    ["Registration", `brain overlap ${reg.brain_dice.toFixed(3)} (${reg.trusted ? "trusted" : "NOT trusted"}, threshold ${reg.quality_threshold})`],
+    ["New", `${ml(s.new_ml)}${within(band && band.new_within, band && band.new_ml)}`],
+    ["Resolved", `${ml(s.resolved_ml)}${within(band && band.resolved_within, band && band.resolved_ml)}`],
+    ["Registration", `brain overlap ${reg.brain_dice.toFixed(3)}, FLAIR correlation ${reg.correlation.toFixed(3)} (${reg.trusted ? "trusted" : "NOT trusted"})`],
   ];
   $("fu-change").replaceChildren(...change.map(([k, v]) => {
     const d = document.createElement("div");
@@ -99,14 +102,20 @@ function numbers(s) {
   }));
   $("fu-rano").textContent = s.rano_style;
   $("fu-flag").hidden = reg.trusted;
-  $("fu-flag").textContent = reg.trusted ? "" : "The registration is below the quality threshold: the change map and the new and resolved volumes are unreliable; each study's own volume still stands.";
+  $("fu-flag").textContent = reg.trusted ? "" : `The registration is not trusted (${(reg.why_not_trusted || []).join("; ")}): the change map and the new and resolved volumes are unreliable; each study's own volume still stands.`;
   $("fu-notes").textContent = (s.notes || []).join(" ");
+}
+
+function zipName(s) {
+  // followup_<baseline>_<follow-up>.zip: each study's file or folder name, without extensions or odd characters
+  const stem = (p) => String(p || "study").split(/[\\/]/).filter(Boolean).pop().replace(/\.(nii\.gz|nii|zip|dcm)$/i, "").replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 40);
+  return `followup_${stem(s.baseline.source)}_${stem(s.followup.source)}.zip`;
 }
 
 async function showResult(res) {
   numbers(res.summary);
   $("fu-result").hidden = false;
-  $("fu-download").onclick = () => downloadUrl(res.download, "followup.zip");
+  $("fu-download").onclick = () => downloadUrl(res.download, zipName(res.summary));
   const lib = await loadLibrary();
   const headers = authHeaders();
   const panels = [
