@@ -54,5 +54,81 @@ def test_no_module_imports_another_modules_private_names():
     for f in SRC.rglob("*.py"):
         for node in ast.walk(ast.parse(f.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tumorseg")):
-                found += [f"{f.relative_to(SRC)}: {a.name}" for a in node.names if re.match(r"_[a-z]", a.name)]
+                found += [f"{f.relative_to(SRC)}: {a.name}" for a in node.names if re.match(r"_[A-Za-z]", a.name)]
+        found += _private_attribute_uses(f)
     assert not found, found
+
+
+def _private_attribute_uses(f: Path) -> list[str]:
+    """``module._name`` where ``module`` was imported from tumorseg (``from . import x`` / ``import tumorseg.x``)."""
+    tree = ast.parse(f.read_text())
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tumorseg")):
+            modules |= {a.asname or a.name for a in node.names if a.name.islower() and "." not in a.name}
+        elif isinstance(node, ast.Import):
+            modules |= {a.asname or a.name for a in node.names if a.name.startswith("tumorseg") and a.asname}
+    return [
+        f"{f.relative_to(SRC)}: {n.value.id}.{n.attr}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules
+        and re.match(r"_[A-Za-z]", n.attr)
+    ]  # fmt: skip
+
+
+FRONT_ENDS = (
+    "tumorseg",
+    "tumorseg.cli",
+    "tumorseg.cli_args",
+    "tumorseg.cli_predict",
+    "tumorseg.inference",
+    "tumorseg.followup",
+    "tumorseg.pacs",
+    "tumorseg.app.server",
+    "tumorseg.batch.job",
+)
+HEAVY = ("torch", "onnx", "matplotlib", "safetensors")
+
+
+def test_importing_every_front_end_loads_no_torch_network_or_lab():
+    """Issue 45: a contract cannot tell an eager import from a lazy one, so a fresh interpreter checks what importing
+    the CLI, the app, the Predictor, follow-up and PACS actually loads."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {FRONT_ENDS!r}: importlib.import_module(m)\n"
+        "from tumorseg import Predictor\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} "
+        "or m.startswith(('tumorseg.nn', 'tumorseg.train')))\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=SRC.parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"front ends import {out.stdout.strip()}"
+
+
+@pytest.mark.parametrize("module", ["cli.py", "cli_args.py"])
+def test_an_eager_torch_import_in_the_front_door_breaks_the_contract(tmp_path, module):
+    """Issue 45: an `import torch` planted at the top of the console script's modules kept every contract before."""
+    import os
+    import shutil
+
+    pytest.importorskip("importlinter", reason="the dev extra's import-linter")
+    shutil.copytree(SRC, tmp_path / "src" / "tumorseg", ignore=shutil.ignore_patterns("static", "models"))
+    shutil.copy(SRC.parents[1] / "pyproject.toml", tmp_path / "pyproject.toml")
+    f = tmp_path / "src" / "tumorseg" / module
+    f.write_text(
+        f.read_text().replace(
+            "from __future__ import annotations\n", "from __future__ import annotations\n\nimport torch\n", 1
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports")), "--no-cache"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode != 0 and f"tumorseg.{module[:-3]} is not allowed to import torch" in out.stdout, out.stdout[
+        -2000:
+    ]

@@ -46,7 +46,7 @@ def _with_bce(region_loss):
     return loss
 
 
-_LOSS_FNS = {
+LOSS_FNS = {
     "dice": dice_loss,
     "dice+bce": _with_bce(dice_loss),
     "tversky+bce": _with_bce(tversky_loss),
@@ -56,7 +56,7 @@ _LOSS_FNS = {
 
 def make_loss(name: str):
     """The training loss called ``name`` (one of ``LOSSES``; ``dice_bce`` as old run records spell it)."""
-    fn = _LOSS_FNS.get("dice+bce" if name == "dice_bce" else name)
+    fn = LOSS_FNS.get("dice+bce" if name == "dice_bce" else name)
     if fn is None:
         raise ValueError(f"unknown loss {name!r}; use one of {', '.join(LOSSES)}")
     return fn

@@ -40,11 +40,11 @@ from .data import (
     sources_of,
 )
 from .device import DistContext, log_main, precision_plan, resolve_device
-from .losses import _LOSS_FNS, make_loss
+from .losses import LOSS_FNS, make_loss
 from .run_folder import RunFolder
 from .validation import imagenet_normalise, patients_score, validate
 
-assert tuple(_LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
+assert tuple(LOSS_FNS) == LOSSES  # the CLI offers LOSSES (torch-free); each name has its function here
 
 
 class Trainer:
