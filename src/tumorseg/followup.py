@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write_bytes
-from .geometry import display_affine, display_turn, turned
+from .geometry import display_affine, display_turn, turned, voxel_ml
 from .images import write_png
 from .render import heatmap_overlay
 from .studies import Study, read_study
@@ -434,7 +434,7 @@ def on_shared_sequences(sts: list) -> tuple[list, str | None]:
 
 
 def _voxel_ml(st) -> float | None:
-    return float(np.prod(st.spacing)) / 1000.0 if st.spacing else None
+    return voxel_ml(st.spacing) if st.spacing else None
 
 
 def _in_order(sts: list, force: bool) -> tuple[list, list, list[str]]:

@@ -167,3 +167,9 @@ def volume_nifti_gz(st, vol: np.ndarray, scale: tuple[float, float] | None = Non
     if scale is not None:
         img.header.set_slope_inter(*scale)
     return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def voxel_ml(spacing) -> float | None:
+    """One voxel's volume in mL from its spacing in mm (any order: a product); None without a spacing. The one
+    home of the conversion every volume in the product uses (measurements, comparisons, follow-up, evaluation)."""
+    return float(np.prod(spacing)) / 1000.0 if spacing is not None and len(spacing) else None

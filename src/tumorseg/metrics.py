@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .geometry import voxel_ml
+
 
 def dice_score(tp: float, fp: float, fn: float) -> float:
     den = 2 * tp + fp + fn
@@ -213,7 +215,7 @@ def compare_masks(pred: np.ndarray, ref: np.ndarray, spacing=None, worst: int = 
     tp, fp, fn = int((pred & ref).sum()), int((pred & ~ref).sum()), int((~pred & ref).sum())
     out = {"dice": dice_score(tp, fp, fn), "model_voxels": tp + fp, "reference_voxels": tp + fn}
     if pred.ndim == 3:
-        vox = float(np.prod(spacing)) / 1000.0 if spacing else None
+        vox = voxel_ml(spacing) if spacing else None
         out["model_ml"] = None if vox is None else (tp + fp) * vox
         out["reference_ml"] = None if vox is None else (tp + fn) * vox
         out["volume_difference_ml"] = None if vox is None else (fp - fn) * vox

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..geometry import voxel_ml
+
 
 def _max_diameter(mask2d: np.ndarray, row_mm: float, col_mm: float) -> float:
     ys, xs = np.nonzero(mask2d)
@@ -52,7 +54,7 @@ def study_measurements(mask: np.ndarray, spacing, min_component_mm3: float = 0.0
     lab, ncomp = ndimage.label(mask, structure=np.ones((3, 3, 3), bool)) if voxels else (None, 0)
     meas = {
         "tumour_voxels": voxels,
-        "volume_ml": voxels * dz * dy * dx / 1000.0 if spacing else None,
+        "volume_ml": voxels * voxel_ml(spacing) if spacing else None,
         "slices_with_tumour": int(mask.reshape(mask.shape[0], -1).any(1).sum()),
         "n_slices": int(mask.shape[0]),
         "largest_diameter_mm": diam if spacing else None,

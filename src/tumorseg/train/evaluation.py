@@ -10,6 +10,7 @@ import numpy as np
 
 from ..engines import load_engine
 from ..files import atomic_write_bytes
+from ..geometry import voxel_ml
 from ..images import write_png
 from ..metrics import SegmentationMetrics, dice_score
 from ..modelinfo import ModelInfo
@@ -418,7 +419,7 @@ def external_case(pred, case: Path, tmp: Path, keep_masks: bool = False) -> dict
     row = {
         "case": case.name,
         "sequences": [s for s, v in (("t1", t1), ("flair", flair), ("t1c", t1c)) if v is not None],
-        "truth_ml": float(truth.sum() * np.prod(flair.header.get_zooms()[:3]) / 1000),
+        "truth_ml": float(truth.sum() * voxel_ml(flair.header.get_zooms()[:3])),
     }
     for label, path in zip(EXTERNAL_CONDITIONS, (p3, case / f"{case.name}_flair.nii.gz")):
         sp = pred.predict_study(path)
