@@ -43,3 +43,19 @@ def test_every_followup_option_has_help(capsys):
     text = capsys.readouterr().out
     opts = text.split("options:", 1)[1]
     assert "bundled model" in opts.split("--model MODEL", 1)[1][:120]
+
+
+def test_the_api_page_is_served_from_the_app_itself_offline(predictor):
+    """46.11: /docs loaded Swagger UI from a CDN and a favicon from the framework's site: blank offline."""
+    import re
+
+    from .conftest import api_client
+
+    with api_client(predictor) as c:
+        r = c.get("/docs")
+        assert r.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", r.text)
+        assert urls and all(u.startswith("/") for u in urls), urls  # nothing from another host
+        for u in urls:
+            assert c.get(u).status_code == 200, u
+        assert "swagger-ui-bundle.js" in r.text and c.get("/openapi.json").json()["info"]["title"] == "tumorseg"

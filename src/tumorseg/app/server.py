@@ -94,7 +94,13 @@ def create_app(
     pred = predictor or LoadingPredictor(lambda: Predictor(model, engine=engine))
     cap = int(max_upload_mb * 1024 * 1024)
     store = ResultStore(pred)
-    app = FastAPI(title="tumorseg", version=__version__, description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}")
+    app = FastAPI(
+        title="tumorseg",
+        version=__version__,
+        description=f"Brain-tumour segmentation in MRI. {DISCLAIMER}",
+        docs_url=None,  # served below from this app's own files: the API page works offline, as the page does
+        redoc_url=None,
+    )
     app.state.predictor = pred
     _install_error_handling(app, max_upload_mb)
     app.include_router(meta_router(pred))
@@ -111,6 +117,7 @@ def create_app(
     app.include_router(held_router(pred, store, cap))
     app.include_router(view_router(store))
     app.include_router(download_router(pred, store))
+    _offline_api_docs(app)  # before /static, which would otherwise take /static/swagger's paths
     static = Path(str(resources.files("tumorseg") / "app" / "static"))
     app.mount("/static", StaticFiles(directory=static), name="static")
 
@@ -121,6 +128,25 @@ def create_app(
     guard_app = RequestGuard(app, cap, body_timeout, max_concurrent, allowed_hosts, token=token, slots=slots)
     guard_app.state = app.state  # tests and callers reach the predictor as before
     return guard_app
+
+
+def _offline_api_docs(app) -> None:
+    """``/docs``: Swagger UI from the swagger-ui-bundle wheel (its JS, CSS and favicon served by this app), so the
+    footer's API link works on a machine without internet and nothing is fetched from another host."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="tumorseg API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )
 
 
 def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
