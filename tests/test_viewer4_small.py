@@ -59,3 +59,28 @@ def test_the_api_page_is_served_from_the_app_itself_offline(predictor):
         for u in urls:
             assert c.get(u).status_code == 200, u
         assert "swagger-ui-bundle.js" in r.text and c.get("/openapi.json").json()["info"]["title"] == "tumorseg"
+
+
+def test_every_view_shows_the_files_own_voxel_index_as_nibabel_gives_it(tmp_path):
+    """46.2: the 2D views said (120, 120, 99), the planes (162, 120, 36), the file (77, 119, 36) for one point. Now
+    the page maps RAS mm through geometry.file_index, which is nibabel's inverse affine for a NIfTI."""
+    import nibabel as nib
+    import numpy as np
+    from nibabel.affines import apply_affine
+
+    from tumorseg.geometry import display_affine, file_index, geometry
+    from tumorseg.studies import read_study
+
+    aff = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 110], [0, 0, 1.0, -60], [0, 0, 0, 1]])
+    vol = np.random.default_rng(0).integers(0, 255, (60, 64, 40), dtype=np.uint8)
+    f = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(vol, aff), str(f))
+    st = read_study(f)
+    a, _ = display_affine(st)
+    m = np.array(geometry(st)["file_index"])
+    for c, r, k in [(0, 0, 0), (17, 40, 36), (59, 63, 39), (30, 5, 12)]:
+        mm = a @ [c, r, k, 1.0]
+        want = np.rint(apply_affine(np.linalg.inv(aff), mm[:3])).astype(int)
+        assert tuple(want) == file_index(st, mm[:3])
+        assert tuple(np.rint(m @ mm)[:3].astype(int)) == tuple(want)  # what the page computes in fileIndex()
+        assert 0 <= want[0] < 60 and 0 <= want[1] < 64 and 0 <= want[2] < 40  # a voxel of the file

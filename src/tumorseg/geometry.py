@@ -137,6 +137,21 @@ def raw_units(st) -> list | None:
     return [[(hi - lo) / (255.0 * g), lo] for (lo, hi), g in zip(st.raw_scale, gains)]
 
 
+def file_index_affine(st) -> np.ndarray:
+    """RAS+ mm -> the input file's own voxel indices (i, j, k as stored: what nibabel, ITK-SNAP and 3D Slicer show):
+    the inverse of a NIfTI's own affine; for DICOM and slice folders the (column, row, slice) of the sorted
+    series, which is the file's own order."""
+    if st.affine is not None and st.kind == "nifti":
+        return np.linalg.inv(np.asarray(st.affine, float))
+    return np.linalg.inv(display_affine(st)[0])
+
+
+def file_index(st, ras_mm) -> tuple[int, int, int]:
+    """The input file's voxel index (i, j, k) of a point in RAS+ mm (nearest voxel)."""
+    v = file_index_affine(st) @ np.array([*ras_mm[:3], 1.0])
+    return tuple(int(x) for x in np.rint(v[:3]))
+
+
 def geometry(st) -> dict:
     """What the page needs to show a study in patient space (JSON-ready)."""
     a, known = display_affine(st)
@@ -144,6 +159,8 @@ def geometry(st) -> dict:
     return {
         "units": [[round(x, 6) for x in u] for u in units] if units else None,
         "affine": [[round(float(x), 6) for x in row] for row in a],
+        # RAS+ mm -> the file's own voxel index, so every view shows the index other tools show for that point
+        "file_index": [[round(float(x), 9) for x in row] for row in file_index_affine(st)],
         "known": known,
         "coordinates": "RAS+ mm (x: towards the patient's right, y: anterior, z: superior)",
         "radiological": display_transform(st, "radiological"),

@@ -37,9 +37,10 @@ export async function open(canvas, opts) {
   nv.onLocationChange = (d) => {
     const v = d.values || [];
     const prob = v.length > 1 ? v[1].value : NaN;
-    const text = `RAS ${fmt(d.mm[0])}, ${fmt(d.mm[1])}, ${fmt(d.mm[2])} mm · voxel ${d.vox.join(", ")}` +
+    const ijk = (opts.fileIndex && opts.fileIndex(d.mm)) || d.vox;
+    const text = `RAS ${fmt(d.mm[0])}, ${fmt(d.mm[1])}, ${fmt(d.mm[2])} mm · voxel ${ijk.join(", ")} (i, j, k in the file)` +
       (v.length ? ` · intensity ${Math.round(v[0].value)}` : "") + (Number.isFinite(prob) ? ` · probability ${prob.toFixed(2)}` : "");
-    if (opts.onLocation) opts.onLocation(text, { mm: d.mm, vox: d.vox, prob });
+    if (opts.onLocation) opts.onLocation(text, { mm: d.mm, vox: ijk, prob });
   };
   const base = `/api/result/${encodeURIComponent(opts.resultId)}/view`;
   const key = `${opts.resultId}:${opts.sequence}`;

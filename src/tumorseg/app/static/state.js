@@ -73,3 +73,11 @@ export function download(canvas, name) {
 export function stem(name) { return name.replace(/\.(nii\.gz|[^.]+)$/i, ""); }
 
 export const SIDE_LAYOUTS = ["side", "sequences"]; // drawn on the page's canvases (the rest: NiiVue)
+
+// The input file's own voxel index (i, j, k as stored: what nibabel, ITK-SNAP and 3D Slicer give) of a point in
+// RAS+ mm, from the study's geometry (geometry.file_index); every view shows this one index.
+export function fileIndex(geometry, mm) {
+  const m = geometry && geometry.file_index;
+  if (!m) return null;
+  return [0, 1, 2].map((r) => Math.round(m[r][0] * mm[0] + m[r][1] * mm[1] + m[r][2] * mm[2] + m[r][3]));
+}

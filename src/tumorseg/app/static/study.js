@@ -1,5 +1,5 @@
 // Opening files and studies (jobs with progress), results on screen, references, downloads, layouts.
-import { $, api, authHeaders, busy, decodePng, downloadUrl, formatSeconds, showError, SIDE_LAYOUTS, state, stem } from "./state.js";
+import { $, api, authHeaders, busy, decodePng, downloadUrl, fileIndex, formatSeconds, showError, SIDE_LAYOUTS, state, stem } from "./state.js";
 import { applyZoom, render, setZoom, showOrientation } from "./viewer.js";
 import * as planes from "./planes.js";
 
@@ -291,7 +291,12 @@ export async function setLayout(layout) {
       resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
       radiological: state.convention === "radiological", layout, headers: authHeaders(), ruler: $("ruler").checked,
       slice: it.slice, width: it.width, height: it.height,
-      onLocation: (text, d) => { $("readout").textContent = text; $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(","); },
+      fileIndex: (mm) => fileIndex(geo, mm),
+      onLocation: (text, d) => {
+        $("readout").textContent = text;
+        $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(",");
+        $("readout").dataset.voxel = d.vox.join(",");
+      },
     });
   } catch (e) {
     showError([`Three planes: ${e.message}`]);

@@ -1,5 +1,5 @@
 // The canvas views: drawing, window/level, colour bar, orientation, zoom/pan about the pointer, crosshair readout.
-import { $, api, decodePng, SIDE_LAYOUTS, showError, state } from "./state.js";
+import { $, api, decodePng, fileIndex, SIDE_LAYOUTS, showError, state } from "./state.js";
 
 // what the viewer asks of the study module, handed in by main.js (so viewer.js never imports study.js)
 const hooks = { runCompare: () => {}, setLayout: () => {} };
@@ -318,8 +318,10 @@ export function onPointer(e) {
     // patient coordinates from the study's affine (display.py): RAS+ mm, and the voxel (column, row, slice)
     const a = g.affine, v = [pt.x, pt.y, state.index, 1];
     const mm = [0, 1, 2].map((i) => a[i][0] * v[0] + a[i][1] * v[1] + a[i][2] * v[2] + a[i][3]);
-    pos = `RAS ${mm.map((x) => x.toFixed(1)).join(", ")} mm${g.known ? "" : " (geometry assumed)"} · voxel ${pt.x}, ${pt.y}, ${state.index}`;
+    const ijk = fileIndex(g, mm) || [pt.x, pt.y, state.index];
+    pos = `RAS ${mm.map((x) => x.toFixed(1)).join(", ")} mm${g.known ? "" : " (geometry assumed)"} · voxel ${ijk.join(", ")} (i, j, k in the file)`;
     $("readout").dataset.ras = mm.map((x) => x.toFixed(2)).join(",");
+    $("readout").dataset.voxel = ijk.join(",");
   } else {
     const sp = it.spacing;
     pos = `x ${pt.x}, y ${pt.y} px` + (sp ? ` · ${(pt.x * sp[2]).toFixed(1)}, ${(pt.y * sp[1]).toFixed(1)} mm` : "");
