@@ -609,3 +609,31 @@ def test_compare_with_a_prior_study_three_linked_panels_and_the_numbers(server, 
             assert marks[0] == marks[1] == marks[2], marks
         finally:
             browser.close()
+
+
+def test_a_label_map_alone_says_it_is_not_an_mri_and_a_new_choice_clears_old_errors(server, tmp_path):
+    """Issue 46.6: a _seg.nii.gz opened alone did nothing and said nothing, and the previous error stayed."""
+    import nibabel as nib
+    from playwright.sync_api import sync_playwright
+
+    seg = np.zeros((32, 32, 8), np.uint8)
+    seg[10:20, 10:20, 3:5] = 2
+    f = tmp_path / "Case_seg.nii.gz"
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), str(f))
+    img = (np.random.default_rng(0).random((64, 64, 3)) * 200).astype(np.uint8)
+    tif = tmp_path / "slice.tif"
+    tifffile.imwrite(tif, img)
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 720})
+            page.goto(server)
+            page.set_input_files("#file-input", str(f))
+            page.wait_for_function("!document.getElementById('error').hidden", timeout=10000)
+            text = page.inner_text("#error-text")
+            assert "Case_seg.nii.gz" in text and "not an MRI" in text
+            page.set_input_files("#file-input", str(tif))
+            page.wait_for_function("document.getElementById('ai').dataset.rendered !== undefined", timeout=60000)
+            assert page.locator("#error").is_hidden()  # the old error is gone with the new choice
+        finally:
+            browser.close()

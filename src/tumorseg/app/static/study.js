@@ -61,11 +61,14 @@ export async function openFiles(fileList) {
   const refs = all.filter((f) => REF_NAME.test(f.name));
   const files = all.filter((f) => !REF_NAME.test(f.name));
   const folder = all.length && all[0].webkitRelativePath ? all[0].webkitRelativePath.split("/")[0] : "";
+  showError([]); // a new choice clears the last one's errors
   if (!files.length) {
-    if (refs.length && state.study) { state.refFiles = refs; runCompare(); }
+    if (refs.length && state.study) { state.refFiles = refs; runCompare(); return; }
+    // a label map alone is not an MRI: say so (the documented warning) rather than do nothing
+    showError([`${refs.map((f) => f.name).join(", ")}: a reference label map (a _seg or _mask file), not an MRI. ` +
+      "Open the study itself (its sequences or its folder); the label map is then offered as the reference to compare with."]);
     return;
   }
-  showError([]);
   const errors = [];
   const items = [];
   let study = null;
