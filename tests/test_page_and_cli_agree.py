@@ -27,7 +27,7 @@ def _stack(folder: Path, n: int = 4, grey: bool = False, masks: bool = False) ->
     return folder
 
 
-def test_a_slice_stack_has_no_orientation_until_it_has_a_voxel_size(tmp_path, tiny_model):
+def test_a_slice_stack_has_no_orientation_even_with_a_voxel_size(tmp_path, tiny_model):
     src = _stack(tmp_path / "P")
     assert cli_predict(src, tmp_path / "a", tiny_model) == 0
     s = json.loads((tmp_path / "a" / "P" / "study.json").read_text())
@@ -35,7 +35,10 @@ def test_a_slice_stack_has_no_orientation_until_it_has_a_voxel_size(tmp_path, ti
     assert any("--spacing in the CLI, 'Voxel (mm)' on the page" in n for n in s["notes"])
     assert cli_predict(src, tmp_path / "b", tiny_model, "--spacing", "0.9,0.9,3") == 0
     s = json.loads((tmp_path / "b" / "P" / "study.json").read_text())
-    assert s["orientation"] == {"right": "L", "left": "R", "bottom": "P", "top": "A"}  # as the page then labels it
+    # issue 46.8: a voxel size carries no orientation, so no labels and display.known stays false
+    assert s["orientation"] is None and s["display"]["known"] is False
+    assert s["voxel_spacing_mm"] == [3.0, 0.9, 0.9] and s["voxel_spacing_order"] == ["slice", "row", "column"]
+    assert "before any turn" in s["orientation_of"]
 
 
 def test_a_grey_slice_folder_is_warned_like_a_grey_slice(tmp_path, tiny_model, predictor):

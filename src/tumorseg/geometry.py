@@ -31,8 +31,9 @@ def display_affine(st) -> tuple[np.ndarray, bool]:
     if st.affine is not None and st.kind == "dicom":
         return np.asarray(st.affine, float), True
     sp = st.spacing or (1.0, 1.0, 1.0)
-    # as stored, radiological axial: column -> patient left (-R), row -> posterior (-A), slice -> superior
-    known = st.spacing is not None and st.affine is not None
+    # as stored, radiological axial: column -> patient left (-R), row -> posterior (-A), slice -> superior. Slice
+    # images carry no orientation, and a voxel size typed for them gives none: the orientation stays assumed.
+    known = st.kind not in ("slices",) and st.spacing is not None and st.affine is not None
     return np.diag([-sp[2], -sp[1], sp[0], 1.0]), known
 
 
@@ -161,7 +162,8 @@ def geometry(st) -> dict:
         "affine": [[round(float(x), 6) for x in row] for row in a],
         # RAS+ mm -> the file's own voxel index, so every view shows the index other tools show for that point
         "file_index": [[round(float(x), 9) for x in row] for row in file_index_affine(st)],
-        "known": known,
+        "known": known,  # the orientation (and so the RAS coordinates) is the file's own, not assumed
+        "spacing_known": st.spacing is not None,  # the voxel size is known (a file's, or typed for slices)
         "coordinates": "RAS+ mm (x: towards the patient's right, y: anterior, z: superior)",
         "radiological": display_transform(st, "radiological"),
         "neurological": display_transform(st, "neurological"),

@@ -113,11 +113,11 @@ def valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:
 def orientation_labels(st: Study) -> dict | None:
     """Labels for the held slice's edges {left, right, top, bottom} (before the viewer turns it), from
     ``geometry.display_affine``, the one geometry rule the page uses too; None where the input has no
-    geometry (2D images, slice stacks without a voxel size: the page says "orientation unknown")."""
-    if st.affine is None:
+    orientation (2D images and slice stacks, with or without a voxel size: the page says "orientation unknown")."""
+    a4, known = display_affine(st)
+    if st.affine is None or not known:  # a voxel size typed for slice images gives their size, not an orientation
         return None
-
-    a = display_affine(st)[0][:3, :3]
+    a = a4[:3, :3]
     right, down = a[:, 0], a[:, 1]  # + column, + row of the held slice
     return {
         "right": axis_label(right),
@@ -147,6 +147,9 @@ class StudyPrediction:
             "single_sequence": self.study.single_sequence,
             "sequences": self.study.sequences,
             "orientation": orientation_labels(self.study),
+            "orientation_of": "the stored slice's edges as held, before any turn (display.labels: after the "
+            "page's turn, as the overlays and the page show it)",
+            "voxel_spacing_order": ["slice", "row", "column"],  # voxel_spacing_mm's order (--spacing: row,col,slice)
             "notes": self.study.notes,
             **({"pacs": self.study.pacs} if self.study.pacs else {}),
             "model": self.model.get("model"),

@@ -287,7 +287,7 @@ export async function setLayout(layout) {
   if (!it) return;
   const seq = { 0: "t1", 1: "flair", 2: "t1c" }[state.seq] || "flair";
   const geo = state.study.geometry;
-  if (geo && !geo.known) showError(["The voxel size of this study is unknown: the planes are drawn with 1 mm voxels, so they look flattened. Give the voxel size (Voxel (mm)) and open the study again for true proportions."]);
+  if (geo && !geo.spacing_known) showError(["The voxel size of this study is unknown: the planes are drawn with 1 mm voxels, so they look flattened. Give the voxel size (Voxel (mm)) and open the study again for true proportions."]);
   if (!planes.isOpen()) $("readout").textContent = "Loading the three-plane viewer and the study's volumes…";
   try {
     await planes.open($("nv"), {
