@@ -417,7 +417,7 @@ def test_reference_dice_always_belongs_to_the_threshold_shown(server, tmp_path, 
 
 def test_downloads_are_the_picture_on_screen(server, tmp_path, tiny_model):
     """Viewer 3, item 2: the page's Overlay PNG of a study slice is turned as the screen shows it, like the CLI's
-    overlays/slice_NNNN.png (it correlates with the CLI's overlay of the slice, not with its flip), and is named
+    overlays/sliceNNNN_overlay.png (it correlates with the CLI's overlay of the slice, not with its flip), and is named
     after the study and the slice as numbered on screen."""
     import nibabel as nib
     from PIL import Image
@@ -448,7 +448,7 @@ def test_downloads_are_the_picture_on_screen(server, tmp_path, tiny_model):
     out = tmp_path / "cli"
     assert cli_predict(nii, out, tiny_model) == 0
     cli = (
-        np.asarray(Image.open(out / "Zażółć" / "overlays" / f"slice_{k + 1:04d}.png").convert("RGB"))
+        np.asarray(Image.open(out / "Zażółć" / "overlays" / f"slice{k + 1:04d}_overlay.png").convert("RGB"))
         .astype(float)
         .mean(-1)
     )

@@ -41,7 +41,7 @@ def test_cli_overlays_are_turned_as_the_screen_and_study_json_says_so(tmp_path, 
     assert d["convention"] == "radiological" and d["labels"] == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
     # the marker (anterior, patient's right) lies top-left in the written overlay of a middle slice, whatever
     # the storage order: the picture is the screen's, not the storage order's
-    ov = np.asarray(Image.open(out / storage / "overlays" / "slice_0007.png"))
+    ov = np.asarray(Image.open(out / storage / "overlays" / "slice0007_overlay.png"))
     from tumorseg.geometry import display_transform, turned
     from tumorseg.studies import read_study
 

@@ -26,7 +26,7 @@ def _add_predict(sub) -> None:
         help="segment images, folders, globs or studies",
         description="2D images: <name>_mask.png, <name>_overlay.png, <name>_prob.png (--tta: <name>_uncertainty.png). "
         "Studies (NIfTI, DICOM series, per-sequence folders, numbered slices, --dicomweb): a folder <name>/ with "
-        "mask.nii.gz in the input's geometry, mask_seg.dcm (DICOM input), overlays/slice_NNNN.png (turned as the "
+        "mask.nii.gz in the input's geometry, mask_seg.dcm (DICOM input), overlays/sliceNNNN_overlay.png (turned as the "
         "page shows the study) and study.json (volume, slices, diameter, notes). Always summary.csv; with "
         "--reference, comparison.json.",
     )

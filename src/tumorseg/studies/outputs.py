@@ -72,9 +72,16 @@ def write_study_outputs(sp: StudyPrediction, out: Path, extra: dict | None = Non
 
     ov = out / "overlays"
     turn = display_turn(st)  # as the page shows the study: radiological, anterior up (one rule for both)
-    for k in range(st.n_slices):
-        write_png(ov / f"slice_{k + 1:04d}.png", turned(heatmap_overlay(sp.images[k], sp.prob[k]), turn))
-    shown = {"display": {**turn, "overlays": "overlays/slice_NNNN.png, turned as the page shows the study"}}
+    for k in range(st.n_slices):  # the page's Overlay PNG: FLAIR in grey under the heatmap, turned as on screen
+        grey = np.repeat(sp.images[k][..., 1:2], 3, axis=-1)
+        write_png(ov / f"slice{k + 1:04d}_overlay.png", turned(heatmap_overlay(grey, sp.prob[k]), turn))
+    shown = {
+        "display": {
+            **turn,
+            "overlays": "overlays/sliceNNNN_overlay.png: FLAIR in grey under the heatmap, turned as the page shows "
+            "the study (the page's Overlay PNG of that slice is <study>_sliceNNNN_overlay.png)",
+        }
+    }
     summary = {
         **sp.summary(),
         **shown,
