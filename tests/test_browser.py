@@ -637,3 +637,51 @@ def test_a_label_map_alone_says_it_is_not_an_mri_and_a_new_choice_clears_old_err
             assert page.locator("#error").is_hidden()  # the old error is gone with the new choice
         finally:
             browser.close()
+
+
+def test_the_panel_follows_the_plane_slice_and_every_view_shows_the_files_voxel(server, tmp_path):
+    """Issue 46.1-3: a click in the three planes moved the crosshair to another slice but the side panel kept
+    describing the old one; the 2D views and the planes each gave their own voxel index; the planes' readout
+    stayed "Loading..." until the pointer moved. Now one slice, the file's own (i, j, k) as nibabel gives it."""
+    import nibabel as nib
+    from nibabel.affines import apply_affine
+    from playwright.sync_api import sync_playwright
+
+    vol = np.zeros((48, 40, 12), np.int16)
+    vol[8:40, 6:34, :] = 300
+    vol[30:38, 24:32, 3:9] = 900
+    aff = np.array([[-0.9, 0, 0, 20.0], [0, -0.9, 0, 18.0], [0, 0, 2.5, -10.0], [0, 0, 0, 1]])
+    nii = tmp_path / "case_flair.nii.gz"
+    nib.save(nib.Nifti1Image(vol, aff), str(nii))
+    inv = np.linalg.inv(aff)
+    with sync_playwright() as p:
+        browser = launch(p, webgl=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(server)
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+        try:
+            page.set_input_files("#file-input", str(nii))
+            page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
+            box = page.locator("#frame-orig").bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.55)
+            ras = [float(x) for x in page.get_attribute("#readout", "data-ras").split(",")]
+            want = np.rint(apply_affine(inv, ras)).astype(int).tolist()
+            assert [int(v) for v in page.get_attribute("#readout", "data-voxel").split(",")] == want
+            page.select_option("[data-testid=layout]", "multi")
+            page.wait_for_selector("#nv[data-loaded]", timeout=60000)
+            page.wait_for_function("document.getElementById('readout').textContent.startsWith('RAS ')", timeout=10000)
+            before = page.inner_text("#slice-val")
+            # click the sagittal/coronal tiles until the crosshair lands on another axial slice
+            nv = page.locator("#nv").bounding_box()
+            for fx, fy in ((0.75, 0.2), (0.75, 0.8), (0.25, 0.9), (0.25, 0.1)):
+                page.mouse.click(nv["x"] + nv["width"] * fx, nv["y"] + nv["height"] * fy)
+                if page.inner_text("#slice-val") != before:
+                    break
+            after = page.inner_text("#slice-val")
+            assert after != before, "the panel must follow the crosshair's slice"
+            ras = [float(x) for x in page.get_attribute("#readout", "data-ras").split(",")]
+            vox = [int(v) for v in page.get_attribute("#readout", "data-voxel").split(",")]
+            assert vox == np.rint(apply_affine(inv, ras)).astype(int).tolist()
+            assert int(after.split(" / ")[0]) == int(page.evaluate("document.getElementById('slice').value")) + 1
+        finally:
+            browser.close()

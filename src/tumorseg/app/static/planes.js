@@ -40,7 +40,7 @@ export async function open(canvas, opts) {
     const ijk = (opts.fileIndex && opts.fileIndex(d.mm)) || d.vox;
     const text = `RAS ${fmt(d.mm[0])}, ${fmt(d.mm[1])}, ${fmt(d.mm[2])} mm · voxel ${ijk.join(", ")} (i, j, k in the file)` +
       (v.length ? ` · intensity ${Math.round(v[0].value)}` : "") + (Number.isFinite(prob) ? ` · probability ${prob.toFixed(2)}` : "");
-    if (opts.onLocation) opts.onLocation(text, { mm: d.mm, vox: ijk, prob });
+    if (opts.onLocation) opts.onLocation(text, { mm: d.mm, vox: ijk, view: d.vox, prob });
   };
   const base = `/api/result/${encodeURIComponent(opts.resultId)}/view`;
   const key = `${opts.resultId}:${opts.sequence}`;
@@ -57,6 +57,8 @@ export async function open(canvas, opts) {
     }
   }
   update(opts);
+  // the readout says where the crosshair is as soon as the planes are drawn, not when the pointer first moves
+  if (typeof nv.createOnLocationChange === "function") nv.createOnLocationChange();
   canvas.dataset.loaded = key;
   placeHooks(canvas);
   return nv;

@@ -299,6 +299,13 @@ export async function setLayout(layout) {
         $("readout").textContent = text;
         $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(",");
         $("readout").dataset.voxel = d.vox.join(",");
+        // the side panel follows the slice the planes moved to (the view's grid is the held study's: its slice)
+        const k = d.view ? Math.round(d.view[2]) : NaN;
+        if (Number.isInteger(k) && k >= 0 && k < state.items.length && k !== state.index) {
+          state.index = k;
+          $("slice").value = String(k);
+          render();
+        }
       },
     });
   } catch (e) {
