@@ -620,14 +620,13 @@ def test_a_label_map_alone_says_it_is_not_an_mri_and_a_new_choice_clears_old_err
     seg[10:20, 10:20, 3:5] = 2
     f = tmp_path / "Case_seg.nii.gz"
     nib.save(nib.Nifti1Image(seg, np.eye(4)), str(f))
-    img = (np.random.default_rng(0).random((64, 64, 3)) * 200).astype(np.uint8)
-    tif = tmp_path / "slice.tif"
+    img = (np.random.default_rng(0).random((128, 128, 3)) * 60).astype(np.uint8)
+    img[40:80, 50:90] += 150
+    tif = tmp_path / "TCGA_XX_0001_20000101_12.tif"
     tifffile.imwrite(tif, img)
     with sync_playwright() as p:
-        browser = launch(p)
+        browser, page = _open(p, server)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 720})
-            page.goto(server)
             page.set_input_files("#file-input", str(f))
             page.wait_for_function("!document.getElementById('error').hidden", timeout=10000)
             text = page.inner_text("#error-text")

@@ -297,7 +297,7 @@ export async function setLayout(layout) {
       fileIndex: (mm) => fileIndex(geo, mm),
       onLocation: (text, d) => {
         $("readout").textContent = text;
-        $("readout").dataset.ras = d.mm.map((x) => x.toFixed(2)).join(",");
+        $("readout").dataset.ras = Array.from(d.mm).slice(0, 3).map((x) => x.toFixed(2)).join(",");
         $("readout").dataset.voxel = d.vox.join(",");
         // the side panel follows the slice the planes moved to (the view's grid is the held study's: its slice)
         const k = d.view ? Math.round(d.view[2]) : NaN;
