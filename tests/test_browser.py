@@ -534,12 +534,16 @@ def test_key_numbers_stay_in_view_at_1280x720(server, tmp_path):
             page.set_input_files("#file-input", str(niis[0]))
             page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
             assert page.input_value("[data-testid=sequence]") == "1"  # item 7: a study opens on FLAIR, in grey
-            page.evaluate("() => { const s = document.querySelector('.side'); s.scrollTop = s.scrollHeight; }")
-            page.locator("[data-testid=zoom]").scroll_into_view_if_needed()
-            assert page.locator("[data-testid=zoom]").is_visible()
-            assert volume_visible(page), "the volume must stay in view with the controls scrolled"
-            page.evaluate("() => { document.querySelector('.side').scrollTop = 99999; }")
-            assert page.evaluate("document.querySelector('.side').scrollTop") > 0
+            # issue 46.4-5: every control a reader adjusts fits 1280x720 beside the volume, without scrolling, and
+            # the toolbar is one row
+            for sel in ("#threshold", "#opacity", "#slice", "[data-testid=layout]", "#neuro", "#ruler",
+                        "[data-testid=sequence]", "#window", "#level", "#wl-auto", "[data-testid=zoom]"):  # fmt: skip
+                bb = page.locator(sel).bounding_box()
+                assert bb and bb["y"] >= 0 and bb["y"] + bb["height"] <= 720, (sel, bb)
+            assert volume_visible(page)
+            assert page.evaluate("document.documentElement.scrollHeight") <= 720
+            button = page.locator("label[for=file-input]").bounding_box()["height"]
+            assert page.locator(".toolbar").bounding_box()["height"] < 1.5 * button, "the toolbar wraps"
             page.set_input_files("#file-input", str(niis[1]))
             page.wait_for_function(
                 "() => document.querySelector('.side').scrollTop === 0 && document.getElementById('progress').hidden",

@@ -56,6 +56,9 @@ async function run() {
         (v.eta_s != null ? ` · about ${formatSeconds(v.eta_s)} left` : "") + (v.done === v.total ? " · registering…" : "") : "Reading the studies…";
     }
     if (v.state !== "done") throw new Error(v.error || `the comparison ${v.state}`);
+    // the numbers are final: say so and free Compare at once; the panels draw beside them
+    $("fu-progress").hidden = true;
+    $("fu-go").disabled = false;
     await showResult(v.result);
   } catch (e) {
     showError([e.message]);
@@ -115,6 +118,7 @@ function zipName(s) {
 async function showResult(res) {
   numbers(res.summary);
   $("fu-result").hidden = false;
+  $("fu-result").dataset.ready = "0";
   $("fu-download").onclick = () => downloadUrl(res.download, zipName(res.summary));
   const lib = await loadLibrary();
   const headers = authHeaders();

@@ -51,8 +51,10 @@ async function init() {
   try {
     setColormap((await api("/api/colormap")).jet);
     const m = await api("/api/model");
-    $("model-info").textContent = m.engine_line;
+    // short enough for the header at 1280 px; the reason the engine was chosen is one hover (or click) away
+    $("model-info").textContent = `model ${m.model} · ${m.engine}`;
     $("model-info").title = m.engine_line;
+    $("model-info").dataset.line = m.engine_line;
     $("threshold").value = String(m.threshold);
     render();
     $("threshold-val").textContent = parseFloat($("threshold").value).toFixed(2);
