@@ -568,7 +568,7 @@ def test_compare_with_a_prior_study_three_linked_panels_and_the_numbers(server, 
     late = sorted(str(f) for f in _dicom_study(tmp_path / "late", "P1", "20250402", 1).iterdir())
     with sync_playwright() as p:
         browser = launch(p, webgl=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page = browser.new_page(viewport={"width": 1280, "height": 720}, accept_downloads=True)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
@@ -611,6 +611,14 @@ def test_compare_with_a_prior_study_three_linked_panels_and_the_numbers(server, 
             page.wait_for_function(f"document.getElementById('fu-nv1').dataset.mm !== '{before}'", timeout=10000)
             marks = [page.get_attribute(f"#fu-nv{k}", "data-mm") for k in range(3)]
             assert marks[0] == marks[1] == marks[2], marks
+            # issue 46.7: the download is named by the two studies, and the panel shows its own voxel-size box
+            with page.expect_download() as dl:
+                page.click("[data-testid=fu-download]")
+            name = dl.value.suggested_filename
+            assert name.startswith("followup_") and name.endswith(".zip") and name != "followup.zip", name
+            assert page.locator("[data-testid=fu-spacing]").is_visible()
+            # the numbers are final and Compare is free while the panels are (or were) drawn
+            assert page.is_hidden("#fu-progress") and page.is_enabled("[data-testid=fu-go]")
         finally:
             browser.close()
 

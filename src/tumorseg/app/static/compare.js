@@ -28,6 +28,8 @@ export function initCompare() {
 }
 
 function show(on) {
+  // the voxel size for slice folders is shown (and editable) in the panel, starting from the toolbar's
+  if (on && !$("fu-spacing").value) $("fu-spacing").value = $("spacing").value.trim();
   $("followup").hidden = !on;
   document.querySelector(".workspace").hidden = on;
 }
@@ -40,7 +42,7 @@ async function run() {
   for (const x of f) fd.append("followup", x, x.name);
   if ($("fu-interval").value) fd.append("interval", $("fu-interval").value);
   if ($("fu-force").checked) fd.append("force", "true");
-  if ($("spacing").value.trim()) fd.append("spacing", $("spacing").value.trim());
+  if ($("fu-spacing").value.trim()) fd.append("spacing", $("fu-spacing").value.trim());
   showError([]);
   $("fu-progress").hidden = false;
   $("fu-go").disabled = true;
