@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from .modelinfo import ENGINE_NAMES
+
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-ENGINE_CHOICES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")  # tumorseg.engines.ENGINES (kept light)
+ENGINE_CHOICES = ENGINE_NAMES  # the one engine table (modelinfo.ENGINE_TABLE), light to import
 
 
 def unit_interval(text: str) -> float:

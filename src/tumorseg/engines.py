@@ -19,13 +19,14 @@ import numpy as np
 from .errors import ModelFileError
 from .files import file_sha256
 from .modelfile import model_file_meta
+from .modelinfo import ENGINE_NAMES, ENGINE_TABLE
 from .preprocess import model_input
 
 if TYPE_CHECKING:  # torch is imported only by the torch engines and the ONNX export: int8 runs without it
     import torch
 
-ENGINES = ("torch-fp32", "torch-bf16", "onnx-fp32", "onnx-int8")
-EXACT = ("torch-fp32", "onnx-fp32")  # the fp32 function itself (the ONNX export is tested exact to 1e-5)
+ENGINES = ENGINE_NAMES
+EXACT = tuple(r.name for r in ENGINE_TABLE if r.exact)  # the fp32 function itself
 ACCURACY_CHECK = 0.005  # |val Dice - fp32| a packaged engine must keep (scripts/package_model.py)
 
 

@@ -117,3 +117,23 @@ class ModelInfo:
             tta=str(meta.get("tta", "none")) if str(meta.get("tta", "none")) in TTA_VIEWS else "none",
             meta=meta,
         )
+
+
+@dataclass(frozen=True)
+class EngineRow:
+    """One inference engine: its name, the extra it needs, and whether it computes the fp32 function itself
+    (the others are checked against it when a model is packaged). A new engine is one row here and its builder
+    in ``engines``."""
+
+    name: str
+    needs: str  # the install that provides it: "base" (onnxruntime) or "train" (PyTorch)
+    exact: bool
+
+
+ENGINE_TABLE = (
+    EngineRow("torch-fp32", "train", True),
+    EngineRow("torch-bf16", "train", False),
+    EngineRow("onnx-fp32", "base", True),  # the ONNX export is tested exact to 1e-5
+    EngineRow("onnx-int8", "base", False),
+)
+ENGINE_NAMES = tuple(r.name for r in ENGINE_TABLE)  # the CLI's choices, REST's and the engines' (one list)
