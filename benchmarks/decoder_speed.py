@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.engines import OnnxEngine, TorchEngine, add_onnx_metadata, load_engine, to_onnx_bytes
+from tumorseg.engines import OnnxEngine, TorchEngine, load_engine
 from tumorseg.hardware import cpu_info
+from tumorseg.nn.onnx_export import onnx_model
 
 DECODERS = {"5 stages (paper, v2)": (256, 128, 64, 32, 16), "4 stages (no full-resolution conv)": (256, 128, 64, 32)}
 
@@ -29,7 +30,6 @@ DECODERS = {"5 stages (paper, v2)": (256, 128, 64, 32, 16), "4 stages (no full-r
 def random_engines(data: str, threads: int) -> dict:
     import torch
 
-    from tumorseg.nn.quantize import quantize_int8
     from tumorseg.nn.unet import UNetResNet50
     from tumorseg.train.data import load_split
     from tumorseg.train.export import calibration_slices
@@ -42,7 +42,7 @@ def random_engines(data: str, threads: int) -> dict:
         net = UNetResNet50(3, ch).eval()
         meta = {"architecture": {"name": "unet-resnet50", "decoder_channels": list(ch)}, "input_size": 256}
         meta["normalisation"] = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-        q = add_onnx_metadata(quantize_int8(to_onnx_bytes(net, 256), meta, calib), meta, "onnx-int8")
+        q = onnx_model(net, meta, "onnx-int8", calib)
         path = Path(f"<random {name}>")
         out[name] = {
             "fp32": TorchEngine(path, meta, net, threads, False, torch.device("cpu")),

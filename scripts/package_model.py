@@ -58,19 +58,17 @@ def int8_step(
 ) -> None:
     """Build the int8 ONNX file beside the model (calibrated on training patients only), check it against
     torch-fp32 on the validation patients, and record which engine is the default."""
-    from tumorseg.engines import OnnxEngine, add_onnx_metadata, to_onnx_bytes
+    from tumorseg.engines import OnnxEngine
     from tumorseg.files import atomic_write_bytes
     from tumorseg.modelinfo import ModelInfo
-    from tumorseg.nn.quantize import quantize_int8
+    from tumorseg.nn.onnx_export import onnx_model
     from tumorseg.train.export import calibration_slices
 
     _, meta16 = read_model_file(out)
     net16, _ = load_model(out)
     spec = ModelInfo.from_meta(meta16).input
     calib = calibration_slices(data, spec.size, split=meta16, context=spec.context)  # training patients only
-    q = add_onnx_metadata(
-        quantize_int8(to_onnx_bytes(net16, spec.size, spec.n_channels), meta16, calib), meta16, "onnx-int8"
-    )
+    q = onnx_model(net16, meta16, "onnx-int8", calib)
     qpath = out.with_name(out.stem + "-int8.onnx")
     atomic_write_bytes(qpath, q)
     qeng = OnnxEngine(out, meta16, q, threads, "onnx-int8")

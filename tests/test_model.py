@@ -39,8 +39,8 @@ def test_export_form_is_the_same_function_in_int8_friendly_ops():
     """The ONNX export's form: transposed convs as 1x1 conv + pixel shuffle, skip concat as a sum."""
     import onnx
 
-    from tumorseg.engines import to_onnx_bytes
     from tumorseg.nn.export_form import UNetExportForm
+    from tumorseg.nn.onnx_export import to_onnx_bytes
 
     torch.manual_seed(0)
     m = UNetResNet50().eval()
@@ -195,8 +195,8 @@ def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from tumorseg.engines import to_onnx_bytes
     from tumorseg.nn.export_form import UNetExportForm
+    from tumorseg.nn.onnx_export import to_onnx_bytes
 
     torch.manual_seed(0)
     m = UNetResNet50(3, (64, 32, 16, 8)).eval()
@@ -306,9 +306,9 @@ def test_an_ensemble_is_one_model_file_the_mean_of_its_members_logits(tmp_path):
     import numpy as np
     import onnxruntime as ort
 
-    from tumorseg.engines import to_onnx_bytes
     from tumorseg.nn.combine import LogitMean, logit_mean_of_files
     from tumorseg.nn.export_form import export_form
+    from tumorseg.nn.onnx_export import to_onnx_bytes
     from tumorseg.nn.serialise import start_model
 
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ Dice measured for an engine is the Dice the app delivers.
 
 from __future__ import annotations
 
-import io as _io
 import os
 import threading
 from importlib import resources
@@ -271,32 +270,6 @@ class OnnxEngine(Engine):
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def to_onnx_bytes(model: torch.nn.Module, size: int, channels: int = 3) -> bytes:
-    """Export to ONNX in memory (dynamic batch, fixed size); nothing is written to disk.
-
-    A network is exported in its export form (``model.export_form``: the same function, in ops that
-    int8 onnxruntime keeps in int8 and channels-last; an ensemble's members each so).
-    """
-    import torch
-
-    from .nn.export_form import export_form
-
-    model = export_form(model.float().eval().to(memory_format=torch.contiguous_format), size)
-    buf = _io.BytesIO()
-    dummy = torch.zeros(1, channels, size, size)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        buf,
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return buf.getvalue()
-
-
 def load_engine(
     model: str | os.PathLike | None = None,
     engine: str | None = None,
@@ -414,28 +387,11 @@ class _Loader:
             cuda = self.device in ("auto", "cuda") and torch.cuda.is_available()
             dev = torch.device("cuda" if cuda else "cpu")
             return TorchEngine(path, meta, net, self.threads, engine == "torch-bf16", dev)
-        from .modelinfo import ModelInfo
 
-        spec = ModelInfo.from_meta(meta).input
-        onnx_bytes = to_onnx_bytes(net, spec.size, spec.n_channels)
-        if engine == "onnx-int8":
-            from .nn.quantize import quantize_int8
+        from .nn.onnx_export import onnx_model
 
-            onnx_bytes = quantize_int8(onnx_bytes, meta, self.calibration)
+        onnx_bytes = onnx_model(net, meta, engine, self.calibration, with_metadata=False)
         return OnnxEngine(path, meta, onnx_bytes, self.threads, engine)
-
-
-def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
-    """Carry the model's metadata inside the ONNX file so it is self-describing too."""
-    import json
-
-    import onnx
-
-    m = onnx.load_from_string(onnx_bytes)
-    del m.metadata_props[:]
-    entry = m.metadata_props.add()
-    entry.key, entry.value = "tumorseg", json.dumps({**meta, "engine": engine})
-    return m.SerializeToString()
 
 
 def load_onnx_file(path: Path, threads: int, engine: str | None) -> Engine:

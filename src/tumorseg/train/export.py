@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import load_engine, to_onnx_bytes
+from ..engines import load_engine
 from ..files import atomic_write_bytes
 from ..modelinfo import ModelInfo
+from ..nn.onnx_export import onnx_model
 from ..nn.serialise import load_model
 
 
@@ -41,9 +42,7 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
 
     spec = ModelInfo.from_meta(meta).input
     size, ch = spec.size, spec.n_channels
-    from ..engines import add_onnx_metadata
-
-    data = add_onnx_metadata(to_onnx_bytes(net, size, ch), meta, "onnx-fp32")
+    data = onnx_model(net, meta, "onnx-fp32")
     atomic_write_bytes(out, data)
     lines = [f"wrote {out} ({len(data) / 1e6:.1f} MB, opset 17, dynamic batch, input 'image' Nx{ch}x{size}x{size})"]
     # parity: PyTorch fp32 vs onnxruntime on random-but-realistic inputs
@@ -56,13 +55,8 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
         f"mask agreement {((a >= 0.5) == (b >= 0.5)).mean() * 100:.3f}%"
     )
     if calibration:
-        from ..nn.quantize import quantize_int8
-
-        q = add_onnx_metadata(
-            quantize_int8(data, meta, calibration_slices(calibration, size, split=meta, context=spec.context)),
-            meta,
-            "onnx-int8",
-        )
+        calib = calibration_slices(calibration, size, split=meta, context=spec.context)
+        q = onnx_model(net, meta, "onnx-int8", calib)
         qout = str(Path(out).with_suffix("")) + "-int8.onnx"
         atomic_write_bytes(qout, q)
         lines.append(f"wrote {qout} ({len(q) / 1e6:.1f} MB, static int8 QDQ, per-channel)")
