@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .cli_args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_engine_arg, spacing_mm, unit_interval
 from .cli_train import add_evaluate, add_export, add_train, recipe_defaults, run_evaluate, run_export, run_train
@@ -217,45 +216,19 @@ def _add_followup(sub) -> None:
 
 
 def _cmd_followup(a) -> int:
-    import tempfile
-
-    from .followup import check_interval, check_out, compare, dicom_reports, followup_line, write_outputs
+    from .followup import run
     from .inference import Predictor
 
-    if (a.prior or a.store) and not a.dicomweb:
-        raise ValueError(f"{'--prior' if a.prior else '--store'} works with a PACS: give --dicomweb URL")
-    if len(a.studies) != (1 if a.prior else 2):
-        raise ValueError("with --prior give the follow-up's study UID alone" if a.prior else "give BASELINE FOLLOWUP")
-    a.interval = check_interval(a.interval)  # before any work: a bad number, an --out that would touch an input
-    out = check_out(a.out, [] if a.dicomweb else a.studies).resolve()
-    pred = Predictor(a.model, engine=a.engine, threads=a.threads)
-    print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="tumorseg-followup-") as tmp:
-        pacs = None
-        if a.dicomweb:
-            from .pacs import Pacs, open_study
+    pacs = None
+    if a.dicomweb:
+        from .pacs import Pacs
 
-            pacs = Pacs(_pacs_config(a))
-            uids = list(a.studies)
-            if a.prior:
-                prior = pacs.prior_study(uids[0])
-                print(f"baseline: the prior study {prior['study_uid']} of {prior['date']}", file=sys.stderr)
-                uids.insert(0, prior["study_uid"])
-            studies = [open_study(pacs, uid, None, Path(tmp) / f"study{k}") for k, uid in enumerate(uids)]
-        else:
-            from .studies import read_study
-
-            studies = [read_study(s, spacing=a.spacing) for s in a.studies]
-        fu = compare(pred, studies[0], studies[1], interval_days=a.interval, force=a.force)
-        reports = dicom_reports(fu)
-        write_outputs(fu, out, reports)
-        if a.store:
-            if not reports:
-                raise ValueError("--store: the studies are not DICOM, so there is no report to send")
-            for point, study_uid, datasets in reports:
-                for line in pacs.store(datasets, study_uid):
-                    print(f"stored into the {point} study {study_uid}: {line}", file=sys.stderr)
-    print(followup_line(fu.summary, out), file=sys.stderr)
+        pacs = Pacs(_pacs_config(a))
+    pred = lambda: Predictor(a.model, engine=a.engine, threads=a.threads)  # noqa: E731  (loaded after the checks)
+    fu, out = run(
+        pred, a.studies, a.out, pacs=pacs, prior=a.prior, store=a.store, interval=a.interval, force=a.force,
+        spacing=a.spacing, say=lambda line: print(line, file=sys.stderr),
+    )  # fmt: skip
     return EXIT_OK
 
 

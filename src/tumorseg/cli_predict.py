@@ -17,11 +17,9 @@ from .files import atomic_write_bytes
 def predict_pacs(a, opts: PredictOptions) -> int:
     """`tumorseg predict --dicomweb URL --study UID [--series UID] [--store]`: one study from the archive,
     the usual study folder in --out, and with --store the DICOM-SEG and the TID 1500 report sent back."""
-    import tempfile
 
     from .inference import DISCLAIMER
-    from .pacs import Pacs, PacsConfig, open_study
-    from .studies import dicom_seg_dataset, dicom_sr_dataset
+    from .pacs import Pacs, PacsConfig, segment_study, store_results
 
     if not a.study:
         raise BatchError("--dicomweb needs --study STUDY_UID (`tumorseg pacs list URL` shows the studies)")
@@ -34,17 +32,15 @@ def predict_pacs(a, opts: PredictOptions) -> int:
     pacs = Pacs(PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca))
     pred = opts.load_predictor()
     print(f"tumorseg: {pred.engine_line()}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-        study = open_study(pacs, a.study, a.series, Path(tmp))
-        sp = pred.predict_study(study, tta=opts.tta, min_component_mm3=opts.min_component_mm3)
+    sp = segment_study(pacs, pred, a.study, a.series, tta=opts.tta, min_component_mm3=opts.min_component_mm3)
+    study = sp.study
     name = safe_name(a.study)
     label = study.source
     extra = write_study_atomically(sp, out, name, label, run_record(opts, model_checksum(opts.model)))
     row = study_row(Item(label, name, True), {**sp.summary(), **extra})
     print(f"tumorseg: {'; '.join(study.pacs['chosen'])}", file=sys.stderr)
     if a.store:
-        seg = dicom_seg_dataset(sp)
-        arrived = pacs.store([seg, dicom_sr_dataset(sp, seg)], a.study)
+        arrived = store_results(pacs, sp, a.study)
         summary = json.loads((out / name / "study.json").read_text())
         summary["stored"] = arrived
         atomic_write_bytes(out / name / "study.json", (json.dumps(summary, indent=1) + "\n").encode())

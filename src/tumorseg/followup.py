@@ -369,9 +369,8 @@ def _same_file(a, b) -> bool:
 def check_out(out, inputs) -> Path:
     """The output folder, refused where an output could replace an input or land inside one: ``out`` inside (or
     equal to) an input folder, or the folder an input file lies in (change.nii.gz, followup.json, ... could be an
-    input's name). Made and checked writable here, before any work. ``inputs``: paths (others are skipped)."""
-    import tempfile
-
+    input's name). Checked writable here, before any work, without making it. ``inputs``: paths (others are
+    skipped)."""
     out_p = Path(out)
     out_r = out_p.resolve()
     for src in inputs:
@@ -384,12 +383,15 @@ def check_out(out, inputs) -> Path:
             raise FollowUpError(
                 f"--out {out}: is the folder of the input {src}; choose another so no input is replaced"
             )
-    try:
-        out_p.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_p, prefix=".tumorseg-write-test-"):
-            pass
-    except OSError as exc:
-        raise FollowUpError(f"--out {out}: cannot be written ({exc.strerror or exc})") from None
+    if out_p.exists() and not out_p.is_dir():
+        raise FollowUpError(f"--out {out}: exists and is not a folder")
+    # writable? checked without making anything (a refused comparison leaves no empty folder behind): the
+    # folder itself where it exists, else the nearest existing folder above it
+    probe = out_p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise FollowUpError(f"--out {out}: cannot be written ({probe} is not a writable folder)")
     return out_p
 
 
@@ -783,6 +785,7 @@ def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
     import json
 
     out = check_out(out, [fu.baseline.study.source, fu.followup.study.source])
+    out.mkdir(parents=True, exist_ok=True)
     written = [out / "change.nii.gz", out / "side_by_side.png", out / "followup.json"]
     atomic_write_bytes(written[0], label_nifti_gz_bytes(fu.baseline.study, fu.change))
     k = int(np.argmax(fu.change.reshape(fu.change.shape[0], -1).astype(bool).sum(1)))
@@ -807,3 +810,56 @@ def write_outputs(fu: FollowUp, out, reports: list | None = None) -> list:
             atomic_write_bytes(out / f"{point}_{kind}.dcm", buf.getvalue())
             written.append(out / f"{point}_{kind}.dcm")
     return written
+
+
+def run(
+    predictor,
+    sources: list,
+    out,
+    *,
+    pacs=None,
+    prior: bool = False,
+    store: bool = False,
+    interval=None,
+    force: bool = False,
+    spacing=None,
+    say=lambda line: None,
+) -> tuple[FollowUp, Path]:
+    """The follow-up use case, whichever front end asks: check what was given (the interval, an --out that could
+    touch an input) before any work, read the two studies (files, or a PACS's studies, with ``prior`` the
+    patient's latest earlier one), compare, write the outputs and, with ``store``, send each time point's SEG and
+    SR into its study. ``predictor``: a Predictor, or a function that makes one (loaded only once the checks
+    passed). ``say`` gets the lines a user should read."""
+    import tempfile
+
+    if (prior or store) and pacs is None:
+        raise FollowUpError(f"{'--prior' if prior else '--store'} works with a PACS: give --dicomweb URL")
+    if len(sources) != (1 if prior else 2):
+        raise FollowUpError("with --prior give the follow-up's study UID alone" if prior else "give BASELINE FOLLOWUP")
+    interval = check_interval(interval)
+    out = check_out(out, [] if pacs is not None else sources).resolve()
+    pred = predictor() if callable(predictor) and not hasattr(predictor, "predict_study") else predictor
+    say(f"tumorseg: {pred.engine_line()}")
+    with tempfile.TemporaryDirectory(prefix="tumorseg-followup-") as tmp:
+        if pacs is not None:
+            from .pacs import open_study
+
+            uids = list(sources)
+            if prior:
+                found = pacs.prior_study(uids[0])
+                say(f"baseline: the prior study {found['study_uid']} of {found['date']}")
+                uids.insert(0, found["study_uid"])
+            studies = [open_study(pacs, uid, None, Path(tmp) / f"study{k}") for k, uid in enumerate(uids)]
+        else:
+            studies = [read_study(s, spacing=spacing) for s in sources]
+        fu = compare(pred, studies[0], studies[1], interval_days=interval, force=force)
+        reports = dicom_reports(fu)
+        write_outputs(fu, out, reports)
+        if store:
+            if not reports:
+                raise FollowUpError("--store: the studies are not DICOM, so there is no report to send")
+            for point, study_uid, datasets in reports:
+                for line in pacs.store(datasets, study_uid):
+                    say(f"stored into the {point} study {study_uid}: {line}")
+    say(followup_line(fu.summary, out))
+    return fu, out

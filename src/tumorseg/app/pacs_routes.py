@@ -5,15 +5,11 @@ A router of its own, so the PACS is one file to read; it uses the app's study re
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 from fastapi import APIRouter, Form
 from starlette.concurrency import run_in_threadpool
-
-from ..studies import dicom_seg_dataset, dicom_sr_dataset
 
 MAX_PACS_CALLS = 4
 
@@ -69,14 +65,12 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
 
     def open_and_segment(study_uid: str, series_uid: str | None, slot, on_progress=None):
         """Retrieve without a model slot (network I/O, at most MAX_PACS_CALLS at once), then segment in one."""
-        from ..pacs import open_study
+        from ..pacs import segment_study
 
         p = need_pacs()
-        with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-            with pacs_call():
-                study = open_study(p, study_uid, series_uid or None, Path(tmp))
-            with slot:
-                return pred.predict_study(study, on_progress=on_progress)
+        return segment_study(
+            p, pred, study_uid, series_uid, retrieve=pacs_call(), segment=slot, on_progress=on_progress
+        )
 
     def answer(sp, study_uid: str) -> dict:
         return {**study_response(sp, f"study {study_uid}"), "pacs": sp.study.pacs}
@@ -108,9 +102,10 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
             raise BadRequest(400, "only a study opened from the PACS can be sent back to it")
 
         def run():
-            seg = dicom_seg_dataset(r)
+            from ..pacs import store_results
+
             with pacs_call():
-                return p.store([seg, dicom_sr_dataset(r, seg)], r.study.pacs["study_uid"])
+                return store_results(p, r)
 
         arrived = await run_in_threadpool(run)
         return {"stored": arrived, "study_uid": r.study.pacs["study_uid"], "volume_ml": r.measurements["volume_ml"]}
