@@ -72,3 +72,33 @@ def test_a_moved_glioma_reads_as_unchanged_within_the_band_in_the_chosen_space(t
     assert band is not None and s["measured_in"]["space"] == f.SPACE
     assert band["volume_change_within"] and band["new_within"] and band["resolved_within"], s
     assert "stable" in s["rano_style"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CASE.is_dir(), reason="needs ../shared/data/brats-dev")
+def test_a_thick_slice_pair_is_measured_on_one_grid_as_documented(tmp_path):
+    """A clinical-like study (5 mm axial slices) against itself moved: both time points are measured on the
+    baseline's (thick) grid in the chosen space, as docs/followup.md says; registered and trusted, and the change
+    stays within twice the band (resampling through 5 mm slices loses detail, which the band's thick pairs hold)."""
+    import sys
+    from pathlib import Path
+
+    import tumorseg.followup as f
+    from tumorseg.inference import Predictor
+    from tumorseg.studies import read_study
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research" / "followup"))
+    from one_space import moved_m1
+
+    flair = CASE / f"{CASE.name}_flair.nii.gz"
+    moved_m1(flair, tmp_path / "m.nii.gz", thick_mm=5.0)
+    base = read_study(tmp_path / "thick_m.nii.gz")
+    assert base.spacing[0] == pytest.approx(5.0)
+    s = f.compare(Predictor(engine="onnx-int8"), base, read_study(tmp_path / "m.nii.gz")).summary
+    assert s["registration"]["trusted"] and s["measured_in"]["space"] == f.SPACE
+    band = s["repeatability"]
+    assert band is not None
+    assert (
+        abs(s["volume_change_ml"]) <= 2 * band["abs_volume_change_ml"]
+        or abs(s["volume_change_relative"]) * 100 <= 2 * band["abs_volume_change_pct"]
+    )
