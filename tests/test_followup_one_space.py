@@ -33,8 +33,9 @@ def test_a_change_inside_the_band_reads_stable_and_is_said_on_the_line(monkeypat
             "new_ml": 2.0, "resolved_ml": 2.0, "pairs": 11}  # fmt: skip
     monkeypatch.setattr(f, "REPEATABILITY", band)
     assert f.repeatability("own", False, 20.0, 1.0, 1.0, 1.0) is None  # measured for another method: no band
-    inside = f.repeatability("halfway", False, 20.0, 0.6, 1.0, 3.0)
+    inside = f.repeatability("halfway", False, 20.0, 0.6, 1.0, 3.0)  # 3 % of 20 mL: inside the 4 % band
     assert inside["volume_change_within"] and inside["new_within"] and not inside["resolved_within"]
+    assert not f.repeatability("halfway", False, 20.0, 1.0, 1.0, 1.0)["volume_change_within"]  # 5 % > 4 %
     assert "stable" in f.rano_wording(0.30, 100, 130, inside)  # +30 % product, yet within the band
     outside = f.repeatability("halfway", False, 20.0, 5.0, 1.0, 1.0)
     assert not outside["volume_change_within"]
@@ -45,7 +46,7 @@ def test_a_change_inside_the_band_reads_stable_and_is_said_on_the_line(monkeypat
         "registration": {"trusted": True, "brain_dice": 0.99, "correlation": 0.98},
     }  # fmt: skip
     line = f.followup_line(s, "out/")
-    assert "change +0.60 mL (within the model's repeatability of ±1.5 mL)" in line
+    assert "change +0.60 mL (within the model's repeatability of ±4 %)" in line
     assert "new 1.00 mL (within the model's repeatability of ±2.0 mL)" in line
     assert "resolved 3.00 mL;" in line  # outside its band: no claim
 

@@ -92,7 +92,7 @@ function numbers(s) {
   const band = s.repeatability;
   const within = (ok, v) => (band && ok ? ` — within the model's repeatability of ±${v.toFixed(1)} mL` : "");
   const change = [
-    ["Volume change", `${s.volume_change_ml >= 0 ? "+" : ""}${s.volume_change_ml.toFixed(2)} mL (${pct(s.volume_change_relative)})${within(band && band.volume_change_within, band && band.abs_volume_change_ml)}`],
+    ["Volume change", `${s.volume_change_ml >= 0 ? "+" : ""}${s.volume_change_ml.toFixed(2)} mL (${pct(s.volume_change_relative)})${band && band.volume_change_within ? ` — within the model's repeatability of ±${band.abs_volume_change_pct.toFixed(0)} %` : ""}`],
     ["Days between", s.days_between == null ? "unknown (give the days)" : String(s.days_between)],
     ["Growth", s.growth_ml_per_month == null ? "–" : `${s.growth_ml_per_month >= 0 ? "+" : ""}${s.growth_ml_per_month.toFixed(2)} mL / month`],
     ["New", `${ml(s.new_ml)}${within(band && band.new_within, band && band.new_ml)}`],
