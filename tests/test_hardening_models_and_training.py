@@ -53,6 +53,34 @@ def test_a_model_with_nan_weights_is_refused_not_read_as_no_tumour(tmp_path, tin
     assert rc == 2 and len(err) == 1 and "NaN" in err[0] and "nan.safetensors" in err[0]
 
 
+def test_an_infinite_running_variance_is_a_switched_off_channel_not_a_broken_model(tmp_path, tiny_model):
+    """The bundled v2 holds +inf in one BatchNorm running variance (its output there is exactly 0): it loads; -inf
+    there, or inf in a weight, does not."""
+    import torch
+
+    from tumorseg.engines import resolve_model
+    from tumorseg.errors import ModelFileError
+    from tumorseg.nn.serialise import load_model
+
+    load_model(resolve_model(None))
+
+    def inf_var(t):
+        k = next(k for k in t if k.endswith("running_var"))
+        t[k] = t[k].clone()
+        t[k][0] = float("inf")
+
+    load_model(_rewritten(tiny_model, tmp_path / "var.safetensors", inf_var))
+
+    def inf_weight(t):
+        k = next(k for k in t if k.endswith("weight") and t[k].ndim == 4)
+        t[k] = t[k].clone()
+        t[k].view(-1)[0] = float("inf")
+
+    with pytest.raises(ModelFileError, match="NaN or infinite"):
+        load_model(_rewritten(tiny_model, tmp_path / "w.safetensors", inf_weight))
+    del torch
+
+
 def test_non_finite_outputs_are_refused_by_every_engine(tiny_model):
     from tumorseg.engines import load_engine
     from tumorseg.errors import ModelFileError

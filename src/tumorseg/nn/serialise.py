@@ -46,6 +46,17 @@ def save_model(model: nn.Module, path: str | os.PathLike, meta: dict, dtype: tor
     atomic_write_bytes(path, save(tensors, metadata={"tumorseg": json.dumps(meta)}))
 
 
+def _finite_enough(name: str, v: torch.Tensor) -> bool:
+    """No NaN anywhere and no infinity, except +inf in a BatchNorm's running variance: that channel's normalised
+    output is exactly 0 (x / sqrt(inf)), a finite function; the bundled v2 has one (encoder.bn1, from the
+    ImageNet weights' fp16 trip), and every engine computes it alike."""
+    if bool(torch.isfinite(v).all()):
+        return True
+    if bool(torch.isnan(v).any()):
+        return False
+    return name.endswith("running_var") and bool((v[torch.isinf(v)] > 0).all())
+
+
 def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read tensors and metadata, verifying the file is complete and unmodified."""
     from safetensors import SafetensorError
@@ -74,7 +85,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     want = meta.get("tensor_sha256")
     if want and tensor_digest(tensors) != want:
         raise ModelFileError(f"{p}: checksum mismatch, the weights are corrupted")
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not _finite_enough(k, v)]
     if bad:
         raise ModelFileError(f"{p}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); refused")
     return tensors, meta
