@@ -231,6 +231,7 @@ export async function runCompare() {
     else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
     if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice).join(", ")}`;
     $("s-ref").textContent = txt;
+    $("s-ref").title = txt; // clamped to two lines on screen; the whole line on hover
     $("s-ref").dataset.dice = r.dice.toFixed(6);
     $("s-ref").dataset.stale = "false";
     $("s-ref").dataset.threshold = r.threshold.toFixed(2);

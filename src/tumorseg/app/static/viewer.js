@@ -113,6 +113,7 @@ export function render() {
       txt += ` · ${ms.slices_with_tumour} slices with tumour`;
       if (ms.largest_diameter_mm !== null && ms.largest_diameter_mm !== undefined) txt += ` · largest diameter ${ms.largest_diameter_mm.toFixed(1)} mm`;
       $("s-volume").textContent = `${state.study.source || ""}: ${txt}`;
+      $("s-volume").title = $("s-volume").textContent;
     } else {
       $("s-volume").textContent = "updating…";
     }
