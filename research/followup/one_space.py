@@ -1,6 +1,8 @@
 """Score the six follow-up candidates of research/followup/one_space.md (the rule written before this ran).
 
     python research/followup/one_space.py --shared ../shared --json research/followup/one_space.json
+    python research/followup/one_space.py --candidates own --kinds unchanged --threads 2 \
+        --json research/followup/band_v5.json     # the band of the bundled model in the chosen space
 
 Unchanged pairs (repeatability) and known-change pairs (error against the truth); every candidate sees the same
 pairs, one registration per pair, and each segmentation is computed once and shared between candidates (a cache
@@ -124,7 +126,7 @@ def summarise(rows: list[dict]) -> dict:
             "mean_abs_volume_change": float(np.mean(rel)) if rel else None,
             "mean_new_plus_resolved": float(np.mean(nr)) if nr else None,
             "R": float(np.mean(rel) + np.mean(nr)) if rel else None,
-            "E_points": 100 * float(np.mean(err)) if err else None,
+            "E_points": 100 * float(np.mean(err)) if err else None,  # None: no known pairs scored
             "n_unchanged": len(un),
             "n_known": len(kn),
             "band": {
@@ -155,7 +157,13 @@ def main() -> None:
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--json", default="")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--candidates", default="", help="comma-separated (default: all six)")
+    ap.add_argument("--kinds", default="unchanged,known", help="which pairs: unchanged, known")
     a = ap.parse_args()
+    global CANDIDATES
+    if a.candidates:
+        CANDIDATES = [(c.split("+")[0], c.endswith("+flips")) for c in a.candidates.split(",")]
+    kinds = set(a.kinds.split(","))
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(a.threads)
     data = Path(a.shared) / "data"
     dev = sorted(p for p in (data / "brats-dev").iterdir() if p.is_dir())
@@ -167,31 +175,32 @@ def main() -> None:
         unchanged = [(c.name, c / f"{c.name}_flair.nii.gz", 0.0) for c in dev]
         unchanged += [(h, data / "brats-train" / h / f"{h}_flair.nii.gz", 0.0) for h in HELD]
         unchanged += [(f"{c.name}@5mm", c / f"{c.name}_flair.nii.gz", 5.0) for c in dev[:3]]
-        for name, flair, thick in unchanged:
+        for name, flair, thick in unchanged if "unchanged" in kinds else []:
             out = tmp / f"{name.replace('@', '_')}_m1.nii.gz"
             moved_m1(flair, out, thick)
             base = out.with_name("thick_" + out.name) if thick else flair
             rows += score_pair(pred, read_study(base), read_study(out), "unchanged", name, 0.0)
-        for c in dev:
+        for c in dev if "known" in kinds else []:
             true = shrunk(c, tmp / f"{c.name}_shrunk")
             rows += score_pair(pred, read_study(c), read_study(tmp / f"{c.name}_shrunk"), "known", c.name, true)
         lgg = data / "lgg-kaggle_3m" / "kaggle_3m"
         sp = (0.94, 0.94, 3.0)
-        for p in LGG_PATIENTS:
+        for p in LGG_PATIENTS if "known" in kinds else []:
             true = lgg_shrunk(lgg / p, tmp / f"{p}_later", 3)
             a_st, b_st = read_study(lgg / p, spacing=sp), read_study(tmp / f"{p}_later", spacing=sp)
             rows += score_pair(pred, a_st, b_st, "known", p, true)
     summary = summarise(rows)
     result = {
         "summary": summary,
-        "decision": decide(summary),
+        "decision": decide(summary) if kinds == {"unchanged", "known"} and not a.candidates else None,
+        "model": pred.pred.engine_line(),
         "segmentations": pred.segmentations,
         "segmentation_seconds": pred.seconds,
         "wall_seconds": time.perf_counter() - t0,
         "machine": machine_record(a.threads),
         "rows": rows,
     }
-    print(json.dumps({k: result[k] for k in ("summary", "decision")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("summary", "decision", "model")}, indent=1))
     if a.json:
         atomic_write_bytes(Path(a.json), (json.dumps(result, indent=1) + "\n").encode())
 
