@@ -42,7 +42,8 @@ case "${1:?STEP}" in
     $PY scripts/package_model.py --run "$RUN" --data "$LGG" --split-file docs/results/split.json \
       --out $RUN_E/pkg/default.safetensors --int8 --threads ${PACK_THREADS:-2} \
       --select-on original,skull_stripped,flair_only --tta none --engine ${PACK_ENGINE:-torch-bf16}
-    $PY research/v5/decide.py --base v2=$V2Q --candidate v5-endpoint=$RUN_E/pkg/default-int8.onnx --lgg "$LGG" \
+    # after the decision the bundled file is v5: the end point is compared with it (and v2's scores are in selection.json)
+    $PY research/v5/decide.py --base v5=$V2Q --candidate v5-endpoint=$RUN_E/pkg/default-int8.onnx --lgg "$LGG" \
       --lgg-split docs/results/split.json --brats-dev ../shared/data/brats-dev --brats-held "$BRATS" --held $HELD \
       --json research/v5/endpoint.json --cache runs/v5_scores ;;
   *) echo "unknown step $1" >&2; exit 2 ;;
