@@ -232,25 +232,25 @@ def _as_euler(tx):
     return sitk.Euler3DTransform(t)
 
 
-def on_baseline(reg: Registration, fixed_st, moving_st, vol: np.ndarray, nearest: bool) -> np.ndarray:
-    """A follow-up volume (its own grid) on the baseline's grid through the registration: a mask (nearest
-    neighbour) for the change map, or an image (linear) for showing the two side by side; never for measuring
-    a time point, which each study does in its own space."""
+def _resample(grid_st, src_st, vol: np.ndarray, tx, nearest: bool) -> np.ndarray:
+    """``vol`` (on ``src_st``'s grid) on ``grid_st``'s grid, ``tx`` mapping grid points to ``src_st`` points: nearest
+    neighbour for masks and labels, linear for images. The one resampling every follow-up view and space uses."""
     import SimpleITK as sitk
 
     out = sitk.Resample(
-        _sitk_image(moving_st, vol),
-        _sitk_image(fixed_st, np.zeros(fixed_st.volume.shape[:3], np.uint8)),
-        reg.transform,
+        _sitk_image(src_st, vol),
+        _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8)),
+        tx,
         sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear,
         0,
     )
     return sitk.GetArrayFromImage(out)
 
 
-def moved_mask(reg: Registration, fixed_st, moving_st, mask: np.ndarray) -> np.ndarray:
-    """A follow-up mask on the baseline's grid (nearest neighbour)."""
-    return on_baseline(reg, fixed_st, moving_st, mask.astype(np.uint8), nearest=True).astype(bool)
+def on_baseline(reg: Registration, fixed_st, moving_st, vol: np.ndarray, nearest: bool) -> np.ndarray:
+    """A follow-up volume (its own grid) on the baseline's grid through the registration: a mask (nearest
+    neighbour) for the change map, or an image (linear) for showing the two side by side."""
+    return _resample(fixed_st, moving_st, vol, reg.transform, nearest)
 
 
 def bidimensional(mask: np.ndarray, spacing) -> dict:
@@ -519,24 +519,9 @@ def _resample_study(grid_st, src_st, tx):
     a Study with the grid's geometry (so it is fed to the model as the grid study is)."""
     from dataclasses import replace
 
-    import SimpleITK as sitk
-
-    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
-    chans = []
-    for ch in range(src_st.volume.shape[-1]):
-        img = sitk.Resample(_sitk_image(src_st, src_st.volume[..., ch]), ref, tx, sitk.sitkLinear, 0)
-        chans.append(sitk.GetArrayFromImage(img))
+    chans = [_resample(grid_st, src_st, src_st.volume[..., ch], tx, False) for ch in range(src_st.volume.shape[-1])]
     vol = np.clip(np.rint(np.stack(chans, -1)), 0, 255).astype(np.uint8)
     return replace(grid_st, volume=vol, source=src_st.source, notes=[], single_sequence=src_st.single_sequence)
-
-
-def _mask_through(grid_st, src_st, mask: np.ndarray, tx) -> np.ndarray:
-    """A mask on ``src_st``'s grid carried onto ``grid_st``'s grid (nearest), ``tx``: grid points -> src points."""
-    import SimpleITK as sitk
-
-    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
-    out = sitk.Resample(_sitk_image(src_st, mask.astype(np.uint8)), ref, tx, sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(out).astype(bool)
 
 
 def change_masks(pred, sts, sps, reg, space: str, flips: bool, counted) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -554,7 +539,7 @@ def change_masks(pred, sts, sps, reg, space: str, flips: bool, counted) -> tuple
     if space == "own":
         base = seg(sts[0], n0 + n1, sps[0])
         fu = seg(sts[1], n0 + n1 + n0, sps[1])
-        return base, _mask_through(sts[0], sts[1], fu, reg.transform), None
+        return base, on_baseline(reg, sts[0], sts[1], fu.astype(np.uint8), nearest=True).astype(bool), None
     if space == "baseline":
         base = seg(sts[0], n0 + n1 + n0, sps[0])
         return base, seg(_resample_study(sts[0], sts[1], reg.transform), n0 + n1), None
@@ -626,8 +611,10 @@ def compare(
         else None
     )
     counts = {k: float((change == v).sum() * vml) for k, v in (("new", 2), ("resolved", 3), ("unchanged", 1))}
-    if to_space is not None:  # the change map is shown on the baseline's grid
-        change = _labels_through(sts[0], change, to_space)
+    if (
+        to_space is not None
+    ):  # halfway: baseline point b lies at H(b) there; the change map is shown on the baseline grid
+        change = _resample(sts[0], sts[0], change, to_space, nearest=True).astype(np.uint8)
     measured = {"space": space, "flips": flips, "volume_ml": {"baseline": v_base, "followup": v_fu}}
     summary = _summary(sps, bis, dates, days, (v_base, v_fu), rel_prod, common, counts, measured, reg, notes)
     return FollowUp(sps[0], sps[1], reg, change, summary)
@@ -683,16 +670,6 @@ SPACE_WORDS = {
     "baseline": "baseline's grid (the follow-up resampled onto it and segmented there)",
     "halfway": "halfway space between the two studies (both resampled, neither favoured)",
 }
-
-
-def _labels_through(grid_st, labels: np.ndarray, tx) -> np.ndarray:
-    """A label map on the halfway grid (which has the baseline's lattice) shown on the baseline's grid: baseline
-    point b lies at H(b) in the halfway space."""
-    import SimpleITK as sitk
-
-    ref = _sitk_image(grid_st, np.zeros(grid_st.volume.shape[:3], np.uint8))
-    out = sitk.Resample(_sitk_image(grid_st, labels), ref, tx, sitk.sitkNearestNeighbor, 0)
-    return sitk.GetArrayFromImage(out).astype(np.uint8)
 
 
 def followup_line(s: dict, out) -> str:
