@@ -98,9 +98,9 @@ def test_upload_see_heatmap_move_threshold(server, tmp_path, tiny_model):
             browser.close()
 
 
-def _open(p, server, viewport=(1280, 720), **kw):
+def _open(p, server, viewport=(1280, 720), webgl=False, **kw):
     """Chromium on the app's page, with the model loaded; returns (browser, page)."""
-    browser = launch(p)
+    browser = launch(p, webgl=webgl)
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]}, **kw)
     page.goto(server)
     page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
@@ -666,10 +666,7 @@ def test_the_panel_follows_the_plane_slice_and_every_view_shows_the_files_voxel(
     nib.save(nib.Nifti1Image(vol, aff), str(nii))
     inv = np.linalg.inv(aff)
     with sync_playwright() as p:
-        browser = launch(p, webgl=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(server)
-        page.wait_for_function("document.getElementById('model-info').textContent.includes('model')")
+        browser, page = _open(p, server, webgl=True)
         try:
             page.set_input_files("#file-input", str(nii))
             page.wait_for_selector("#s-volume[data-official='1']", timeout=60000)
