@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/archive.json")
     a = ap.parse_args()
-    from tumorseg.engines import load_engine
-    from tumorseg.hardware import machine_record
+    from tumorseg.engines.hardware import machine_record
+    from tumorseg.engines.loading import load_engine
 
     cores = os.cpu_count() or 1
     engine = load_engine(None, threads=1)  # warms the engine probe for the 1-thread workers

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.engines import OnnxEngine, TorchEngine, load_engine
-from tumorseg.hardware import cpu_info
+from tumorseg.engines.hardware import cpu_info
+from tumorseg.engines.loading import load_engine
+from tumorseg.engines.runners import OnnxEngine, TorchEngine
 from tumorseg.nn.onnx_export import onnx_model
 
 DECODERS = {"5 stages (paper, v2)": (256, 128, 64, 32, 16), "4 stages (no full-resolution conv)": (256, 128, 64, 32)}

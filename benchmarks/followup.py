@@ -36,8 +36,10 @@ def main() -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(a.threads)
-    from tumorseg.followup import compare, register, write_outputs
-    from tumorseg.hardware import cpu_info
+    from tumorseg.engines.hardware import cpu_info
+    from tumorseg.followup.comparison import compare
+    from tumorseg.followup.registration import register
+    from tumorseg.followup.reports import write_outputs
     from tumorseg.inference import Predictor
     from tumorseg.studies import read_study
 
@@ -53,7 +55,7 @@ def main() -> None:
         sitk.WriteImage(sitk.Cast(sitk.Resample(img, img, t, sitk.sitkLinear, 0), img.GetPixelID()), str(moved))
         pred = Predictor(engine=a.engine, threads=a.threads)
         pred.predict_study(src)  # warm the engine once
-        import tumorseg.followup as followup
+        import tumorseg.followup.comparison as followup
 
         spaces = [x for x in a.spaces.split(",") if x] or [followup.SPACE]
         reg_s, reg_nomirror_s, whole = [], [], {sp: [] for sp in spaces}

@@ -59,11 +59,11 @@ def worker(args) -> dict:
 
     import torch
 
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.nn.serialise import load_model
 
     torch.set_num_threads(args.threads)
-    from tumorseg.engines import resolve_model
+    from tumorseg.engines.bundled import resolve_model
 
     _, meta = load_model(resolve_model(args.model))
     size = int(meta.get("input_size", 256))
@@ -102,7 +102,7 @@ def worker(args) -> dict:
             )
             Image.fromarray(np.zeros((size, size), np.uint8)).save(folder / f"TCGA_BENCH_0001_{k + 1}_mask.png")
         study_s = []
-        from tumorseg.render import heatmap_overlay
+        from tumorseg.imaging.render import heatmap_overlay
 
         for _ in range(3):
             t = time.perf_counter()
@@ -261,7 +261,7 @@ def main() -> None:
             r["speedup_study_vs_fp32"] = base["study40_s_median"] / r["study40_s_median"]
             if "dice_test" in r:
                 r["dice_delta_vs_fp32"] = r["dice_test"] - base["dice_test"]
-    from tumorseg.hardware import machine_record
+    from tumorseg.engines.hardware import machine_record
 
     rec = machine_record(args.threads)
     machine = rec["summary"]

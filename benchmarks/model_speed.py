@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.engines import load_engine
-from tumorseg.hardware import machine_record
+from tumorseg.engines.hardware import machine_record
+from tumorseg.engines.loading import load_engine
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.engines import load_engine
-from tumorseg.hardware import cpu_info
+from tumorseg.engines.hardware import cpu_info
+from tumorseg.engines.loading import load_engine
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.evaluation import choose_postprocess
 from tumorseg.train.robustness import transformed

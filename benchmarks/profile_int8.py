@@ -63,7 +63,7 @@ def conv_operations(size: int) -> float:
     """2 x multiply-adds of every convolution of the export form (the graph the int8 file was built from)."""
     import torch
 
-    from tumorseg.engines import bundled_model_path
+    from tumorseg.engines.bundled import bundled_model_path
     from tumorseg.nn.export_form import export_form
     from tumorseg.nn.serialise import load_model
 
@@ -90,9 +90,9 @@ def main() -> None:
     a = ap.parse_args()
     import onnxruntime as ort
 
-    from tumorseg import engines
+    from tumorseg.engines import bundled
 
-    q = engines.bundled_model_path().with_name("default-int8.onnx")
+    q = bundled.bundled_model_path().with_name("default-int8.onnx")
     with tempfile.TemporaryDirectory() as tmp:
         so = ort.SessionOptions()
         so.intra_op_num_threads = a.threads

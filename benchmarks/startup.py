@@ -24,7 +24,7 @@ READY = (
     "import time; from tumorseg.inference import Predictor; t = time.perf_counter(); p = Predictor(); "
     "print(time.perf_counter() - t)"
 )
-CLI = "{pre}import sys; from tumorseg.cli import main; sys.exit(main(['predict', {png!r}, '--out', {out!r}]))"
+CLI = "{pre}import sys; from tumorseg.cli.main import main; sys.exit(main(['predict', {png!r}, '--out', {out!r}]))"
 
 
 def _child(code: str) -> tuple[float, str]:
@@ -45,7 +45,7 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
 
     engine = load_engine(None).name
     rng = np.random.default_rng(0)

@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/study_cli.json")
     a = ap.parse_args()
-    from tumorseg.engines import load_engine
-    from tumorseg.hardware import machine_record
+    from tumorseg.engines.hardware import machine_record
+    from tumorseg.engines.loading import load_engine
 
     default = load_engine(None, threads=a.threads)  # warms this machine's probe cache
     with tempfile.TemporaryDirectory() as tmp:

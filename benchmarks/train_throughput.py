@@ -69,7 +69,7 @@ def main() -> None:
     base = rows[0]["img_per_s"]
     for r in rows:
         r["vs_256_fp32"] = r["img_per_s"] / base
-    from tumorseg.hardware import machine_record
+    from tumorseg.engines.hardware import machine_record
 
     rec = machine_record(a.threads) | {"torch": torch.__version__}
     machine = f"{rec['summary']}, torch {torch.__version__}"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.files import atomic_write_bytes
-from tumorseg.metrics import HEADLINE, bootstrap_ci, metrics_from_counts
+from tumorseg.imaging.files import atomic_write_bytes
+from tumorseg.model.metrics import HEADLINE, bootstrap_ci, metrics_from_counts
 from tumorseg.train.evaluation import evaluate
 
 

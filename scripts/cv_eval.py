@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tumorseg.files import atomic_write_bytes
+from tumorseg.imaging.files import atomic_write_bytes
 from tumorseg.train.crossval import SUMMARY_KEYS, arm_report, compare_arms, markdown, out_of_fold
 from tumorseg.train.data import DatasetError
 

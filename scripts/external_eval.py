@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.files import atomic_write_bytes
+from tumorseg.imaging.files import atomic_write_bytes
 from tumorseg.inference import Predictor
 from tumorseg.train.evaluation import external_case
 

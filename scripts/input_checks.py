@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.images import read_image, to_uint8_rgb
-from tumorseg.input_checks import CannotJudge, judge, neighbour_correlation
+from tumorseg.imaging.images import read_image, to_uint8_rgb
+from tumorseg.model.input_checks import CannotJudge, judge, neighbour_correlation
 from tumorseg.train.data import discover
 
 

@@ -12,8 +12,8 @@ import argparse
 
 import numpy as np
 
-from tumorseg.images import read_image, to_uint8_rgb
-from tumorseg.intensity import head_depth
+from tumorseg.imaging.images import read_image, to_uint8_rgb
+from tumorseg.imaging.intensity import head_depth
 from tumorseg.train.data import discover, load_split
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from tumorseg.engines import load_engine
-from tumorseg.files import file_sha256
+from tumorseg.engines.loading import load_engine
+from tumorseg.imaging.files import file_sha256
+from tumorseg.model.postprocess import PostProcess
 from tumorseg.nn.serialise import load_model, read_model_file, save_model
-from tumorseg.postprocess import PostProcess
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.evaluation import choose_postprocess, stack_metrics
 
@@ -58,9 +58,9 @@ def int8_step(
 ) -> None:
     """Build the int8 ONNX file beside the model (calibrated on training patients only), check it against
     torch-fp32 on the validation patients, and record which engine is the default."""
-    from tumorseg.engines import OnnxEngine
-    from tumorseg.files import atomic_write_bytes
-    from tumorseg.modelinfo import ModelInfo
+    from tumorseg.engines.runners import OnnxEngine
+    from tumorseg.imaging.files import atomic_write_bytes
+    from tumorseg.model.info import ModelInfo
     from tumorseg.nn.onnx_export import onnx_model
     from tumorseg.train.export import calibration_slices
 

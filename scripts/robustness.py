@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from tumorseg.engines import load_engine
-from tumorseg.files import atomic_write_bytes
-from tumorseg.metrics import paired_difference
+from tumorseg.engines.loading import load_engine
+from tumorseg.imaging.files import atomic_write_bytes
+from tumorseg.model.metrics import paired_difference
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.robustness import CONDITIONS, run_suite
 

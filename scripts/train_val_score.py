@@ -13,7 +13,7 @@ import json
 
 import torch
 
-from tumorseg.modelinfo import ModelInfo
+from tumorseg.model.info import ModelInfo
 from tumorseg.nn.serialise import load_model
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.device import DistContext, precision_plan

@@ -189,7 +189,7 @@ def save_tiny_model(path: Path, seed: int = 0, **meta) -> Path:
 
 def cli_predict(inputs, out, model, *extra: str) -> int:
     """`tumorseg predict` with a test model on the exact fp32 engine."""
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else inputs
     return main(

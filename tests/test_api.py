@@ -28,7 +28,7 @@ def test_health_and_model(client):
 
 @pytest.mark.slow
 def test_cli_first_line_is_the_engine_line(tiny_model, tmp_path, capsys):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
     from tumorseg.inference import Predictor
 
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((40, 40, 3), np.uint8))
@@ -205,7 +205,7 @@ def test_the_page_takes_its_colours_from_the_clis_colormap(client):
     """One home for the JET colours: the page's instant re-rendering uses render.jet's values."""
     import numpy as np
 
-    from tumorseg.render import jet
+    from tumorseg.imaging.render import jet
 
     lut = client.get("/api/colormap").json()["jet"]
     assert np.array_equal(np.array(lut, np.uint8), jet(np.arange(256) / 255.0))

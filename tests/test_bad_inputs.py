@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 
 from .conftest import api_client, png_bytes, smooth_noise, tif_bytes
 

@@ -8,42 +8,42 @@ import shutil
 import numpy as np
 import pytest
 
-from tumorseg import engines
+from tumorseg.engines import bundled, loading
 from tumorseg.errors import ModelFileError
-from tumorseg.files import file_sha256
+from tumorseg.imaging.files import file_sha256
 
 from .conftest import LGG, smooth_noise
 
-INFO = json.loads(engines.bundled_model_path().with_suffix(".json").read_text())
+INFO = json.loads(bundled.bundled_model_path().with_suffix(".json").read_text())
 
 
 def test_int8_file_checksum_matches_the_record():
-    q = engines.bundled_model_path().with_name(INFO["int8"]["file"])
+    q = bundled.bundled_model_path().with_name(INFO["int8"]["file"])
     assert q.is_file() and file_sha256(q) == INFO["int8"]["sha256"]
     assert INFO["int8"]["passed"] and INFO["default_engine"] == "onnx-int8"
 
 
 @pytest.mark.slow
 def test_default_engine_is_the_fastest_measured_here_and_says_why():
-    eng = engines.load_engine(None, threads=1)
+    eng = loading.load_engine(None, threads=1)
     c = eng.choice
     assert c is not None and eng.name == c.engine and "fastest on this CPU" in eng.reason
     assert set(c.timings_ms) >= {"onnx-int8", "torch-fp32", "onnx-fp32"}
     assert c.timings_ms[eng.name] <= c.timings_ms["torch-fp32"]  # never slower than eager fp32
-    assert engines.load_engine(None, "torch-fp32", threads=1).reason == "asked for"
+    assert loading.load_engine(None, "torch-fp32", threads=1).reason == "asked for"
 
 
 def test_corrupted_int8_file_is_refused(tmp_path, monkeypatch):
-    src = engines.bundled_model_path()
+    src = bundled.bundled_model_path()
     for f in (src, src.with_suffix(".json")):
         shutil.copy(f, tmp_path / f.name)
     q = tmp_path / INFO["int8"]["file"]
     q.write_bytes(src.with_name(INFO["int8"]["file"]).read_bytes()[:-10] + b"0123456789")
-    monkeypatch.setattr(engines, "bundled_model_path", lambda: tmp_path / src.name)
+    monkeypatch.setattr(bundled, "bundled_model_path", lambda: tmp_path / src.name)
     with pytest.raises(ModelFileError, match="int8"):
-        engines.load_engine(None, threads=1)
+        loading.load_engine(None, threads=1)
     with pytest.raises(ModelFileError, match="int8"):
-        engines.load_engine(None, "onnx-int8", threads=1)
+        loading.load_engine(None, "onnx-int8", threads=1)
 
 
 def _slices() -> np.ndarray:
@@ -57,8 +57,8 @@ def _slices() -> np.ndarray:
 @pytest.mark.slow
 def test_int8_agrees_with_fp32():
     x = _slices()
-    q = engines.load_engine(None, "onnx-int8", threads=2)
-    f = engines.load_engine(None, "torch-fp32", threads=2)
+    q = loading.load_engine(None, "onnx-int8", threads=2)
+    f = loading.load_engine(None, "torch-fp32", threads=2)
     thr = float(f.meta["threshold"])
     pq, pf = q.run(x), f.run(x)
     assert ((pq >= thr) == (pf >= thr)).mean() >= 0.995
@@ -71,7 +71,7 @@ def test_int8_file_keeps_every_convolution_in_int8():
     convolution reads int8 weights and int8 activations."""
     import onnx
 
-    g = onnx.load(str(engines.bundled_model_path().with_name(INFO["int8"]["file"]))).graph
+    g = onnx.load(str(bundled.bundled_model_path().with_name(INFO["int8"]["file"]))).graph
     producer = {o: n for n in g.node for o in n.output}
     ops = {n.op_type for n in g.node}
     assert not ops & {"ConvTranspose", "Concat"}, ops
@@ -105,7 +105,7 @@ def test_base_install_runs_without_the_train_extra(tmp_path):
     code = BLOCK_TRAIN_EXTRA + (
         "import numpy as np\n"
         "from tumorseg.app.server import create_app\n"
-        "from tumorseg.cli import main\n"
+        "from tumorseg.cli.main import main\n"
         "from tumorseg.inference import Predictor\n"
         f"assert main(['predict', {str(png)!r}, '--out', {str(tmp_path / 'out')!r}, '--threads', '1']) == 0\n"
         "p = Predictor(threads=1)\n"
@@ -157,7 +157,7 @@ def test_cached_choice_of_int8_never_imports_torch(tmp_path):
     code = (
         "import sys, numpy as np\n"
         "import tumorseg.app.server\n"
-        "from tumorseg.cli import main\n"
+        "from tumorseg.cli.main import main\n"
         "from tumorseg.inference import Predictor\n"
         f"assert main(['predict', {str(png)!r}, '--out', {str(tmp_path / 'out')!r}, '--threads', '1']) == 0\n"
         "p = Predictor(threads=1)\n"

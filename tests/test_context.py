@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tumorseg.postprocess import PostProcess
-from tumorseg.preprocess import context_step, groups_of, model_input, single_with_context, with_context
+from tumorseg.model.postprocess import PostProcess
+from tumorseg.model.preprocess import context_step, groups_of, model_input, single_with_context, with_context
 
 from .conftest import make_kaggle, save_tiny_model
 
@@ -61,7 +61,7 @@ def test_a_widened_model_computes_exactly_what_the_2d_model_did(tmp_path):
     save_model(m2d, tmp_path / "m25.safetensors", meta25)
     m25, meta_back = load_model(tmp_path / "m25.safetensors")
     assert m25.encoder.conv1.in_channels == 5
-    from tumorseg.modelinfo import ModelInfo
+    from tumorseg.model.info import ModelInfo
 
     spec = ModelInfo.from_meta(meta_back).input
     assert (spec.context, spec.n_channels, spec.context_mm) == (1, 5, 4.0)
@@ -105,7 +105,7 @@ def _context_model(tmp_path, seed=0):
 @pytest.mark.slow
 def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
     """Predictor on a slice folder = evaluation's stack = Engine.run_stack; a lone image = its own context."""
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.inference import Predictor
 
     model = _context_model(tmp_path)
@@ -127,7 +127,7 @@ def test_every_front_end_gives_a_25d_model_the_same_context(tmp_path):
 
 @pytest.mark.slow
 def test_a_25d_model_exports_to_onnx_with_its_context(tmp_path):
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.train.export import export_onnx
 
     model = _context_model(tmp_path)
@@ -152,8 +152,8 @@ def test_hysteresis_keeps_faint_voxels_that_touch_the_lesion_in_3d_only():
 
 @pytest.mark.slow
 def test_train_25d_from_a_2d_model_then_evaluate(tmp_path):
-    from tumorseg.cli import main
-    from tumorseg.modelinfo import ModelInfo
+    from tumorseg.cli.main import main
+    from tumorseg.model.info import ModelInfo
     from tumorseg.nn.serialise import read_model_file
 
     data = make_kaggle(tmp_path / "data", patients=6, slices=6, size=64, seed=3)
@@ -232,7 +232,7 @@ def test_context_boost_is_a_larger_learning_rate_for_the_neighbour_weights_only(
 def test_the_models_recorded_tta_is_what_every_path_runs(tmp_path):
     """A model that records TTA (chosen on validation) gets it in the Predictor, evaluation's stacks and
     --tta alike; a model without it runs one view unless --tta asks for the spread."""
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.inference import Predictor
 
     plain = save_tiny_model(tmp_path / "plain.safetensors")

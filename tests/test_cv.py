@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 from tumorseg.train.data import DatasetError, cv_folds, fold_split
 
 from .conftest import make_kaggle
@@ -96,7 +96,7 @@ def test_grid_sweep_gives_the_postprocess_masks():
     """The packaging/cross-validation grid caches components; every row must equal PostProcess's own rule."""
     import numpy as np
 
-    from tumorseg.postprocess import PostProcess
+    from tumorseg.model.postprocess import PostProcess
     from tumorseg.train.evaluation import GRID_HYSTERESIS, GRID_MIN_PIXELS, GRID_THRESHOLDS, _Sweep, stack_metrics
 
     rng = np.random.default_rng(0)

@@ -42,7 +42,7 @@ def test_cli_overlays_are_turned_as_the_screen_and_study_json_says_so(tmp_path, 
     # the marker (anterior, patient's right) lies top-left in the written overlay of a middle slice, whatever
     # the storage order: the picture is the screen's, not the storage order's
     ov = np.asarray(Image.open(out / storage / "overlays" / "slice0007_overlay.png"))
-    from tumorseg.geometry import display_transform, turned
+    from tumorseg.imaging.geometry import display_transform, turned
     from tumorseg.studies import read_study
 
     st = read_study(nii)
@@ -60,7 +60,7 @@ def test_cli_overlays_are_turned_as_the_screen_and_study_json_says_so(tmp_path, 
 
 @pytest.mark.parametrize("storage", ["RAS", "LPS"])
 def test_the_mask_png_download_is_turned_as_the_screen(tmp_path, predictor, storage):
-    from tumorseg.geometry import display_turn, turned
+    from tumorseg.imaging.geometry import display_turn, turned
 
     client = api_client(predictor)
     nii = _stored(tmp_path, storage)
@@ -84,7 +84,7 @@ def test_the_network_sees_the_same_anatomy_the_same_way_however_it_is_stored(tmp
     """research/orientation: the model sees each slice upright (display.model_turn) whatever the storage
     order, so the same anatomy stored RAS or LPS gets the same probabilities, voxel for voxel in patient
     space; slice folders (no geometry) are not turned."""
-    from tumorseg.geometry import model_turn
+    from tumorseg.imaging.geometry import model_turn
     from tumorseg.studies import read_study
 
     ras, lps = (read_study(_stored(tmp_path, s)) for s in ("RAS", "LPS"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tumorseg import engine_choice, engines, hardware
-from tumorseg.hardware import CpuInfo
+from tumorseg.engines import choice as engine_choice
+from tumorseg.engines import hardware, loading
+from tumorseg.engines.hardware import CpuInfo
 
 AVX2 = CpuInfo("AMD EPYC 7B13 (Zen 3)", "x86_64", ("avx2", "fma"))
 VNNI_BF16 = CpuInfo("AMD EPYC 9B14 (Zen 4)", "x86_64", ("avx2", "avx512_bf16", "avx512_vnni", "avx512f", "fma"))
@@ -114,11 +115,11 @@ def test_timer_stops_a_clearly_slower_engine_after_its_warmup():
 @pytest.mark.train
 def test_bf16_is_never_a_candidate_without_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2)
-    cands, excluded = engines.candidates(None, "cpu")
+    cands, excluded = loading.candidates(None, "cpu")
     assert "torch-bf16" not in cands and "native bf16" in excluded["torch-bf16"]
     assert {"onnx-int8", "torch-fp32", "onnx-fp32"} <= set(cands)  # int8 runs wherever onnxruntime does
     monkeypatch.setattr(hardware, "cpu_info", lambda: VNNI_BF16)
-    cands, _ = engines.candidates(None, "cpu")
+    cands, _ = loading.candidates(None, "cpu")
     assert "torch-bf16" in cands
 
 
@@ -136,12 +137,12 @@ def test_int8_on_a_cpu_without_vnni(monkeypatch):
     import numpy as np
 
     monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2)
-    eng = engines.load_engine(None, "onnx-int8", threads=1)
+    eng = loading.load_engine(None, "onnx-int8", threads=1)
     assert eng.name == "onnx-int8" and eng.reason == "asked for"
     assert eng.run(engine_choice.probe_input(eng.size)).shape == (1, eng.size, eng.size)
     times = {"onnx-int8": 98.0, "onnx-fp32": 150.0, "torch-fp32": 281.0}  # the AVX2 measurements
     monkeypatch.setattr(engine_choice, "time_engine", lambda run, x, best, budget: times[run.__self__.name])
-    eng = engines.load_engine(None, threads=1, reprobe=True)
+    eng = loading.load_engine(None, threads=1, reprobe=True)
     assert eng.name == "onnx-int8" and "avx2" in eng.reason and "torch-bf16" in eng.choice.excluded
     assert np.isfinite(eng.run(engine_choice.probe_input(eng.size))).all()
 
@@ -151,8 +152,8 @@ def test_int8_for_a_model_without_an_int8_file_says_what_to_do(tmp_path):
 
     m = save_tiny_model(tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="int8-calibration"):
-        engines.load_engine(m, "onnx-int8", threads=1)
-    cands, excluded = engines.candidates(m, "cpu")
+        loading.load_engine(m, "onnx-int8", threads=1)
+    cands, excluded = loading.candidates(m, "cpu")
     assert "onnx-int8" not in cands and "int8-calibration" in excluded["onnx-int8"]
 
 

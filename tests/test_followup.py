@@ -35,7 +35,9 @@ def _moved(src: Path, out: Path, rot_deg=(8.0, -5.0, 6.0), shift=(10.0, -12.0, 6
 def test_a_real_glioma_against_itself_under_a_known_rigid_move(tmp_path):
     import SimpleITK as sitk
 
-    from tumorseg.followup import brain_mask, compare, write_outputs
+    from tumorseg.followup.comparison import compare
+    from tumorseg.followup.registration import brain_mask
+    from tumorseg.followup.reports import write_outputs
     from tumorseg.inference import Predictor
     from tumorseg.studies import read_study
 
@@ -52,7 +54,7 @@ def test_a_real_glioma_against_itself_under_a_known_rigid_move(tmp_path):
     centroid = seg.TransformContinuousIndexToPhysicalPoint([float(zyx[2]), float(zyx[1]), float(zyx[0])])
     err = np.linalg.norm(np.subtract(reg.transform.TransformPoint(centroid), truth.TransformPoint(centroid)))
     assert err <= 1.0, err
-    from tumorseg.followup import _sitk_image
+    from tumorseg.followup.registration import _sitk_image
 
     st = read_study(src)
     zz, yy, xx = np.nonzero(brain_mask(st))
@@ -186,7 +188,7 @@ def _shrunk(src: Path, out: Path, rim_px: int) -> float:
 def test_a_known_lesion_change_is_measured_within_5_percent(tmp_path, patient):
     """An LGG test patient (never trained on) against a copy whose tumour lost its outer 3 pixels: the
     model's relative volume change within 5 points of the true one, and mostly 'resolved' tumour."""
-    from tumorseg.followup import compare
+    from tumorseg.followup.comparison import compare
     from tumorseg.inference import Predictor
     from tumorseg.studies import read_study
 
@@ -228,7 +230,7 @@ def _dicom_study(folder: Path, patient: str, date: str, seed: int) -> Path:
 
 @pytest.mark.slow
 def test_cli_followup_of_two_dicom_studies_dates_swap_and_other_patients(tmp_path, tiny_model, capsys):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     early = _dicom_study(tmp_path / "early", "P1", "20250101", 0)
     late = _dicom_study(tmp_path / "late", "P1", "20250402", 1)
@@ -288,7 +290,7 @@ def _the_reports_round_trip_with_one_tracking_uid(out: Path, early: Path, late: 
 
 
 def test_bidimensional_product_and_rano_wording():
-    from tumorseg.followup import bidimensional, rano_wording
+    from tumorseg.followup.comparison import bidimensional, rano_wording
 
     m = np.zeros((3, 60, 60), bool)
     yy, xx = np.mgrid[:60, :60]
@@ -325,7 +327,7 @@ def test_rest_followup_job_answers_what_the_python_function_does(tmp_path, predi
 
     import nibabel as nib
 
-    from tumorseg.followup import compare
+    from tumorseg.followup.comparison import compare
 
     from .conftest import api_client
 

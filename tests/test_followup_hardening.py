@@ -31,7 +31,7 @@ def _head(path: Path, seed: int = 0, shift: int = 0) -> Path:
 def test_out_in_the_inputs_folder_is_refused_and_the_inputs_stay_byte_identical(tmp_path, tiny_model, capsys):
     """44.1: before the fix `followup DIR/change.nii.gz DIR/later.nii.gz --out DIR` replaced the baseline with the
     change map (and a followup.json lying there); now refused in one line, before any work, nothing written."""
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     d = tmp_path / "DIR"
     d.mkdir()
@@ -48,7 +48,8 @@ def test_out_in_the_inputs_folder_is_refused_and_the_inputs_stay_byte_identical(
 
 
 def test_every_writer_refuses_an_out_that_holds_an_input(tmp_path):
-    from tumorseg.followup import FollowUpError, check_out
+    from tumorseg.errors import FollowUpError
+    from tumorseg.followup.reports import check_out
 
     f = _head(tmp_path / "a.nii.gz")
     with pytest.raises(FollowUpError, match="folder of the input"):
@@ -62,7 +63,7 @@ def test_every_writer_refuses_an_out_that_holds_an_input(tmp_path):
 @pytest.mark.parametrize("bad", ["nan", "inf", "-91", "0", "1e9", "soon"])
 def test_interval_must_be_a_finite_positive_number_of_days(tmp_path, bad, capsys):
     """44.5: `--interval nan|inf` gave exit 0 and a followup.json that is not JSON; -91 turned a shrink into growth."""
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     a, b = _head(tmp_path / "a.nii.gz"), _head(tmp_path / "b.nii.gz", seed=1)
     assert main(["followup", str(a), str(b), "--out", str(tmp_path / "o"), f"--interval={bad}"]) == 2
@@ -72,7 +73,8 @@ def test_interval_must_be_a_finite_positive_number_of_days(tmp_path, bad, capsys
 
 
 def test_the_rest_interval_rule_is_the_cli_rule():
-    from tumorseg.followup import FollowUpError, check_interval
+    from tumorseg.errors import FollowUpError
+    from tumorseg.followup.comparison import check_interval
 
     assert check_interval(None) is None and check_interval("30") == 30.0
     for bad in (float("nan"), float("inf"), -91, 0, 40000):
@@ -82,7 +84,7 @@ def test_the_rest_interval_rule_is_the_cli_rule():
 
 def test_different_sequence_sets_are_measured_on_the_sequences_they_share():
     """44.3: a case read with three sequences against its FLAIR alone: both are fed FLAIR alone, with a note."""
-    from tumorseg.followup import on_shared_sequences, sequences_present
+    from tumorseg.followup.comparison import on_shared_sequences, sequences_present
     from tumorseg.studies import Study
 
     rng = np.random.default_rng(0)
@@ -105,7 +107,7 @@ def test_two_patients_are_never_linked_and_the_uid_is_not_a_function_of_the_pati
 
     from pydicom.uid import generate_uid
 
-    from tumorseg.followup import TRACKING_IDENTIFIER, tracking_uids
+    from tumorseg.followup.reports import TRACKING_IDENTIFIER, tracking_uids
 
     def point(pid, study_uid):
         ds = SimpleNamespace(PatientID=pid, StudyInstanceUID=study_uid)
@@ -139,7 +141,7 @@ def test_a_followup_result_given_to_an_image_endpoint_is_a_400_not_a_500(predict
 @pytest.mark.skipif(not (CASE.is_dir() and OTHER.is_dir()), reason="needs ../shared/data/brats-dev")
 def test_a_mirrored_brain_and_another_patients_brain_are_not_trusted(tmp_path):
     """44.2: a left-right mirrored follow-up was trusted at brain overlap 0.902, another patient's at 0.871."""
-    from tumorseg.followup import register
+    from tumorseg.followup.registration import register
     from tumorseg.studies import read_study
 
     f = CASE / f"{CASE.name}_flair.nii.gz"
@@ -165,7 +167,7 @@ def _dated(source: str, **tags):
 def test_dates_that_are_no_dates_in_the_future_or_on_one_side_only_are_said():
     """44.6: 20241399 was dropped silently, 2099 gave growth over 75 years, one dated side asked for nothing, and
     --interval beside real dates was ignored without a word."""
-    from tumorseg.followup import date_notes, study_date
+    from tumorseg.followup.comparison import date_notes, study_date
 
     bad, future = _dated("a", StudyDate="20241399"), _dated("b", StudyDate="20990101")
     assert study_date(bad) is None

@@ -15,7 +15,7 @@ CASE = SHARED / "data" / "brats-dev" / "BraTS-GLI-00000-000"
 def test_the_halfway_transform_applied_twice_is_the_registration():
     import SimpleITK as sitk
 
-    from tumorseg.followup import Registration, half_transform
+    from tumorseg.followup.registration import Registration, half_transform
 
     t = sitk.Euler3DTransform()
     t.SetCenter([10.0, -20.0, 5.0])
@@ -27,7 +27,7 @@ def test_the_halfway_transform_applied_twice_is_the_registration():
 
 
 def test_a_change_inside_the_band_reads_stable_and_is_said_on_the_line(monkeypatch):
-    import tumorseg.followup as f
+    import tumorseg.followup.comparison as f
 
     band = {"space": "halfway", "flips": False, "abs_volume_change_ml": 1.5, "abs_volume_change_pct": 4.0,
             "new_ml": 2.0, "resolved_ml": 2.0, "pairs": 11}  # fmt: skip
@@ -45,7 +45,9 @@ def test_a_change_inside_the_band_reads_stable_and_is_said_on_the_line(monkeypat
         "resolved_ml": 3.0, "rano_style": "stable", "repeatability": inside,
         "registration": {"trusted": True, "brain_dice": 0.99, "correlation": 0.98},
     }  # fmt: skip
-    line = f.followup_line(s, "out/")
+    from tumorseg.followup.reports import followup_line
+
+    line = followup_line(s, "out/")
     assert "change +0.60 mL (within the model's repeatability of ±4 %)" in line
     assert "new 1.00 mL (within the model's repeatability of ±2.0 mL)" in line
     assert "resolved 3.00 mL;" in line  # outside its band: no claim
@@ -59,7 +61,7 @@ def test_a_moved_glioma_reads_as_unchanged_within_the_band_in_the_chosen_space(t
     import sys
     from pathlib import Path
 
-    import tumorseg.followup as f
+    import tumorseg.followup.comparison as f
     from tumorseg.inference import Predictor
     from tumorseg.studies import read_study
 
@@ -84,7 +86,7 @@ def test_a_thick_slice_pair_is_measured_on_one_grid_as_documented(tmp_path):
     import sys
     from pathlib import Path
 
-    import tumorseg.followup as f
+    import tumorseg.followup.comparison as f
     from tumorseg.inference import Predictor
     from tumorseg.studies import read_study
 

@@ -31,7 +31,7 @@ def _rewritten(src: Path, dst: Path, change) -> Path:
 
 
 def _predict_err(tmp_path, model: Path, capsys) -> tuple[int, list[str]]:
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     img = tmp_path / "slice.png"
     img.write_bytes(png_bytes(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)))
@@ -58,7 +58,7 @@ def test_an_infinite_running_variance_is_a_switched_off_channel_not_a_broken_mod
     there, or inf in a weight, does not."""
     import torch
 
-    from tumorseg.engines import resolve_model
+    from tumorseg.engines.bundled import resolve_model
     from tumorseg.errors import ModelFileError
     from tumorseg.nn.serialise import load_model
 
@@ -82,7 +82,7 @@ def test_an_infinite_running_variance_is_a_switched_off_channel_not_a_broken_mod
 
 
 def test_non_finite_outputs_are_refused_by_every_engine(tiny_model):
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.errors import ModelFileError
 
     eng = load_engine(tiny_model, "torch-fp32")
@@ -183,7 +183,7 @@ BAD_RECIPES = [
 @pytest.mark.parametrize("text,setting", BAD_RECIPES)
 def test_a_bad_recipe_is_one_line_naming_the_file_and_the_setting(tmp_path, text, setting, capsys):
     """44.11: each of these ended in a numpy/torch message, a traceback or an attempt to allocate 894 GiB."""
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     r = tmp_path / "bad.json"
     r.write_text(text)
@@ -230,7 +230,7 @@ def test_resume_refuses_edited_or_malformed_metadata_and_flags_it_cannot_honour(
     trained nothing, and --resume --lr 0.5 --loss tversky+bce ignored both flags without a word."""
     import shutil
 
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     from .conftest import make_kaggle
 

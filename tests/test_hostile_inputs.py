@@ -25,9 +25,9 @@ from fastapi.testclient import TestClient
 
 from tumorseg.app.guard import RequestGuard
 from tumorseg.app.server import create_app
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 from tumorseg.errors import ImageReadError
-from tumorseg.images import read_image
+from tumorseg.imaging.images import read_image
 from tumorseg.studies import StudyError, read_study
 
 from .conftest import api_client, smooth_noise, write_dicom_series
@@ -40,9 +40,9 @@ def _peak_rss_delta_mb(call: str, path: Path) -> tuple[float, str]:
     code = f"""
 import resource, sys, json
 from pathlib import Path
-import tumorseg.studies, tumorseg.images, numpy, pydicom, nibabel, tifffile
+import tumorseg.studies, tumorseg.imaging.images, numpy, pydicom, nibabel, tifffile
 from tumorseg.studies import read_study
-from tumorseg.images import read_image
+from tumorseg.imaging.images import read_image
 p = Path({str(path)!r})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 msg = "ok"
@@ -436,13 +436,6 @@ def test_nothing_readable_exits_2(tiny_model, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert err.count("missing.png") == 1
-
-
-def test_engine_choices_have_one_source():
-    from tumorseg.cli_args import ENGINE_CHOICES
-    from tumorseg.engines import ENGINES
-
-    assert ENGINE_CHOICES == ENGINES
 
 
 def test_read_image_refuses_expansion(tmp_path):

@@ -1,4 +1,4 @@
-"""The 2D readers (tumorseg.images): formats, bit depths, alpha and palettes, masks, refusals that name the file."""
+"""The 2D readers (tumorseg.imaging.images): formats, bit depths, alpha and palettes, masks, refusals that name the file."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import tifffile
 from PIL import Image
 
 from tumorseg.errors import ImageReadError
-from tumorseg.images import read_image, read_mask, to_uint8_rgb
+from tumorseg.imaging.images import read_image, read_mask, to_uint8_rgb
 
 
 @pytest.mark.parametrize("ext", [".png", ".tif", ".webp", ".jpg", ".bmp"])

@@ -7,7 +7,7 @@ from PIL import Image
 
 from tumorseg import Predictor
 from tumorseg.errors import ImageReadError
-from tumorseg.render import heatmap_overlay, jet
+from tumorseg.imaging.render import heatmap_overlay, jet
 
 from .conftest import smooth_noise
 
@@ -90,7 +90,7 @@ def test_predictor_is_exported_from_package():
 
 
 def test_image_file_png_written_by_predict_cli(tiny_model, tmp_path):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     src = tmp_path / "in"
     src.mkdir()
@@ -114,7 +114,7 @@ def test_image_file_png_written_by_predict_cli(tiny_model, tmp_path):
 
 
 def test_predict_refuses_to_write_into_input_folder(tiny_model, tmp_path):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "a.png")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -144,7 +144,7 @@ def test_evaluate_dice_is_the_dice_of_the_masks_the_predictor_delivers(tmp_path)
     """One post-processing rule (postprocess.PostProcess): evaluation scores exactly the masks users get,
     with a component rule that removes something (so the two paths are really compared)."""
     from tumorseg.inference import Predictor
-    from tumorseg.metrics import SegmentationMetrics
+    from tumorseg.model.metrics import SegmentationMetrics
     from tumorseg.train.data import discover, load_cases
     from tumorseg.train.evaluation import evaluate
 

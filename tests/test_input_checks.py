@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tumorseg.app.server import create_app
-from tumorseg.cli import main
-from tumorseg.input_checks import CannotJudge
+from tumorseg.cli.main import main
+from tumorseg.model.input_checks import CannotJudge
 
 from .conftest import LGG, png_bytes
 

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from tumorseg.images import read_image
+from tumorseg.imaging.images import read_image
 from tumorseg.studies import StudyError, read_reference, read_study
 
 from .conftest import cli_predict, smooth_noise, write_dicom_series
@@ -48,8 +48,8 @@ def test_working_set_of_a_large_image_stays_in_budget():
     """The budget's bytes-per-pixel figure holds: segmenting a 2000x2000 image peaks under it."""
     import tracemalloc
 
+    from tumorseg.imaging.limits import WORKING_BYTES_PER_PIXEL
     from tumorseg.inference import Predictor
-    from tumorseg.limits import WORKING_BYTES_PER_PIXEL
 
     pred = Predictor(engine="onnx-int8", threads=1)
     img = np.asarray(Image.fromarray(smooth_noise((200, 200, 3), 1, 120)).resize((2000, 2000)))
@@ -411,7 +411,7 @@ def test_safe_upload_names_are_never_dot_dot():
 
 
 def test_empty_token_is_refused(tmp_path):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     assert main(["app", "--token", "", "--no-browser", "--port", "1"]) == 2
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tumorseg.metrics import SegmentationMetrics
+from tumorseg.model.metrics import SegmentationMetrics
 from tumorseg.train.losses import dice_loss
 
 

@@ -139,25 +139,25 @@ def test_pickle_payload_is_refused_without_running(tmp_path, monkeypatch):
 def test_bundled_model_sha256_is_checked(tmp_path, monkeypatch):
     import json
 
-    from tumorseg import engines
+    from tumorseg.engines import bundled
 
     p = tmp_path / "default.safetensors"
     save_model(UNetResNet50(), p, META, dtype=torch.float16)
-    monkeypatch.setattr(engines, "bundled_model_path", lambda: p)
+    monkeypatch.setattr(bundled, "bundled_model_path", lambda: p)
     p.with_suffix(".json").write_text(json.dumps({"sha256": "0" * 64}))
     with pytest.raises(ModelFileError, match="sha256"):
-        engines.resolve_model(None)
-    from tumorseg.files import file_sha256
+        bundled.resolve_model(None)
+    from tumorseg.imaging.files import file_sha256
 
     p.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(p)}))
-    assert engines.resolve_model(None) == p
+    assert bundled.resolve_model(None) == p
 
 
 @pytest.mark.slow
 def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
     import numpy as np
 
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.train.export import export_onnx
 
     lines = export_onnx(str(tiny_model), str(tmp_path / "m.onnx"))
@@ -173,7 +173,7 @@ def test_onnx_export_is_self_describing_and_matches_torch(tiny_model, tmp_path):
 def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
     import numpy as np
 
-    from tumorseg.engines import load_engine
+    from tumorseg.engines.loading import load_engine
     from tumorseg.train.export import export_onnx
 
     from .conftest import make_kaggle

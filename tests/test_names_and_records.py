@@ -127,7 +127,7 @@ def test_skip_done_over_a_study_json_of_any_shape(tiny_model, tmp_path, capsys, 
 )
 def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
     """Item 12: a wrong-typed record in the engine cache is ignored (the probe measures again and rewrites it)."""
-    from tumorseg import engine_choice
+    from tumorseg.engines import choice as engine_choice
 
     monkeypatch.setattr(engine_choice, "user_cache_dir", lambda: tmp_path)
     loads = []
@@ -153,7 +153,7 @@ def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
 def test_the_engine_cache_is_never_read_from_a_device_fifo_or_huge_file(tmp_path, kind):
     """Item 12: a cache file that is a symlink to an endless device, a FIFO, or larger than any real cache is
     not read (it would hang or exhaust memory): the probe just measures."""
-    from tumorseg.engine_choice import _read_cache
+    from tumorseg.engines.choice import _read_cache
 
     f = tmp_path / "engines.json"
     if kind == "dev-zero-link":

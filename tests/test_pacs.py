@@ -232,7 +232,7 @@ def _sr_value(sr, code: str) -> float | None:
 
 
 def test_pacs_list_prints_the_mr_studies(orthanc, studies, pacs_env, capsys):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     assert main(["pacs", "list", _web(orthanc)]) == 0
     out = capsys.readouterr().out
@@ -271,7 +271,7 @@ def test_bad_cases_are_one_line_and_exit_2(orthanc, studies, tiny_model, tmp_pat
 
 
 def test_credentials_come_from_a_file_never_the_command_line(orthanc, studies, tmp_path, monkeypatch, capsys):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     monkeypatch.delenv("TUMORSEG_PACS_USER", raising=False)
     auth = tmp_path / "pacs-auth"
@@ -395,7 +395,7 @@ def test_followup_with_prior_from_the_pacs_stores_linked_reports(orthanc, tiny_m
     import highdicom as hd
     import pydicom
 
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     from .test_followup import _dicom_study
 

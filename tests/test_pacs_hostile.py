@@ -222,7 +222,7 @@ def test_a_password_in_the_url_is_refused_without_repeating_it():
 def test_random_bytes_are_one_line_and_a_bad_uid_is_the_users_fault(series, tmp_path, capsys, tiny_model):
     """Item 9: random bytes are a PacsError (CLI: one line, exit 2); a malformed UID is refused as input,
     before anything is sent."""
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     fake = Fake(series, "random")
     try:

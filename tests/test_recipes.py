@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 from tumorseg.train.config import RecipeError, TrainConfig, read_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.json"))

@@ -30,8 +30,8 @@ def test_lgg_slices_load_as_rgb_with_binary_masks():
 
 @pytest.mark.slow
 def test_bundled_model_on_two_lgg_patients(tmp_path):
-    from tumorseg.cli import main
-    from tumorseg.engines import bundled_model_path
+    from tumorseg.cli.main import main
+    from tumorseg.engines.bundled import bundled_model_path
 
     if not bundled_model_path().is_file():
         pytest.skip("no bundled model in this checkout")

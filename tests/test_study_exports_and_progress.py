@@ -170,7 +170,7 @@ def _head(shape=(40, 48, 12)) -> np.ndarray:
 
 @pytest.mark.parametrize("storage", ["RAS", "LAS", "LPS"])
 def test_every_storage_order_shows_anterior_up_and_the_patients_right_on_the_left(tmp_path, storage):
-    from tumorseg.geometry import display_transform, geometry, volume_nifti_gz
+    from tumorseg.imaging.geometry import display_transform, geometry, volume_nifti_gz
     from tumorseg.studies import read_study
 
     vol = _head()
@@ -211,7 +211,7 @@ def test_every_storage_order_shows_anterior_up_and_the_patients_right_on_the_lef
 
 
 def test_dicom_and_nifti_of_the_same_patient_show_the_same_way(tmp_path):
-    from tumorseg.geometry import display_transform
+    from tumorseg.imaging.geometry import display_transform
     from tumorseg.studies import read_study
 
     write_dicom_series(tmp_path / "dcm", n=4)  # LPS: rows go posterior, columns go to the patient's left
@@ -272,7 +272,7 @@ def test_a_label_map_opened_as_a_study_is_warned_about(predictor, tmp_path):
 
 
 def test_window_level_units_map_back_to_the_inputs_values(tmp_path):
-    from tumorseg.geometry import geometry
+    from tumorseg.imaging.geometry import geometry
     from tumorseg.studies import read_study
 
     vol = _head()

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from tumorseg.app.server import create_app
-from tumorseg.cli import main
-from tumorseg.intensity import LGG_BRAIN_MEDIAN, standardise_brain_intensity
+from tumorseg.cli.main import main
+from tumorseg.imaging.intensity import LGG_BRAIN_MEDIAN, standardise_brain_intensity
 from tumorseg.studies import find_sequences, read_study, sequence_of
 
 from .conftest import smooth_noise, write_dicom_series

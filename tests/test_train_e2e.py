@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 from tumorseg.train.evaluation import METRIC_KEYS
 
 from .conftest import make_kaggle

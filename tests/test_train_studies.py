@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tumorseg.cli import main
+from tumorseg.cli.main import main
 from tumorseg.train.data import DatasetError, Source, discover, discover_sources, load_cases, resize_rgb
 
 from .conftest import make_kaggle, save_tiny_model
@@ -43,7 +43,7 @@ def make_nifti_cases(root: Path, n: int = 4, seed: int = 0, shape=(40, 48, 12), 
 
 
 def test_nifti_cases_are_read_as_predict_reads_them(tmp_path):
-    from tumorseg.geometry import model_turn, turned
+    from tumorseg.imaging.geometry import model_turn, turned
     from tumorseg.studies import read_reference, read_study
 
     root = make_nifti_cases(tmp_path / "cases", n=3)

@@ -118,7 +118,7 @@ def test_ece_of_calibrated_and_overconfident_probabilities():
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_patients():
-    from tumorseg.metrics import bootstrap_ci, metrics_from_counts
+    from tumorseg.model.metrics import bootstrap_ci, metrics_from_counts
 
     rng = np.random.default_rng(0)
 
@@ -168,7 +168,7 @@ def test_training_input_path_is_the_engines_input_path(imagenet, channels):
     engines for the same uint8 slices (2D, and 2.5D with neighbour channels) and the same normalisation."""
     import torch
 
-    from tumorseg.preprocess import model_input
+    from tumorseg.model.preprocess import model_input
     from tumorseg.train.data import normalisation
     from tumorseg.train.validation import prepare_batch
 

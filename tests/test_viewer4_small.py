@@ -7,7 +7,7 @@ import pytest
 
 
 def test_rano_wording_spaces_its_percentages_as_its_thresholds_do():
-    from tumorseg.followup import rano_wording
+    from tumorseg.followup.comparison import rano_wording
 
     assert rano_wording(-0.04, 100, 96).startswith("product -4 % (between -50 % and +25 %)")
     assert rano_wording(0.3, 100, 130).startswith("product up +30 % (>= +25 %)")
@@ -15,7 +15,7 @@ def test_rano_wording_spaces_its_percentages_as_its_thresholds_do():
 
 def test_a_damaged_png_is_called_damaged_not_unsupported(tmp_path):
     from tumorseg.errors import ImageReadError
-    from tumorseg.images import read_image
+    from tumorseg.imaging.images import read_image
 
     f = tmp_path / "scan.png"
     f.write_bytes(b"\x00garbage that is no png at all" * 10)
@@ -28,7 +28,7 @@ def test_a_damaged_png_is_called_damaged_not_unsupported(tmp_path):
 
 
 def test_predict_of_a_missing_file_creates_no_out_folder(tmp_path, tiny_model):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     out = tmp_path / "D"
     assert main(["predict", str(tmp_path / "missing.nii.gz"), "--model", str(tiny_model), "--out", str(out)]) != 0
@@ -36,7 +36,7 @@ def test_predict_of_a_missing_file_creates_no_out_folder(tmp_path, tiny_model):
 
 
 def test_every_followup_option_has_help(capsys):
-    from tumorseg.cli import main
+    from tumorseg.cli.main import main
 
     with pytest.raises(SystemExit):
         main(["followup", "--help"])
@@ -68,7 +68,7 @@ def test_every_view_shows_the_files_own_voxel_index_as_nibabel_gives_it(tmp_path
     import numpy as np
     from nibabel.affines import apply_affine
 
-    from tumorseg.geometry import display_affine, file_index, geometry
+    from tumorseg.imaging.geometry import display_affine, file_index, geometry
     from tumorseg.studies import read_study
 
     aff = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 110], [0, 0, 1.0, -60], [0, 0, 0, 1]])

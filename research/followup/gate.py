@@ -23,9 +23,9 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg.files import atomic_write_bytes
-from tumorseg.followup import MIRROR_MARGIN, QUALITY_MIN_CORRELATION, register
-from tumorseg.hardware import machine_record
+from tumorseg.engines.hardware import machine_record
+from tumorseg.followup.registration import MIRROR_MARGIN, QUALITY_MIN_CORRELATION, register
+from tumorseg.imaging.files import atomic_write_bytes
 from tumorseg.studies import read_study
 
 

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.followup import compare
+from tumorseg.followup.comparison import compare
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_study
 

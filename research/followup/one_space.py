@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-import tumorseg.followup as followup
-from tumorseg.files import atomic_write_bytes
-from tumorseg.hardware import machine_record
+import tumorseg.followup.comparison as followup
+from tumorseg.engines.hardware import machine_record
+from tumorseg.imaging.files import atomic_write_bytes
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_study
 

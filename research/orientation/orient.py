@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 import tumorseg.inference
-from tumorseg.geometry import display_transform
+from tumorseg.imaging.geometry import display_transform
 from tumorseg.inference import Predictor
 from tumorseg.studies import read_reference, read_study
 

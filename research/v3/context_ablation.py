@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the maintained comparison tools
 from compare_models import _named  # noqa: E402  NAME=MODEL, one rule for the comparison scripts
 
-from tumorseg.engines import load_engine
-from tumorseg.files import atomic_write_bytes
-from tumorseg.metrics import SegmentationMetrics
-from tumorseg.modelinfo import ModelInfo
-from tumorseg.postprocess import PostProcess
+from tumorseg.engines.loading import load_engine
+from tumorseg.imaging.files import atomic_write_bytes
+from tumorseg.model.info import ModelInfo
+from tumorseg.model.metrics import SegmentationMetrics
+from tumorseg.model.postprocess import PostProcess
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.robustness import transformed
 

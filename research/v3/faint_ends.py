@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))  # the 
 from compare_models import _named  # noqa: E402  NAME=MODEL, one rule for the comparison scripts
 from PIL import Image, ImageDraw
 
-from tumorseg.engines import load_engine
-from tumorseg.modelinfo import ModelInfo
-from tumorseg.postprocess import PostProcess
+from tumorseg.engines.loading import load_engine
+from tumorseg.model.info import ModelInfo
+from tumorseg.model.postprocess import PostProcess
 from tumorseg.train.data import discover, load_cases, load_split
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.engines import load_engine
-from tumorseg.files import atomic_write_bytes
+from tumorseg.engines.loading import load_engine
+from tumorseg.imaging.files import atomic_write_bytes
 from tumorseg.inference import Predictor
 from tumorseg.train.data import discover, load_cases, load_split
 from tumorseg.train.evaluation import EXTERNAL_CONDITIONS, external_case
@@ -103,7 +103,7 @@ def high_grade_part(models: dict[str, str], cases: list[Path]) -> dict:
 def scores(name: str, path: str, a, cases: list[Path]) -> tuple[dict, list]:
     """One model's LGG per-patient scores and high-grade rows, from the cache when its file was scored before
     on the same inputs (the cache key: the file's sha256 and the inputs)."""
-    from tumorseg.files import file_sha256
+    from tumorseg.imaging.files import file_sha256
 
     key = {"model_sha256": file_sha256(path), "lgg": a.lgg, "split": a.lgg_split, "cases": [str(c) for c in cases]}
     cache = Path(a.cache) / f"{key['model_sha256'][:16]}.json" if a.cache else None

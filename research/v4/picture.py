@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.geometry import display_turn, turned
-from tumorseg.images import write_png
+from tumorseg.imaging.geometry import display_turn, turned
+from tumorseg.imaging.images import write_png
+from tumorseg.imaging.render import contour_overlay
 from tumorseg.inference import Predictor
-from tumorseg.metrics import dice_score
-from tumorseg.render import contour_overlay
+from tumorseg.model.metrics import dice_score
 from tumorseg.studies import read_reference, read_study
 
 

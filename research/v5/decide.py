@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "v4"))
 from decide import paired, scores  # noqa: E402  (v4's scoring: one home)
 
-from tumorseg.files import atomic_write_bytes  # noqa: E402
-from tumorseg.hardware import machine_record  # noqa: E402
+from tumorseg.engines.hardware import machine_record  # noqa: E402
+from tumorseg.imaging.files import atomic_write_bytes  # noqa: E402
 from tumorseg.train.evaluation import EXTERNAL_CONDITIONS  # noqa: E402
 
 

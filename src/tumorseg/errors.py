@@ -16,3 +16,7 @@ class ImageReadError(ValueError):
 
 class ModelFileError(ValueError):
     """A model or checkpoint file is missing, corrupt or not a tumorseg model."""
+
+
+class FollowUpError(ValueError):
+    """Two studies that cannot be compared (another patient, no brain to register): the message says why."""

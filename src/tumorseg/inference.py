@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .engines import load_engine
+from .engines.loading import load_engine
 from .errors import ImageReadError
-from .geometry import model_turn, turned, unturned
-from .images import exif_orientation, read_image, to_uint8_rgb
-from .input_checks import judge
-from .modelinfo import ModelInfo
-from .postprocess import PostProcess
-from .preprocess import context_step, with_context
-from .render import contour_overlay, heatmap_overlay
+from .imaging.geometry import model_turn, turned, unturned
+from .imaging.images import exif_orientation, read_image, to_uint8_rgb
+from .imaging.render import contour_overlay, heatmap_overlay
+from .model.info import ModelInfo
+from .model.input_checks import judge
+from .model.postprocess import PostProcess
+from .model.preprocess import context_step, with_context
 
 DISCLAIMER = "Research use only. Not a medical device: not for diagnosis or treatment decisions."
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .limits import MAX_DECODED_BYTES
+from .imaging.limits import MAX_DECODED_BYTES
 from .studies import MODEL_CHANNELS, StudyError, read_study, sequence_of_series
 from .studies.dicom import parse_dicom_date
 

@@ -11,8 +11,8 @@ import numpy as np
 from fastapi import UploadFile
 
 from ..errors import ImageReadError
-from ..images import encode_png
-from ..input_checks import CannotJudge
+from ..imaging.images import encode_png
+from ..model.input_checks import CannotJudge
 from ..studies import strip_extension
 
 
@@ -53,7 +53,7 @@ def public_message(msg: str) -> str:
 def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
-    from ..followup import FollowUpError
+    from ..errors import FollowUpError
     from ..pacs import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):

@@ -15,7 +15,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
-from ..geometry import volume_nifti_gz
+from ..imaging.geometry import volume_nifti_gz
 from ..inference import DISCLAIMER
 from ..studies import read_study
 from .common import BadRequest, attachment
@@ -41,7 +41,8 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
         DICOM series or slice folder); ``interval`` in days where the files carry no dates; ``force`` compares
         two PatientIDs. Answers at once with the job's id; ``GET /api/jobs/{id}`` gives progress and, when
         done, the numbers (followup.json's), the held result's id and its views."""
-        from ..followup import FollowUpError, check_interval
+        from ..errors import FollowUpError
+        from ..followup.comparison import check_interval
 
         try:
             interval = check_interval(interval)
@@ -66,7 +67,7 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
         ``followup`` (FLAIR registered onto the baseline: for showing only; each time point is measured in its
         own space), ``baseline_mask``, ``followup_mask`` (registered) and ``change`` (1 unchanged, 2 new,
         3 resolved)."""
-        from ..followup import on_baseline
+        from ..followup.registration import on_baseline
 
         fu, _ = _held(store, result_id)
         b, f = fu.baseline, fu.followup
@@ -89,7 +90,7 @@ def followup_router(pred, store, cap: int, jobs) -> APIRouter:
     def outputs(result_id: str):
         """What ``tumorseg followup`` writes (followup.json, change.nii.gz, side_by_side.png and, for DICOM
         studies, each time point's DICOM-SEG and SR), as one zip."""
-        from ..followup import write_outputs
+        from ..followup.reports import write_outputs
 
         fu, name = _held(store, result_id)
         buf = io.BytesIO()
@@ -113,7 +114,7 @@ def _held(store, result_id: str):
 
 def _run(job, pred, sides, interval, force):
     """Both uploads written under their own names, read, and compared while holding one model slot."""
-    from ..followup import compare
+    from ..followup.comparison import compare
 
     with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
         studies = []

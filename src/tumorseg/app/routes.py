@@ -16,11 +16,11 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from ..geometry import CONVENTIONS, display_turn, geometry, turned, volume_nifti_gz
-from ..images import encode_png
+from ..imaging.geometry import CONVENTIONS, display_turn, geometry, turned, volume_nifti_gz
+from ..imaging.images import encode_png
+from ..imaging.render import jet
 from ..inference import DISCLAIMER
-from ..metrics import compare_masks
-from ..render import jet
+from ..model.metrics import compare_masks
 from ..studies import (
     classify_names,
     dicom_seg_bytes,

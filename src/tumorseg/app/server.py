@@ -227,7 +227,7 @@ def serve(
             f"{bar}",
             file=sys.stderr,
         )
-    from ..engines import resolve_model
+    from ..engines.bundled import resolve_model
 
     resolve_model(model)  # a missing or unreadable --model is one line now, not a 503 on every request later
     app = create_app(

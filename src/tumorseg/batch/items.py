@@ -13,8 +13,8 @@ import uuid
 from pathlib import Path
 
 from ..errors import ImageReadError
-from ..files import atomic_write_bytes
-from ..images import write_png
+from ..imaging.files import atomic_write_bytes
+from ..imaging.images import write_png
 from ..studies import write_study_outputs
 from ..studies.reference import own_reference
 from .plan import Item, PredictOptions

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engines import model_checksum
+from ..engines.bundled import model_checksum
 from ..errors import ImageReadError
-from ..metrics import compare_masks
+from ..model.metrics import compare_masks
 from ..studies.reference import own_reference, read_reference_files
 from .items import done_study, error_row, process_item, run_record, write_summary
 from .plan import Item, PredictOptions, output_conflicts, plan_items

@@ -7,7 +7,7 @@ import glob
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..imaging.images import IMAGE_EXTENSIONS
 from ..studies import classify_names, file_format_of, is_study_source, parse_spacing, study_name
 
 IMAGE_OUTPUTS = ("mask", "overlay", "prob", "uncertainty")

@@ -8,7 +8,7 @@ import os
 import torch.nn as nn
 
 from ..errors import ModelFileError
-from ..modelinfo import ArchSpec, ModelInfo
+from ..model.info import ArchSpec, ModelInfo
 from .serialise import MAX_MEMBERS, load_model, model_from_tensors, read_model_file
 from .unet import LogitMean, UNetResNet50
 

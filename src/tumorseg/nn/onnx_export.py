@@ -49,7 +49,7 @@ def add_onnx_metadata(onnx_bytes: bytes, meta: dict, engine: str) -> bytes:
 def onnx_model(net, meta: dict, engine: str = "onnx-fp32", calibration=None, with_metadata: bool = True) -> bytes:
     """``net`` as an ONNX model for ``engine`` (onnx-fp32, or onnx-int8 calibrated on ``calibration`` slices of
     training patients), its metadata inside unless ``with_metadata`` is False."""
-    from ..modelinfo import ModelInfo
+    from ..model.info import ModelInfo
 
     if engine not in ("onnx-fp32", "onnx-int8"):
         raise ValueError(f"{engine!r} is not an ONNX engine")

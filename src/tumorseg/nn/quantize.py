@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..modelinfo import ModelInfo
-from ..preprocess import model_input
+from ..model.info import ModelInfo
+from ..model.preprocess import model_input
 
 
 def quantize_qdq(onnx_bytes: bytes, batches: Iterable[dict[str, np.ndarray]]) -> bytes:

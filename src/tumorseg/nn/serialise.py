@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelFileError
-from ..files import atomic_write_bytes
-from ..modelinfo import ModelInfo
+from ..imaging.files import atomic_write_bytes
+from ..model.info import ModelInfo
 from .unet import LogitMean, UNetResNet50, widen_input
 
 FORMAT_VERSION = 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ImageReadError
-from ..geometry import axis_label, display_affine
+from ..imaging.geometry import axis_label, display_affine
 
 MAX_STUDY_VOXELS = 64_000_000  # voxels x channels, e.g. 512 x 512 x 244
 

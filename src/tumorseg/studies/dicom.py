@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
-from ..limits import MAX_DECODED_BYTES, check_decoded_size, check_model_time, check_working_set
+from ..imaging.limits import MAX_DECODED_BYTES, check_decoded_size, check_model_time, check_working_set
 from .core import (
     MAX_STUDY_VOXELS,
     SINGLE_SEQUENCE_NOTE,

@@ -9,19 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import IMAGE_EXTENSIONS
-from ..intensity import standardise_brain_intensity
+from ..imaging.images import IMAGE_EXTENSIONS
+from ..imaging.intensity import standardise_brain_intensity
 from .core import Study, StudyError, looks_like_label_map, valid_spacing
 from .dicom import read_dicom, zip_members
-from .names import (
-    DICOM_SUFFIX,
-    find_sequences,
-    is_dicom_file,
-    is_nifti,
-    is_single_dicom,
-    is_slice_image,
-    mostly_images,
-)
+from .names import DICOM_SUFFIX, find_sequences, is_dicom_file, is_nifti, is_single_dicom, is_slice_image, mostly_images
 from .nifti import read_nifti, read_sequences
 from .slices import read_slices
 

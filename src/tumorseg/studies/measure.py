@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geometry import voxel_ml
+from ..imaging.geometry import voxel_ml
 
 
 def _max_diameter(mask2d: np.ndarray, row_mm: float, col_mm: float) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS
+from ..imaging.images import IMAGE_EXTENSIONS
 from .core import StudyError
 
 DICOM_SUFFIX = ".dcm"

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
-from ..limits import check_decoded_size, check_model_time, check_working_set
+from ..imaging.limits import check_decoded_size, check_model_time, check_working_set
 from .core import (
     MAX_STUDY_VOXELS,
     SINGLE_SEQUENCE_NOTE,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_bytes
-from ..geometry import display_turn, turned
-from ..images import write_png
-from ..render import heatmap_overlay
+from ..imaging.files import atomic_write_bytes
+from ..imaging.geometry import display_turn, turned
+from ..imaging.images import write_png
+from ..imaging.render import heatmap_overlay
 from ..version import __version__
 from .core import Study, StudyPrediction
 from .nifti import image_to_nifti_slice

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import read_mask
+from ..imaging.images import read_mask
 from .core import MAX_STUDY_VOXELS, Study, StudyError
 from .formats import strip_extension
 from .names import is_nifti

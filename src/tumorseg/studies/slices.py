@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageReadError
-from ..images import read_image, to_uint8_rgb
-from ..limits import MAX_STUDY_SLICES, check_model_time
+from ..imaging.images import read_image, to_uint8_rgb
+from ..imaging.limits import MAX_STUDY_SLICES, check_model_time
 from .core import SINGLE_SEQUENCE_NOTE, Study, StudyError
 from .names import is_slice_image
 

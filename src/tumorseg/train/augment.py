@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..preprocess import with_context
+from ..model.preprocess import with_context
 from .data import DatasetError, LoadedSet
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
-from ..files import atomic_write_bytes
+from ..imaging.files import atomic_write_bytes
 from ..nn.serialise import read_model_file
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import load_engine
-from ..metrics import paired_difference
-from ..postprocess import PostProcess
+from ..engines.loading import load_engine
+from ..model.metrics import paired_difference
+from ..model.postprocess import PostProcess
 from .data import DatasetError, discover, load_cases
 from .evaluation import choose_postprocess, stack_metrics
 from .robustness import transformed

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..files import atomic_write_bytes
-from ..geometry import model_turn, turned
-from ..images import IMAGE_EXTENSIONS, read_image, read_mask, to_uint8_rgb
-from ..intensity import head_depth
-from ..modelinfo import Normalisation
-from ..preprocess import groups_of, with_context
-from ..preprocess import model_input as _mi
+from ..imaging.files import atomic_write_bytes
+from ..imaging.geometry import model_turn, turned
+from ..imaging.images import IMAGE_EXTENSIONS, read_image, read_mask, to_uint8_rgb
+from ..imaging.intensity import head_depth
+from ..model.info import Normalisation
+from ..model.preprocess import groups_of, with_context
+from ..model.preprocess import model_input as _mi
 from ..studies import find_sequences, read_study
 from ..studies.reference import read_reference
 

@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ..hardware import cpu_info
+from ..engines.hardware import cpu_info
 
 
 def resolve_device(spec: str) -> torch.device:

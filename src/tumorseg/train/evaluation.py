@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import load_engine
-from ..files import atomic_write_bytes
-from ..geometry import voxel_ml
-from ..images import write_png
-from ..metrics import SegmentationMetrics, dice_score
-from ..modelinfo import ModelInfo
-from ..postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
-from ..preprocess import groups_of
+from ..engines.loading import load_engine
+from ..imaging.files import atomic_write_bytes
+from ..imaging.geometry import voxel_ml
+from ..imaging.images import write_png
+from ..model.info import ModelInfo
+from ..model.metrics import SegmentationMetrics, dice_score
+from ..model.postprocess import PostProcess, drop_small, grow_into, planar_components, volume_components
+from ..model.preprocess import groups_of
 from ..studies import mask_to_nifti_array
 from .data import DatasetError, check_no_leak, discover, load_cases, load_split
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import load_engine
-from ..files import atomic_write_bytes
-from ..modelinfo import ModelInfo
+from ..engines.loading import load_engine
+from ..imaging.files import atomic_write_bytes
+from ..model.info import ModelInfo
 from ..nn.onnx_export import onnx_model
 from ..nn.serialise import load_model
 
@@ -35,7 +35,7 @@ def calibration_slices(
 
 
 def export_onnx(model: str | None, out: str, calibration: str | None = None) -> list[str]:
-    from ..engines import resolve_model
+    from ..engines.bundled import resolve_model
 
     path = resolve_model(model)
     net, meta = load_model(path)

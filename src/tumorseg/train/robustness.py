@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..engines import Engine
-from ..modelinfo import ModelInfo
-from ..postprocess import PostProcess
-from ..preprocess import groups_of
+from ..engines.runners import Engine
+from ..model.info import ModelInfo
+from ..model.postprocess import PostProcess
+from ..model.preprocess import groups_of
 from .data import LoadedSet, brain_mask, flair_only
 
 CONDITIONS = (

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..files import atomic_write_bytes
+from ..imaging.files import atomic_write_bytes
 from .config import TrainConfig
 from .device import DistContext, log_main
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..metrics import dice_score
+from ..model.metrics import dice_score
 
 
 class ThresholdSweep:

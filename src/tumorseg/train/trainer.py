@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ModelFileError
-from ..files import atomic_write_bytes
-from ..metrics import dice_score
-from ..modelinfo import ArchSpec, InputSpec, ModelInfo
+from ..imaging.files import atomic_write_bytes
+from ..model.info import ArchSpec, InputSpec, ModelInfo
+from ..model.metrics import dice_score
+from ..model.preprocess import context_offsets
 from ..nn.serialise import save_model
 from ..nn.unet import build_model
-from ..preprocess import context_offsets
 from ..version import __version__
 from .augment import PatchSampler, augment, augment_for_other_sites
 from .checkpoints import load_checkpoint, save_checkpoint

@@ -5,12 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..metrics import dice_score
-from ..preprocess import expand_per_channel
-from .data import (
-    LoadedSet,
-    normalisation,
-)
+from ..model.metrics import dice_score
+from ..model.preprocess import expand_per_channel
+from .data import LoadedSet, normalisation
 from .device import DistContext
 from .threshold_sweep import ThresholdSweep
 

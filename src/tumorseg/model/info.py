@@ -3,12 +3,17 @@
 One typed reader for every storage form (safetensors header, ONNX metadata, the bundled default.json
 sidecar all carry the same dict) and the one place where defaults live: a module that needs the
 input size, the normalisation, the threshold or the decoder's channels asks ``ModelInfo``, never the
-raw dict with a default of its own.
+raw dict with a default of its own. ``model_file_meta`` reads that dict from a .safetensors header without
+PyTorch (the format itself, reading and writing the weights, is ``nn.serialise``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ModelFileError
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
 
@@ -119,21 +124,20 @@ class ModelInfo:
         )
 
 
-@dataclass(frozen=True)
-class EngineRow:
-    """One inference engine: its name, the extra it needs, and whether it computes the fp32 function itself
-    (the others are checked against it when a model is packaged). A new engine is one row here and its builder
-    in ``engines``."""
+def model_file_meta(path: str | os.PathLike) -> dict:
+    """A .safetensors model's tumorseg metadata from its header alone (no PyTorch, no weights read)."""
+    import json
+    import struct
 
-    name: str
-    needs: str  # the install that provides it: "base" (onnxruntime) or "train" (PyTorch)
-    exact: bool
-
-
-ENGINE_TABLE = (
-    EngineRow("torch-fp32", "train", True),
-    EngineRow("torch-bf16", "train", False),
-    EngineRow("onnx-fp32", "base", True),  # the ONNX export is tested exact to 1e-5
-    EngineRow("onnx-int8", "base", False),
-)
-ENGINE_NAMES = tuple(r.name for r in ENGINE_TABLE)  # the CLI's choices, REST's and the engines' (one list)
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > 100_000_000:
+                raise ValueError("header too large")
+            header = json.loads(fh.read(n))
+        return json.loads(header["__metadata__"]["tumorseg"])
+    except FileNotFoundError:
+        raise ModelFileError(f"{p}: model file not found") from None
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        raise ModelFileError(f"{p}: not a tumorseg model file (no readable safetensors header with metadata)") from None

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .geometry import voxel_ml
+from ..imaging.geometry import voxel_ml
 
 
 def dice_score(tp: float, fp: float, fn: float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 MIN_SIDE = 32  # px; the LGG slices are 256, MRI slices are rarely under 128
 MIN_NEIGHBOUR_CORRELATION = 0.2  # LGG min 0.43, median 0.97; uniform noise ~0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 # Refuse anything larger than this many pixels before decoding it: a 20 kB PNG can
 # declare 100k x 100k pixels and exhaust memory (a "decompression bomb").

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .modelinfo import ModelInfo
+from .info import ModelInfo
 
 
 def planar_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

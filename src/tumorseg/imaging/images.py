@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 from .files import atomic_write_bytes
 from .limits import MAX_PIXELS, WORKING_BYTES_PER_PIXEL, check_decoded_size, check_working_set
 

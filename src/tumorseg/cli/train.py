@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from .cli_args import EXIT_OK, add_engine_arg, channel_list, unit_interval
+from .args import EXIT_OK, add_engine_arg, channel_list, unit_interval
 
 
 def add_train(sub) -> None:
@@ -17,7 +17,7 @@ def add_train(sub) -> None:
         description="Train on kaggle_3m-style or images/+masks/ folders and NIfTI case folders (BraTS layout), "
         "one source or several mixed by weight. Resumable.",
     )
-    from .train.config import LOSSES, defaults
+    from ..train.config import LOSSES, defaults
 
     d = defaults()
     _add_data_args(p, d)
@@ -199,8 +199,8 @@ def _add_context_args(p, d: dict) -> None:
 
 
 def run_train(a) -> int:
-    from .train.config import TrainConfig
-    from .train.trainer import train
+    from ..train.config import TrainConfig
+    from ..train.trainer import train
 
     cfg = TrainConfig(
         data=a.data[0] if len(a.data) == 1 else list(a.data),
@@ -263,7 +263,7 @@ def add_evaluate(sub) -> None:
 
 
 def run_evaluate(a) -> int:
-    from .train.evaluation import evaluate, format_table
+    from ..train.evaluation import evaluate, format_table
 
     res = evaluate(
         a.data,
@@ -277,7 +277,7 @@ def run_evaluate(a) -> int:
     )
     print(format_table(res["metrics"]))
     if a.json_out:
-        from .files import atomic_write_bytes
+        from ..imaging.files import atomic_write_bytes
 
         atomic_write_bytes(a.json_out, (json.dumps(res["metrics"], indent=1) + "\n").encode())
         print(f"metrics written to {a.json_out}", file=sys.stderr)
@@ -293,7 +293,7 @@ def add_export(sub) -> None:
 
 
 def run_export(a) -> int:
-    from .train.export import export_onnx
+    from ..train.export import export_onnx
 
     for line in export_onnx(a.model, a.out, calibration=a.int8_calibration):
         print(line)
@@ -302,7 +302,7 @@ def run_export(a) -> int:
 
 def recipe_defaults(parser: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     """`train --recipe FILE`: the recipe's settings become the train command's defaults (flags still win)."""
-    from .train.config import read_recipe
+    from ..train.config import read_recipe
 
     recipe = read_recipe(a.recipe)
     if "amp" in recipe:

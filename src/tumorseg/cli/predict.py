@@ -7,19 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-from .batch.items import run_record, study_row, write_study_atomically, write_summary
-from .batch.job import BatchError, BatchJob
-from .batch.plan import Item, PredictOptions, safe_name
-from .engines import model_checksum
-from .files import atomic_write_bytes
+from ..batch.items import run_record, study_row, write_study_atomically, write_summary
+from ..batch.job import BatchError, BatchJob
+from ..batch.plan import Item, PredictOptions, safe_name
+from ..engines.bundled import model_checksum
+from ..imaging.files import atomic_write_bytes
 
 
 def predict_pacs(a, opts: PredictOptions) -> int:
     """`tumorseg predict --dicomweb URL --study UID [--series UID] [--store]`: one study from the archive,
     the usual study folder in --out, and with --store the DICOM-SEG and the TID 1500 report sent back."""
 
-    from .inference import DISCLAIMER
-    from .pacs import Pacs, PacsConfig, segment_study, store_results
+    from ..inference import DISCLAIMER
+    from ..pacs import Pacs, PacsConfig, segment_study, store_results
 
     if not a.study:
         raise BatchError("--dicomweb needs --study STUDY_UID (`tumorseg pacs list URL` shows the studies)")
@@ -55,7 +55,7 @@ def predict_pacs(a, opts: PredictOptions) -> int:
 
 def predict_inputs(a) -> int:
     """The CLI's predict command; returns the exit code."""
-    from .inference import DISCLAIMER
+    from ..inference import DISCLAIMER
 
     opts = PredictOptions(
         model=a.model,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .modelinfo import ENGINE_NAMES
+from ..engines.table import ENGINE_NAMES
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
-ENGINE_CHOICES = ENGINE_NAMES  # the one engine table (modelinfo.ENGINE_TABLE), light to import
 
 
 def unit_interval(text: str) -> float:
@@ -23,7 +22,7 @@ def unit_interval(text: str) -> float:
 
 def spacing_mm(text: str) -> tuple[float, float, float]:
     """argparse type: ROW,COL,SLICE in mm (the rule: ``studies.parse_spacing``)."""
-    from .studies import parse_spacing
+    from ..studies import parse_spacing
 
     try:
         return parse_spacing(text)
@@ -46,7 +45,7 @@ def add_engine_arg(p) -> None:
     p.add_argument(
         "--engine",
         default=None,
-        choices=ENGINE_CHOICES,
+        choices=ENGINE_NAMES,  # the one engine table (engines.table), light to import
         help="inference engine (default: the fastest that passed the model's accuracy check, measured on "
         "this machine once and cached; see `tumorseg engines`)",
     )

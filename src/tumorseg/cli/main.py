@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from .cli_args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_engine_arg, spacing_mm, unit_interval
-from .cli_train import add_evaluate, add_export, add_train, recipe_defaults, run_evaluate, run_export, run_train
+from .args import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, add_engine_arg, spacing_mm, unit_interval
+from .train import add_evaluate, add_export, add_train, recipe_defaults, run_evaluate, run_export, run_train
 
 TRAIN_EXTRA = ("torch", "safetensors", "onnx", "matplotlib")  # pyproject's `train` extra
 
@@ -98,7 +98,7 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a) -> int:
-    from .cli_predict import predict_inputs
+    from .predict import predict_inputs
 
     return predict_inputs(a)
 
@@ -134,7 +134,7 @@ def _add_app(sub) -> None:
 def _cmd_app(a) -> int:
     import os
 
-    from .app.server import serve
+    from ..app.server import serve
 
     if a.token is not None and not a.token.strip():
         raise ValueError("--token is empty; give a token, or leave --token out to serve without one")
@@ -161,7 +161,7 @@ def _cmd_app(a) -> int:
 
 
 def _pacs_config(a):
-    from .pacs import PacsConfig
+    from ..pacs import PacsConfig
 
     return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect)
 
@@ -216,12 +216,12 @@ def _add_followup(sub) -> None:
 
 
 def _cmd_followup(a) -> int:
-    from .followup import run
-    from .inference import Predictor
+    from ..followup.run import run
+    from ..inference import Predictor
 
     pacs = None
     if a.dicomweb:
-        from .pacs import Pacs
+        from ..pacs import Pacs
 
         pacs = Pacs(_pacs_config(a))
     pred = lambda: Predictor(a.model, engine=a.engine, threads=a.threads)  # noqa: E731  (loaded after the checks)
@@ -265,7 +265,7 @@ def _add_pacs(sub) -> None:
 
 
 def _cmd_pacs(a) -> int:
-    from .pacs import Pacs, PacsConfig
+    from ..pacs import Pacs, PacsConfig
 
     pacs = Pacs(PacsConfig.from_env(a.url, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect))
     found = pacs.studies(a.patient, a.name, a.date, a.modality or None)
@@ -296,9 +296,9 @@ def _add_engines(sub) -> None:
 
 
 def _cmd_engines(a) -> int:
-    from .engine_choice import CACHE_FILE
-    from .engines import load_engine
-    from .hardware import user_cache_dir
+    from ..engines.choice import CACHE_FILE
+    from ..engines.hardware import user_cache_dir
+    from ..engines.loading import load_engine
 
     eng = load_engine(a.model, None, a.threads, reprobe=a.reprobe)
     c = eng.choice
@@ -330,7 +330,7 @@ def _cmd_engines(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .version import __version__
+    from ..version import __version__
 
     ap = argparse.ArgumentParser(
         prog="tumorseg",
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "pacs": _cmd_pacs,
         "followup": _cmd_followup,
     }
-    from .errors import ImageReadError, ModelFileError
+    from ..errors import ImageReadError, ModelFileError
 
     try:
         if a.cmd == "train" and a.recipe:  # the recipe's settings become the defaults; flags still win
