@@ -302,7 +302,7 @@ def main() -> None:
             "",
             f"Default engine chosen by the probe from an empty cache: **{probe['engine']}** ({times}); "
             f"first use {probe['first_use_wall_s']:.1f} s wall for `tumorseg engines` (timed runs "
-            f"{probe['probe_run_s']:.1f} s, loading the candidates {probe['probe_load_s']:.1f} s), "
+            f"{probe['measure_run_s']:.1f} s, loading the candidates {probe['measure_load_s']:.1f} s), "
             f"{probe['cached_wall_s']:.1f} s once cached.",
         ]
     (out / "inference.md").write_text("\n".join(lines) + "\n")

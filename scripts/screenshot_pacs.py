@@ -106,7 +106,7 @@ def _shoot(dicomweb: str, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     from tumorseg.app.server import create_app
-    from tumorseg.pacs import PacsConfig
+    from tumorseg.pacs.config import PacsConfig
 
     os.environ["TUMORSEG_PACS_USER"], os.environ["TUMORSEG_PACS_PASSWORD"] = USER, PASSWORD
     port = _free_port()

@@ -75,11 +75,11 @@ def test_cache_is_used_and_invalidated_by_model_version_threads_and_cpu(tmp_path
     load, timer, loaded = fake(times)
     c, _ = engine_choice.choose(list(times), {}, load, 64, 1, KEY, cpu=VNNI_BF16, timer=timer)  # other thread count
     assert not c.cached
-    c, _, loaded = choose(times, reprobe=True)
+    c, _, loaded = choose(times, remeasure=True)
     assert not c.cached and loaded
 
 
-def test_unwritable_cache_only_costs_a_probe(tmp_path, monkeypatch):
+def test_unwritable_cache_only_costs_a_measurement(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setenv("TUMORSEG_CACHE_DIR", str(blocker / "sub"))
@@ -108,7 +108,7 @@ def test_timer_stops_a_clearly_slower_engine_after_its_warmup():
 
         time.sleep(0.05)
 
-    ms = engine_choice.time_engine(run, engine_choice.probe_input(16), best_ms=1.0, budget_s=3.0)
+    ms = engine_choice.time_engine(run, engine_choice.measuring_input(16), best_ms=1.0, budget_s=3.0)
     assert len(calls) == engine_choice.WARMUP and ms >= 40
 
 
@@ -139,12 +139,12 @@ def test_int8_on_a_cpu_without_vnni(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_info", lambda: AVX2)
     eng = loading.load_engine(None, "onnx-int8", threads=1)
     assert eng.name == "onnx-int8" and eng.reason == "asked for"
-    assert eng.run(engine_choice.probe_input(eng.size)).shape == (1, eng.size, eng.size)
+    assert eng.run(engine_choice.measuring_input(eng.size)).shape == (1, eng.size, eng.size)
     times = {"onnx-int8": 98.0, "onnx-fp32": 150.0, "torch-fp32": 281.0}  # the AVX2 measurements
     monkeypatch.setattr(engine_choice, "time_engine", lambda run, x, best, budget: times[run.__self__.name])
-    eng = loading.load_engine(None, threads=1, reprobe=True)
+    eng = loading.load_engine(None, threads=1, remeasure=True)
     assert eng.name == "onnx-int8" and "avx2" in eng.reason and "torch-bf16" in eng.choice.excluded
-    assert np.isfinite(eng.run(engine_choice.probe_input(eng.size))).all()
+    assert np.isfinite(eng.run(engine_choice.measuring_input(eng.size))).all()
 
 
 def test_int8_for_a_model_without_an_int8_file_says_what_to_do(tmp_path):

@@ -183,7 +183,8 @@ def test_dates_that_are_no_dates_in_the_future_or_on_one_side_only_are_said():
 def test_prior_compares_dates_as_dates_refuses_ties_and_says_why_a_study_is_not_found():
     """44.6: in --prior an invalid StudyDate was compared as a string and chosen as the baseline; two priors on one
     date were chosen by UID order without a word; a CT follow-up was refused for "no StudyDate"."""
-    from tumorseg.pacs import Pacs, PacsError
+    from tumorseg.pacs.client import Pacs
+    from tumorseg.pacs.config import PacsError
 
     def archive(rows):
         p = Pacs.__new__(Pacs)

@@ -287,7 +287,7 @@ def test_app_lists_opens_and_stores_without_showing_credentials(orthanc, studies
 
     from tumorseg.app.server import create_app
     from tumorseg.inference import Predictor
-    from tumorseg.pacs import PacsConfig
+    from tumorseg.pacs.config import PacsConfig
 
     app = create_app(Predictor(tiny_model, engine="torch-fp32"), dicomweb=PacsConfig.from_env(_web(orthanc)))
     with TestClient(app) as c:
@@ -340,7 +340,7 @@ def test_page_lists_opens_and_sends_a_pacs_study(orthanc, studies, tiny_model, p
 
     from tumorseg.app.server import create_app
     from tumorseg.inference import Predictor
-    from tumorseg.pacs import PacsConfig
+    from tumorseg.pacs.config import PacsConfig
 
     app = create_app(Predictor(tiny_model, engine="torch-fp32"), dicomweb=PacsConfig.from_env(_web(orthanc)))
     port = free_port()
@@ -376,7 +376,7 @@ def test_page_lists_opens_and_sends_a_pacs_study(orthanc, studies, tiny_model, p
 
 
 def test_pacs_error_messages_never_leak_credentials(tmp_path):
-    from tumorseg.pacs import PacsConfig, PacsError
+    from tumorseg.pacs.config import PacsConfig, PacsError
 
     with pytest.raises(PacsError, match="http:// or https://"):
         PacsConfig.from_env("ftp://x")

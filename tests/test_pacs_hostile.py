@@ -15,8 +15,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from tumorseg import pacs as pacs_mod
-from tumorseg.pacs import InvalidUID, Pacs, PacsConfig, PacsError, open_study
+from tumorseg.pacs import client, config, transport
+from tumorseg.pacs.client import Pacs
+from tumorseg.pacs.config import InvalidUID, PacsConfig, PacsError
+from tumorseg.pacs.usecases import open_study
 
 from .conftest import write_dicom_series
 
@@ -167,7 +169,7 @@ def test_a_well_behaved_archive_still_retrieves_instance_by_instance(series, tmp
 def test_an_endless_answer_is_cut_as_it_streams(series, tmp_path, monkeypatch, mode):
     """Item 1: an instance answer without end, or without a boundary, is counted as it streams and cut at the
     per-instance limit (here 8 MB), never buffered whole; memory stays far under +300 MB."""
-    monkeypatch.setattr(pacs_mod, "MAX_INSTANCE_BYTES", 8 << 20)
+    monkeypatch.setattr(client, "MAX_INSTANCE_BYTES", 8 << 20)
     fake = Fake(series, mode)
     try:
         before = _rss_mb()
@@ -181,7 +183,7 @@ def test_an_endless_answer_is_cut_as_it_streams(series, tmp_path, monkeypatch, m
 
 def test_a_dripping_answer_ends_at_the_request_deadline(series, tmp_path, monkeypatch):
     """Item 2: the read timeout alone never ends a drip; the per-request deadline does."""
-    monkeypatch.setattr(pacs_mod, "DEADLINE_S", 1.5)
+    monkeypatch.setattr(transport, "DEADLINE_S", 1.5)
     fake = Fake(series, "drip")
     try:
         t0 = time.monotonic()
@@ -237,7 +239,7 @@ def test_random_bytes_are_one_line_and_a_bad_uid_is_the_users_fault(series, tmp_
     finally:
         fake.close()
     with pytest.raises(InvalidUID):
-        pacs_mod.check_uid("1." + "2" * 70)
+        config.check_uid("1." + "2" * 70)
 
 
 def test_redirects_to_another_origin_are_refused_unless_allowed(series, tmp_path):
@@ -267,7 +269,7 @@ def test_app_pacs_calls_hold_no_model_slot_and_never_fill_the_thread_pool(series
 
     from .conftest import png_bytes, smooth_noise
 
-    monkeypatch.setattr(pacs_mod, "DEADLINE_S", 6.0)
+    monkeypatch.setattr(transport, "DEADLINE_S", 6.0)
     fake = Fake(series, "drip")
     try:
         app = create_app(predictor=Predictor(tiny_model, engine="torch-fp32"), dicomweb=PacsConfig.from_env(fake.url))

@@ -136,7 +136,7 @@ class Predictor:
             "engine": self.engine.name,
             "engine_reason": self.engine.reason,
             "engine_line": self.engine_line(),
-            "engine_probe": choice.as_dict() if choice is not None else None,
+            "engine_choice": choice.as_dict() if choice is not None else None,
             "input_size": self.size,
             "threshold": self.threshold,
             "architecture": m.get("architecture", {}).get("name"),

@@ -54,7 +54,7 @@ def failure(exc: BaseException) -> tuple[int, str]:
     """(status, message) a client gets for a failure: the one mapping shared by the server's exception
     handlers and the background jobs (which have no request to hand to FastAPI's handlers)."""
     from ..errors import FollowUpError
-    from ..pacs import InvalidUID, PacsError
+    from ..pacs.config import InvalidUID, PacsError
 
     if isinstance(exc, BadRequest):
         return exc.status, public_message(exc.msg)

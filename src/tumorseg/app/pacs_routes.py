@@ -43,7 +43,7 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
     pacs_call = _call_limit(MAX_PACS_CALLS)
 
     if dicomweb is not None:
-        from ..pacs import Pacs
+        from ..pacs.client import Pacs
 
         client = Pacs(dicomweb)
 
@@ -65,7 +65,7 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
 
     def open_and_segment(study_uid: str, series_uid: str | None, slot, on_progress=None):
         """Retrieve without a model slot (network I/O, at most MAX_PACS_CALLS at once), then segment in one."""
-        from ..pacs import segment_study
+        from ..pacs.usecases import segment_study
 
         p = need_pacs()
         return segment_study(
@@ -102,7 +102,7 @@ def pacs_router(pred, dicomweb, study_response, held_result, jobs) -> APIRouter:
             raise BadRequest(400, "only a study opened from the PACS can be sent back to it")
 
         def run():
-            from ..pacs import store_results
+            from ..pacs.usecases import store_results
 
             with pacs_call():
                 return store_results(p, r)

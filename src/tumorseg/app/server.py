@@ -29,7 +29,7 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class LoadingPredictor:
-    """The app's Predictor while it loads in a thread of its own (on a fresh machine the engine probe loads and
+    """The app's Predictor while it loads in a thread of its own (on a fresh machine the engine choice loads and
     times every candidate, seconds): the page and /api/health answer at once; anything that needs the model
     waits for it (up to ``LOAD_WAIT_S``, then a 503 saying it is still loading). A failed load is the same
     error every time, never a hung request."""
@@ -153,7 +153,7 @@ def _install_error_handling(app: FastAPI, max_upload_mb: float) -> None:
     """One JSON error shape for every failure, never a traceback (the token and size checks: ``RequestGuard``)."""
     from fastapi.exceptions import RequestValidationError
 
-    from ..pacs import InvalidUID, PacsError
+    from ..pacs.config import InvalidUID, PacsError
 
     def error(status: int, msg: str) -> JSONResponse:
         return JSONResponse(status_code=status, content={"error": public_message(msg), "status": status})

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from ..engines.table import ENGINE_NAMES
+
+if TYPE_CHECKING:
+    from ..studies.core import VoxelSize
 
 EXIT_OK, EXIT_PARTIAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -20,7 +24,7 @@ def unit_interval(text: str) -> float:
     return v
 
 
-def spacing_mm(text: str) -> tuple[float, float, float]:
+def spacing_mm(text: str) -> VoxelSize:
     """argparse type: ROW,COL,SLICE in mm (the rule: ``studies.parse_spacing``)."""
     from ..studies import parse_spacing
 

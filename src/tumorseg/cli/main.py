@@ -161,7 +161,7 @@ def _cmd_app(a) -> int:
 
 
 def _pacs_config(a):
-    from ..pacs import PacsConfig
+    from ..pacs.config import PacsConfig
 
     return PacsConfig.from_env(a.dicomweb, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect)
 
@@ -221,7 +221,7 @@ def _cmd_followup(a) -> int:
 
     pacs = None
     if a.dicomweb:
-        from ..pacs import Pacs
+        from ..pacs.client import Pacs
 
         pacs = Pacs(_pacs_config(a))
     pred = lambda: Predictor(a.model, engine=a.engine, threads=a.threads)  # noqa: E731  (loaded after the checks)
@@ -265,7 +265,8 @@ def _add_pacs(sub) -> None:
 
 
 def _cmd_pacs(a) -> int:
-    from ..pacs import Pacs, PacsConfig
+    from ..pacs.client import Pacs
+    from ..pacs.config import PacsConfig
 
     pacs = Pacs(PacsConfig.from_env(a.url, a.pacs_auth_file, a.pacs_ca, a.pacs_allow_redirect))
     found = pacs.studies(a.patient, a.name, a.date, a.modality or None)
@@ -291,8 +292,8 @@ def _add_engines(sub) -> None:
     )
     p.add_argument("--model", default=None, help="model file (default: the bundled model)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: 0 = all cores, up to 8)")
-    p.add_argument("--reprobe", action="store_true", help="measure again even if a cached result exists")
-    p.add_argument("--json", action="store_true", help="print the probe's record as JSON")
+    p.add_argument("--remeasure", action="store_true", help="measure again even if a cached result exists")
+    p.add_argument("--json", action="store_true", help="print the engine choice's record as JSON")
 
 
 def _cmd_engines(a) -> int:
@@ -300,7 +301,7 @@ def _cmd_engines(a) -> int:
     from ..engines.hardware import user_cache_dir
     from ..engines.loading import load_engine
 
-    eng = load_engine(a.model, None, a.threads, reprobe=a.reprobe)
+    eng = load_engine(a.model, None, a.threads, remeasure=a.remeasure)
     c = eng.choice
     if a.json:
         print(json.dumps(c.as_dict() | {"cache": str(user_cache_dir() / CACHE_FILE)}, indent=1))
@@ -321,10 +322,10 @@ def _cmd_engines(a) -> int:
     if not c.timings_ms:
         print("cache: not needed (one candidate, nothing to measure)")
     elif c.cached:
-        print(f"cache: used ({cache}, measured {c.measured_at}); --reprobe measures again")
+        print(f"cache: used ({cache}, measured {c.measured_at}); --remeasure measures again")
     else:
         print(
-            f"cache: measured now (timed runs {c.probe_run_s:.1f} s, loading the candidates {c.probe_load_s:.1f} s); saved in {cache}"
+            f"cache: measured now (timed runs {c.measure_run_s:.1f} s, loading the candidates {c.measure_load_s:.1f} s); saved in {cache}"
         )
     return EXIT_OK
 

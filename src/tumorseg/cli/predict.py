@@ -19,7 +19,9 @@ def predict_pacs(a, opts: PredictOptions) -> int:
     the usual study folder in --out, and with --store the DICOM-SEG and the TID 1500 report sent back."""
 
     from ..inference import DISCLAIMER
-    from ..pacs import Pacs, PacsConfig, segment_study, store_results
+    from ..pacs.client import Pacs
+    from ..pacs.config import PacsConfig
+    from ..pacs.usecases import segment_study, store_results
 
     if not a.study:
         raise BatchError("--dicomweb needs --study STUDY_UID (`tumorseg pacs list URL` shows the studies)")

@@ -32,8 +32,8 @@ CACHE_ENTRIES = 32
 
 
 @dataclass
-class Choice:
-    """The probe's result: what was chosen, each candidate's median time, what was left out and why."""
+class EngineChoice:
+    """The engine choice's measurement: what was chosen, each candidate's median time, what was left out and why."""
 
     engine: str
     timings_ms: dict[str, float]
@@ -41,8 +41,8 @@ class Choice:
     cpu: dict
     threads: int
     measured_at: str
-    probe_run_s: float = 0.0  # timed runs only
-    probe_load_s: float = 0.0  # loading the candidates
+    measure_run_s: float = 0.0  # timed runs only
+    measure_load_s: float = 0.0  # loading the candidates
     cached: bool = False
 
     def line(self) -> str:
@@ -65,7 +65,7 @@ class Choice:
         return asdict(self)
 
 
-def probe_input(size: int) -> np.ndarray:
+def measuring_input(size: int) -> np.ndarray:
     """A fixed, MRI-like batch of one (smooth, with a bright blob): timing must not depend on chance."""
     yy, xx = np.mgrid[:size, :size].astype(np.float32) / max(size - 1, 1)
     base = 60 + 50 * np.sin(6 * yy) * np.cos(5 * xx)
@@ -110,7 +110,7 @@ MAX_CACHE_BYTES = 1 << 20  # 32 records are a few kB
 def _read_cache(path: Path) -> dict:
     """The cache's records, tolerating any content: only a regular file of at most 1 MB is read (never through
     a symlink, a FIFO or a device: those could hang or never end), and anything that is not a JSON object
-    counts as empty (the next probe rewrites it)."""
+    counts as empty (the next measurement rewrites it)."""
     import stat
 
     try:
@@ -132,8 +132,8 @@ def _read_cache(path: Path) -> dict:
             os.close(fd)
 
 
-def _cached_choice(rec, candidates: list[str]) -> Choice | None:
-    """A cached record as a Choice, or None when it is of any other shape or names other engines."""
+def _cached_choice(rec, candidates: list[str]) -> EngineChoice | None:
+    """A cached record as a EngineChoice, or None when it is of any other shape or names other engines."""
     try:
         times = rec["timings_ms"]
         ok = (
@@ -149,13 +149,15 @@ def _cached_choice(rec, candidates: list[str]) -> Choice | None:
         )
         if not ok:
             return None
-        return Choice(**{k: rec[k] for k in Choice.__dataclass_fields__ if k in rec and k != "cached"}, cached=True)
+        return EngineChoice(
+            **{k: rec[k] for k in EngineChoice.__dataclass_fields__ if k in rec and k != "cached"}, cached=True
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
 
 def _write_cache(path: Path, key: str, record: dict) -> None:
-    """Atomic (temp + rename); a cache that cannot be written only costs a probe next time."""
+    """Atomic (temp + rename); a cache that cannot be written only costs a measurement next time."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache(path)
@@ -179,10 +181,10 @@ def choose(
     threads: int,
     key_parts: dict,
     *,
-    reprobe: bool = False,
+    remeasure: bool = False,
     cpu: CpuInfo | None = None,
     timer: Callable[..., float] | None = None,
-) -> tuple[Choice, object | None]:
+) -> tuple[EngineChoice, object | None]:
     """Measure ``candidates`` (or take the cached answer); returns the choice and, when it was measured
     now, the winner's loaded engine (so it is not loaded twice).
 
@@ -194,15 +196,15 @@ def choose(
     timer = timer or time_engine
     key = cache_key(key_parts["model_sha256"], threads, key_parts.get("device", "cpu"), key_parts["versions"], cpu)
     path = user_cache_dir() / CACHE_FILE
-    if not reprobe and len(candidates) > 1:
+    if not remeasure and len(candidates) > 1:
         cached = _cached_choice(_read_cache(path).get(key), candidates)
         if cached is not None:
             return cached, None
     now = datetime.now(UTC).isoformat(timespec="seconds")
     if len(candidates) == 1:
         eng = load(candidates[0])
-        return Choice(candidates[0], {}, excluded, cpu.as_dict(), threads, now), eng
-    x = probe_input(size)
+        return EngineChoice(candidates[0], {}, excluded, cpu.as_dict(), threads, now), eng
+    x = measuring_input(size)
     timings: dict[str, float] = {}
     leader, leader_eng = None, None  # only the fastest so far stays loaded
     load_s = run_s = 0.0
@@ -223,6 +225,6 @@ def choose(
     if not timings:
         raise ValueError("no engine could be loaded: " + "; ".join(f"{k}: {v}" for k, v in excluded.items()))
     winner = pick(timings)
-    choice = Choice(winner, timings, excluded, cpu.as_dict(), threads, now, round(run_s, 2), round(load_s, 2))
+    choice = EngineChoice(winner, timings, excluded, cpu.as_dict(), threads, now, round(run_s, 2), round(load_s, 2))
     _write_cache(path, key, {k: v for k, v in choice.as_dict().items() if k != "cached"})
     return choice, leader_eng if leader == winner else None

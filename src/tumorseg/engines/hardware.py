@@ -1,6 +1,6 @@
 """What this machine's CPU can run natively, read once, without PyTorch.
 
-Speed decisions are measured (``probe``), but two facts must be known before measuring: whether
+Speed decisions are measured (``choice``), but two facts must be known before measuring: whether
 bf16 is native (emulated bf16 is 7x slower than fp32, so it is never even tried without it) and
 which CPU the measurement belongs to (the cache key, and the CPU line of every benchmark record).
 """
@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Flags that decide which kernels are fast; any change of these re-probes.
+# Flags that decide which kernels are fast; any change of these measures the engines again.
 _KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 _ARM_KEY_FLAGS = ("asimd", "asimddp", "i8mm", "bf16", "sve", "sve2")
 
@@ -107,7 +107,7 @@ def cpu_info() -> CpuInfo:
 
 
 def user_cache_dir() -> Path:
-    """Where the engine probe's result lives: $TUMORSEG_CACHE_DIR, else the platform's user cache folder."""
+    """Where the engine choice's result lives: $TUMORSEG_CACHE_DIR, else the platform's user cache folder."""
     if os.environ.get("TUMORSEG_CACHE_DIR"):
         return Path(os.environ["TUMORSEG_CACHE_DIR"])
     if sys.platform == "darwin":

@@ -82,7 +82,7 @@ def load_engine(
     threads: int = 0,
     device: str = "auto",
     calibration: np.ndarray | None = None,
-    reprobe: bool = False,
+    remeasure: bool = False,
 ) -> Engine:
     """Load a model file and wrap it in the requested engine.
 
@@ -92,10 +92,10 @@ def load_engine(
         threads: CPU threads (0: up to 8).
         device: 'auto', 'cpu' or 'cuda' for the torch engines.
         calibration: slices for building int8 from a model without a packaged int8 file.
-        reprobe: measure again even where a cached measurement exists.
+        remeasure: measure again even where a cached measurement exists.
     Returns:
         An ``Engine``; ``engine.reason`` says in one line why this engine was chosen, and
-        ``engine.choice`` holds the probe's record (None when the engine was asked for).
+        ``engine.choice`` holds the engine choice's record (None when the engine was asked for).
     """
     if engine is not None and engine not in ENGINE_NAMES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINE_NAMES)}")
@@ -116,7 +116,7 @@ def load_engine(
     if model is None and "onnx-int8" in cands:
         key["model_sha256"] += "+" + bundled_info()["int8"]["sha256"]
     choice, eng = engine_choice.choose(
-        cands, excluded, loader, loader.size(), threads, key, reprobe=reprobe, cpu=hardware.cpu_info()
+        cands, excluded, loader, loader.size(), threads, key, remeasure=remeasure, cpu=hardware.cpu_info()
     )
     eng = eng or loader(choice.engine)
     eng.reason = choice.line()

@@ -32,7 +32,7 @@ class Engine:
 
     name = "base"
     reason = ""  # why this engine was chosen, in one line (the CLI, /api/model and the page show it)
-    choice = None  # the probe's record (engine_choice.Choice) when the engine was chosen by measuring
+    choice = None  # the engine choice's record (choice.EngineChoice) when the engine was chosen by measuring
 
     def __init__(self, model_path: Path, meta: dict, threads: int):
         self.model_path = model_path

@@ -40,7 +40,7 @@ def run(
     say(f"tumorseg: {pred.engine_line()}")
     with tempfile.TemporaryDirectory(prefix="tumorseg-followup-") as tmp:
         if pacs is not None:
-            from ..pacs import open_study
+            from ..pacs.usecases import open_study
 
             uids = list(sources)
             if prior:

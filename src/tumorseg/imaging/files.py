@@ -33,7 +33,7 @@ _SHA256_SEEN: dict[tuple, str] = {}
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The file's sha256, computed once per process for an unchanged file (same path, size and mtime):
-    starting a Predictor checks the bundled files, and the probe and batch runs key on the same sums."""
+    starting a Predictor checks the bundled files, and the engine choice and batch runs key on the same sums."""
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _SHA256_SEEN:

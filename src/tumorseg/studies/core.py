@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,12 +32,33 @@ class StudyError(ImageReadError):
     """A study cannot be read; the message names the file or folder and the reason."""
 
 
+class VoxelSize(NamedTuple):
+    """A voxel size as a user types it (``--spacing ROW,COL,SLICE``, a manifest's spacing column), in mm."""
+
+    row: float
+    col: float
+    slice: float
+
+
+class Spacing(NamedTuple):
+    """A study's voxel size in its volume's axis order (slice, row, column), in mm: ``Study.spacing``. A distinct
+    type from ``VoxelSize`` so the two orders cannot be mixed: ``Spacing.of(VoxelSize)`` is the one conversion."""
+
+    slice: float
+    row: float
+    col: float
+
+    @classmethod
+    def of(cls, v: VoxelSize) -> Spacing:
+        return cls(float(v.slice), float(v.row), float(v.col))
+
+
 @dataclass
 class Study:
     source: str
     kind: str  # slices (a folder of 2D slices, no geometry) | nifti | dicom
     volume: np.ndarray  # Z x H x W x 3 uint8 (display/model-ready)
-    spacing: tuple[float, float, float] | None  # (slice, row, column) in mm
+    spacing: Spacing | None  # (slice, row, column) in mm; a plain 3-tuple given here is taken in that order
     names: list[str]
     single_sequence: bool = False
     affine: np.ndarray | None = None  # NIfTI: the input's affine
@@ -48,6 +70,12 @@ class Study:
     intensity_gains: list[float] | None = None  # per channel, from standardise_brain_intensity
     pacs: dict | None = None  # where a DICOMweb study came from (url, study and series UIDs, the choice)
     raw_scale: list | None = None  # per channel (lo, hi): the input's units mapped to 0..255 before the gains
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spacing, VoxelSize):
+            raise TypeError("Study.spacing is (slice, row, column): convert a VoxelSize with Spacing.of")
+        if self.spacing is not None and not isinstance(self.spacing, Spacing):
+            self.spacing = Spacing(*(float(v) for v in self.spacing))
 
     @property
     def n_slices(self) -> int:
@@ -82,7 +110,7 @@ def study_to_uint8(vol: np.ndarray, low: float = 0.5, high: float = 99.5, scales
     return out
 
 
-def parse_spacing(text: str) -> tuple[float, float, float]:
+def parse_spacing(text: str) -> VoxelSize:
     """ "ROW,COL,SLICE" in mm (the CLI's --spacing and a manifest's spacing column); ValueError says why."""
     try:
         vals = tuple(float(x) for x in text.split(","))
@@ -91,7 +119,7 @@ def parse_spacing(text: str) -> tuple[float, float, float]:
     lo, hi = SPACING_RANGE_MM
     if len(vals) != 3 or not all(lo <= v <= hi for v in vals):
         raise ValueError(f"{text!r}: expected three values between {lo:g} and {hi:g} mm")
-    return vals
+    return VoxelSize(*vals)
 
 
 def valid_spacing(source, values, what: str, notes: list[str]) -> list[float]:

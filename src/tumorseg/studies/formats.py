@@ -11,7 +11,7 @@ import numpy as np
 
 from ..imaging.images import IMAGE_EXTENSIONS
 from ..imaging.intensity import standardise_brain_intensity
-from .core import Study, StudyError, looks_like_label_map, valid_spacing
+from .core import Spacing, Study, StudyError, VoxelSize, looks_like_label_map, valid_spacing
 from .dicom import read_dicom, zip_members
 from .names import DICOM_SUFFIX, find_sequences, is_dicom_file, is_nifti, is_single_dicom, is_slice_image, mostly_images
 from .nifti import read_nifti, read_sequences
@@ -191,7 +191,7 @@ def folder_format_of(names: list[str], flags: list[bool]) -> FolderFormat | None
     return next((f for f in FOLDER_FORMATS if f.claims(names, flags)), None)
 
 
-def read_study(path, series: str | None = None, spacing: tuple[float, float, float] | None = None) -> Study:
+def read_study(path, series: str | None = None, spacing: VoxelSize | tuple | None = None) -> Study:
     """Read any study source the project knows; each front end asks here (``FILE_FORMATS``, ``FOLDER_FORMATS``).
 
     ``path``: a NIfTI file; a folder of per-sequence NIfTIs (BraTS / nnU-Net naming) or a dict
@@ -242,14 +242,16 @@ def _with_spacing(st: Study, spacing) -> Study:
         )
     if spacing is None:
         return st
-    row, col, sl = valid_spacing(st.source, list(spacing), "--spacing", [])
+    if isinstance(spacing, Spacing):
+        raise TypeError("read_study's spacing is the user's ROW,COL,SLICE (a VoxelSize), not a Study's Spacing")
+    row, col, sl = valid_spacing(st.source, list(VoxelSize(*spacing)), "--spacing", [])
     if st.spacing is not None:
         st.notes.append(
             f"--spacing {row:g},{col:g},{sl:g} ignored: the file carries its own geometry "
             f"({', '.join(f'{v:g}' for v in st.spacing)} mm slice, row, column)."
         )
         return st
-    st.spacing = (sl, row, col)
+    st.spacing = Spacing.of(VoxelSize(row, col, sl))
     st.affine = np.diag([col, row, sl, 1.0])
     st.notes = [n for n in st.notes if not n.startswith("No voxel spacing")]
     st.notes.append(

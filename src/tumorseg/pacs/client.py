@@ -1,261 +1,30 @@
-"""A DICOMweb archive (PACS) as one more study source, and the place results go back to.
-
-QIDO-RS to search, WADO-RS to retrieve (instance by instance, into a temporary folder, under the same
-size limits as an upload), STOW-RS to store the DICOM-SEG and the TID 1500 report into the source
-study. The protocol is dicomweb-client's; what is written is highdicom's (``studies``). A retrieved
-series is read by the same reader as the same files on disk, so it gives the same voxels.
-
-Credentials never come from the command line alone: TUMORSEG_PACS_TOKEN (bearer),
-TUMORSEG_PACS_USER + TUMORSEG_PACS_PASSWORD (basic), or a file (``auth_file``: a line
-"user:password" or "Bearer TOKEN"). HTTPS certificates are verified unless a CA bundle is given.
-"""
+"""The DICOMweb client: QIDO-RS to search, WADO-RS to retrieve (instance by instance, into a temporary folder, under
+the same size limits as an upload, each instance checked to be the study, series and patient asked for), STOW-RS to
+store the DICOM-SEG and the TID 1500 report into the source study. A retrieved series is read by the same reader as
+the same files on disk, so it gives the same voxels."""
 
 from __future__ import annotations
 
 import os
-import re
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from .imaging.limits import MAX_DECODED_BYTES
-from .studies import MODEL_CHANNELS, StudyError, read_study, sequence_of_series
-from .studies.dicom import parse_dicom_date
+from ..imaging.limits import MAX_DECODED_BYTES
+from ..studies import MODEL_CHANNELS, sequence_of_series
+from ..studies.dicom import parse_dicom_date
+from .config import InvalidUID, PacsConfig, PacsError, check_uid
+from .transport import MAX_SEARCH_BYTES, session
 
-TIMEOUT_S = 30.0  # per read: a server that sends nothing for this long is given up
-DEADLINE_S = 120.0  # per request, in all: a server that drips bytes is given up after this (plus one read)
 MAX_SERIES_LISTED = 500
-MAX_SEARCH_BYTES = 16 << 20  # a QIDO answer (500 studies are ~1 MB)
+
+
 # one instance's answer, counted as it streams (an endless part or a multipart answer without a boundary is cut
 # here, never buffered whole): 64 MB holds a 128-frame 512x512 16-bit enhanced MR; TUMORSEG_PACS_MAX_INSTANCE_MB
 MAX_INSTANCE_BYTES = int(float(os.environ.get("TUMORSEG_PACS_MAX_INSTANCE_MB", "64")) * (1 << 20))
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-class PacsError(ValueError):
-    """The archive is unreachable, refuses us, answers garbage, or holds nothing usable: one line."""
-
-
-class InvalidUID(ValueError):
-    """A study or series UID that is not a DICOM UID: the user's input, never sent to the archive."""
-
-
-def check_uid(uid: str, what: str = "UID") -> str:
-    """A DICOM UID (digits and dots, at most 64 characters), or ``InvalidUID`` saying so."""
-    if not isinstance(uid, str) or not 0 < len(uid) <= 64 or not _UID.match(uid):
-        shown = uid if isinstance(uid, str) and len(uid) <= 80 else f"{str(uid)[:80]}..."
-        raise InvalidUID(f"{what} {shown!r} is not a DICOM UID (digits and dots, at most 64 characters)")
-    return uid
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    u = urlsplit(url)
-    port = u.port or {"http": 80, "https": 443}.get(u.scheme.lower())
-    return (u.scheme.lower(), (u.hostname or "").lower(), port)
-
-
-def redacted(url: str) -> str:
-    """``url`` without any user:password part (for messages)."""
-    u = urlsplit(url)
-    if u.username is None and u.password is None:
-        return url
-    host = u.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    return u._replace(netloc=netloc + (f":{u.port}" if u.port else "")).geturl()
-
-
-def _bounded(raw, limit: int, deadline: float, what: str) -> None:
-    """Count an answer's bytes as they stream (decoded, so a gzip bomb counts too) and watch the wall clock:
-    beyond ``limit`` bytes or past ``deadline`` the read fails with a PacsError, whatever the server does."""
-    count = [0]
-
-    def check(n: int) -> None:
-        count[0] += n
-        if count[0] > limit:
-            raise PacsError(f"{what}: the answer is larger than {limit >> 20} MB; refused")
-        if time.monotonic() > deadline:
-            raise PacsError(f"{what}: the answer took longer than {DEADLINE_S:g} s; refused")
-
-    read = raw.read
-
-    def bounded_read(*a, **k):
-        check(0)
-        data = read(*a, **k)
-        check(len(data or b""))
-        return data
-
-    raw.read = bounded_read
-    chunked = getattr(raw, "read_chunked", None)
-    if chunked is not None:
-
-        def bounded_chunked(*a, **k):
-            for chunk in chunked(*a, **k):
-                check(len(chunk))
-                yield chunk
-
-        raw.read_chunked = bounded_chunked
-
-
-_inflight = threading.local()  # the sockets the current thread's request talks on (for its deadline)
-
-
-def _watched_adapter():
-    """A requests adapter whose connections note their socket for the request in flight on this thread, so a
-    deadline can cut a request whatever it is blocked on (a dripping status line, headers or body)."""
-    from requests.adapters import HTTPAdapter
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-
-    def note(conn) -> None:
-        socks = getattr(_inflight, "socks", None)
-        if socks is not None and conn.sock is not None:
-            socks.append(conn.sock)
-
-    class Conn(HTTPConnection):
-        def request(self, *a, **k):
-            super().request(*a, **k)
-            note(self)
-
-    class TLSConn(HTTPSConnection):
-        def request(self, *a, **k):
-            super().request(*a, **k)
-            note(self)
-
-    class Pool(HTTPConnectionPool):
-        ConnectionCls = Conn
-
-    class TLSPool(HTTPSConnectionPool):
-        ConnectionCls = TLSConn
-
-    class Adapter(HTTPAdapter):
-        def init_poolmanager(self, *a, **k):
-            super().init_poolmanager(*a, **k)
-            self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
-
-    return Adapter()
-
-
-def _session(cfg: PacsConfig):
-    """A requests session that never reads more than it may: every answer bounded in bytes as it streams and
-    in wall time per request (a watchdog shuts the request's socket at the deadline, whatever it waits on),
-    read whole before it is handed on, and redirects only within the configured origin (unless
-    ``allow_redirects_to``)."""
-    import requests
-
-    home = _origin(cfg.url)
-    allowed = {home} | {_origin(u) for u in cfg.allow_redirects_to}
-    local = threading.local()
-
-    class Bounded(requests.Session):
-        @property
-        def limit(self) -> int:  # per thread: the app searches and retrieves on one session at once
-            return getattr(local, "limit", MAX_SEARCH_BYTES)
-
-        @limit.setter
-        def limit(self, n: int) -> None:
-            local.limit = n
-
-        def send(self, request, **kw):
-            import socket
-
-            if _origin(request.url) not in allowed:
-                raise PacsError(
-                    f"{cfg.url}: the server redirected to another origin ({redacted(request.url).split('?')[0]}); "
-                    "refused (--pacs-allow-redirect ORIGIN allows it)"
-                )
-            kw["stream"] = True
-            started = time.monotonic()
-            socks: list = []
-            expired = threading.Event()
-
-            def expire() -> None:
-                expired.set()
-                for sk in socks:
-                    try:
-                        sk.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-            _inflight.socks = socks
-            timer = threading.Timer(DEADLINE_S, expire)
-            timer.daemon = True
-            timer.start()
-            try:
-                resp = super().send(request, **kw)
-                _bounded(resp.raw, self.limit, started + DEADLINE_S, f"{cfg.url}")
-                resp.content  # noqa: B018  (read whole now, through the bounds; callers that stream get it too)
-                return resp
-            except PacsError:
-                raise
-            except Exception:
-                if expired.is_set():
-                    raise PacsError(f"{cfg.url}: the answer took longer than {DEADLINE_S:g} s; refused") from None
-                raise
-            finally:
-                timer.cancel()
-                _inflight.socks = None
-
-    s = Bounded()
-    adapter = _watched_adapter()
-    s.mount("http://", adapter)
-    s.mount("https://", adapter)
-    return s
-
-
-@dataclass(frozen=True)
-class PacsConfig:
-    url: str
-    user: str | None = None
-    password: str | None = None
-    token: str | None = None
-    ca_bundle: str | None = None  # a CA file for a private certificate; verification is never off
-    timeout: float = TIMEOUT_S
-    allow_redirects_to: tuple[str, ...] = ()  # other origins the server may redirect to (default: none)
-
-    def __repr__(self) -> str:  # never a credential in a log line or a traceback
-        return (
-            f"PacsConfig(url={self.url!r}, user={'***' if self.user else None}, token={'***' if self.token else None})"
-        )
-
-    @classmethod
-    def from_env(
-        cls, url: str, auth_file: str | None = None, ca_bundle: str | None = None, allow_redirects_to=()
-    ) -> PacsConfig:
-        """Credentials from a file or the environment (never from the command line: a user:password in the
-        URL is refused, and the message does not repeat it)."""
-        u = urlsplit(url)
-        if u.username is not None or u.password is not None:
-            raise PacsError(
-                f"{redacted(url)}: credentials in the URL are refused (they would show in the process list, logs "
-                "and outputs); use TUMORSEG_PACS_USER and TUMORSEG_PACS_PASSWORD, or --pacs-auth-file"
-            )
-        user, password, token = None, None, os.environ.get("TUMORSEG_PACS_TOKEN") or None
-        if os.environ.get("TUMORSEG_PACS_USER"):
-            user, password = os.environ["TUMORSEG_PACS_USER"], os.environ.get("TUMORSEG_PACS_PASSWORD", "")
-        if auth_file:
-            try:
-                line = Path(auth_file).read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
-                raise PacsError(f"{auth_file}: cannot read credentials from it ({exc or 'empty file'})") from None
-            if line.lower().startswith("bearer "):
-                token, user, password = line[7:].strip(), None, None
-            elif ":" in line:
-                user, password = line.split(":", 1)
-                token = None
-            else:
-                raise PacsError(f"{auth_file}: expected 'user:password' or 'Bearer TOKEN' on its first line")
-        if not url.lower().startswith(("http://", "https://")):
-            raise PacsError(f"{url}: a DICOMweb URL starts with http:// or https://")
-        for o in allow_redirects_to:
-            if not o.lower().startswith(("http://", "https://")):
-                raise PacsError(f"{o}: an origin to allow redirects to starts with http:// or https://")
-        return cls(url.rstrip("/"), user, password, token, ca_bundle, allow_redirects_to=tuple(allow_redirects_to))
 
 
 @dataclass
-class Choice:
+class SeriesChoice:
     """The series picked for a study, and why (goes into study.json)."""
 
     study_uid: str
@@ -280,12 +49,13 @@ class Pacs:
         from dicomweb_client.api import DICOMwebClient
 
         self.cfg = cfg
-        s = _session(cfg)
+        s = session(cfg)
         if cfg.token:
             s.headers["Authorization"] = f"Bearer {cfg.token}"
         elif cfg.user is not None:
             s.auth = (cfg.user, cfg.password or "")
         s.verify = cfg.ca_bundle or True
+        self.session = s  # our bounded session (the client holds the same object)
         self.client = DICOMwebClient(cfg.url, session=s, timeout=cfg.timeout)
         # one attempt per request: dicomweb-client's retries (any exception, up to 5 times with back-off) would
         # multiply every deadline and limit above; the user retries a failed open
@@ -294,7 +64,7 @@ class Pacs:
     def _call(self, what: str, fn, *a, max_bytes: int = MAX_SEARCH_BYTES, **kw):
         import requests
 
-        self.client._session.limit = max_bytes
+        self.session.limit = max_bytes
         try:
             return fn(*a, **kw)
         except PacsError:
@@ -369,7 +139,7 @@ class Pacs:
             for d in found
         ]
 
-    def choose(self, study_uid: str, series_uid: str | None = None) -> Choice:
+    def choose(self, study_uid: str, series_uid: str | None = None) -> SeriesChoice:
         """The sequences to segment, picked like a folder of per-sequence files: FLAIR (needed), T1, T1c."""
         all_series = self.series(study_uid)
         if not all_series:
@@ -381,7 +151,7 @@ class Pacs:
                 raise PacsError(f"study {study_uid} has no series {series_uid}")
             if pick[0]["modality"] != "MR":
                 raise PacsError(f"series {series_uid} is {pick[0]['modality']}, not MR")
-            return Choice(study_uid, {"flair": pick[0]}, [f"series {series_uid} chosen with --series"])
+            return SeriesChoice(study_uid, {"flair": pick[0]}, [f"series {series_uid} chosen with --series"])
         if not mr:
             mods = sorted({s["modality"] for s in all_series})
             raise PacsError(f"study {study_uid} holds no MR series (only {', '.join(mods) or 'none'})")
@@ -398,7 +168,7 @@ class Pacs:
                 f"study {study_uid}: no FLAIR series recognised among its MR series ({listing}); "
                 "the model segments the FLAIR abnormality: choose one with --series"
             )
-        return Choice(study_uid, chosen, reasons)
+        return SeriesChoice(study_uid, chosen, reasons)
 
     # ------------------------------------------------------------------ WADO
     def retrieve(
@@ -452,7 +222,7 @@ class Pacs:
             del ds
         return folder
 
-    def fetch_study(self, choice: Choice, folder: Path) -> dict[str, Path]:
+    def fetch_study(self, choice: SeriesChoice, folder: Path) -> dict[str, Path]:
         """Each chosen sequence's series in a subfolder of ``folder``, all of one patient: the study's own
         (QIDO) where the archive reports it."""
         patient = [p] if (p := self.patient_of(choice.study_uid)) else []
@@ -544,62 +314,3 @@ def _check_instance(ds, study_uid: str, series_uid: str, sop: str, patient: list
             f"series {series_uid}: instance {k} is of another patient than the study (PatientID differs): "
             "refused, nothing stored or shown"
         )
-
-
-def open_study(pacs: Pacs, study_uid: str, series_uid: str | None, folder: Path):
-    """Retrieve a study's chosen series into ``folder`` and read them as the same files on disk are
-    (``studies.read_study``): one series, or FLAIR/T1/T1c when they lie on one grid. Where they do not,
-    FLAIR alone is used and the note says why. The choice goes into the study's notes (study.json)."""
-
-    check_uid(study_uid, "study UID")
-    if series_uid:
-        check_uid(series_uid, "series UID")
-    choice = pacs.choose(study_uid, series_uid)
-    paths = pacs.fetch_study(choice, folder)
-    notes = [f"From {pacs.cfg.url}, study {study_uid}: " + "; ".join(choice.reasons) + "."]
-    if len(paths) > 1:
-        try:
-            study = read_study(paths)
-        except StudyError as exc:
-            study = read_study(paths["flair"])
-            notes.append(f"FLAIR alone was segmented: {exc.reason}")
-    else:
-        study = read_study(paths["flair"])
-    study.notes[:0] = notes
-    study.source = f"{pacs.cfg.url} study {study_uid}"
-    study.pacs = {
-        "url": pacs.cfg.url,
-        "study_uid": study_uid,
-        "series": {seq: s["series_uid"] for seq, s in choice.series.items()},
-        "chosen": choice.reasons,
-    }
-    return study
-
-
-# ---------------------------------------------------------------- the use cases every front end calls
-def segment_study(pacs: Pacs, pred, study_uid: str, series_uid: str | None = None, *, retrieve=None, segment=None,
-                  **predict_kw):  # fmt: skip
-    """Retrieve a study from the archive and segment it as the same files on disk would be: the one "open a PACS
-    study" the CLI, the page's endpoints and its jobs share. ``retrieve`` / ``segment`` are context managers a
-    server wraps the two steps in (its limit on archive calls; a model slot); ``predict_kw`` goes to
-    ``predict_study`` (tta, min_component_mm3, on_progress)."""
-    import contextlib
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="tumorseg-pacs-") as tmp:
-        with retrieve or contextlib.nullcontext():
-            study = open_study(pacs, study_uid, series_uid or None, Path(tmp))
-        with segment or contextlib.nullcontext():
-            return pred.predict_study(study, **predict_kw)
-
-
-def store_results(pacs: Pacs, sp, study_uid: str | None = None) -> list[str]:
-    """Send a segmented study's DICOM-SEG and TID 1500 report into its study (the one it came from by default):
-    what arrived, one line each. The CLI's --store and the page's "Send to PACS" both call this."""
-    from .studies import dicom_seg_dataset, dicom_sr_dataset
-
-    uid = study_uid or (sp.study.pacs or {}).get("study_uid")
-    if not uid:
-        raise PacsError("only a study opened from the PACS can be sent back to it")
-    seg = dicom_seg_dataset(sp)
-    return pacs.store([seg, dicom_sr_dataset(sp, seg)], uid)
