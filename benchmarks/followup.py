@@ -22,6 +22,19 @@ import time
 from pathlib import Path
 
 
+def moved_copy(src: Path, out: Path) -> Path:
+    """``src`` under the known rigid move (8, -5, 6 degrees about its centre; 10, -12, 6 mm), written to ``out``."""
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(src))
+    t = sitk.Euler3DTransform()
+    t.SetCenter(img.TransformContinuousIndexToPhysicalPoint([s / 2 for s in img.GetSize()]))
+    t.SetRotation(*(math.radians(x) for x in (8.0, -5.0, 6.0)))
+    t.SetTranslation((10.0, -12.0, 6.0))
+    sitk.WriteImage(sitk.Cast(sitk.Resample(img, img, t, sitk.sitkLinear, 0), img.GetPixelID()), str(out))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
@@ -46,13 +59,7 @@ def main() -> None:
     case = Path(a.case)
     src = case / f"{case.name}_flair.nii.gz"
     with tempfile.TemporaryDirectory() as tmp:
-        img = sitk.ReadImage(str(src))
-        t = sitk.Euler3DTransform()
-        t.SetCenter(img.TransformContinuousIndexToPhysicalPoint([s / 2 for s in img.GetSize()]))
-        t.SetRotation(*(math.radians(x) for x in (8.0, -5.0, 6.0)))
-        t.SetTranslation((10.0, -12.0, 6.0))
-        moved = Path(tmp) / "later_flair.nii.gz"
-        sitk.WriteImage(sitk.Cast(sitk.Resample(img, img, t, sitk.sitkLinear, 0), img.GetPixelID()), str(moved))
+        moved = moved_copy(src, Path(tmp) / "later_flair.nii.gz")
         pred = Predictor(engine=a.engine, threads=a.threads)
         pred.predict_study(src)  # warm the engine once
         import tumorseg.followup.comparison as followup

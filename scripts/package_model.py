@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument(
         "--tta",
         default="none,hflip",
-        help="test-time views tried on validation (modelinfo.TTA_VIEWS), the best goes into the model (default: %(default)s)",
+        help="test-time views tried on validation (model.info.TTA_VIEWS), the best goes into the model (default: %(default)s)",
     )
     ap.add_argument(
         "--select-on",

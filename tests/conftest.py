@@ -20,7 +20,7 @@ else:
 HAVE_TORCH = torch is not None
 # test modules that are about training or the torch engines through and through: not collected on the base
 # install (the others skip test by test where they need the tiny model or a torch engine)
-collect_ignore = [] if HAVE_TORCH else ["test_context.py", "test_metrics.py", "test_model.py"]
+collect_ignore = [] if HAVE_TORCH else ["test_context.py", "test_metrics.py", "test_network.py"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-# The engine probe's cache: one per test session (subprocesses inherit it), never the user's own.
+# The engine choice's cache: one per test session (subprocesses inherit it), never the user's own.
 os.environ["TUMORSEG_CACHE_DIR"] = tempfile.mkdtemp(prefix="tumorseg-test-cache-")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

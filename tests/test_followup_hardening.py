@@ -200,3 +200,48 @@ def test_prior_compares_dates_as_dates_refuses_ties_and_says_why_a_study_is_not_
         archive([("1.2", "20250101")]).prior_study("1.7")
     with pytest.raises(PacsError, match="not a valid date"):
         archive([("1.9", "20251399"), ("1.2", "20250101")]).prior_study("1.9")
+
+
+def _reachable_array_bytes(obj) -> int:
+    """The bytes of every numpy array reachable from ``obj`` (a view counts as its base), skipping code, types and
+    modules (what a held result keeps alive, measured by walking the objects rather than by the rule that counts)."""
+    import gc
+    import types
+
+    seen, arrays, stack = set(), {}, [obj]
+    skip = (str, bytes, int, float, type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or isinstance(o, skip):
+            continue
+        seen.add(id(o))
+        if isinstance(o, np.ndarray):
+            while isinstance(o.base, np.ndarray):
+                o = o.base
+            arrays[id(o)] = o.nbytes
+            continue
+        stack.extend(gc.get_referents(o))
+    return sum(arrays.values())
+
+
+@pytest.mark.slow
+def test_a_held_followup_is_counted_with_every_array_it_keeps_and_evicted_by_bytes(tmp_path, predictor):
+    """Item 15: what a held follow-up keeps alive (both time points' slices, probabilities, masks, volumes, the
+    change map) is what the results store counts against its byte budget, so holding follow-ups cannot grow the
+    app past the budget; the oldest goes first."""
+    from tumorseg.app.results import ResultStore, _held_bytes
+    from tumorseg.followup.comparison import compare
+
+    from .test_followup import _dicom_study
+
+    early = _dicom_study(tmp_path / "early", "P1", "20250101", 0)
+    late = _dicom_study(tmp_path / "late", "P1", "20250402", 1)
+    fu = compare(predictor, early, late)
+    counted, reachable = _held_bytes(fu), _reachable_array_bytes(fu)
+    assert reachable > 0 and counted >= reachable, (counted, reachable)
+    store = ResultStore(predictor, max_results=10, max_bytes=int(2.5 * counted))
+    ids = [store.remember("followup", compare(predictor, early, late), f"fu{k}") for k in range(4)]
+    assert len(store) == 2 and store.held_bytes() <= 2.5 * counted
+    store.get(ids[-1], None, kinds=("followup",))
+    with pytest.raises(Exception, match="not held"):
+        store.get(ids[0], None, kinds=("followup",))

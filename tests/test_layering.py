@@ -83,7 +83,8 @@ FRONT_ENDS = (
     "tumorseg.cli.predict",
     "tumorseg.inference",
     "tumorseg.followup.run",
-    "tumorseg.pacs",
+    "tumorseg.pacs.usecases",
+    "tumorseg.pacs.client",
     "tumorseg.app.server",
     "tumorseg.batch.job",
 )

@@ -126,7 +126,7 @@ def test_skip_done_over_a_study_json_of_any_shape(tiny_model, tmp_path, capsys, 
     ],
 )
 def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
-    """Item 12: a wrong-typed record in the engine cache is ignored (the probe measures again and rewrites it)."""
+    """Item 12: a wrong-typed record in the engine cache is ignored (the engine choice measures again and rewrites it)."""
     from tumorseg.engines import choice as engine_choice
 
     monkeypatch.setattr(engine_choice, "user_cache_dir", lambda: tmp_path)
@@ -152,7 +152,7 @@ def test_the_engine_cache_tolerates_any_record(tmp_path, monkeypatch, record):
 @pytest.mark.parametrize("kind", ["dev-zero-link", "fifo", "huge"])
 def test_the_engine_cache_is_never_read_from_a_device_fifo_or_huge_file(tmp_path, kind):
     """Item 12: a cache file that is a symlink to an endless device, a FIFO, or larger than any real cache is
-    not read (it would hang or exhaust memory): the probe just measures."""
+    not read (it would hang or exhaust memory): the engine choice just measures."""
     from tumorseg.engines.choice import _read_cache
 
     f = tmp_path / "engines.json"
@@ -315,12 +315,12 @@ def test_held_study_counts_its_slice_images_and_dicom_pixels(tmp_path, predictor
     assert (
         arrays + pixels
         <= _held_bytes(sp)
-        <= arrays + pixels + (sp.uncertainty.nbytes if sp.uncertainty is not None else 0)
-    )
+        <= arrays + pixels + (sp.uncertainty.nbytes if sp.uncertainty is not None else 0) + sp.study.affine.nbytes
+    )  # the study's own small arrays (its affine) count too
 
 
 def test_the_app_serves_while_its_model_loads(tiny_model):
-    """Viewer 3, item 7: on a fresh machine the engine probe takes seconds; the page and /api/health answer at
+    """Viewer 3, item 7: on a fresh machine the engine choice takes seconds; the page and /api/health answer at
     once ("loading"), and a model request waits for the model, then answers."""
     from fastapi.testclient import TestClient
 

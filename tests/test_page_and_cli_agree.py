@@ -90,7 +90,7 @@ def test_the_page_offers_what_the_cli_takes():
     """The page's REF_NAME is the Python rule's pattern (studies.reference.REFERENCE_NAME)."""
     from tumorseg.studies.reference import REFERENCE_NAME
 
-    js = (Path(__file__).resolve().parents[1] / "src" / "tumorseg" / "app" / "static" / "study.js").read_text()
+    js = (Path(__file__).resolve().parents[1] / "src" / "tumorseg" / "app" / "static" / "reference.js").read_text()
     m = re.search(r"export const REF_NAME = /(.+)/i;", js)
     assert m and m.group(1) == REFERENCE_NAME
 

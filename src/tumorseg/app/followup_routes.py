@@ -1,7 +1,7 @@
 """Follow-up in the app: two studies of one patient compared as a job (``POST /api/jobs/followup``, progress
 over both studies' slices), the result held like a study's, its volumes on the baseline's grid for the page's
-three linked panels, and its outputs as the CLI writes them (one zip). Front end only: ``followup.compare``
-does the work, ``followup.write_outputs`` writes the files.
+three linked panels, and its outputs as the CLI writes them (one zip). Front end only: ``followup.run`` (the use
+case the CLI calls too) does the work, ``followup.reports.write_outputs`` writes the files.
 """
 
 from __future__ import annotations
@@ -113,8 +113,9 @@ def _held(store, result_id: str):
 
 
 def _run(job, pred, sides, interval, force):
-    """Both uploads written under their own names, read, and compared while holding one model slot."""
-    from ..followup.comparison import compare
+    """Both uploads written under their own names and read; then the follow-up use case (``followup.run``), holding
+    one model slot while it segments, writing nothing (the result is held)."""
+    from ..followup.run import run
 
     with tempfile.TemporaryDirectory(prefix="tumorseg-") as tmp:
         studies = []
@@ -124,8 +125,9 @@ def _run(job, pred, sides, interval, force):
             st = read_study(materialise(name, payload, folder), spacing=sp_mm)
             st.source = name  # the client's name, never the server's temporary path
             studies.append(st)
-        with job.model_slot():
-            return compare(pred, studies[0], studies[1], interval_days=interval, force=force, on_progress=job.progress)
+        fu, _ = run(pred, studies, None, interval=interval, force=force, on_progress=job.progress,
+                    segment=job.model_slot())  # fmt: skip
+    return fu
 
 
 def followup_response(store, fu, name: str) -> dict:

@@ -12,15 +12,31 @@ from .common import BadRequest
 
 MAX_RESULTS = 4
 MAX_RESULT_BYTES = 512 * 2**20  # held results are bounded in bytes too (the oldest go first)
+TRIM_FROM_BYTES = 32 * 2**20  # after holding a result this large (a study, a follow-up), freed memory goes back
+GIVE_BACK = True  # benchmarks/app_memory.py measures with and without
+
+
+def give_back_freed_memory() -> None:
+    """Hand the pages of freed arrays back to the system (glibc's malloc_trim; nothing elsewhere). Without it the
+    allocator keeps what a study's work freed, in every job thread's arena, and the app's memory grows study after
+    study beyond what it holds (measured: benchmarks/app_memory.py, docs/safety.md)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _held_bytes(obj) -> int:
     """What a held result keeps alive: its arrays (one level deep, and in lists: a study's slice images), its
-    study's volume, and a DICOM study's datasets (their pixel data)."""
+    study's arrays (the volume, the affine), and a DICOM study's datasets (their pixel data). A follow-up: both
+    time points and the change map (tests/test_followup_hardening.py walks the objects to check the count)."""
     if hasattr(obj, "change") and hasattr(obj, "followup"):  # a follow-up holds its two studies' results
         return _held_bytes(obj.baseline) + _held_bytes(obj.followup) + obj.change.nbytes
     study = getattr(obj, "study", None)
-    values = list(vars(obj).values()) + [getattr(study, "volume", None)]
+    values = list(vars(obj).values()) + (list(vars(study).values()) if study is not None else [])
     values += [x for v in list(values) if isinstance(v, (list, tuple)) for x in v]
     seen, total = set(), 0
     for v in values:
@@ -51,11 +67,25 @@ class ResultStore:
         rid = secrets.token_urlsafe(12)
         with self._lock:
             self._items[rid] = (kind, obj, name, _held_bytes(obj))
+            evicted = []
             while len(self._items) > 1 and (
                 len(self._items) > self.max_results or sum(r[3] for r in self._items.values()) > self.max_bytes
             ):
-                self._items.popitem(last=False)
+                evicted.append(self._items.popitem(last=False))
+            large = self._items[rid][3] >= TRIM_FROM_BYTES
+        del evicted  # freed here, outside the lock's bookkeeping
+        if GIVE_BACK and large:
+            give_back_freed_memory()
         return rid
+
+    def held_bytes(self) -> int:
+        """The bytes the held results keep alive, as counted against ``max_bytes``."""
+        with self._lock:
+            return sum(r[3] for r in self._items.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, rid: str, threshold: float | None, kinds: tuple[str, ...] = ("image", "study")):
         """(kind, the result at ``threshold`` through the Predictor's post-processing, name); a result of another

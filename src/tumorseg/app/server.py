@@ -102,6 +102,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.predictor = pred
+    app.state.results = store  # what is held, and its counted bytes (benchmarks/app_memory.py)
     _install_error_handling(app, max_upload_mb)
     app.include_router(meta_router(pred))
     app.include_router(image_router(pred, store, cap))

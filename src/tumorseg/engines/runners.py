@@ -66,7 +66,7 @@ class Engine:
         return (1.0 / (1.0 + np.exp(-logits.astype(np.float32))))[:, 0]
 
     def run_views(self, x: np.ndarray, tta: str = "none") -> tuple[np.ndarray, np.ndarray | None]:
-        """(mean probability, spread or None) over the test-time views ``tta`` names (``modelinfo.TTA_VIEWS``:
+        """(mean probability, spread or None) over the test-time views ``tta`` names (``model.info.TTA_VIEWS``:
         the identity, left-right and up-down flips of the slices and their context alike)."""
 
         views = []

@@ -1,4 +1,5 @@
-"""Whole studies: kaggle_3m patient folders, NIfTI volumes and DICOM series (folder or zip).
+"""Whole studies: folders of 2D slices (one patient per folder, as the LGG set), NIfTI volumes and DICOM series
+(folder or zip).
 
 A study is read once into a stack of slices with its voxel spacing and geometry, then
 mapped with one study-level intensity scaling to the 8-bit RGB the model was trained on.

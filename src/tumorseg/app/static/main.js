@@ -7,8 +7,9 @@
 // study, pacs, planes).
 import { initCompare } from "./compare.js";
 import { initPacs } from "./pacs.js";
-import { $, api, download, showError, state } from "./state.js";
-import { LAYOUTS, downloadMask, downloadName, downloadStudy, downloadStudyFile, openFiles, runCompare, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
+import { runCompare } from "./reference.js";
+import { $, api, currentThreshold, download, showError, SIDE_LAYOUTS, state } from "./state.js";
+import { LAYOUTS, downloadMask, downloadName, downloadStudy, downloadStudyFile, openFiles, setConvention, setLayout, toggleHelp, updatePlanes } from "./study.js";
 import { initViewer, render, setColormap, step, turnedCanvas } from "./viewer.js";
 
 async function init() {
@@ -22,14 +23,26 @@ async function init() {
   $("ruler").addEventListener("change", updatePlanes);
   $("shortcuts-close").addEventListener("click", () => toggleHelp(false));
   $("error-close").addEventListener("click", () => showError([]));
-  $("ref-offer").addEventListener("click", () => { state.refFiles = state.refOffer; runCompare(); });
+  $("ref-offer").addEventListener("click", async () => { state.refFiles = state.refOffer; if (await runCompare()) render(); });
   $("slice").addEventListener("input", (e) => { state.index = parseInt(e.target.value, 10); render(); });
   document.querySelectorAll("input[name=mode]").forEach((r) => r.addEventListener("change", render));
   $("dl-mask").addEventListener("click", downloadMask);
   $("dl-study").addEventListener("click", downloadStudy);
   $("dl-nifti").addEventListener("click", () => downloadStudyFile("mask.nii.gz"));
   $("dl-seg").addEventListener("click", () => downloadStudyFile("mask_seg.dcm"));
-  initViewer({ runCompare, setLayout });
+  initViewer();
+  $("reference-input").addEventListener("change", async (e) => {
+    if (e.target.files.length) {
+      const fs = Array.from(e.target.files);
+      state.refFile = fs[0]; state.refFiles = fs.length > 1 ? fs : null;
+      if (await runCompare()) render();
+    }
+    e.target.value = "";
+  });
+  $("sequence").addEventListener("change", (e) => {
+    state.seq = parseInt(e.target.value, 10); render();
+    if (!SIDE_LAYOUTS.includes(state.layout)) setLayout(state.layout);
+  });
   $("dl-overlay").addEventListener("click", () => download(turnedCanvas($("ai")), downloadName(state.items[state.index], "overlay")));
   document.addEventListener("keydown", (e) => {
     // Controls keep their own keys (a focused slider moves itself); elsewhere arrows and PageUp/Down scroll slices.
@@ -57,7 +70,7 @@ async function init() {
     $("model-info").dataset.line = m.engine_line;
     $("threshold").value = String(m.threshold);
     render();
-    $("threshold-val").textContent = parseFloat($("threshold").value).toFixed(2);
+    $("threshold-val").textContent = currentThreshold().toFixed(2);
   } catch (e) {
     $("model-info").textContent = "model unavailable";
     showError([e.message]);

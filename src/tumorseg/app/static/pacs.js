@@ -1,5 +1,5 @@
 // The PACS panel (DICOMweb), when the app was started with --dicomweb: the server holds the credentials.
-import { $, api, busy, showError, state } from "./state.js";
+import { $, api, busy, currentThreshold, showError, state } from "./state.js";
 import { makeItem, runStudy, showResults, studyOf } from "./study.js";
 
 // ---- the PACS (DICOMweb), when the app was started with --dicomweb: the server holds the credentials
@@ -43,7 +43,7 @@ export async function searchPacs() {
 
 export async function openPacs(uid, label) {
   showError([]);
-  const threshold = parseFloat($("threshold").value);
+  const threshold = currentThreshold();
   busy(true, `Retrieving and segmenting ${label}…`);
   const fd = new FormData();
   fd.append("study_uid", uid);
@@ -63,7 +63,7 @@ export async function storePacs() {
   if (!it || !state.pacs) return;
   const fd = new FormData();
   fd.append("result_id", it.resultId);
-  fd.append("threshold", $("threshold").value);
+  fd.append("threshold", String(currentThreshold()));
   $("pacs-result").textContent = "sending…";
   try {
     const r = await api("/api/pacs/store", { method: "POST", body: fd });

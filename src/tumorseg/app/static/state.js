@@ -2,6 +2,9 @@
 
 export const $ = (id) => document.getElementById(id);
 
+// The threshold shown: the one place the page reads it (every number and download belongs to it).
+export function currentThreshold() { return parseFloat($("threshold").value); }
+
 export const state = { items: [], index: 0, study: null, official: null, syncTimer: 0, convention: "radiological", layout: "side",
   seq: -1, win: 255, lev: 128, wlAuto: true, zoom: 1, panX: 0, panY: 0, drag: null,
   token: sessionStorage.getItem("tumorseg-token") || "" };

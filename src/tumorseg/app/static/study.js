@@ -1,5 +1,6 @@
 // Opening files and studies (jobs with progress), results on screen, references, downloads, layouts.
-import { $, api, authHeaders, busy, decodePng, downloadUrl, fileIndex, formatSeconds, showError, SIDE_LAYOUTS, state, stem } from "./state.js";
+import { offerReference, REF_NAME, runCompare } from "./reference.js";
+import { $, api, authHeaders, busy, currentThreshold, decodePng, downloadUrl, fileIndex, formatSeconds, showError, SIDE_LAYOUTS, state, stem } from "./state.js";
 import { applyZoom, render, setZoom, showOrientation } from "./viewer.js";
 import * as planes from "./planes.js";
 
@@ -17,9 +18,6 @@ export function naturalKey(name) {
   const m = name.match(/_(\d+)\.[^.]+$/);
   return m ? [name.replace(/_(\d+)\.[^.]+$/, ""), parseInt(m[1], 10)] : [name, 0];
 }
-
-// A folder's reference masks: LGG slices' <slice>_mask images, a BraTS case's _seg file.
-export const REF_NAME = /(_mask\.[^.]+|_seg\.nii(\.gz)?)$/i;
 
 // A study runs as a server job: a progress bar with an estimate and a cancel button, never a frozen page.
 export async function runStudy(fd, label, endpoint = "/api/jobs/study") {
@@ -63,7 +61,7 @@ export async function openFiles(fileList) {
   const folder = all.length && all[0].webkitRelativePath ? all[0].webkitRelativePath.split("/")[0] : "";
   showError([]); // a new choice clears the last one's errors
   if (!files.length) {
-    if (refs.length && state.study) { state.refFiles = refs; runCompare(); return; }
+    if (refs.length && state.study) { state.refFiles = refs; if (await runCompare()) render(); return; }
     // a label map alone is not an MRI: say so (the documented warning) rather than do nothing
     showError([`${refs.map((f) => f.name).join(", ")}: a reference label map (a _seg or _mask file), not an MRI. ` +
       "Open the study itself (its sequences or its folder); the label map is then offered as the reference to compare with."]);
@@ -72,7 +70,7 @@ export async function openFiles(fileList) {
   const errors = [];
   const items = [];
   let study = null;
-  const threshold = parseFloat($("threshold").value);
+  const threshold = currentThreshold();
   let done = 0;
   // What is a study is the server's rule (studies.classify_names): ask it with the names only.
   let kind = "images";
@@ -139,17 +137,6 @@ export async function openFiles(fileList) {
   offerReference(study ? refs : []);
 }
 
-// The study's own reference files (a slice folder's masks, a case folder's _seg), offered, never silent.
-export function offerReference(refs) {
-  state.refOffer = refs;
-  const b = $("ref-offer");
-  b.hidden = !refs.length;
-  if (refs.length) {
-    b.textContent = refs.length === 1 ? `Compare with ${refs[0].name}` : `Compare with the folder's ${refs.length} masks`;
-    b.title = `${b.textContent}: the reference found beside the study (Dice, volumes, a cyan contour)`;
-  }
-}
-
 export function showStudies(opened, threshold) {
   const pick = $("study-pick");
   pick.textContent = "";
@@ -203,49 +190,10 @@ export function bestSlice(items, thr) {
   return best;
 }
 
-// ---- compare with the user's reference mask (the server computes Dice as the CLI's --reference does)
-export async function runCompare() {
-  const it = state.items[state.index];
-  const refs = state.refFiles && state.refFiles.length ? state.refFiles : state.refFile ? [state.refFile] : [];
-  if (!it || !refs.length) return;
-  const fd = new FormData();
-  fd.append("result_id", it.resultId);
-  fd.append("threshold", String(parseFloat($("threshold").value)));
-  const perSlice = refs.length > 1 || /_mask\.[^.]+$/i.test(refs[0].name);
-  if (perSlice && state.study) for (const f of refs) fd.append("files", f, f.name);
-  else fd.append("file", refs[0], refs[0].name);
-  const asked = parseFloat($("threshold").value);
-  try {
-    const r = await api("/api/compare", { method: "POST", body: fd });
-    if (Math.abs(parseFloat($("threshold").value) - asked) > 1e-9) { runCompare(); return; } // moved on meanwhile
-    const masks = [];
-    for (const b64 of r.reference_png) {
-      const rgba = await decodePng(b64);
-      const m = new Uint8Array(rgba.width * rgba.height);
-      for (let i = 0; i < m.length; i++) m[i] = rgba.data[4 * i];
-      masks.push(m);
-    }
-    state.ref = { masks, result: r, threshold: r.threshold };
-    let txt = `Dice ${r.dice.toFixed(4)} at threshold ${r.threshold.toFixed(2)} vs ${r.reference}`;
-    if (r.volume_difference_ml !== undefined && r.volume_difference_ml !== null) txt += ` · volume difference ${r.volume_difference_ml >= 0 ? "+" : ""}${r.volume_difference_ml.toFixed(2)} mL (model ${r.model_ml.toFixed(2)}, reference ${r.reference_ml.toFixed(2)})`;
-    else txt += ` · model ${r.model_voxels} vs reference ${r.reference_voxels} px`;
-    if (r.disagreement && r.disagreement.length) txt += ` · most disagreement on slices ${r.disagreement.map((d) => d.slice).join(", ")}`;
-    $("s-ref").textContent = txt;
-    $("s-ref").title = txt; // clamped to two lines on screen; the whole line on hover
-    $("s-ref").dataset.dice = r.dice.toFixed(6);
-    $("s-ref").dataset.stale = "false";
-    $("s-ref").dataset.threshold = r.threshold.toFixed(2);
-    $("s-ref-row").hidden = false;
-    render();
-  } catch (e) {
-    showError([e.message]);
-  }
-}
-
 // The CLI's <name>_mask.png, made by the server (never re-thresholded here).
 export function downloadMask() {
   const it = state.items[state.index];
-  const thr = parseFloat($("threshold").value);
+  const thr = currentThreshold();
   const q = `threshold=${thr}&slice=${it.slice}&convention=${state.convention}`;
   downloadUrl(`/api/result/${it.resultId}/mask.png?${q}`, downloadName(it, "mask"));
 }
@@ -257,13 +205,13 @@ export function downloadName(it, what) {
 
 export function downloadStudyFile(file) {
   const it = state.items[state.index];
-  const thr = parseFloat($("threshold").value);
+  const thr = currentThreshold();
   downloadUrl(`/api/result/${it.resultId}/${file}?threshold=${thr}`, `${stem(state.study.source || "study")}_${file}`);
 }
 
 export function downloadStudy() {
   const it = state.items[state.index];
-  const thr = parseFloat($("threshold").value);
+  const thr = currentThreshold();
   downloadUrl(`/api/result/${it.resultId}/study.zip?threshold=${thr}`, `${stem(state.study.source || "study")}_tumorseg.zip`);
 }
 
@@ -292,7 +240,7 @@ export async function setLayout(layout) {
   if (!planes.isOpen()) $("readout").textContent = "Loading the three-plane viewer and the study's volumes…";
   try {
     await planes.open($("nv"), {
-      resultId: it.resultId, sequence: seq, threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+      resultId: it.resultId, sequence: seq, threshold: currentThreshold(), opacity: parseFloat($("opacity").value),
       radiological: state.convention === "radiological", layout, headers: authHeaders(), ruler: $("ruler").checked,
       slice: it.slice, width: it.width, height: it.height,
       fileIndex: (mm) => fileIndex(geo, mm),
@@ -316,7 +264,7 @@ export async function setLayout(layout) {
 
 export function updatePlanes() {
   if (SIDE_LAYOUTS.includes(state.layout) || !planes.isOpen()) return;
-  planes.update({ threshold: parseFloat($("threshold").value), opacity: parseFloat($("opacity").value),
+  planes.update({ threshold: currentThreshold(), opacity: parseFloat($("opacity").value),
     radiological: state.convention === "radiological", layout: state.layout, ruler: $("ruler").checked });
 }
 

@@ -1,8 +1,8 @@
 // The canvas views: drawing, window/level, colour bar, orientation, zoom/pan about the pointer, crosshair readout.
-import { $, api, decodePng, fileIndex, SIDE_LAYOUTS, showError, state } from "./state.js";
+import { hasReference, markReferenceStale, runCompare } from "./reference.js";
+import { $, api, currentThreshold, decodePng, fileIndex, showError, state } from "./state.js";
 
 // what the viewer asks of the study module, handed in by main.js (so viewer.js never imports study.js)
-const hooks = { runCompare: () => {}, setLayout: () => {} };
 
 
 export const CANVASES = ["orig", "seq1", "seq2", "ai"]; // the canvas views' panels (seq1/seq2: the sequences layout)
@@ -16,7 +16,7 @@ export function currentMode() { return document.querySelector("input[name=mode]:
 export function render() {
   const it = state.items[state.index];
   if (!it) return;
-  const thr = parseFloat($("threshold").value);
+  const thr = currentThreshold();
   const alpha = parseFloat($("opacity").value);
   const t = Math.round(thr * 255);
   $("threshold-val").textContent = thr.toFixed(2);
@@ -146,7 +146,7 @@ export function scheduleSync() {
 export async function syncMask() {
   const it = state.items[state.index];
   if (!it || !it.resultId) return;
-  const thr = parseFloat($("threshold").value);
+  const thr = currentThreshold();
   const key = officialKey(it, thr);
   const fd = new FormData();
   fd.append("result_id", it.resultId);
@@ -158,29 +158,12 @@ export async function syncMask() {
     const mask = new Uint8Array(rgba.width * rgba.height);
     for (let i = 0; i < mask.length; i++) mask[i] = rgba.data[4 * i];
     const cur = state.items[state.index];
-    if (!cur || officialKey(cur, parseFloat($("threshold").value)) !== key) return; // moved on meanwhile
+    if (!cur || officialKey(cur, currentThreshold()) !== key) return; // moved on meanwhile
     state.official = { key, mask, pixels: r.tumour_pixels, measurements: r.measurements || null };
     render();
-    if (hasReference() && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) hooks.runCompare();
+    if (hasReference() && state.ref && Math.abs(state.ref.threshold - thr) > 1e-9) { if (await runCompare()) render(); }
   } catch (e) {
     showError([e.message]);
-  }
-}
-
-export function hasReference() {
-  return Boolean(state.refFile || (state.refFiles && state.refFiles.length));
-}
-
-// The Dice shown always belongs to the threshold shown: when the threshold moves away from the one the
-// reference numbers were computed at, they are withdrawn at once ("updating") until the new ones arrive.
-export function markReferenceStale(thr) {
-  const el = $("s-ref");
-  if (!state.ref || $("s-ref-row").hidden) return;
-  const stale = Math.abs(state.ref.threshold - thr) > 1e-9;
-  if (stale && el.dataset.stale !== "true") {
-    el.dataset.stale = "true";
-    el.dataset.dice = "";
-    el.textContent = `Dice: updating for threshold ${thr.toFixed(2)}…`;
   }
 }
 
@@ -331,19 +314,7 @@ export function onPointer(e) {
   $("readout").dataset.prob = prob.toFixed(3);
 }
 
-export function initViewer({ runCompare, setLayout }) {
-  Object.assign(hooks, { runCompare, setLayout });
-  $("reference-input").addEventListener("change", (e) => {
-    if (e.target.files.length) {
-      const fs = Array.from(e.target.files);
-      state.refFile = fs[0]; state.refFiles = fs.length > 1 ? fs : null; hooks.runCompare();
-    }
-    e.target.value = "";
-  });
-  $("sequence").addEventListener("change", (e) => {
-    state.seq = parseInt(e.target.value, 10); render();
-    if (!SIDE_LAYOUTS.includes(state.layout)) hooks.setLayout(state.layout);
-  });
+export function initViewer() {
   for (const id of ["window", "level"]) $(id).addEventListener("input", () => {
     state.wlAuto = false; state.win = parseFloat($("window").value); state.lev = parseFloat($("level").value); render();
   });
