@@ -54,7 +54,8 @@ def _why_not(row: EngineRow, model, device: str, has_torch: bool, checked: dict)
     if row.builder == "onnx-file":
         if model is not None:
             return "no packaged int8 file for this model (tumorseg export --int8-calibration builds one)"
-        return bundled_int8()[1] if bundled_int8()[0] is None else None
+        q, why = bundled_int8()
+        return why if q is None else None
     if not has_torch:  # the network is needed to build it (torch engines, the in-memory ONNX export)
         return 'needs PyTorch (pip install "tumorseg[train]")'
     if row.native == "bf16":
