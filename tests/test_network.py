@@ -189,6 +189,24 @@ def test_int8_export_runs_and_carries_metadata(tiny_model, tmp_path):
         load_engine(tiny_model, "onnx-int8")
 
 
+def test_export_never_writes_over_its_input_model(tiny_model, tmp_path, capsys):
+    """Outputs never replace inputs, in every command: `tumorseg export --out` naming the model itself (or a link to
+    it) is refused in one line and the model file is untouched."""
+    import shutil
+
+    from tumorseg.cli.main import main
+
+    m = tmp_path / "m.safetensors"
+    shutil.copy(tiny_model, m)
+    (tmp_path / "link.onnx").symlink_to(m)
+    before = m.read_bytes()
+    for out in (m, tmp_path / "link.onnx"):
+        assert main(["export", "--model", str(m), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "would replace the input" in err[0], err
+    assert m.read_bytes() == before
+
+
 def test_four_stage_decoder_has_no_full_resolution_convolution(tmp_path):
     """Four decoder stages end at half resolution on the stem's skip; the logits are upsampled. Round trip
     through a model file and the export form (ONNX) give the same function."""

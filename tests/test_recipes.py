@@ -51,3 +51,30 @@ def test_a_bad_recipe_is_refused_by_name(tmp_path, capsys, content, says):
 def test_a_missing_recipe_is_refused_by_name(tmp_path, capsys):
     assert main(["train", "--recipe", str(tmp_path / "nope.json"), "--data", ".", "--out", str(tmp_path / "r")]) == 2
     assert "nope.json: recipe not found" in capsys.readouterr().err
+
+
+def test_a_training_run_never_writes_over_its_inputs(tmp_path, capsys, tiny_model):
+    """Outputs never replace inputs, in every command: a run folder inside its --data folder, or one whose
+    best.safetensors would be the --init-model it starts from, is refused in one line before anything is written."""
+    import shutil
+
+    from .conftest import make_kaggle
+
+    data = make_kaggle(tmp_path / "d", patients=4, slices=3, size=64)  # enough for a split: only the rule refuses
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    common = ["--epochs", "1", "--samples-per-epoch", "4", "--batch-size", "2", "--image-size", "64", "--no-amp"]
+    assert main(["train", "--data", str(data), "--out", str(data / "run"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "inside the input" in err[0], err
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_model, run / "best.safetensors")
+    kept = (run / "best.safetensors").read_bytes()
+    args = ["train", "--data", str(data), "--out", str(run), "--init-model", str(run / "best.safetensors")]
+    assert main([*args, *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--init-model" in err[0] and "best.safetensors" in err[0], err
+    assert (run / "best.safetensors").read_bytes() == kept and sorted(p.name for p in run.iterdir()) == [
+        "best.safetensors"
+    ]

@@ -7,6 +7,7 @@ import glob
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..imaging.files import inside, out_touches_input
 from ..imaging.images import IMAGE_EXTENSIONS
 from ..studies import classify_names, file_format_of, is_study_source, parse_spacing, study_name
 
@@ -193,10 +194,6 @@ def plan_items(
     return items, errors
 
 
-def _inside(p: Path, folder: Path) -> bool:
-    return p == folder or folder in p.parents
-
-
 def output_conflicts(items: list[Item], out: Path) -> tuple[str | None, dict[str, str]]:
     """(a reason to refuse the whole run, or None; per item name, why its outputs would touch an input).
 
@@ -204,16 +201,14 @@ def output_conflicts(items: list[Item], out: Path) -> tuple[str | None, dict[str
     """
     out_r = out.resolve()
     inputs = [p.resolve() for it in items for p in it.paths()]
-    for p in inputs:
-        if p.is_dir() and _inside(out_r, p):
-            return f"{out}: is inside the input {p}; choose another --out so inputs are never written into", {}
-        if p.is_file() and out_r == p.parent:
-            return f"{out}: is an input folder; choose another --out so inputs are never overwritten", {}
+    why = out_touches_input(out, inputs)
+    if why:
+        return f"{out}: {why}; choose another --out so inputs are never written into or overwritten", {}
     bad: dict[str, str] = {}
     for it in items:
         targets = [out_r / it.name] if it.study else [out_r / f"{it.name}_{k}.png" for k in IMAGE_OUTPUTS]
         for t in targets:
-            hit = next((p for p in inputs if _inside(p, t) or _inside(t, p)), None)
+            hit = next((p for p in inputs if inside(p, t) or inside(t, p)), None)
             if hit is not None:
                 bad[it.name] = f"output {t} would overwrite or contain the input {hit}"
                 break

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import FollowUpError
+from ..imaging.files import same_file
 from ..imaging.geometry import voxel_ml
 from ..studies import Study, read_study
 from ..studies.dicom import parse_dicom_date
@@ -158,13 +158,6 @@ def check_interval(days: float | None) -> float | None:
     if not math.isfinite(v) or not 0 < v <= MAX_INTERVAL_DAYS:
         raise FollowUpError(f"interval {days}: must be a number of days between 0 and {MAX_INTERVAL_DAYS}")
     return v
-
-
-def same_file(a, b) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve() and Path(a).exists()
-    except (OSError, TypeError):
-        return False
 
 
 CHANNEL_NAMES = ("pre-contrast", "FLAIR", "post-contrast")

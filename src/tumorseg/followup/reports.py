@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FollowUpError
-from ..imaging.files import atomic_write_bytes
+from ..imaging.files import atomic_write_bytes, out_touches_input
 from ..imaging.geometry import display_turn, turned
 from ..imaging.images import write_png
 from ..imaging.render import heatmap_overlay
@@ -25,26 +25,18 @@ def check_out(out, inputs) -> Path:
     input's name). Checked writable here, before any work, without making it. ``inputs``: paths (others are
     skipped)."""
     out_p = Path(out)
-    out_r = out_p.resolve()
-    for src in inputs:
-        if not isinstance(src, (str, os.PathLike)) or "://" in str(src):
-            continue
-        p = Path(src).resolve()
-        if p.is_dir() and (out_r == p or p in out_r.parents):
-            raise FollowUpError(f"--out {out}: lies inside the input {src}; choose a folder outside the inputs")
-        if p.is_file() and out_r == p.parent:
-            raise FollowUpError(
-                f"--out {out}: is the folder of the input {src}; choose another so no input is replaced"
-            )
+    why = out_touches_input(out, inputs)
+    if why:
+        raise FollowUpError(f"--out {out}: {why}; choose a folder outside the inputs so no input is replaced")
     if out_p.exists() and not out_p.is_dir():
         raise FollowUpError(f"--out {out}: exists and is not a folder")
     # writable? checked without making anything (a refused comparison leaves no empty folder behind): the
     # folder itself where it exists, else the nearest existing folder above it
-    probe = out_p
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise FollowUpError(f"--out {out}: cannot be written ({probe} is not a writable folder)")
+    above = out_p
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+        raise FollowUpError(f"--out {out}: cannot be written ({above} is not a writable folder)")
     return out_p
 
 

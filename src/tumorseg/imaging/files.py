@@ -1,4 +1,4 @@
-"""Writing files so that readers never see half of one, and checksums computed once."""
+"""Writing files so that readers never see half of one, never over an input, and checksums computed once."""
 
 from __future__ import annotations
 
@@ -43,3 +43,32 @@ def file_sha256(path: str | os.PathLike) -> str:
                 h.update(chunk)
         _SHA256_SEEN[key] = h.hexdigest()
     return _SHA256_SEEN[key]
+
+
+def inside(p: Path, folder: Path) -> bool:
+    """``p`` is ``folder`` or lies under it (both resolved by the caller)."""
+    return p == folder or folder in p.parents
+
+
+def out_touches_input(out: str | os.PathLike, inputs) -> str | None:
+    """Why an output folder could let an output replace an input or land inside one, or None: ``out`` is (or lies
+    inside) an input folder, or it is the folder an input file lies in (an output's name could be the input's).
+    The one rule behind every command's --out (predict's runs, follow-up); ``inputs``: paths (URLs are skipped)."""
+    out_r = Path(out).resolve()
+    for src in inputs:
+        if not isinstance(src, (str, os.PathLike)) or "://" in str(src):
+            continue
+        p = Path(src).resolve()
+        if p.is_dir() and inside(out_r, p):
+            return f"lies inside the input {src}"
+        if p.is_file() and out_r == p.parent:
+            return f"is the folder of the input {src}"
+    return None
+
+
+def same_file(a, b) -> bool:
+    """``a`` and ``b`` name one existing file (links and relative paths resolved); False for anything not a path."""
+    try:
+        return Path(a).resolve() == Path(b).resolve() and Path(a).exists()
+    except (OSError, TypeError):
+        return False

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..engines.loading import load_engine
-from ..imaging.files import atomic_write_bytes
+from ..errors import ModelFileError
+from ..imaging.files import atomic_write_bytes, same_file
 from ..model.info import ModelInfo
 from ..nn.onnx_export import onnx_model
 from ..nn.serialise import load_model
@@ -38,6 +39,10 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
     from ..engines.bundled import resolve_model
 
     path = resolve_model(model)
+    qout = str(Path(out).with_suffix("")) + "-int8.onnx"
+    for target in (out, qout) if calibration else (out,):
+        if same_file(target, path) or (calibration and same_file(target, calibration)):
+            raise ModelFileError(f"--out {out}: would replace the input {target}; choose another output name")
     net, meta = load_model(path)
 
     spec = ModelInfo.from_meta(meta).input
@@ -57,7 +62,6 @@ def export_onnx(model: str | None, out: str, calibration: str | None = None) -> 
     if calibration:
         calib = calibration_slices(calibration, size, split=meta, context=spec.context)
         q = onnx_model(net, meta, "onnx-int8", calib)
-        qout = str(Path(out).with_suffix("")) + "-int8.onnx"
         atomic_write_bytes(qout, q)
         lines.append(f"wrote {qout} ({len(q) / 1e6:.1f} MB, static int8 QDQ, per-channel)")
     return lines

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ..imaging.files import atomic_write_bytes
+from ..imaging.files import atomic_write_bytes, out_touches_input, same_file
 from .config import TrainConfig
 from .device import DistContext, log_main
 
@@ -49,6 +49,27 @@ class RunFolder:
         self.best = self.out / "best.safetensors"
         self.log = self.out / "log.jsonl"
         self.curve = self.out / "curve.png"
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.config, self.split, self.checkpoint, self.best, self.log, self.curve)
+
+    def refuse_inputs(self, cfg: TrainConfig) -> None:
+        """Outputs never replace inputs: the run folder may not be (or lie inside) a --data folder, and no file the
+        run writes may be its --init-model, --split or --encoder-weights. One line naming the setting."""
+        from .config import RecipeError
+        from .data import sources_of
+
+        why = out_touches_input(self.out, [src.path for src in sources_of(cfg.data)])
+        if why:
+            raise RecipeError(f"--out {self.out}: {why}; choose a folder outside the training data")
+        for name in ("init_model", "split", "encoder_weights"):
+            given = getattr(cfg, name, None)
+            hit = next((f for f in self.files() if given and same_file(given, f)), None)
+            if hit is not None:
+                raise RecipeError(
+                    f"--{name.replace('_', '-')} {given}: the run would write {hit.name} over it; copy it elsewhere "
+                    "or choose another --out"
+                )
 
     def resumed_config(self, cfg: TrainConfig) -> TrainConfig:
         """The run's own recipe; only where it runs (device, threads), an explicit --epochs and an explicit

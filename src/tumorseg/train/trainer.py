@@ -59,6 +59,8 @@ class Trainer:
         elif self.d.main and self.run.checkpoint.exists():
             raise FileExistsError(f"{self.run.out}: already holds a run; use --resume to continue it or another --out")
         check_config(cfg)  # out-of-range settings refused in one line, before anything is allocated
+        if not resume:
+            self.run.refuse_inputs(cfg)  # no output of the run may replace one of its inputs
         self.cfg, self.resume = cfg, resume
         self.start_epoch, self.best, self.bad_epochs, self.best_thr = 1, -1.0, 0, 0.5
         self.history: list[dict] = []
