@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..model.info import ModelInfo, model_file_meta
+from ..version import __version__
 from . import choice as engine_choice
 from . import hardware
 from .bundled import bundled_info, bundled_int8, model_checksum, resolve_model
@@ -109,7 +110,7 @@ def load_engine(
         eng.reason = "asked for"
         return eng
     cands, excluded = candidates(model, device)
-    versions = {"tumorseg": _version(), "onnxruntime": _dist_version("onnxruntime")}
+    versions = {"tumorseg": __version__, "onnxruntime": _dist_version("onnxruntime")}
     if torch_available():
         versions["torch"] = _dist_version("torch")
     dev = "cuda" if "torch-fp32" in cands and device in ("auto", "cuda") and _cuda_available() else "cpu"
@@ -123,12 +124,6 @@ def load_engine(
     eng.reason = choice.line()
     eng.choice = choice
     return eng
-
-
-def _version() -> str:
-    from ..version import __version__
-
-    return __version__
 
 
 def _dist_version(name: str) -> str:

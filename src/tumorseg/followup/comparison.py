@@ -200,10 +200,6 @@ def on_shared_sequences(sts: list) -> tuple[list, str | None]:
     return out, note
 
 
-def _voxel_ml(st) -> float | None:
-    return voxel_ml(st.spacing) if st.spacing else None
-
-
 def _in_order(sts: list, force: bool) -> tuple[list, list, list[str]]:
     """The two studies checked to be one patient's (refused unless forced) and put in date order: the
     studies, their dates and the notes saying what was assumed or swapped."""
@@ -342,7 +338,7 @@ def compare(
     change[base & fu] = 1
     change[~base & fu] = 2
     change[base & ~fu] = 3
-    vml = _voxel_ml(sts[0])
+    vml = voxel_ml(sts[0].spacing)  # every study has a spacing here (refused above otherwise)
     bis = [bidimensional(sp.mask, st.spacing) for sp, st in zip(sps, sts)]
     if space == "own" and not flips:  # the first release: each volume and product in its own space
         v_base, v_fu = (float(sp.measurements.get("volume_ml") or 0.0) for sp in sps)
